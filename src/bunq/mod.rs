@@ -1,0 +1,3 @@
+//! The bunq API: request signing, the three handshake calls, their wire models and errors.
+
+pub mod signing;

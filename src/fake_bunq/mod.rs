@@ -1,0 +1,1 @@
+//! Placeholder: the bunq stand-in lands here.
