@@ -1,0 +1,113 @@
+//! Reading and writing the headers the worker owns on retried and dead-lettered messages.
+
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::BasicProperties;
+
+pub const ATTEMPTS: &str = "x-attempts";
+pub const DEAD_LETTER_REASON: &str = "x-dead-letter-reason";
+pub const DEAD_LETTER_DETAIL: &str = "x-dead-letter-detail";
+pub const RETRY_REASON: &str = "x-retry-reason";
+pub const RETRY_DETAIL: &str = "x-retry-detail";
+
+/// Attempts already made, from our header; 0 for a first delivery. Any integer type
+/// or a numeric string is accepted, since other tools may rewrite headers.
+pub fn attempts(properties: &BasicProperties) -> u32 {
+    properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(ATTEMPTS))
+        .and_then(as_u64)
+        .map_or(0, |n| n.min(u32::MAX as u64) as u32)
+}
+
+pub fn get_str(properties: &BasicProperties, name: &str) -> Option<String> {
+    match properties.headers().as_ref()?.inner().get(name)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+pub fn as_u64(value: &AMQPValue) -> Option<u64> {
+    match value {
+        AMQPValue::ShortShortInt(n) => u64::try_from(*n).ok(),
+        AMQPValue::ShortShortUInt(n) => Some(u64::from(*n)),
+        AMQPValue::ShortInt(n) => u64::try_from(*n).ok(),
+        AMQPValue::ShortUInt(n) => Some(u64::from(*n)),
+        AMQPValue::LongInt(n) => u64::try_from(*n).ok(),
+        AMQPValue::LongUInt(n) => Some(u64::from(*n)),
+        AMQPValue::LongLongInt(n) => u64::try_from(*n).ok(),
+        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok()?.trim().parse().ok(),
+        AMQPValue::ShortString(s) => s.as_str().trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// The original properties with our headers set. `expiration` is not carried over, so
+/// a copy never expires from a queue it was not meant to expire from; nor is `user_id`,
+/// which RabbitMQ checks against the publishing connection's user.
+pub fn with_headers(properties: &BasicProperties, set: &[(&str, AMQPValue)]) -> BasicProperties {
+    let mut headers = properties.headers().clone().unwrap_or_default();
+    for (name, value) in set {
+        headers.insert((*name).into(), value.clone());
+    }
+    let mut copy = BasicProperties::default().with_headers(headers);
+    macro_rules! carry {
+        ($($getter:ident => $setter:ident),* $(,)?) => {
+            $(if let Some(value) = properties.$getter() { copy = copy.$setter(value.clone()); })*
+        };
+    }
+    carry!(
+        content_type => with_content_type,
+        content_encoding => with_content_encoding,
+        delivery_mode => with_delivery_mode,
+        priority => with_priority,
+        correlation_id => with_correlation_id,
+        reply_to => with_reply_to,
+        message_id => with_message_id,
+        timestamp => with_timestamp,
+        kind => with_type,
+        app_id => with_app_id,
+        cluster_id => with_cluster_id,
+    );
+    copy
+}
+
+pub fn text(value: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(value))
+}
+
+pub fn number(value: u32) -> AMQPValue {
+    AMQPValue::LongLongInt(i64::from(value))
+}
+
+pub fn table_get<'a>(table: &'a FieldTable, name: &str) -> Option<&'a AMQPValue> {
+    table.inner().get(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attempts_reads_any_integer_form_and_defaults_to_zero() {
+        assert_eq!(attempts(&BasicProperties::default()), 0);
+        for value in [AMQPValue::LongLongInt(3), AMQPValue::LongUInt(3), AMQPValue::ShortShortUInt(3), text("3")] {
+            let props = with_headers(&BasicProperties::default(), &[(ATTEMPTS, value)]);
+            assert_eq!(attempts(&props), 3);
+        }
+        let negative = with_headers(&BasicProperties::default(), &[(ATTEMPTS, AMQPValue::LongInt(-1))]);
+        assert_eq!(attempts(&negative), 0);
+    }
+
+    #[test]
+    fn copies_keep_properties_but_drop_expiration() {
+        let original = BasicProperties::default()
+            .with_message_id("m-1".into())
+            .with_expiration("5000".into());
+        let copy = with_headers(&original, &[(DEAD_LETTER_REASON, text("malformed"))]);
+        assert_eq!(copy.message_id().as_ref().map(|s| s.as_str()), Some("m-1"));
+        assert_eq!(copy.expiration(), &None);
+        assert_eq!(get_str(&copy, DEAD_LETTER_REASON).as_deref(), Some("malformed"));
+    }
+}

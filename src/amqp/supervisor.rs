@@ -1,0 +1,140 @@
+//! Keeps the worker consuming: connect, declare, consume; on connection or channel loss,
+//! reconnect with backoff and resume, without a process restart (DESIGN.md §3).
+
+use super::consume::DeliveryContext;
+use super::publish::PublishChannel;
+use super::{connect, topology};
+use crate::config::ConnectionArgs;
+use futures_util::StreamExt;
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions};
+use lapin::types::FieldTable;
+use secrecy::SecretString;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub struct Supervisor {
+    pub amqp_url: SecretString,
+    pub names: ConnectionArgs,
+    pub consumer_tag: String,
+    pub prefetch: u16,
+    pub context: Arc<DeliveryContext>,
+    pub publish: PublishChannel,
+    /// True while consuming; `/readyz` reads it.
+    pub consuming: Arc<AtomicBool>,
+    pub tracker: TaskTracker,
+    /// How long in-flight deliveries may take to finish on shutdown.
+    pub drain_timeout: Duration,
+}
+
+const RECONNECT_MIN: Duration = Duration::from_millis(200);
+const RECONNECT_MAX: Duration = Duration::from_secs(15);
+
+impl Supervisor {
+    /// Runs until `shutdown` is cancelled. In-flight deliveries are left in the tracker
+    /// for the caller to drain.
+    pub async fn run(&self, shutdown: CancellationToken) {
+        let mut delay = RECONNECT_MIN;
+        while !shutdown.is_cancelled() {
+            match self.session(&shutdown).await {
+                Ok(()) => return,
+                Err(e) => {
+                    self.consuming.store(false, Ordering::SeqCst);
+                    self.publish.set(None);
+                    tracing::warn!(event = "amqp_disconnected", error = %e, retry_in_ms = delay.as_millis() as u64);
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(RECONNECT_MAX);
+        }
+    }
+
+    /// One connection's life. `Ok` only when shutdown stopped it.
+    async fn session(&self, shutdown: &CancellationToken) -> Result<(), lapin::Error> {
+        let connection = connect(&self.amqp_url, &self.consumer_tag).await?;
+        self.context.metrics.amqp_connected();
+        let setup = connection.create_channel().await?;
+        topology::declare(&setup, &self.names).await?;
+        let _ = setup.close(200, "topology declared".into()).await;
+
+        let publish = connection.create_channel().await?;
+        publish.confirm_select(ConfirmSelectOptions { nowait: false }).await?;
+        self.publish.set(Some(publish));
+
+        let consume = connection.create_channel().await?;
+        // Prefetch equals the deliveries processed at once: the broker never hands a
+        // replica more than it is working on, so the rest stay with idle replicas.
+        consume.basic_qos(self.prefetch, BasicQosOptions { global: false }).await?;
+        let mut consumer = consume
+            .basic_consume(
+                self.names.input_queue.as_str().into(),
+                self.consumer_tag.as_str().into(),
+                BasicConsumeOptions {
+                    no_local: false,
+                    no_ack: false,    // manual acks: ack only after the outcome is safe
+                    exclusive: false, // replicas compete on one queue
+                    nowait: false,
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        self.consuming.store(true, Ordering::SeqCst);
+        tracing::info!(event = "consuming", queue = %self.names.input_queue, consumer_tag = %self.consumer_tag, prefetch = self.prefetch);
+
+        // Bounds concurrency across reconnects too: tasks from a lost connection still count.
+        let permits = Arc::new(Semaphore::new(usize::from(self.prefetch)));
+        loop {
+            let permit = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            };
+            let next = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                next = consumer.next() => next,
+            };
+            let delivery = match next {
+                Some(Ok(delivery)) => delivery,
+                Some(Err(e)) => return Err(e),
+                None => return Err(lapin::Error::from(lapin::ErrorKind::InvalidChannelState(
+                    lapin::ChannelState::Closed,
+                    "consumer",
+                ))),
+            };
+            let context = self.context.clone();
+            self.tracker.spawn(async move {
+                let _permit = permit;
+                context.metrics.in_flight().inc();
+                context.process(delivery).await;
+                context.metrics.in_flight().dec();
+            });
+        }
+
+        // Stop new deliveries; what is prefetched but unstarted returns to the queue
+        // when the channel closes, which happens after the drain.
+        self.consuming.store(false, Ordering::SeqCst);
+        if let Err(e) = consume.basic_cancel(self.consumer_tag.as_str().into(), BasicCancelOptions { nowait: false }).await {
+            tracing::warn!(event = "cancel_failed", error = %e);
+        }
+        self.close_after_drain(connection, consume).await;
+        Ok(())
+    }
+
+    async fn close_after_drain(&self, connection: lapin::Connection, consume: lapin::Channel) {
+        self.tracker.close();
+        if tokio::time::timeout(self.drain_timeout, self.tracker.wait()).await.is_err() {
+            // Unacked, so RabbitMQ redelivers them to another replica once the channel closes.
+            tracing::warn!(event = "drain_timeout", unfinished = self.tracker.len(), "closing with deliveries unfinished");
+        } else {
+            tracing::info!(event = "drained");
+        }
+        let _ = consume.close(200, "shutting down".into()).await;
+        self.publish.set(None);
+        let _ = connection.close(200, "shutting down".into()).await;
+    }
+}

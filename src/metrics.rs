@@ -1,0 +1,113 @@
+//! Prometheus metrics. Labels are closed sets (outcomes, reasons, endpoints, status
+//! classes): never ids or anything derived from a secret.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::time::Duration;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BunqLabels {
+    endpoint: &'static str,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointLabels {
+    endpoint: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    deliveries: Family<OutcomeLabels, Counter>,
+    delivery_seconds: Histogram,
+    in_flight: Gauge,
+    bunq_requests: Family<BunqLabels, Counter>,
+    bunq_seconds: Family<EndpointLabels, Histogram>,
+    rate_limit_wait_seconds: Family<EndpointLabels, Histogram>,
+    settle_failures: Counter,
+    amqp_connections: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("bunq_session_worker");
+        let deliveries = Family::<OutcomeLabels, Counter>::default();
+        registry.register("deliveries", "Deliveries by outcome and reason", deliveries.clone());
+        let delivery_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 18));
+        registry.register("delivery_seconds", "Time from delivery to settlement", delivery_seconds.clone());
+        let in_flight = Gauge::default();
+        registry.register("in_flight", "Deliveries being processed", in_flight.clone());
+        let bunq_requests = Family::<BunqLabels, Counter>::default();
+        registry.register("bunq_requests", "bunq API calls by endpoint and status", bunq_requests.clone());
+        let bunq_seconds =
+            Family::<EndpointLabels, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.005, 2.0, 14)));
+        registry.register("bunq_request_seconds", "bunq API call latency", bunq_seconds.clone());
+        let rate_limit_wait_seconds =
+            Family::<EndpointLabels, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.01, 2.0, 14)));
+        registry.register("rate_limit_wait_seconds", "Time spent waiting for rate-limit budget", rate_limit_wait_seconds.clone());
+        let settle_failures = Counter::default();
+        registry.register("settle_failures", "Acks, nacks and retry/dead-letter publishes that failed", settle_failures.clone());
+        let amqp_connections = Counter::default();
+        registry.register("amqp_connections", "AMQP connections opened (more than one means reconnects)", amqp_connections.clone());
+        Self {
+            registry,
+            deliveries,
+            delivery_seconds,
+            in_flight,
+            bunq_requests,
+            bunq_seconds,
+            rate_limit_wait_seconds,
+            settle_failures,
+            amqp_connections,
+        }
+    }
+
+    pub fn observe_delivery(&self, outcome: &'static str, reason: &'static str, elapsed: Duration) {
+        self.deliveries.get_or_create(&OutcomeLabels { outcome, reason }).inc();
+        self.delivery_seconds.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn in_flight(&self) -> &Gauge {
+        &self.in_flight
+    }
+
+    pub fn observe_bunq_request(&self, endpoint: &'static str, status: String, elapsed: Duration) {
+        self.bunq_requests.get_or_create(&BunqLabels { endpoint, status }).inc();
+        self.bunq_seconds.get_or_create(&EndpointLabels { endpoint }).observe(elapsed.as_secs_f64());
+    }
+
+    pub fn observe_rate_limit_wait(&self, endpoint: &'static str, waited: Duration) {
+        self.rate_limit_wait_seconds.get_or_create(&EndpointLabels { endpoint }).observe(waited.as_secs_f64());
+    }
+
+    pub fn settle_failed(&self) {
+        self.settle_failures.inc();
+    }
+
+    pub fn amqp_connected(&self) {
+        self.amqp_connections.inc();
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}
