@@ -123,8 +123,9 @@ pub struct WorkerArgs {
     /// Rate limit of the other POSTs (installation, device-server) (bunq: 5 per 3 s).
     #[arg(long, env = "RATE_LIMIT_OTHER_POST", default_value = "5/3s")]
     pub rate_limit_other_post: String,
-    /// `global`: one budget for all replicas (bunq counting per IP); `credential`: one per credential (per device).
-    #[arg(long, env = "RATE_LIMIT_SCOPE", default_value = "credential")]
+    /// `global`: one budget for all replicas, the safe reading of bunq counting per egress IP;
+    /// `credential`: one per credential, for bunq counting per device (newer docs).
+    #[arg(long, env = "RATE_LIMIT_SCOPE", default_value = "global")]
     pub rate_limit_scope: String,
     /// Drain timeout on SIGTERM, in seconds.
     #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", default_value_t = 30)]
