@@ -1,0 +1,95 @@
+"""Drives fake-bunq with bunq's official Python SDK (`bunq-sdk` on PyPI).
+
+Usage: official_sdk_session.py BASE_URL   (e.g. http://127.0.0.1:PORT/v1)
+
+`ApiContext.create` runs installation -> device-server -> session-server exactly as
+against bunq, including the SDK's own checks: positional deserialisation of the
+Response arrays, and verification of X-Bunq-Server-Signature on every 200 after
+installation. Exits non-zero on any failure.
+"""
+
+import json
+import secrets
+import sys
+import urllib.request
+
+from bunq.sdk.context.api_context import ApiContext
+from bunq.sdk.context.api_environment_type import ApiEnvironmentType
+from bunq.sdk.exception.bad_request_exception import BadRequestException
+from bunq.sdk.exception.too_many_requests_exception import TooManyRequestsException
+
+
+def point_sdk_at(base_url: str) -> None:
+    # The SDK builds URLs as `environment.uri_base + "installation"`, with uri_base
+    # read from the enum member's `_uri_base` attribute (bunq/sdk/context/
+    # api_environment_type.py). Rebinding it is the least invasive redirect.
+    ApiEnvironmentType.SANDBOX._uri_base = base_url.rstrip("/") + "/"
+
+
+def admin(base_url: str, method: str, path: str, body=None):
+    root = base_url.rstrip("/").rsplit("/v1", 1)[0]
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(root + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        raw = response.read()
+        return json.loads(raw) if raw else None
+
+
+def main() -> int:
+    base_url = sys.argv[1]
+    point_sdk_at(base_url)
+
+    secret = "sandbox_" + secrets.token_hex(24)
+    context = ApiContext.create(ApiEnvironmentType.SANDBOX, secret, "fake-bunq sdk test", ["*"])
+
+    session = context.session_context
+    assert session is not None, "no session context"
+    assert len(session.token) == 64, f"session token has {len(session.token)} chars"
+    assert isinstance(session.user_id, int) and session.user_id > 0, session.user_id
+    user_api_key = session.user_api_key
+    assert user_api_key is not None, "session-server answer not read as UserApiKey"
+    granted = user_api_key.granted_by_user.get_referenced_object()
+    requested = user_api_key.requested_by_user.get_referenced_object()
+    assert granted.id_ > 0 and requested.id_ > 0, (granted.id_, requested.id_)
+    assert requested.session_timeout == 604800, requested.session_timeout
+    print(f"session opened: user_api_key_id={session.user_id} "
+          f"granted_user_person_id={granted.id_} expiry={session.expiry_time.isoformat()}")
+
+    # A second context for the same secret: same user ids, a new session.
+    again = ApiContext.create(ApiEnvironmentType.SANDBOX, secret, "fake-bunq sdk test 2", ["*"])
+    assert again.session_context.user_id == session.user_id, "user id not stable per secret"
+    assert again.session_context.token != session.token, "session token reused"
+
+    # The SDK's session refresh (session-server only, same installation) inside 30 s
+    # meets bunq's session-server limit; the SDK surfaces bunq's 429 message.
+    try:
+        context.reset_session()
+    except TooManyRequestsException as error:
+        assert ("Too many requests. You can do a maximum of 1 calls per 30 second "
+                "to this endpoint.") in str(error), str(error)
+    else:
+        raise AssertionError("second session-server call within 30 s was not limited")
+
+    # An expired credential is refused with bunq's 400 Error body, which the SDK maps
+    # to BadRequestException.
+    expired = "sandbox_" + secrets.token_hex(24)
+    admin(base_url, "POST", "/_fake/credentials", {"secret": expired, "state": "EXPIRED"})
+    try:
+        ApiContext.create(ApiEnvironmentType.SANDBOX, expired, "fake-bunq sdk test", ["*"])
+    except BadRequestException as error:
+        assert "User credentials are incorrect" in str(error), str(error)
+    else:
+        raise AssertionError("expired credential was accepted")
+
+    calls = admin(base_url, "GET", "/_fake/calls")
+    signed = [c for c in calls
+              if c["endpoint"] in ("device-server", "session-server") and c["status"] == 200]
+    assert signed and all(c["signature_valid"] for c in signed), signed
+    assert all(secret not in json.dumps(c) for c in calls), "secret leaked into call records"
+    print(f"official SDK handshake OK ({len(calls)} calls recorded)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
