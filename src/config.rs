@@ -206,7 +206,10 @@ impl Settings {
             .parse()
             .map_err(|_| invalid("OPS_ADDR", format!("`{}` is not HOST:PORT, e.g. 0.0.0.0:9090", args.ops_addr)))?;
         if args.session_ttl_margin_secs < 30 {
-            return Err(invalid("SESSION_TTL_MARGIN_SECS", "must be at least 30 (bunq's SDKs treat the last 30 s as expired)"));
+            return Err(invalid(
+                "SESSION_TTL_MARGIN_SECS",
+                "must be at least 30 (bunq's SDKs treat the last 30 s as expired)",
+            ));
         }
         if args.max_message_bytes == 0 {
             return Err(invalid("MAX_MESSAGE_BYTES", "must be positive"));
@@ -237,11 +240,8 @@ impl Settings {
             other_post: Limit::parse(&args.rate_limit_other_post).map_err(|p| invalid("RATE_LIMIT_OTHER_POST", p))?,
             scope: args.rate_limit_scope.parse().map_err(|p: String| invalid("RATE_LIMIT_SCOPE", p))?,
         };
-        let consumer_tag = format!(
-            "{}.{}",
-            args.pod_name.clone().unwrap_or_else(default_pod_name),
-            uuid::Uuid::new_v4().simple()
-        );
+        let consumer_tag =
+            format!("{}.{}", args.pod_name.clone().unwrap_or_else(default_pod_name), uuid::Uuid::new_v4().simple());
         Ok(Self {
             connection: args.connection,
             redis_url: args.redis_url,
@@ -305,10 +305,11 @@ fn require_amqp_name(variable: &'static str, value: &str) -> Result<(), ConfigEr
 
 fn parse_base_url(value: Option<&str>) -> Result<String, ConfigError> {
     const VARIABLE: &str = "BUNQ_BASE_URL";
-    let value = value
-        .filter(|v| !v.trim().is_empty())
-        .ok_or_else(|| invalid(VARIABLE, "is required, e.g. https://api.bunq.com/v1 or https://public-api.sandbox.bunq.com/v1"))?;
-    let url = reqwest::Url::parse(value.trim()).map_err(|e| invalid(VARIABLE, format!("`{value}` is not a URL: {e}")))?;
+    let value = value.filter(|v| !v.trim().is_empty()).ok_or_else(|| {
+        invalid(VARIABLE, "is required, e.g. https://api.bunq.com/v1 or https://public-api.sandbox.bunq.com/v1")
+    })?;
+    let url =
+        reqwest::Url::parse(value.trim()).map_err(|e| invalid(VARIABLE, format!("`{value}` is not a URL: {e}")))?;
     if !matches!(url.scheme(), "https" | "http") {
         return Err(invalid(VARIABLE, "must use https (or http for a local stand-in)"));
     }
@@ -320,8 +321,10 @@ fn parse_base_url(value: Option<&str>) -> Result<String, ConfigError> {
 
 fn load_client_key(path: Option<&std::path::Path>) -> Result<ClientKey, ConfigError> {
     const VARIABLE: &str = "BUNQ_CLIENT_PRIVATE_KEY_FILE";
-    let path = path.ok_or_else(|| invalid(VARIABLE, "is required: a PEM file with an RSA-2048 private key (PKCS#8)"))?;
-    let text = std::fs::read_to_string(path).map_err(|e| invalid(VARIABLE, format!("cannot read {}: {e}", path.display())))?;
+    let path =
+        path.ok_or_else(|| invalid(VARIABLE, "is required: a PEM file with an RSA-2048 private key (PKCS#8)"))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| invalid(VARIABLE, format!("cannot read {}: {e}", path.display())))?;
     ClientKey::from_pkcs8_pem(&text).map_err(|e| invalid(VARIABLE, format!("{}: {e}", path.display())))
 }
 

@@ -109,7 +109,12 @@ mod tests {
 
     #[test]
     fn skips_ready_provisions_without_a_token() {
-        for credential in ["", r#","credential":null"#, r#","credential":{"token_value":null}"#, r#","credential":{"token_value":" "}"#] {
+        for credential in [
+            "",
+            r#","credential":null"#,
+            r#","credential":{"token_value":null}"#,
+            r#","credential":{"token_value":" "}"#,
+        ] {
             let decision = decide(provision("CREATED", READY_SUB_STATUS, credential), NOW);
             assert!(matches!(decision, Decision::Skip(SkipReason::NoCredentialToken)), "{credential}");
         }

@@ -75,8 +75,12 @@ impl From<&BunqError> for Failure {
             (BunqError::RateLimited { .. }, Retry::Transient { after }) => {
                 Failure { reason: Reason::RateLimited, detail, class: Class::Transient { after } }
             }
-            (_, Retry::Transient { after }) => Failure { reason: Reason::BunqUnavailable, detail, class: Class::Transient { after } },
-            (BunqError::UnexpectedResponse { .. }, Retry::Permanent) => Failure::permanent(Reason::UnexpectedResponse, detail),
+            (_, Retry::Transient { after }) => {
+                Failure { reason: Reason::BunqUnavailable, detail, class: Class::Transient { after } }
+            }
+            (BunqError::UnexpectedResponse { .. }, Retry::Permanent) => {
+                Failure::permanent(Reason::UnexpectedResponse, detail)
+            }
             (_, Retry::Permanent) => Failure::permanent(Reason::RejectedByBunq, detail),
         }
     }
@@ -94,9 +98,11 @@ impl From<&StoreError> for Failure {
 impl From<&RateLimitError> for Failure {
     fn from(err: &RateLimitError) -> Self {
         match err {
-            RateLimitError::NoSlot { wait, .. } => {
-                Failure { reason: Reason::RateLimited, detail: err.to_string(), class: Class::Transient { after: Some(*wait) } }
-            }
+            RateLimitError::NoSlot { wait, .. } => Failure {
+                reason: Reason::RateLimited,
+                detail: err.to_string(),
+                class: Class::Transient { after: Some(*wait) },
+            },
             RateLimitError::Redis(_) => Failure::transient(Reason::RedisUnavailable, err.to_string()),
         }
     }

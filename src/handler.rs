@@ -85,7 +85,9 @@ impl Handler {
             Decision::CredentialExpired { expired_at } => Outcome::DeadLetter {
                 reason: Reason::CredentialExpired,
                 detail: match expired_at {
-                    Some(at) => format!("credential expired at {at}; request a token reset for provision {provision_id}"),
+                    Some(at) => {
+                        format!("credential expired at {at}; request a token reset for provision {provision_id}")
+                    }
                     None => format!("credential is EXPIRED; request a token reset for provision {provision_id}"),
                 },
             },
@@ -169,7 +171,11 @@ impl Handler {
         if attempt >= self.settings.max_attempts {
             return Outcome::DeadLetter {
                 reason: Reason::RetriesExhausted,
-                detail: format!("gave up after {attempt} attempts; last failure ({}): {}", failure.reason.as_str(), failure.detail),
+                detail: format!(
+                    "gave up after {attempt} attempts; last failure ({}): {}",
+                    failure.reason.as_str(),
+                    failure.detail
+                ),
             };
         }
         let delay = retry_delay(&self.settings, attempt, after);

@@ -55,16 +55,30 @@ impl Metrics {
         registry.register("in_flight", "Deliveries being processed", in_flight.clone());
         let bunq_requests = Family::<BunqLabels, Counter>::default();
         registry.register("bunq_requests", "bunq API calls by endpoint and status", bunq_requests.clone());
-        let bunq_seconds =
-            Family::<EndpointLabels, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.005, 2.0, 14)));
+        let bunq_seconds = Family::<EndpointLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.005, 2.0, 14))
+        });
         registry.register("bunq_request_seconds", "bunq API call latency", bunq_seconds.clone());
-        let rate_limit_wait_seconds =
-            Family::<EndpointLabels, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.01, 2.0, 14)));
-        registry.register("rate_limit_wait_seconds", "Time spent waiting for rate-limit budget", rate_limit_wait_seconds.clone());
+        let rate_limit_wait_seconds = Family::<EndpointLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.01, 2.0, 14))
+        });
+        registry.register(
+            "rate_limit_wait_seconds",
+            "Time spent waiting for rate-limit budget",
+            rate_limit_wait_seconds.clone(),
+        );
         let settle_failures = Counter::default();
-        registry.register("settle_failures", "Acks, nacks and retry/dead-letter publishes that failed", settle_failures.clone());
+        registry.register(
+            "settle_failures",
+            "Acks, nacks and retry/dead-letter publishes that failed",
+            settle_failures.clone(),
+        );
         let amqp_connections = Counter::default();
-        registry.register("amqp_connections", "AMQP connections opened (more than one means reconnects)", amqp_connections.clone());
+        registry.register(
+            "amqp_connections",
+            "AMQP connections opened (more than one means reconnects)",
+            amqp_connections.clone(),
+        );
         Self {
             registry,
             deliveries,

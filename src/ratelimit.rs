@@ -143,7 +143,12 @@ impl RateLimiter {
 
     /// Reserves a slot for one call and sleeps until it; fails without reserving when
     /// the slot is further away than `max_wait`.
-    pub async fn acquire(&self, endpoint: Endpoint, provision_id: u64, max_wait: Duration) -> Result<Duration, RateLimitError> {
+    pub async fn acquire(
+        &self,
+        endpoint: Endpoint,
+        provision_id: u64,
+        max_wait: Duration,
+    ) -> Result<Duration, RateLimitError> {
         let limit = match endpoint {
             Endpoint::SessionServer => self.session_server,
             Endpoint::Installation | Endpoint::DeviceServer => self.other_post,
@@ -159,7 +164,11 @@ impl RateLimiter {
             .invoke_async(&mut conn)
             .await?;
         if wait_ms < 0 {
-            return Err(RateLimitError::NoSlot { endpoint, wait: Duration::from_millis(wait_ms.unsigned_abs()), max_wait });
+            return Err(RateLimitError::NoSlot {
+                endpoint,
+                wait: Duration::from_millis(wait_ms.unsigned_abs()),
+                max_wait,
+            });
         }
         let wait = Duration::from_millis(wait_ms as u64);
         if !wait.is_zero() {

@@ -25,7 +25,11 @@ pub trait Retryable {
 /// Runs `op` until it succeeds, fails permanently, or the budget is spent. Each wait is
 /// the larger of the exponential backoff and the error's hint; a wait that would end
 /// past the budget is not started.
-pub async fn retry<T, E, F, Fut>(policy: &RetryPolicy, mut on_retry: impl FnMut(&E, Duration), mut op: F) -> Result<T, E>
+pub async fn retry<T, E, F, Fut>(
+    policy: &RetryPolicy,
+    mut on_retry: impl FnMut(&E, Duration),
+    mut op: F,
+) -> Result<T, E>
 where
     E: Retryable,
     F: FnMut() -> Fut,
@@ -88,13 +92,17 @@ mod tests {
     async fn transient_errors_are_retried_with_growing_waits_until_success() {
         let calls = AtomicU32::new(0);
         let mut waits = Vec::new();
-        let result = retry(&policy(60), |_, wait| waits.push(wait), || async {
-            if calls.fetch_add(1, Ordering::SeqCst) < 4 {
-                Err(TestError::Transient(None))
-            } else {
-                Ok(42)
-            }
-        })
+        let result = retry(
+            &policy(60),
+            |_, wait| waits.push(wait),
+            || async {
+                if calls.fetch_add(1, Ordering::SeqCst) < 4 {
+                    Err(TestError::Transient(None))
+                } else {
+                    Ok(42)
+                }
+            },
+        )
         .await;
         assert_eq!(result, Ok(42));
         assert_eq!(waits.len(), 4);
@@ -106,10 +114,14 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn permanent_errors_are_returned_at_once() {
         let calls = AtomicU32::new(0);
-        let result: Result<(), _> = retry(&policy(60), |_, _| {}, || async {
-            calls.fetch_add(1, Ordering::SeqCst);
-            Err(TestError::Permanent)
-        })
+        let result: Result<(), _> = retry(
+            &policy(60),
+            |_, _| {},
+            || async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Err(TestError::Permanent)
+            },
+        )
         .await;
         assert_eq!(result, Err(TestError::Permanent));
         assert_eq!(calls.load(Ordering::SeqCst), 1);
@@ -119,13 +131,17 @@ mod tests {
     async fn server_hint_sets_the_least_wait() {
         let calls = AtomicU32::new(0);
         let mut waits = Vec::new();
-        let _ = retry(&policy(60), |_, wait| waits.push(wait), || async {
-            if calls.fetch_add(1, Ordering::SeqCst) == 0 {
-                Err(TestError::Transient(Some(Duration::from_secs(30))))
-            } else {
-                Ok(())
-            }
-        })
+        let _ = retry(
+            &policy(60),
+            |_, wait| waits.push(wait),
+            || async {
+                if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                    Err(TestError::Transient(Some(Duration::from_secs(30))))
+                } else {
+                    Ok(())
+                }
+            },
+        )
         .await;
         assert_eq!(waits, vec![Duration::from_secs(30)]);
     }
@@ -133,10 +149,14 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_wait_past_the_budget_returns_the_error_instead() {
         let calls = AtomicU32::new(0);
-        let result: Result<(), _> = retry(&policy(10), |_, _| {}, || async {
-            calls.fetch_add(1, Ordering::SeqCst);
-            Err(TestError::Transient(Some(Duration::from_secs(30))))
-        })
+        let result: Result<(), _> = retry(
+            &policy(10),
+            |_, _| {},
+            || async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Err(TestError::Transient(Some(Duration::from_secs(30))))
+            },
+        )
         .await;
         assert_eq!(result, Err(TestError::Transient(Some(Duration::from_secs(30)))));
         assert_eq!(calls.load(Ordering::SeqCst), 1);

@@ -77,13 +77,13 @@ impl SessionOpener {
         let installation = match &handshake.installation {
             Some((token, pem)) => Installation {
                 token: token.clone(),
-                server_key: PublicKey::from_pem(pem)
-                    .map_err(|e| Failure::permanent(crate::failure::Reason::CorruptState, format!("stored server key: {e}")))?,
+                server_key: PublicKey::from_pem(pem).map_err(|e| {
+                    Failure::permanent(crate::failure::Reason::CorruptState, format!("stored server key: {e}"))
+                })?,
             },
             None => {
-                let installation = self
-                    .step(Endpoint::Installation, id, deadline, || self.client.create_installation())
-                    .await?;
+                let installation =
+                    self.step(Endpoint::Installation, id, deadline, || self.client.create_installation()).await?;
                 handshake.installation = Some((installation.token.clone(), installation.server_key.pem().to_owned()));
                 self.save(id, &handshake).await?;
                 installation
@@ -118,9 +118,11 @@ impl SessionOpener {
         let ttl = self.cache_ttl(&session, now);
         // bunq has opened the session: keep trying to record it rather than open another.
         let policy = self.remaining(deadline);
-        retry(&policy, |_, _| {}, || async {
-            self.store.commit_session(&handshake, &session, ttl).await.map_err(StoreRetry)
-        })
+        retry(
+            &policy,
+            |_, _| {},
+            || async { self.store.commit_session(&handshake, &session, ttl).await.map_err(StoreRetry) },
+        )
         .await
         .map_err(|StoreRetry(e)| Failure::from(&e))?;
         tracing::info!(
@@ -134,7 +136,13 @@ impl SessionOpener {
     }
 
     /// One rate-limited, retried bunq call.
-    async fn step<T, F, Fut>(&self, endpoint: Endpoint, provision_id: u64, deadline: Instant, call: F) -> Result<T, Failure>
+    async fn step<T, F, Fut>(
+        &self,
+        endpoint: Endpoint,
+        provision_id: u64,
+        deadline: Instant,
+        call: F,
+    ) -> Result<T, Failure>
     where
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<T, BunqError>>,
@@ -157,10 +165,7 @@ impl SessionOpener {
     }
 
     async fn save(&self, provision_id: u64, handshake: &Handshake) -> Result<(), Failure> {
-        self.store
-            .save_handshake(provision_id, handshake, HANDSHAKE_TTL)
-            .await
-            .map_err(|e| Failure::from(&e))
+        self.store.save_handshake(provision_id, handshake, HANDSHAKE_TTL).await.map_err(|e| Failure::from(&e))
     }
 
     fn remaining(&self, deadline: Instant) -> RetryPolicy {

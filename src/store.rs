@@ -107,7 +107,8 @@ pub struct Store {
 }
 
 /// Releases the lock only if we still own it: an expired lock may belong to someone else now.
-const UNLOCK: &str = r#"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end"#;
+const UNLOCK: &str =
+    r#"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end"#;
 
 impl Store {
     pub fn new(conn: ConnectionManager, keys: Keys, sealer: Option<std::sync::Arc<Sealer>>) -> Self {
@@ -129,13 +130,18 @@ impl Store {
         let mut conn = self.conn.clone();
         let raw: Option<Vec<u8>> = conn.get(&key).await?;
         let Some(raw) = raw else { return Ok(Handshake::default()) };
-        let stored: StoredHandshake =
-            serde_json::from_slice(&raw).map_err(|e| StoreError::Corrupt { key: key.clone(), problem: e.to_string() })?;
+        let stored: StoredHandshake = serde_json::from_slice(&raw)
+            .map_err(|e| StoreError::Corrupt { key: key.clone(), problem: e.to_string() })?;
         self.open_handshake(stored).map_err(|problem| StoreError::Corrupt { key, problem })
     }
 
     /// Records progress before the session exists.
-    pub async fn save_handshake(&self, provision_id: u64, handshake: &Handshake, ttl: Duration) -> Result<(), StoreError> {
+    pub async fn save_handshake(
+        &self,
+        provision_id: u64,
+        handshake: &Handshake,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
         let stored = self.seal_handshake(handshake);
         let body = serde_json::to_vec(&stored).expect("records serialise");
         let mut conn = self.conn.clone();
@@ -145,7 +151,12 @@ impl Store {
 
     /// Makes a new session durable: handshake (with the session) and the provision
     /// index atomically, then the user-keyed cache entry.
-    pub async fn commit_session(&self, handshake: &Handshake, session: &Session, ttl: Duration) -> Result<(), StoreError> {
+    pub async fn commit_session(
+        &self,
+        handshake: &Handshake,
+        session: &Session,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
         let ttl_secs = ttl.as_secs().max(1);
         let stored = serde_json::to_vec(&self.seal_handshake(handshake)).expect("records serialise");
         let mut conn = self.conn.clone();
@@ -175,8 +186,8 @@ impl Store {
         let mut conn = self.conn.clone();
         let raw: Option<Vec<u8>> = conn.get(&key).await?;
         let Some(raw) = raw else { return Ok(None) };
-        let stored: StoredSession =
-            serde_json::from_slice(&raw).map_err(|e| StoreError::Corrupt { key: key.clone(), problem: e.to_string() })?;
+        let stored: StoredSession = serde_json::from_slice(&raw)
+            .map_err(|e| StoreError::Corrupt { key: key.clone(), problem: e.to_string() })?;
         self.open_session(stored).map(Some).map_err(|problem| StoreError::Corrupt { key, problem })
     }
 
@@ -196,11 +207,8 @@ impl Store {
 
     pub async fn unlock(&self, provision_id: u64, owner: &str) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
-        let _: i64 = redis::Script::new(UNLOCK)
-            .key(self.keys.lock(provision_id))
-            .arg(owner)
-            .invoke_async(&mut conn)
-            .await?;
+        let _: i64 =
+            redis::Script::new(UNLOCK).key(self.keys.lock(provision_id)).arg(owner).invoke_async(&mut conn).await?;
         Ok(())
     }
 
@@ -294,8 +302,12 @@ impl Sealer {
             return Ok(Self::new(&key));
         }
         let text = std::str::from_utf8(bytes).map_err(|_| "must be 32 raw bytes, 64 hex characters or base64")?.trim();
-        let decoded = hex::decode(text).ok().or_else(|| BASE64.decode(text).ok()).ok_or("must be 32 raw bytes, 64 hex characters or base64")?;
-        let key = <[u8; 32]>::try_from(decoded.as_slice()).map_err(|_| format!("key is {} bytes, AES-256 needs 32", decoded.len()))?;
+        let decoded = hex::decode(text)
+            .ok()
+            .or_else(|| BASE64.decode(text).ok())
+            .ok_or("must be 32 raw bytes, 64 hex characters or base64")?;
+        let key = <[u8; 32]>::try_from(decoded.as_slice())
+            .map_err(|_| format!("key is {} bytes, AES-256 needs 32", decoded.len()))?;
         Ok(Self::new(&key))
     }
 

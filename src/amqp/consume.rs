@@ -58,7 +58,11 @@ impl DeliveryContext {
                 let attempts = if *counts_as_attempt { attempt } else { attempt - 1 };
                 let properties = with_headers(
                     &delivery.properties,
-                    &[(headers::ATTEMPTS, number(attempts)), (headers::RETRY_REASON, text(reason.as_str())), (headers::RETRY_DETAIL, text(detail))],
+                    &[
+                        (headers::ATTEMPTS, number(attempts)),
+                        (headers::RETRY_REASON, text(reason.as_str())),
+                        (headers::RETRY_DETAIL, text(detail)),
+                    ],
                 )
                 .with_expiration(delay.as_millis().to_string().into());
                 Some((self.names.retry_queue.as_str(), properties))

@@ -102,9 +102,7 @@ mod tests {
 
     #[test]
     fn copies_keep_properties_but_drop_expiration() {
-        let original = BasicProperties::default()
-            .with_message_id("m-1".into())
-            .with_expiration("5000".into());
+        let original = BasicProperties::default().with_message_id("m-1".into()).with_expiration("5000".into());
         let copy = with_headers(&original, &[(DEAD_LETTER_REASON, text("malformed"))]);
         assert_eq!(copy.message_id().as_ref().map(|s| s.as_str()), Some("m-1"));
         assert_eq!(copy.expiration(), &None);

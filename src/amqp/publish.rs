@@ -47,10 +47,8 @@ impl PublishChannel {
             mandatory: true,  // unroutable is an error, not a silent loss
             immediate: false, // unsupported by RabbitMQ
         };
-        let confirm = channel
-            .basic_publish(exchange.into(), routing_key.into(), options, body, properties)
-            .await?
-            .await?;
+        let confirm =
+            channel.basic_publish(exchange.into(), routing_key.into(), options, body, properties).await?.await?;
         match confirm {
             Confirmation::Ack(None) => Ok(()),
             Confirmation::Ack(Some(_returned)) => {
@@ -83,12 +81,9 @@ impl Announcer for AmqpAnnouncer {
         if let Some(correlation_id) = correlation_id {
             properties = properties.with_correlation_id(correlation_id.into());
         }
-        self.channel
-            .publish(&self.exchange, &self.routing_key, &body, properties)
-            .await
-            .map_err(|e| match e {
-                PublishError::Unroutable { .. } => Failure::transient(Reason::OutputUnroutable, e.to_string()),
-                _ => Failure::transient(Reason::PublishFailed, e.to_string()),
-            })
+        self.channel.publish(&self.exchange, &self.routing_key, &body, properties).await.map_err(|e| match e {
+            PublishError::Unroutable { .. } => Failure::transient(Reason::OutputUnroutable, e.to_string()),
+            _ => Failure::transient(Reason::PublishFailed, e.to_string()),
+        })
     }
 }

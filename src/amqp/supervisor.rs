@@ -101,10 +101,12 @@ impl Supervisor {
             let delivery = match next {
                 Some(Ok(delivery)) => delivery,
                 Some(Err(e)) => return Err(e),
-                None => return Err(lapin::Error::from(lapin::ErrorKind::InvalidChannelState(
-                    lapin::ChannelState::Closed,
-                    "consumer",
-                ))),
+                None => {
+                    return Err(lapin::Error::from(lapin::ErrorKind::InvalidChannelState(
+                        lapin::ChannelState::Closed,
+                        "consumer",
+                    )))
+                }
             };
             let context = self.context.clone();
             self.tracker.spawn(async move {
@@ -118,7 +120,9 @@ impl Supervisor {
         // Stop new deliveries; what is prefetched but unstarted returns to the queue
         // when the channel closes, which happens after the drain.
         self.consuming.store(false, Ordering::SeqCst);
-        if let Err(e) = consume.basic_cancel(self.consumer_tag.as_str().into(), BasicCancelOptions { nowait: false }).await {
+        if let Err(e) =
+            consume.basic_cancel(self.consumer_tag.as_str().into(), BasicCancelOptions { nowait: false }).await
+        {
             tracing::warn!(event = "cancel_failed", error = %e);
         }
         self.close_after_drain(connection, consume).await;
@@ -129,7 +133,11 @@ impl Supervisor {
         self.tracker.close();
         if tokio::time::timeout(self.drain_timeout, self.tracker.wait()).await.is_err() {
             // Unacked, so RabbitMQ redelivers them to another replica once the channel closes.
-            tracing::warn!(event = "drain_timeout", unfinished = self.tracker.len(), "closing with deliveries unfinished");
+            tracing::warn!(
+                event = "drain_timeout",
+                unfinished = self.tracker.len(),
+                "closing with deliveries unfinished"
+            );
         } else {
             tracing::info!(event = "drained");
         }

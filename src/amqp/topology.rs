@@ -13,23 +13,33 @@ pub const DELIVERY_LIMIT: i64 = 20;
 
 pub async fn declare(channel: &Channel, names: &ConnectionArgs) -> Result<(), lapin::Error> {
     let durable_exchange = ExchangeDeclareOptions {
-        passive: false,    // create it if missing: the worker can start first
-        durable: true,     // survives a broker restart
+        passive: false,     // create it if missing: the worker can start first
+        durable: true,      // survives a broker restart
         auto_delete: false, // stays when no queue is bound
-        internal: false,   // publishers send to it directly
-        nowait: false,     // confirm the declaration
+        internal: false,    // publishers send to it directly
+        nowait: false,      // confirm the declaration
     };
     channel
-        .exchange_declare(names.input_exchange.as_str().into(), ExchangeKind::Topic, durable_exchange, FieldTable::default())
+        .exchange_declare(
+            names.input_exchange.as_str().into(),
+            ExchangeKind::Topic,
+            durable_exchange,
+            FieldTable::default(),
+        )
         .await?;
     channel
-        .exchange_declare(names.output_exchange.as_str().into(), ExchangeKind::Topic, durable_exchange, FieldTable::default())
+        .exchange_declare(
+            names.output_exchange.as_str().into(),
+            ExchangeKind::Topic,
+            durable_exchange,
+            FieldTable::default(),
+        )
         .await?;
 
     let durable_queue = QueueDeclareOptions {
         passive: false,
-        durable: true,     // quorum queues must be durable; messages survive restarts
-        exclusive: false,  // every replica consumes it
+        durable: true,      // quorum queues must be durable; messages survive restarts
+        exclusive: false,   // every replica consumes it
         auto_delete: false, // stays when replicas scale to zero
         nowait: false,
     };

@@ -10,21 +10,14 @@ use std::io::Write as _;
 use std::time::Duration;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "fake-bunq",
-    about = "Local stand-in for bunq's installation, device-server and session-server"
-)]
+#[command(name = "fake-bunq", about = "Local stand-in for bunq's installation, device-server and session-server")]
 struct Args {
     /// Address to listen on; port 0 picks a free port.
     #[arg(long, env = "FAKE_BUNQ_LISTEN", default_value = "127.0.0.1:8080")]
     listen: String,
 
     /// `session_timeout` in the session-server answer, in seconds.
-    #[arg(
-        long,
-        env = "FAKE_BUNQ_SESSION_TIMEOUT_SECS",
-        default_value_t = 604_800
-    )]
+    #[arg(long, env = "FAKE_BUNQ_SESSION_TIMEOUT_SECS", default_value_t = 604_800)]
     session_timeout_secs: u64,
 
     /// Who shares a rate-limit budget: ip, device (installation token) or off.
@@ -57,9 +50,7 @@ struct Args {
 }
 
 fn parse_limit(s: &str) -> Result<(u32, Duration), String> {
-    let (calls, secs) = s
-        .split_once('/')
-        .ok_or("expected CALLS/SECONDS, e.g. 1/30")?;
+    let (calls, secs) = s.split_once('/').ok_or("expected CALLS/SECONDS, e.g. 1/30")?;
     let calls: u32 = calls.trim().parse().map_err(|e| format!("calls: {e}"))?;
     let secs: u64 = secs.trim().parse().map_err(|e| format!("seconds: {e}"))?;
     if calls == 0 || secs == 0 {

@@ -94,7 +94,11 @@ impl BunqClient {
 
     /// `POST /device-server`: registers the credential (the secret) as a device, usable
     /// from any IP because replicas' egress addresses change.
-    pub async fn create_device_server(&self, installation: &Installation, secret: &SecretString) -> Result<u64, BunqError> {
+    pub async fn create_device_server(
+        &self,
+        installation: &Installation,
+        secret: &SecretString,
+    ) -> Result<u64, BunqError> {
         let endpoint = Endpoint::DeviceServer;
         let body = serde_json::json!({
             "description": self.settings.device_description,
@@ -127,10 +131,7 @@ impl BunqClient {
     ) -> Result<Bytes, BunqError> {
         let body = serde_json::to_vec(&body).expect("a JSON value always serialises");
         let url = format!("{}/{}", self.settings.base_url, endpoint.path());
-        let mut request = self
-            .http
-            .post(url)
-            .header(HEADER_REQUEST_ID, uuid::Uuid::new_v4().to_string());
+        let mut request = self.http.post(url).header(HEADER_REQUEST_ID, uuid::Uuid::new_v4().to_string());
         if let Some(installation) = installation {
             let mut auth = HeaderValue::from_str(installation.token.expose_secret())
                 .map_err(|_| unexpected(endpoint, "installation token is not a valid header value".into()))?;
@@ -178,11 +179,10 @@ impl BunqClient {
         // bunq may leave 429/5xx unsigned (bunq-api.md §4.2).
         if let Some(installation) = installation {
             match signature {
-                Some(signature) => {
-                    if installation.server_key.verify(&bytes, &signature).is_err() {
-                        return Err(BunqError::BadSignature { endpoint, problem: "does not verify" });
-                    }
+                Some(signature) if installation.server_key.verify(&bytes, &signature).is_err() => {
+                    return Err(BunqError::BadSignature { endpoint, problem: "does not verify" });
                 }
+                Some(_) => {}
                 None if status.is_success() => {
                     return Err(BunqError::BadSignature { endpoint, problem: "is missing" });
                 }

@@ -25,9 +25,7 @@ impl ResponseBody {
 
     /// The first element wrapped under any of `names`, with the name found.
     pub fn first_of(&self, names: &[&'static str]) -> Option<(&'static str, &Value)> {
-        self.response
-            .iter()
-            .find_map(|element| names.iter().find_map(|n| element.get(*n).map(|v| (*n, v))))
+        self.response.iter().find_map(|element| names.iter().find_map(|n| element.get(*n).map(|v| (*n, v))))
     }
 }
 
@@ -65,10 +63,7 @@ pub(crate) const USER_TYPES: [&str; 3] = ["UserPerson", "UserCompany", "UserPaym
 
 /// The single user wrapped in an anchored-user map (`{"UserCompany":{…}}`).
 pub(crate) fn anchored_user(map: &Map<String, Value>) -> Option<UserObject> {
-    USER_TYPES
-        .iter()
-        .find_map(|name| map.get(*name))
-        .and_then(|value| UserObject::deserialize(value).ok())
+    USER_TYPES.iter().find_map(|name| map.get(*name)).and_then(|value| UserObject::deserialize(value).ok())
 }
 
 /// `{"Error":[{"error_description": …}]}`; unknown members are ignored.
@@ -88,12 +83,8 @@ pub(crate) fn error_description(body: &[u8]) -> String {
     const LIMIT: usize = 300;
     match serde_json::from_slice::<ErrorBody>(body) {
         Ok(parsed) => {
-            let text = parsed
-                .error
-                .iter()
-                .filter_map(|e| e.error_description.as_deref())
-                .collect::<Vec<_>>()
-                .join("; ");
+            let text =
+                parsed.error.iter().filter_map(|e| e.error_description.as_deref()).collect::<Vec<_>>().join("; ");
             let mut text = if text.is_empty() { "(empty error description)".to_owned() } else { text };
             if text.len() > LIMIT {
                 let cut = (0..=LIMIT).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);

@@ -73,9 +73,7 @@ impl ClientKey {
     pub fn sign(&self, body: &[u8]) -> Result<String, SigningError> {
         let mut sig = vec![0; self.pair.public_modulus_len()];
         let rng = aws_lc_rs::rand::SystemRandom::new();
-        self.pair
-            .sign(&RSA_PKCS1_SHA256, &rng, body, &mut sig)
-            .map_err(|_| SigningError::Sign)?;
+        self.pair.sign(&RSA_PKCS1_SHA256, &rng, body, &mut sig).map_err(|_| SigningError::Sign)?;
         Ok(BASE64.encode(sig))
     }
 }

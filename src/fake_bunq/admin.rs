@@ -25,11 +25,7 @@ pub(crate) fn router() -> Router<Arc<App>> {
 }
 
 fn bad_request(message: impl Into<String>) -> Response {
-    (
-        StatusCode::BAD_REQUEST,
-        Json(json!({ "error": message.into() })),
-    )
-        .into_response()
+    (StatusCode::BAD_REQUEST, Json(json!({ "error": message.into() }))).into_response()
 }
 
 /// Parses a JSON body with serde's message on failure (axum's `Json` would answer 422
@@ -59,11 +55,7 @@ async fn put_faults(State(app): State<Arc<App>>, body: Bytes) -> Response {
     if let Err(message) = faults.validate() {
         return bad_request(message);
     }
-    tracing::info!(
-        rules = faults.rules.len(),
-        latency_ms = faults.latency_ms,
-        "faults replaced"
-    );
+    tracing::info!(rules = faults.rules.len(), latency_ms = faults.latency_ms, "faults replaced");
     app.set_faults(faults.clone());
     Json(faults).into_response()
 }
@@ -94,9 +86,6 @@ async fn get_stats(State(app): State<Arc<App>>) -> Response {
 }
 
 async fn get_server_public_key(State(app): State<Arc<App>>) -> Response {
-    (
-        [(axum::http::header::CONTENT_TYPE, "application/x-pem-file")],
-        app.server_key.public_key_pem().to_owned(),
-    )
+    ([(axum::http::header::CONTENT_TYPE, "application/x-pem-file")], app.server_key.public_key_pem().to_owned())
         .into_response()
 }

@@ -69,13 +69,8 @@ impl CallLog {
 
     pub fn fill_stats(&self, stats: &mut Stats) {
         for call in &self.calls {
-            *stats
-                .calls_per_endpoint
-                .entry(call.endpoint.as_str().to_owned())
-                .or_default() += 1;
-            let status = call
-                .status
-                .map_or_else(|| "dropped".to_owned(), |s| s.to_string());
+            *stats.calls_per_endpoint.entry(call.endpoint.as_str().to_owned()).or_default() += 1;
+            let status = call.status.map_or_else(|| "dropped".to_owned(), |s| s.to_string());
             *stats.calls_per_status.entry(status).or_default() += 1;
         }
     }

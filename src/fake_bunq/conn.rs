@@ -40,10 +40,7 @@ pub struct Conn {
 
 impl Connected<IncomingStream<'_, KillableListener>> for Conn {
     fn connect_info(stream: IncomingStream<'_, KillableListener>) -> Self {
-        Conn {
-            peer: *stream.remote_addr(),
-            kill: stream.io().kill.clone(),
-        }
+        Conn { peer: *stream.remote_addr(), kill: stream.io().kill.clone() }
     }
 }
 
@@ -67,13 +64,7 @@ impl Listener for KillableListener {
                 Ok((io, addr)) => {
                     // Small request/response exchanges: don't let Nagle add latency.
                     let _ = io.set_nodelay(true);
-                    return (
-                        KillableStream {
-                            io,
-                            kill: KillSwitch::default(),
-                        },
-                        addr,
-                    );
+                    return (KillableStream { io, kill: KillSwitch::default() }, addr);
                 }
                 Err(e) => {
                     // Typically EMFILE or a connection reset before accept; back off
@@ -96,18 +87,11 @@ pub struct KillableStream {
 }
 
 fn killed() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::ConnectionAborted,
-        "connection dropped by fault injection",
-    )
+    io::Error::new(io::ErrorKind::ConnectionAborted, "connection dropped by fault injection")
 }
 
 impl AsyncRead for KillableStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         if self.kill.is_killed() {
             return Poll::Ready(Err(killed()));
         }
@@ -116,11 +100,7 @@ impl AsyncRead for KillableStream {
 }
 
 impl AsyncWrite for KillableStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         if self.kill.is_killed() {
             return Poll::Ready(Err(killed()));
         }

@@ -91,14 +91,8 @@ mod tests {
 
     #[test]
     fn rate_limit_text_matches_bunq_pattern() {
-        let e = BunqError::RateLimited {
-            calls: 1,
-            per_secs: 30,
-        };
-        assert_eq!(
-            e.to_string(),
-            "Too many requests. You can do a maximum of 1 calls per 30 second to this endpoint."
-        );
+        let e = BunqError::RateLimited { calls: 1, per_secs: 30 };
+        assert_eq!(e.to_string(), "Too many requests. You can do a maximum of 1 calls per 30 second to this endpoint.");
         assert_eq!(e.status(), StatusCode::TOO_MANY_REQUESTS);
     }
 

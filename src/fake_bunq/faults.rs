@@ -82,10 +82,7 @@ impl FaultAction {
     /// Whether the call is still processed (state changes happen) before the fault
     /// shows: only the signature faults tamper with an otherwise real answer.
     pub fn processes_request(self) -> bool {
-        matches!(
-            self,
-            FaultAction::MissingSignature | FaultAction::CorruptSignature
-        )
+        matches!(self, FaultAction::MissingSignature | FaultAction::CorruptSignature)
     }
 }
 
@@ -147,11 +144,7 @@ pub struct FaultInjector {
 
 impl FaultInjector {
     pub fn new(faults: Faults, seed: u64) -> Self {
-        let mut injector = Self {
-            faults: Faults::default(),
-            remaining: Vec::new(),
-            rng: StdRng::seed_from_u64(seed),
-        };
+        let mut injector = Self { faults: Faults::default(), remaining: Vec::new(), rng: StdRng::seed_from_u64(seed) };
         injector.replace(faults);
         injector
     }
@@ -213,11 +206,7 @@ mod tests {
     use super::*;
 
     fn rule(endpoint: EndpointMatch, action: FaultAction, trigger: Trigger) -> FaultRule {
-        FaultRule {
-            endpoint,
-            action,
-            trigger,
-        }
+        FaultRule { endpoint, action, trigger }
     }
 
     #[test]
@@ -229,11 +218,7 @@ mod tests {
         assert_eq!(faults.latency_ms, 5);
         assert_eq!(
             faults.rules[0],
-            rule(
-                EndpointMatch::SessionServer,
-                FaultAction::Http500Html,
-                Trigger::NextCalls(2)
-            )
+            rule(EndpointMatch::SessionServer, FaultAction::Http500Html, Trigger::NextCalls(2))
         );
         assert_eq!(faults.rules[1].trigger, Trigger::Probability(0.25));
         let back: Faults = serde_json::from_str(&serde_json::to_string(&faults).unwrap()).unwrap();
@@ -243,41 +228,25 @@ mod tests {
     #[test]
     fn next_calls_fire_exactly_n_times_on_matching_endpoint_only() {
         let faults = Faults {
-            rules: vec![rule(
-                EndpointMatch::SessionServer,
-                FaultAction::Http503,
-                Trigger::NextCalls(2),
-            )],
+            rules: vec![rule(EndpointMatch::SessionServer, FaultAction::Http503, Trigger::NextCalls(2))],
             ..Faults::default()
         };
         let mut inj = FaultInjector::new(faults, 1);
         assert_eq!(inj.decide(Endpoint::DeviceServer), None);
-        assert_eq!(
-            inj.decide(Endpoint::SessionServer),
-            Some(FaultAction::Http503)
-        );
-        assert_eq!(
-            inj.decide(Endpoint::SessionServer),
-            Some(FaultAction::Http503)
-        );
+        assert_eq!(inj.decide(Endpoint::SessionServer), Some(FaultAction::Http503));
+        assert_eq!(inj.decide(Endpoint::SessionServer), Some(FaultAction::Http503));
         assert_eq!(inj.decide(Endpoint::SessionServer), None);
     }
 
     #[test]
     fn probability_is_reproducible_for_a_seed() {
         let faults = Faults {
-            rules: vec![rule(
-                EndpointMatch::Any,
-                FaultAction::Hang,
-                Trigger::Probability(0.5),
-            )],
+            rules: vec![rule(EndpointMatch::Any, FaultAction::Hang, Trigger::Probability(0.5))],
             ..Faults::default()
         };
         let run = |seed| {
             let mut inj = FaultInjector::new(faults.clone(), seed);
-            (0..64)
-                .map(|_| inj.decide(Endpoint::Installation).is_some())
-                .collect::<Vec<_>>()
+            (0..64).map(|_| inj.decide(Endpoint::Installation).is_some()).collect::<Vec<_>>()
         };
         assert_eq!(run(7), run(7));
         let fired = run(7).iter().filter(|f| **f).count();
@@ -288,25 +257,14 @@ mod tests {
     fn probability_bounds_are_respected() {
         let faults = Faults {
             rules: vec![
-                rule(
-                    EndpointMatch::Any,
-                    FaultAction::Hang,
-                    Trigger::Probability(0.0),
-                ),
-                rule(
-                    EndpointMatch::Any,
-                    FaultAction::Http503,
-                    Trigger::Probability(1.0),
-                ),
+                rule(EndpointMatch::Any, FaultAction::Hang, Trigger::Probability(0.0)),
+                rule(EndpointMatch::Any, FaultAction::Http503, Trigger::Probability(1.0)),
             ],
             ..Faults::default()
         };
         let mut inj = FaultInjector::new(faults, 3);
         for _ in 0..100 {
-            assert_eq!(
-                inj.decide(Endpoint::SessionServer),
-                Some(FaultAction::Http503)
-            );
+            assert_eq!(inj.decide(Endpoint::SessionServer), Some(FaultAction::Http503));
         }
     }
 
@@ -314,38 +272,20 @@ mod tests {
     fn first_firing_rule_wins() {
         let faults = Faults {
             rules: vec![
-                rule(
-                    EndpointMatch::SessionServer,
-                    FaultAction::MissingSignature,
-                    Trigger::NextCalls(1),
-                ),
-                rule(
-                    EndpointMatch::Any,
-                    FaultAction::CorruptSignature,
-                    Trigger::NextCalls(5),
-                ),
+                rule(EndpointMatch::SessionServer, FaultAction::MissingSignature, Trigger::NextCalls(1)),
+                rule(EndpointMatch::Any, FaultAction::CorruptSignature, Trigger::NextCalls(5)),
             ],
             ..Faults::default()
         };
         let mut inj = FaultInjector::new(faults, 0);
-        assert_eq!(
-            inj.decide(Endpoint::SessionServer),
-            Some(FaultAction::MissingSignature)
-        );
-        assert_eq!(
-            inj.decide(Endpoint::SessionServer),
-            Some(FaultAction::CorruptSignature)
-        );
+        assert_eq!(inj.decide(Endpoint::SessionServer), Some(FaultAction::MissingSignature));
+        assert_eq!(inj.decide(Endpoint::SessionServer), Some(FaultAction::CorruptSignature));
     }
 
     #[test]
     fn invalid_probability_is_rejected() {
         let faults = Faults {
-            rules: vec![rule(
-                EndpointMatch::Any,
-                FaultAction::Hang,
-                Trigger::Probability(1.5),
-            )],
+            rules: vec![rule(EndpointMatch::Any, FaultAction::Hang, Trigger::Probability(1.5))],
             ..Faults::default()
         };
         assert!(faults.validate().is_err());

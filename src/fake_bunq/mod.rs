@@ -151,10 +151,7 @@ pub struct FakeHandle {
 }
 
 /// Starts the fake on `listener` and returns once it accepts connections.
-pub async fn spawn(
-    listener: tokio::net::TcpListener,
-    config: FakeConfig,
-) -> std::io::Result<FakeHandle> {
+pub async fn spawn(listener: tokio::net::TcpListener, config: FakeConfig) -> std::io::Result<FakeHandle> {
     let addr = listener.local_addr()?;
     // RSA key generation takes tens of milliseconds: keep it off the async workers.
     let server_key = tokio::task::spawn_blocking(ClientKey::generate)

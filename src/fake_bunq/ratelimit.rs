@@ -30,9 +30,7 @@ impl std::str::FromStr for RateLimitScope {
             "ip" => Ok(Self::Ip),
             "device" => Ok(Self::Device),
             "off" => Ok(Self::Off),
-            other => Err(format!(
-                "unknown rate limit scope `{other}` (expected ip, device or off)"
-            )),
+            other => Err(format!("unknown rate limit scope `{other}` (expected ip, device or off)")),
         }
     }
 }
@@ -55,10 +53,7 @@ impl RateLimiter {
     /// a client that keeps hammering is held off only by its admitted calls, the usual
     /// sliding-log behaviour.
     pub fn check(&mut self, endpoint: &str, client: &str, limit: Limit, now: Instant) -> bool {
-        let log = self
-            .admitted
-            .entry((endpoint.to_owned(), client.to_owned()))
-            .or_default();
+        let log = self.admitted.entry((endpoint.to_owned(), client.to_owned())).or_default();
         while let Some(&oldest) = log.front() {
             if now.saturating_duration_since(oldest) >= limit.window {
                 log.pop_front();
@@ -78,32 +73,16 @@ impl RateLimiter {
 mod tests {
     use super::*;
 
-    const ONE_PER_30: Limit = Limit {
-        calls: 1,
-        window: Duration::from_secs(30),
-    };
-    const FIVE_PER_3: Limit = Limit {
-        calls: 5,
-        window: Duration::from_secs(3),
-    };
+    const ONE_PER_30: Limit = Limit { calls: 1, window: Duration::from_secs(30) };
+    const FIVE_PER_3: Limit = Limit { calls: 5, window: Duration::from_secs(3) };
 
     #[test]
     fn second_call_inside_window_is_refused_and_allowed_after_it() {
         let mut rl = RateLimiter::default();
         let t0 = Instant::now();
         assert!(rl.check("session-server", "a", ONE_PER_30, t0));
-        assert!(!rl.check(
-            "session-server",
-            "a",
-            ONE_PER_30,
-            t0 + Duration::from_secs(29)
-        ));
-        assert!(rl.check(
-            "session-server",
-            "a",
-            ONE_PER_30,
-            t0 + Duration::from_secs(30)
-        ));
+        assert!(!rl.check("session-server", "a", ONE_PER_30, t0 + Duration::from_secs(29)));
+        assert!(rl.check("session-server", "a", ONE_PER_30, t0 + Duration::from_secs(30)));
     }
 
     #[test]
@@ -111,33 +90,13 @@ mod tests {
         let mut rl = RateLimiter::default();
         let t0 = Instant::now();
         for i in 0..5 {
-            assert!(rl.check(
-                "device-server",
-                "a",
-                FIVE_PER_3,
-                t0 + Duration::from_millis(500 * i)
-            ));
+            assert!(rl.check("device-server", "a", FIVE_PER_3, t0 + Duration::from_millis(500 * i)));
         }
         // 2.5 s after the first call, five are still inside the window.
-        assert!(!rl.check(
-            "device-server",
-            "a",
-            FIVE_PER_3,
-            t0 + Duration::from_millis(2900)
-        ));
+        assert!(!rl.check("device-server", "a", FIVE_PER_3, t0 + Duration::from_millis(2900)));
         // At 3.0 s the first call leaves the window: exactly one more fits.
-        assert!(rl.check(
-            "device-server",
-            "a",
-            FIVE_PER_3,
-            t0 + Duration::from_millis(3000)
-        ));
-        assert!(!rl.check(
-            "device-server",
-            "a",
-            FIVE_PER_3,
-            t0 + Duration::from_millis(3100)
-        ));
+        assert!(rl.check("device-server", "a", FIVE_PER_3, t0 + Duration::from_millis(3000)));
+        assert!(!rl.check("device-server", "a", FIVE_PER_3, t0 + Duration::from_millis(3100)));
     }
 
     #[test]
@@ -151,10 +110,7 @@ mod tests {
 
     #[test]
     fn scope_parses_from_cli_words() {
-        assert_eq!(
-            "device".parse::<RateLimitScope>().unwrap(),
-            RateLimitScope::Device
-        );
+        assert_eq!("device".parse::<RateLimitScope>().unwrap(), RateLimitScope::Device);
         assert!("global".parse::<RateLimitScope>().is_err());
     }
 }

@@ -148,15 +148,8 @@ mod tests {
     fn installation_envelope_keeps_element_and_field_order() {
         let body = envelope_body(vec![
             Item::Id(IdObject { id: 1 }),
-            Item::Token(TokenObject {
-                id: 1,
-                created: "c".into(),
-                updated: "u".into(),
-                token: "t".into(),
-            }),
-            Item::ServerPublicKey(ServerPublicKeyObject {
-                server_public_key: "k".into(),
-            }),
+            Item::Token(TokenObject { id: 1, created: "c".into(), updated: "u".into(), token: "t".into() }),
+            Item::ServerPublicKey(ServerPublicKeyObject { server_public_key: "k".into() }),
         ]);
         assert_eq!(
             std::str::from_utf8(&body).unwrap(),
@@ -184,10 +177,7 @@ mod tests {
         }))]);
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         let key = &v["Response"][0]["UserApiKey"];
-        assert_eq!(
-            key["requested_by_user"]["UserCompany"]["session_timeout"],
-            604800
-        );
+        assert_eq!(key["requested_by_user"]["UserCompany"]["session_timeout"], 604800);
         assert_eq!(key["granted_by_user"]["UserPerson"]["id"], 2);
     }
 

@@ -98,21 +98,9 @@ async fn method_not_allowed(
 
 /// Unknown routes and methods: answered like bunq (signed Error body), recorded as
 /// endpoint `other`, never faulted or rate limited.
-fn answer_error(
-    app: Arc<App>,
-    conn: Conn,
-    method: Method,
-    headers: HeaderMap,
-    error: BunqError,
-) -> Response {
+fn answer_error(app: Arc<App>, conn: Conn, method: Method, headers: HeaderMap, error: BunqError) -> Response {
     let record = new_record(Endpoint::Other, &conn, &method, &headers);
-    finish(
-        &app,
-        Reply::error(&error),
-        Signature::Valid,
-        &headers,
-        record,
-    )
+    finish(&app, Reply::error(&error), Signature::Valid, &headers, record)
 }
 
 /// An answer before signing and headers.
@@ -124,27 +112,15 @@ struct Reply {
 
 impl Reply {
     fn ok(body: Vec<u8>) -> Self {
-        Self {
-            status: StatusCode::OK,
-            content_type: "application/json",
-            body,
-        }
+        Self { status: StatusCode::OK, content_type: "application/json", body }
     }
 
     fn error(error: &BunqError) -> Self {
-        Self {
-            status: error.status(),
-            content_type: "application/json",
-            body: wire::error_body(&error.to_string()),
-        }
+        Self { status: error.status(), content_type: "application/json", body: wire::error_body(&error.to_string()) }
     }
 
     fn html(status: StatusCode, html: &str) -> Self {
-        Self {
-            status,
-            content_type: "text/html",
-            body: html.as_bytes().to_vec(),
-        }
+        Self { status, content_type: "text/html", body: html.as_bytes().to_vec() }
     }
 }
 
@@ -161,19 +137,12 @@ fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-fn new_record(
-    endpoint: Endpoint,
-    conn: &Conn,
-    method: &Method,
-    headers: &HeaderMap,
-) -> RecordedCall {
+fn new_record(endpoint: Endpoint, conn: &Conn, method: &Method, headers: &HeaderMap) -> RecordedCall {
     RecordedCall {
         seq: 0,
         endpoint,
         method: method.to_string(),
-        request_id: headers
-            .get(HEADER_REQUEST_ID)
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
+        request_id: headers.get(HEADER_REQUEST_ID).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
         signature_valid: None,
         status: None,
         installation_id: None,
@@ -206,10 +175,7 @@ async fn handle(
         Some(FaultAction::MissingSignature) => Signature::Missing,
         Some(FaultAction::CorruptSignature) => Signature::Corrupt,
         Some(FaultAction::Hang) => {
-            tracing::info!(
-                endpoint = endpoint.as_str(),
-                "fault: hanging until shutdown"
-            );
+            tracing::info!(endpoint = endpoint.as_str(), "fault: hanging until shutdown");
             lock(&app.calls).push(record);
             app.shutdown.cancelled().await;
             conn.kill.kill();
@@ -224,12 +190,8 @@ async fn handle(
         }
         Some(action) => {
             let reply = match action {
-                FaultAction::Http500Html => {
-                    Reply::html(StatusCode::INTERNAL_SERVER_ERROR, wire::HTML_500)
-                }
-                FaultAction::Http503 => {
-                    Reply::html(StatusCode::SERVICE_UNAVAILABLE, wire::HTML_503)
-                }
+                FaultAction::Http500Html => Reply::html(StatusCode::INTERNAL_SERVER_ERROR, wire::HTML_500),
+                FaultAction::Http503 => Reply::html(StatusCode::SERVICE_UNAVAILABLE, wire::HTML_503),
                 FaultAction::Maintenance491 => Reply::error(&BunqError::Maintenance),
                 _ => Reply::error(&rate_limited(limit_for(&app, endpoint))),
             };
@@ -253,10 +215,7 @@ fn limit_for(app: &App, endpoint: Endpoint) -> Limit {
 }
 
 fn rate_limited(limit: Limit) -> BunqError {
-    BunqError::RateLimited {
-        calls: limit.calls,
-        per_secs: limit.window.as_secs(),
-    }
+    BunqError::RateLimited { calls: limit.calls, per_secs: limit.window.as_secs() }
 }
 
 /// Steps 2–7 of the pipeline.
@@ -358,24 +317,15 @@ fn authenticate<'h>(
 fn parse_object(body: &[u8]) -> Result<serde_json::Map<String, Value>, BunqError> {
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err(BunqError::InvalidBody(
-            "The request body must be a JSON object.".to_owned(),
-        )),
-        Err(_) => Err(BunqError::InvalidBody(
-            "The request body is not valid JSON.".to_owned(),
-        )),
+        Ok(_) => Err(BunqError::InvalidBody("The request body must be a JSON object.".to_owned())),
+        Err(_) => Err(BunqError::InvalidBody("The request body is not valid JSON.".to_owned())),
     }
 }
 
-fn required_string<'a>(
-    json: &'a serde_json::Map<String, Value>,
-    field: &str,
-) -> Result<&'a str, BunqError> {
+fn required_string<'a>(json: &'a serde_json::Map<String, Value>, field: &str) -> Result<&'a str, BunqError> {
     match json.get(field).and_then(Value::as_str) {
         Some(s) if !s.trim().is_empty() => Ok(s),
-        _ => Err(BunqError::InvalidBody(format!(
-            "The field \"{field}\" is required and must be a non-empty string."
-        ))),
+        _ => Err(BunqError::InvalidBody(format!("The field \"{field}\" is required and must be a non-empty string."))),
     }
 }
 
@@ -384,26 +334,17 @@ fn installation_effect(app: &App, body: &[u8]) -> Result<Reply, BunqError> {
     let pem = json
         .get("client_public_key")
         .and_then(Value::as_str)
-        .ok_or_else(|| {
-            BunqError::InvalidPublicKey("field \"client_public_key\" is missing".to_owned())
-        })?;
+        .ok_or_else(|| BunqError::InvalidPublicKey("field \"client_public_key\" is missing".to_owned()))?;
     if !pem.contains("-----BEGIN PUBLIC KEY-----") {
         // The SDK rewrites PKCS#1 headers to SPKI; bunq documents SPKI only.
-        return Err(BunqError::InvalidPublicKey(
-            "expected a PEM \"PUBLIC KEY\" (SubjectPublicKeyInfo)".to_owned(),
-        ));
+        return Err(BunqError::InvalidPublicKey("expected a PEM \"PUBLIC KEY\" (SubjectPublicKeyInfo)".to_owned()));
     }
     let key = PublicKey::from_pem(pem).map_err(|e| BunqError::InvalidPublicKey(e.to_string()))?;
     let created = lock(&app.state).install(key);
     let at = wire::bunq_timestamp(created.created);
     Ok(Reply::ok(wire::envelope_body(vec![
         Item::Id(wire::IdObject { id: created.id }),
-        Item::Token(wire::TokenObject {
-            id: created.id,
-            created: at.clone(),
-            updated: at,
-            token: created.token,
-        }),
+        Item::Token(wire::TokenObject { id: created.id, created: at.clone(), updated: at, token: created.token }),
         Item::ServerPublicKey(wire::ServerPublicKeyObject {
             server_public_key: app.server_key.public_key_pem().to_owned(),
         }),
@@ -422,20 +363,15 @@ fn device_server_effect(
         None | Some(Value::Null) => {}
         Some(Value::Array(ips)) if ips.iter().all(Value::is_string) => {}
         Some(_) => {
-            return Err(BunqError::InvalidBody(
-                "The field \"permitted_ips\" must be an array of strings.".to_owned(),
-            ))
+            return Err(BunqError::InvalidBody("The field \"permitted_ips\" must be an array of strings.".to_owned()))
         }
     }
     let id = lock(&app.state).register_device(token, secret)?;
-    Ok(Reply::ok(wire::envelope_body(vec![Item::Id(
-        wire::IdObject { id },
-    )])))
+    Ok(Reply::ok(wire::envelope_body(vec![Item::Id(wire::IdObject { id })])))
 }
 
 fn session_server_effect(app: &App, token: &str, secret: SecretDigest) -> Result<Reply, BunqError> {
-    let session =
-        lock(&app.state).open_session(token, secret, app.config.allow_credential_reuse)?;
+    let session = lock(&app.state).open_session(token, secret, app.config.allow_credential_reuse)?;
     Ok(Reply::ok(session_body(app, &session)))
 }
 
@@ -447,8 +383,7 @@ fn session_body(app: &App, session: &NewSession) -> Vec<u8> {
         id: config.partner_company_id,
         created: users_created.clone(),
         updated: users_created.clone(),
-        public_uuid: Uuid::new_v5(&Uuid::NAMESPACE_OID, config.partner_display_name.as_bytes())
-            .to_string(),
+        public_uuid: Uuid::new_v5(&Uuid::NAMESPACE_OID, config.partner_display_name.as_bytes()).to_string(),
         display_name: config.partner_display_name.clone(),
         public_nick_name: config.partner_display_name.clone(),
         session_timeout: config.session_timeout_secs,
@@ -482,13 +417,7 @@ fn session_body(app: &App, session: &NewSession) -> Vec<u8> {
 }
 
 /// Step 8: signs, adds bunq's headers, records and logs the call.
-fn finish(
-    app: &App,
-    reply: Reply,
-    signature: Signature,
-    headers: &HeaderMap,
-    mut record: RecordedCall,
-) -> Response {
+fn finish(app: &App, reply: Reply, signature: Signature, headers: &HeaderMap, mut record: RecordedCall) -> Response {
     let signature = match signature {
         Signature::Valid => app.server_key.sign(&reply.body).ok(),
         Signature::Missing => None,
@@ -501,15 +430,9 @@ fn finish(
     let mut response = Response::new(Body::from(reply.body));
     *response.status_mut() = reply.status;
     let out = response.headers_mut();
-    out.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(reply.content_type),
-    );
+    out.insert(header::CONTENT_TYPE, HeaderValue::from_static(reply.content_type));
     if let Some(request_id) = headers.get(HEADER_REQUEST_ID) {
-        out.insert(
-            HeaderName::from_static(HEADER_REQUEST_ID),
-            request_id.clone(),
-        );
+        out.insert(HeaderName::from_static(HEADER_REQUEST_ID), request_id.clone());
     }
     if let Ok(id) = HeaderValue::from_str(&Uuid::new_v4().to_string()) {
         out.insert(HeaderName::from_static(HEADER_RESPONSE_ID), id);

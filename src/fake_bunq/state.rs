@@ -130,18 +130,10 @@ impl BunqState {
                 user_person_uuid: Uuid::new_v5(&Uuid::NAMESPACE_OID, secret.as_bytes()),
                 created: OffsetDateTime::now_utc(),
             };
-            self.credentials.insert(
-                secret,
-                Credential {
-                    state: CredentialState::PendingFirstUse,
-                    users,
-                },
-            );
+            self.credentials.insert(secret, Credential { state: CredentialState::PendingFirstUse, users });
         }
         // Inserted just above when missing.
-        self.credentials
-            .get_mut(&secret)
-            .expect("credential present")
+        self.credentials.get_mut(&secret).expect("credential present")
     }
 
     pub fn register_credential(&mut self, secret: SecretDigest, state: CredentialState) {
@@ -157,37 +149,21 @@ impl BunqState {
         let token = new_token();
         self.installations.insert(
             token.clone(),
-            Installation {
-                id,
-                client_key,
-                used_request_ids: HashSet::new(),
-                devices: HashMap::new(),
-            },
+            Installation { id, client_key, used_request_ids: HashSet::new(), devices: HashMap::new() },
         );
-        NewInstallation {
-            id,
-            token,
-            created: OffsetDateTime::now_utc(),
-        }
+        NewInstallation { id, token, created: OffsetDateTime::now_utc() }
     }
 
     /// Resolves `X-Bunq-Client-Authentication` to an installation.
     pub fn authenticate(&self, token: Option<&str>) -> Result<Authenticated, BunqError> {
-        let installation = token
-            .and_then(|t| self.installations.get(t))
-            .ok_or(BunqError::InsufficientAuthentication)?;
-        Ok(Authenticated {
-            installation_id: installation.id,
-            client_key: installation.client_key.clone(),
-        })
+        let installation =
+            token.and_then(|t| self.installations.get(t)).ok_or(BunqError::InsufficientAuthentication)?;
+        Ok(Authenticated { installation_id: installation.id, client_key: installation.client_key.clone() })
     }
 
     /// Claims a request id on the installation; a second use is an error.
     pub fn claim_request_id(&mut self, token: &str, request_id: &str) -> Result<(), BunqError> {
-        let installation = self
-            .installations
-            .get_mut(token)
-            .ok_or(BunqError::InsufficientAuthentication)?;
+        let installation = self.installations.get_mut(token).ok_or(BunqError::InsufficientAuthentication)?;
         if installation.used_request_ids.insert(request_id.to_owned()) {
             Ok(())
         } else {
@@ -199,10 +175,7 @@ impl BunqState {
     pub fn register_device(&mut self, token: &str, secret: SecretDigest) -> Result<u64, BunqError> {
         usable(self.credential(secret).state, true)?;
         let id = self.next_id();
-        let installation = self
-            .installations
-            .get_mut(token)
-            .ok_or(BunqError::InsufficientAuthentication)?;
+        let installation = self.installations.get_mut(token).ok_or(BunqError::InsufficientAuthentication)?;
         // Registering the same secret again makes a new device, as a second
         // `POST /device-server` does at bunq; the latest one counts.
         installation.devices.insert(secret, id);
@@ -218,10 +191,7 @@ impl BunqState {
         secret: SecretDigest,
         allow_credential_reuse: bool,
     ) -> Result<NewSession, BunqError> {
-        let installation = self
-            .installations
-            .get(token)
-            .ok_or(BunqError::InsufficientAuthentication)?;
+        let installation = self.installations.get(token).ok_or(BunqError::InsufficientAuthentication)?;
         if !installation.devices.contains_key(&secret) {
             return Err(BunqError::CredentialsIncorrect);
         }
@@ -232,12 +202,7 @@ impl BunqState {
         let id = self.next_id();
         *self.sessions_per_secret.entry(secret).or_default() += 1;
         self.sessions += 1;
-        Ok(NewSession {
-            id,
-            token: new_token(),
-            created: OffsetDateTime::now_utc(),
-            users,
-        })
+        Ok(NewSession { id, token: new_token(), created: OffsetDateTime::now_utc(), users })
     }
 
     pub fn sessions_created_for(&self, secret: SecretDigest) -> usize {
@@ -271,18 +236,14 @@ mod tests {
 
     fn installed(state: &mut BunqState) -> String {
         let key = ClientKey::generate().unwrap();
-        state
-            .install(PublicKey::from_pem(key.public_key_pem()).unwrap())
-            .token
+        state.install(PublicKey::from_pem(key.public_key_pem()).unwrap()).token
     }
 
     #[test]
     fn token_is_64_lowercase_hex() {
         let t = new_token();
         assert_eq!(t.len(), 64);
-        assert!(t
-            .chars()
-            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert!(t.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
     }
 
     #[test]
@@ -297,10 +258,7 @@ mod tests {
         }
         assert_eq!(users[0], users[1]);
         assert_eq!(state.sessions_created_for(secret), 2);
-        assert_eq!(
-            state.credential_state(secret),
-            Some(CredentialState::Active)
-        );
+        assert_eq!(state.credential_state(secret), Some(CredentialState::Active));
     }
 
     #[test]
@@ -310,10 +268,7 @@ mod tests {
         let a = installed(&mut state);
         let b = installed(&mut state);
         state.register_device(&a, secret).unwrap();
-        assert_eq!(
-            state.open_session(&b, secret, true).unwrap_err(),
-            BunqError::CredentialsIncorrect
-        );
+        assert_eq!(state.open_session(&b, secret, true).unwrap_err(), BunqError::CredentialsIncorrect);
     }
 
     #[test]
@@ -322,26 +277,17 @@ mod tests {
         let token = installed(&mut state);
         let rejected = SecretDigest::of("r");
         state.register_credential(rejected, CredentialState::Rejected);
-        assert_eq!(
-            state.register_device(&token, rejected).unwrap_err(),
-            BunqError::CredentialsIncorrect
-        );
+        assert_eq!(state.register_device(&token, rejected).unwrap_err(), BunqError::CredentialsIncorrect);
 
         let once = SecretDigest::of("once");
         state.register_device(&token, once).unwrap();
         state.open_session(&token, once, false).unwrap();
-        assert_eq!(
-            state.open_session(&token, once, false).unwrap_err(),
-            BunqError::CredentialsIncorrect
-        );
+        assert_eq!(state.open_session(&token, once, false).unwrap_err(), BunqError::CredentialsIncorrect);
 
         let expiring = SecretDigest::of("e");
         state.register_device(&token, expiring).unwrap();
         state.register_credential(expiring, CredentialState::Expired);
-        assert_eq!(
-            state.open_session(&token, expiring, true).unwrap_err(),
-            BunqError::CredentialsIncorrect
-        );
+        assert_eq!(state.open_session(&token, expiring, true).unwrap_err(), BunqError::CredentialsIncorrect);
     }
 
     #[test]
@@ -350,10 +296,7 @@ mod tests {
         let a = installed(&mut state);
         let b = installed(&mut state);
         state.claim_request_id(&a, "r1").unwrap();
-        assert!(matches!(
-            state.claim_request_id(&a, "r1"),
-            Err(BunqError::RequestIdReused(_))
-        ));
+        assert!(matches!(state.claim_request_id(&a, "r1"), Err(BunqError::RequestIdReused(_))));
         state.claim_request_id(&b, "r1").unwrap();
     }
 

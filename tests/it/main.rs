@@ -1,0 +1,7 @@
+//! Integration tests: the real worker against the machine's RabbitMQ and Redis and the
+//! project's fake bunq. One test binary; each test has its own names.
+
+mod bad_input;
+mod end_to_end;
+mod helpers;
+mod process;
