@@ -79,6 +79,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .init();
     let args = Args::parse();
+    // Registered before the address is printed: a supervisor may signal as soon as it
+    // has read that line, and an unregistered SIGTERM would kill us ungracefully.
+    let shutdown = shutdown_signal()?;
 
     let mut faults = match &args.faults {
         Some(json) => serde_json::from_str::<Faults>(json).map_err(|e| format!("--faults: {e}"))?,
@@ -108,17 +111,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     tracing::info!(base_url = %fake.base_url(), scope = ?args.rate_limit_scope, "fake-bunq started");
 
-    shutdown_signal().await?;
+    shutdown.await;
     tracing::info!("shutting down");
     fake.shutdown().await;
     Ok(())
 }
 
-async fn shutdown_signal() -> std::io::Result<()> {
+/// Registers SIGINT and SIGTERM handlers now; the returned future resolves on either.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r,
-        _ = term.recv() => Ok(()),
-    }
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+    })
 }
