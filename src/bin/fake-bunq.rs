@@ -51,6 +51,11 @@ struct Args {
     #[arg(long)]
     single_use_credentials: bool,
 
+    /// Expire never-used credentials this many seconds after first sight (bunq: 3600
+    /// in sandbox, 14400 in production). Default: never.
+    #[arg(long, env = "FAKE_BUNQ_CREDENTIAL_TTL_SECS")]
+    credential_ttl_secs: Option<u64>,
+
     /// Initial fault configuration as JSON (same shape as `PUT /_fake/faults`).
     #[arg(long, env = "FAKE_BUNQ_FAULTS")]
     faults: Option<String>,
@@ -98,6 +103,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         other_post_limit: args.other_post_limit,
         seed: args.seed,
         allow_credential_reuse: !args.single_use_credentials,
+        credential_ttl: args.credential_ttl_secs.map(Duration::from_secs),
         faults,
         ..FakeConfig::default()
     };
