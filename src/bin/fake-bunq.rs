@@ -44,6 +44,11 @@ struct Args {
     #[arg(long)]
     single_use_credentials: bool,
 
+    /// Expire never-used credentials this many seconds after first sight (bunq: 3600
+    /// in sandbox, 14400 in production). Default: never.
+    #[arg(long, env = "FAKE_BUNQ_CREDENTIAL_TTL_SECS")]
+    credential_ttl_secs: Option<u64>,
+
     /// Initial fault configuration as JSON (same shape as `PUT /_fake/faults`).
     #[arg(long, env = "FAKE_BUNQ_FAULTS")]
     faults: Option<String>,
@@ -70,6 +75,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .init();
     let args = Args::parse();
+    // Registered before the address is printed: a supervisor may signal as soon as it
+    // has read that line, and an unregistered SIGTERM would kill us ungracefully.
+    let shutdown = shutdown_signal()?;
 
     let mut faults = match &args.faults {
         Some(json) => serde_json::from_str::<Faults>(json).map_err(|e| format!("--faults: {e}"))?,
@@ -86,6 +94,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         other_post_limit: args.other_post_limit,
         seed: args.seed,
         allow_credential_reuse: !args.single_use_credentials,
+        credential_ttl: args.credential_ttl_secs.map(Duration::from_secs),
         faults,
         ..FakeConfig::default()
     };
@@ -99,17 +108,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     tracing::info!(base_url = %fake.base_url(), scope = ?args.rate_limit_scope, "fake-bunq started");
 
-    shutdown_signal().await?;
+    shutdown.await;
     tracing::info!("shutting down");
     fake.shutdown().await;
     Ok(())
 }
 
-async fn shutdown_signal() -> std::io::Result<()> {
+/// Registers SIGINT and SIGTERM handlers now; the returned future resolves on either.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r,
-        _ = term.recv() => Ok(()),
-    }
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+    })
 }

@@ -33,7 +33,7 @@ pub struct RecordedCall {
 pub struct Stats {
     /// Calls per endpoint name, whatever their outcome.
     pub calls_per_endpoint: BTreeMap<String, usize>,
-    /// Calls per status code (`"dropped"` for no answer).
+    /// Calls per status code (`"no_answer"` for no answer).
     pub calls_per_status: BTreeMap<String, usize>,
     /// Sessions opened per short secret hash (never reset by clearing calls).
     pub sessions_per_secret_hash: BTreeMap<String, usize>,
@@ -70,7 +70,7 @@ impl CallLog {
     pub fn fill_stats(&self, stats: &mut Stats) {
         for call in &self.calls {
             *stats.calls_per_endpoint.entry(call.endpoint.as_str().to_owned()).or_default() += 1;
-            let status = call.status.map_or_else(|| "dropped".to_owned(), |s| s.to_string());
+            let status = call.status.map_or_else(|| "no_answer".to_owned(), |s| s.to_string());
             *stats.calls_per_status.entry(status).or_default() += 1;
         }
     }

@@ -78,14 +78,6 @@ pub enum FaultAction {
     CorruptSignature,
 }
 
-impl FaultAction {
-    /// Whether the call is still processed (state changes happen) before the fault
-    /// shows: only the signature faults tamper with an otherwise real answer.
-    pub fn processes_request(self) -> bool {
-        matches!(self, FaultAction::MissingSignature | FaultAction::CorruptSignature)
-    }
-}
-
 /// When a rule fires.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -14,6 +14,31 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Behaviour
+//! - Any non-empty secret is a usable `PENDING_FIRST_USE` credential until registered
+//!   otherwise; its `UserApiKey.id` and granted `UserPerson.id` are fixed the first
+//!   time the fake sees it.
+//! - Every `/v1` answer (success, error, injected fault) carries
+//!   `X-Bunq-Server-Signature` over the exact body bytes, `X-Bunq-Client-Response-Id`
+//!   and the echoed `X-Bunq-Client-Request-Id` — unless a signature fault removes or
+//!   corrupts the signature.
+//! - Status choices bunq never documented precisely (all UNCERTAIN, bunq-api.md §11):
+//!   unknown/missing installation token → 403 `Insufficient authentication.`;
+//!   reused request id → 400; expired, rejected or unregistered credential → 400
+//!   `User credentials are incorrect. Incorrect API key or IP address.`; missing
+//!   `User-Agent` → 400. See [`errors::BunqError`].
+//!
+//! # Admin API (not bunq; unsigned JSON)
+//! - `GET /_fake/calls`, `DELETE /_fake/calls`: the [`RecordedCall`] log.
+//! - `GET /_fake/faults`, `PUT /_fake/faults`: the [`Faults`] configuration, e.g.
+//!   `{"latency_ms":0,"seed":7,"rules":[{"endpoint":"session-server",
+//!   "action":"http_500_html","next_calls":2},{"endpoint":"any",
+//!   "action":"drop_connection","probability":0.1}]}`.
+//! - `POST /_fake/credentials`: `{"secret":"…","state":"EXPIRED"}` (states
+//!   `PENDING_FIRST_USE`, `ACTIVE`, `EXPIRED`, `REJECTED`, also lowercase).
+//! - `GET /_fake/stats`: [`Stats`].
+//! - `GET /_fake/server-public-key`: the server key PEM.
+//!
 //! Module map: [`routes`] runs the bunq endpoints, [`admin`] the `/_fake/` API,
 //! [`state`] holds installations/devices/credentials/sessions, [`faults`] and
 //! [`ratelimit`] decide misbehaviour, [`responses`] and [`errors`] shape the bodies,
@@ -65,6 +90,9 @@ pub struct FakeConfig {
     /// Whether an `ACTIVE` credential may open further sessions. bunq does not say
     /// (bunq-api.md §7.3); `true` lets the official SDK's `reset_session` work.
     pub allow_credential_reuse: bool,
+    /// How long a never-used credential stays usable after the fake first sees it,
+    /// like bunq's 1 h (sandbox) / 4 h (production) window. `None`: forever.
+    pub credential_ttl: Option<Duration>,
     /// The partner company that "requested" every `UserApiKey`.
     pub partner_company_id: u64,
     pub partner_display_name: String,
@@ -81,6 +109,7 @@ impl Default for FakeConfig {
             other_post_limit: (5, Duration::from_secs(3)),
             seed: 0,
             allow_credential_reuse: true,
+            credential_ttl: None,
             partner_company_id: 1,
             partner_display_name: "Fake Partner B.V.".to_owned(),
             faults: Faults::default(),
@@ -109,10 +138,11 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl App {
     fn new(config: FakeConfig, server_key: ClientKey) -> Self {
         let faults = FaultInjector::new(config.faults.clone(), config.seed);
+        let state = BunqState::new(config.credential_ttl);
         Self {
             config,
             server_key,
-            state: Mutex::new(BunqState::default()),
+            state: Mutex::new(state),
             calls: Mutex::new(CallLog::default()),
             faults: Mutex::new(faults),
             limiter: Mutex::new(RateLimiter::default()),

@@ -188,13 +188,21 @@ async fn handle(
             conn.kill.kill();
             return Response::new(Body::empty());
         }
-        Some(action) => {
-            let reply = match action {
-                FaultAction::Http500Html => Reply::html(StatusCode::INTERNAL_SERVER_ERROR, wire::HTML_500),
-                FaultAction::Http503 => Reply::html(StatusCode::SERVICE_UNAVAILABLE, wire::HTML_503),
-                FaultAction::Maintenance491 => Reply::error(&BunqError::Maintenance),
-                _ => Reply::error(&rate_limited(limit_for(&app, endpoint))),
-            };
+        // The remaining faults replace the answer; nothing is processed.
+        Some(FaultAction::Http500Html) => {
+            let reply = Reply::html(StatusCode::INTERNAL_SERVER_ERROR, wire::HTML_500);
+            return finish(&app, reply, Signature::Valid, &headers, record);
+        }
+        Some(FaultAction::Http503) => {
+            let reply = Reply::html(StatusCode::SERVICE_UNAVAILABLE, wire::HTML_503);
+            return finish(&app, reply, Signature::Valid, &headers, record);
+        }
+        Some(FaultAction::Maintenance491) => {
+            let reply = Reply::error(&BunqError::Maintenance);
+            return finish(&app, reply, Signature::Valid, &headers, record);
+        }
+        Some(FaultAction::RateLimited429) => {
+            let reply = Reply::error(&rate_limited(limit_for(&app, endpoint)));
             return finish(&app, reply, Signature::Valid, &headers, record);
         }
     };

@@ -8,6 +8,7 @@ use super::secret::SecretDigest;
 use crate::bunq::signing::PublicKey;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -44,6 +45,8 @@ pub struct UserIds {
 #[derive(Debug)]
 struct Credential {
     state: CredentialState,
+    /// When the fake first saw the secret; the TTL counts from here.
+    first_seen: Instant,
     users: UserIds,
 }
 
@@ -91,11 +94,20 @@ pub struct BunqState {
     sessions_per_secret: HashMap<SecretDigest, usize>,
     devices: usize,
     sessions: usize,
+    credential_ttl: Option<Duration>,
 }
 
 impl Default for BunqState {
     fn default() -> Self {
+        Self::new(None)
+    }
+}
+
+impl BunqState {
+    /// `credential_ttl`: how long a never-used credential stays usable (`None`: forever).
+    pub fn new(credential_ttl: Option<Duration>) -> Self {
         Self {
+            credential_ttl,
             // Ids below 100 are left for fixed objects such as the partner company.
             next_id: 100,
             installations: HashMap::new(),
@@ -121,27 +133,43 @@ impl BunqState {
     }
 
     /// The secret's credential, created as `PENDING_FIRST_USE` with fresh user ids the
-    /// first time the fake sees it.
+    /// first time the fake sees it. A pending credential older than the TTL becomes
+    /// `EXPIRED` here, like bunq's 1 h (sandbox) / 4 h (production) window.
     fn credential(&mut self, secret: SecretDigest) -> &mut Credential {
-        if !self.credentials.contains_key(&secret) {
-            let users = UserIds {
-                user_api_key_id: self.next_id(),
-                user_person_id: self.next_id(),
-                user_person_uuid: Uuid::new_v5(&Uuid::NAMESPACE_OID, secret.as_bytes()),
-                created: OffsetDateTime::now_utc(),
-            };
-            self.credentials.insert(secret, Credential { state: CredentialState::PendingFirstUse, users });
+        let next_id = &mut self.next_id;
+        let credential = self.credentials.entry(secret).or_insert_with(|| {
+            let user_api_key_id = *next_id;
+            *next_id += 2;
+            Credential {
+                state: CredentialState::PendingFirstUse,
+                first_seen: Instant::now(),
+                users: UserIds {
+                    user_api_key_id,
+                    user_person_id: user_api_key_id + 1,
+                    user_person_uuid: Uuid::new_v5(&Uuid::NAMESPACE_OID, secret.as_bytes()),
+                    created: OffsetDateTime::now_utc(),
+                },
+            }
+        });
+        if credential.state == CredentialState::PendingFirstUse
+            && self.credential_ttl.is_some_and(|ttl| credential.first_seen.elapsed() >= ttl)
+        {
+            credential.state = CredentialState::Expired;
         }
-        // Inserted just above when missing.
-        self.credentials.get_mut(&secret).expect("credential present")
+        credential
     }
 
     pub fn register_credential(&mut self, secret: SecretDigest, state: CredentialState) {
         self.credential(secret).state = state;
     }
 
-    pub fn credential_state(&self, secret: SecretDigest) -> Option<CredentialState> {
-        self.credentials.get(&secret).map(|c| c.state)
+    /// The credential's state, `None` if the fake never saw the secret.
+    pub fn credential_state(&mut self, secret: SecretDigest) -> Option<CredentialState> {
+        if self.credentials.contains_key(&secret) {
+            Some(self.credential(secret).state)
+        } else {
+            None
+        }
     }
 
     pub fn install(&mut self, client_key: PublicKey) -> NewInstallation {
@@ -288,6 +316,20 @@ mod tests {
         state.register_device(&token, expiring).unwrap();
         state.register_credential(expiring, CredentialState::Expired);
         assert_eq!(state.open_session(&token, expiring, true).unwrap_err(), BunqError::CredentialsIncorrect);
+    }
+
+    #[test]
+    fn pending_credential_expires_after_ttl_but_active_one_does_not() {
+        let mut state = BunqState::new(Some(Duration::ZERO));
+        let token = installed(&mut state);
+        let secret = SecretDigest::of("slow");
+        assert_eq!(state.register_device(&token, secret).unwrap_err(), BunqError::CredentialsIncorrect);
+        assert_eq!(state.credential_state(secret), Some(CredentialState::Expired));
+
+        let used = SecretDigest::of("used");
+        state.register_credential(used, CredentialState::Active);
+        state.register_device(&token, used).unwrap();
+        state.open_session(&token, used, true).unwrap();
     }
 
     #[test]
