@@ -127,9 +127,9 @@ pub struct WorkerArgs {
     /// `credential`: one per credential, for bunq counting per device (newer docs).
     #[arg(long, env = "RATE_LIMIT_SCOPE", default_value = "global")]
     pub rate_limit_scope: String,
-    /// Drain timeout on SIGTERM, in seconds.
-    #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", default_value_t = 30)]
-    pub shutdown_timeout_secs: u64,
+    /// How long in-flight deliveries may take to finish after SIGTERM, e.g. 30s.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "30s")]
+    pub shutdown_timeout: String,
 }
 
 /// Validated settings of the worker.
@@ -233,7 +233,11 @@ impl Settings {
                 "must exceed RETRY_BUDGET_MS + BUNQ_REQUEST_TIMEOUT_MS, or a slow attempt could lose its lock",
             ));
         }
-        positive("SHUTDOWN_TIMEOUT_SECS", args.shutdown_timeout_secs)?;
+        let shutdown_timeout =
+            crate::duration::parse(&args.shutdown_timeout).map_err(|p| invalid("SHUTDOWN_TIMEOUT", p))?;
+        if shutdown_timeout.is_zero() {
+            return Err(invalid("SHUTDOWN_TIMEOUT", "must be positive"));
+        }
         let rate_limits = RateLimits {
             session_server: Limit::parse(&args.rate_limit_session_server)
                 .map_err(|p| invalid("RATE_LIMIT_SESSION_SERVER", p))?,
@@ -268,7 +272,7 @@ impl Settings {
             },
             lock_ttl: Duration::from_millis(args.lock_ttl_ms),
             rate_limits,
-            shutdown_timeout: Duration::from_secs(args.shutdown_timeout_secs),
+            shutdown_timeout,
         })
     }
 }
@@ -384,6 +388,7 @@ mod tests {
             (&["--rate-limit-scope", "planet"], "RATE_LIMIT_SCOPE"),
             (&["--input-queue", "amq.x"], "INPUT_QUEUE"),
             (&["--lock-ttl-ms", "1000"], "LOCK_TTL_MS"),
+            (&["--shutdown-timeout", "soon"], "SHUTDOWN_TIMEOUT"),
         ];
         for (extra, variable) in cases {
             let err = error_of(extra);

@@ -13,7 +13,7 @@
 //! - [`store`]: the Redis layout (session cache, handshake progress, locks).
 //! - [`ratelimit`]: bunq's rate limits, shared by all replicas through Redis.
 //! - [`retry`]: exponential backoff with jitter (the one module that knows `backoff`).
-//! - [`failure`]: every failure classified, in one place.
+//! - [`failure`]: every failure classified, in one place; [`duration`]: `30s`-style settings.
 //! - [`metrics`], [`ops`]: Prometheus metrics and the ops HTTP server.
 //! - [`cli`]: the `check` and `publish` subcommands.
 //! - [`fake_bunq`]: a faithful local stand-in for bunq's handshake endpoints, for tests
@@ -24,6 +24,7 @@ pub mod bunq;
 pub mod cli;
 pub mod config;
 pub mod decide;
+pub mod duration;
 pub mod event;
 pub mod failure;
 pub mod fake_bunq;

@@ -1,7 +1,7 @@
 //! The `bunq-session-worker` binary: parses the command line, starts telemetry and hands
 //! over to the library.
 
-use bunq_session_worker::cli::{check, publish};
+use bunq_session_worker::cli::{check, dead_letters, publish};
 use bunq_session_worker::config::{Settings, WorkerArgs};
 use bunq_session_worker::startup::{cancel_on_signal, Worker};
 use bunq_session_worker::telemetry::{self, LogFormat};
@@ -30,6 +30,8 @@ enum Command {
     Check(WorkerArgs),
     /// Publish provision events to the input exchange (demos, operations).
     Publish(publish::PublishArgs),
+    /// List dead letters, or replay them to where they first arrived.
+    DeadLetters(dead_letters::DeadLetterArgs),
 }
 
 #[tokio::main]
@@ -45,6 +47,7 @@ async fn main() -> ExitCode {
             Err(e) => Err(e),
         },
         Some(Command::Publish(args)) => publish::run(args).await,
+        Some(Command::DeadLetters(args)) => dead_letters::run(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -21,26 +21,16 @@ pub struct Limit {
 }
 
 impl Limit {
-    /// Parses `CALLS/DURATION`, e.g. `1/30s`, `5/3s`, `100/500ms`, `60/1m`.
+    /// Parses `CALLS/DURATION`, e.g. `1/30s`, `5/3s`, `100/500ms`, `60/1m` (bare numbers are seconds).
     pub fn parse(text: &str) -> Result<Self, String> {
         let problem = || format!("`{text}` is not CALLS/DURATION like 1/30s, 5/3s or 100/500ms");
         let (calls, per) = text.trim().split_once('/').ok_or_else(problem)?;
         let calls: u32 = calls.trim().parse().map_err(|_| problem())?;
-        let per = per.trim();
-        let (number, unit_ms) = if let Some(n) = per.strip_suffix("ms") {
-            (n, 1)
-        } else if let Some(n) = per.strip_suffix('s') {
-            (n, 1_000)
-        } else if let Some(n) = per.strip_suffix('m') {
-            (n, 60_000)
-        } else {
-            return Err(problem());
-        };
-        let number: u64 = number.trim().parse().map_err(|_| problem())?;
-        if calls == 0 || number == 0 {
+        let per = crate::duration::parse(per).map_err(|_| problem())?;
+        if calls == 0 || per.is_zero() {
             return Err(format!("`{text}`: calls and duration must be positive"));
         }
-        Ok(Self { calls, per: Duration::from_millis(number * unit_ms) })
+        Ok(Self { calls, per })
     }
 }
 
@@ -189,7 +179,7 @@ mod tests {
         assert_eq!(Limit::parse(" 5 / 3s ").unwrap(), Limit { calls: 5, per: Duration::from_secs(3) });
         assert_eq!(Limit::parse("100/500ms").unwrap().per, Duration::from_millis(500));
         assert_eq!(Limit::parse("60/1m").unwrap().per, Duration::from_secs(60));
-        for bad in ["", "5", "5/3", "0/3s", "5/0s", "x/3s", "5/3h"] {
+        for bad in ["", "5", "0/3s", "5/0s", "x/3s", "5/3h"] {
             assert!(Limit::parse(bad).is_err(), "{bad}");
         }
     }

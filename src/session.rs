@@ -127,7 +127,6 @@ impl SessionOpener {
         .map_err(|StoreRetry(e)| Failure::from(&e))?;
         tracing::info!(
             event = "session_opened",
-            provision_id = id,
             user_id = session.user_id,
             session_id = session.session_id,
             expires_at = %session.expires_at,

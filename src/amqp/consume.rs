@@ -8,6 +8,7 @@ use crate::handler::{Handler, Incoming, Outcome};
 use crate::metrics::Metrics;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::types::AMQPValue;
 use std::sync::Arc;
 use std::time::Instant;
 use tracing::Instrument;
@@ -56,27 +57,26 @@ impl DeliveryContext {
             Outcome::Announced { .. } | Outcome::Skipped(_) => None,
             Outcome::Retry { reason, detail, delay, counts_as_attempt } => {
                 let attempts = if *counts_as_attempt { attempt } else { attempt - 1 };
-                let properties = with_headers(
-                    &delivery.properties,
-                    &[
-                        (headers::ATTEMPTS, number(attempts)),
-                        (headers::RETRY_REASON, text(reason.as_str())),
-                        (headers::RETRY_DETAIL, text(detail)),
-                    ],
-                )
-                .with_expiration(delay.as_millis().to_string().into());
+                let mut set = original_route(delivery);
+                set.extend([
+                    (headers::ATTEMPTS, number(attempts)),
+                    (headers::RETRY_REASON, text(reason.as_str())),
+                    (headers::RETRY_DETAIL, text(detail)),
+                ]);
+                let properties =
+                    with_headers(&delivery.properties, &set).with_expiration(delay.as_millis().to_string().into());
                 Some((self.names.retry_queue.as_str(), properties))
             }
             Outcome::DeadLetter { reason, detail } => {
-                let properties = with_headers(
-                    &delivery.properties,
-                    &[
-                        (headers::DEAD_LETTER_REASON, text(reason.as_str())),
-                        (headers::DEAD_LETTER_DETAIL, text(detail)),
-                        (headers::ATTEMPTS, number(attempt)),
-                    ],
-                );
-                Some((self.names.dead_letter_queue.as_str(), properties))
+                let now = time::OffsetDateTime::now_utc().unix_timestamp();
+                let mut set = original_route(delivery);
+                set.extend([
+                    (headers::DEAD_LETTER_REASON, text(reason.as_str())),
+                    (headers::DEAD_LETTER_DETAIL, text(detail)),
+                    (headers::ATTEMPTS, number(attempt)),
+                    (headers::DEAD_LETTERED_AT, AMQPValue::LongLongInt(now)),
+                ]);
+                Some((self.names.dead_letter_queue.as_str(), with_headers(&delivery.properties, &set)))
             }
         };
         if let Some((queue, properties)) = copy {
@@ -90,6 +90,18 @@ impl DeliveryContext {
         delivery.ack(BasicAckOptions { multiple: false }).await?;
         Ok(())
     }
+}
+
+/// Where the message first arrived, recorded once: a message back from the retry queue
+/// arrives through the default exchange and already carries it. Replays use it.
+fn original_route(delivery: &Delivery) -> Vec<(&'static str, AMQPValue)> {
+    if headers::get_str(&delivery.properties, headers::ORIGINAL_EXCHANGE).is_some() {
+        return Vec::new();
+    }
+    vec![
+        (headers::ORIGINAL_EXCHANGE, text(delivery.exchange.as_str())),
+        (headers::ORIGINAL_ROUTING_KEY, text(delivery.routing_key.as_str())),
+    ]
 }
 
 fn log_outcome(outcome: &Outcome) {

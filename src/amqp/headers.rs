@@ -8,6 +8,13 @@ pub const DEAD_LETTER_REASON: &str = "x-dead-letter-reason";
 pub const DEAD_LETTER_DETAIL: &str = "x-dead-letter-detail";
 pub const RETRY_REASON: &str = "x-retry-reason";
 pub const RETRY_DETAIL: &str = "x-retry-detail";
+/// Where the message first arrived, so a replay can send it back the same way.
+pub const ORIGINAL_EXCHANGE: &str = "x-original-exchange";
+pub const ORIGINAL_ROUTING_KEY: &str = "x-original-routing-key";
+/// Unix seconds when the worker dead-lettered the message.
+pub const DEAD_LETTERED_AT: &str = "x-dead-lettered-at";
+/// Times an operator replayed the message from the dead-letter queue.
+pub const REPLAYS: &str = "x-replays";
 
 /// Attempts already made, from our header; 0 for a first delivery. Any integer type
 /// or a numeric string is accepted, since other tools may rewrite headers.
@@ -81,8 +88,23 @@ pub fn number(value: u32) -> AMQPValue {
     AMQPValue::LongLongInt(i64::from(value))
 }
 
-pub fn table_get<'a>(table: &'a FieldTable, name: &str) -> Option<&'a AMQPValue> {
-    table.inner().get(name)
+pub fn get_u64(properties: &BasicProperties, name: &str) -> Option<u64> {
+    properties.headers().as_ref()?.inner().get(name).and_then(as_u64)
+}
+
+/// The properties without the named headers.
+pub fn without_headers(properties: &BasicProperties, names: &[&str]) -> BasicProperties {
+    let mut copy = with_headers(properties, &[]);
+    if let Some(headers) = properties.headers() {
+        let mut kept = FieldTable::default();
+        for (name, value) in headers.inner() {
+            if !names.contains(&name.as_str()) {
+                kept.insert(name.clone(), value.clone());
+            }
+        }
+        copy = copy.with_headers(kept);
+    }
+    copy
 }
 
 #[cfg(test)]

@@ -29,6 +29,10 @@ impl PublishChannel {
         *self.0.write().unwrap_or_else(|e| e.into_inner()) = channel;
     }
 
+    pub fn take(&self) -> Option<Channel> {
+        self.0.write().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
     fn get(&self) -> Option<Channel> {
         self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
     }

@@ -141,8 +141,15 @@ impl Supervisor {
         } else {
             tracing::info!(event = "drained");
         }
+        // Each channel closed and awaited before the connection: a channel dropped instead
+        // closes in the background and races the connection's close. Unfinished deliveries
+        // return to the queue when the consume channel closes.
+        if let Some(publish) = self.publish.take() {
+            let _ = publish.close(200, "shutting down".into()).await;
+        }
         let _ = consume.close(200, "shutting down".into()).await;
-        self.publish.set(None);
-        let _ = connection.close(200, "shutting down".into()).await;
+        if let Err(e) = connection.close(200, "shutting down".into()).await {
+            tracing::warn!(event = "close_failed", error = %e);
+        }
     }
 }

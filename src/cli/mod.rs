@@ -1,4 +1,5 @@
-//! Subcommands besides `run`: `check`, `publish` (and, for operators, dead-letter tools).
+//! Subcommands besides `run`: `check`, `publish`, `dead-letters`.
 
 pub mod check;
+pub mod dead_letters;
 pub mod publish;
