@@ -4,7 +4,7 @@ CARGO ?= cargo
 TEST_THREADS ?= 4
 
 .DEFAULT_GOAL := help
-.PHONY: help build demo test test-rust test-sdk lint fmt bench clean-test-state
+.PHONY: help build demo test test-rust test-faults test-sdk lint fmt bench
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -15,10 +15,14 @@ build: ## Build the worker and fake-bunq
 demo: build ## Run the whole flow locally: fake-bunq, the worker, RabbitMQ and Redis
 	$(CARGO) run --quiet --example demo -- --bin-dir "$$($(CARGO) metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug"
 
-test: test-rust test-sdk ## Run every test (needs RabbitMQ and Redis on localhost)
+test: test-rust test-faults test-sdk ## Run every test (needs RabbitMQ and Redis on localhost, rabbitmqctl, redis-server)
 
-test-rust: ## Unit and integration tests
-	$(CARGO) test --all-targets -- --test-threads=$(TEST_THREADS)
+test-rust: ## Unit, doc and integration tests
+	$(CARGO) test --lib --bins --examples --test it --test fake_bunq -- --test-threads=$(TEST_THREADS)
+	$(CARGO) test --doc
+
+test-faults: ## Fault tests: kill, broker disconnects, Redis restart, bunq faults, two replicas, SIGTERM, hostile input
+	$(CARGO) test --test faults -- --test-threads=2 --nocapture
 
 test-sdk: ## bunq's official Python SDK opens a session against fake-bunq
 	tests/sdk/run.sh

@@ -227,10 +227,12 @@ impl Settings {
         if args.retry_queue_max_delay_ms < args.retry_queue_delay_ms {
             return Err(invalid("RETRY_QUEUE_MAX_DELAY_MS", "must not be below RETRY_QUEUE_DELAY_MS"));
         }
-        if args.lock_ttl_ms <= args.retry_budget_ms + args.bunq_request_timeout_ms {
+        // One attempt: the handshake within the budget (plus a request in flight at its end),
+        // then recording the session within a budget of its own.
+        if args.lock_ttl_ms <= 2 * args.retry_budget_ms + args.bunq_request_timeout_ms {
             return Err(invalid(
                 "LOCK_TTL_MS",
-                "must exceed RETRY_BUDGET_MS + BUNQ_REQUEST_TIMEOUT_MS, or a slow attempt could lose its lock",
+                "must exceed 2 × RETRY_BUDGET_MS + BUNQ_REQUEST_TIMEOUT_MS, or a slow attempt could lose its lock",
             ));
         }
         let shutdown_timeout =

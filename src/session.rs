@@ -116,13 +116,14 @@ impl SessionOpener {
         };
         handshake.session = Some(session.clone());
         let ttl = self.cache_ttl(&session, now);
-        // bunq has opened the session: keep trying to record it rather than open another.
-        let policy = self.remaining(deadline);
-        retry(
-            &policy,
-            |_, _| {},
-            || async { self.store.commit_session(&handshake, &session, ttl).await.map_err(StoreRetry) },
-        )
+        // bunq has opened the session: recording it gets a budget of its own, because
+        // giving up here means the next attempt opens a second session.
+        let on_retry = |e: &StoreRetry, wait: Duration| {
+            tracing::warn!(event = "commit_retry", provision_id = id, wait_ms = wait.as_millis() as u64, error = %e.0);
+        };
+        retry(&self.retry, on_retry, || async {
+            self.store.commit_session(&handshake, &session, ttl).await.map_err(StoreRetry)
+        })
         .await
         .map_err(|StoreRetry(e)| Failure::from(&e))?;
         tracing::info!(

@@ -100,7 +100,7 @@ pub fn base_flags(base_url: &str) -> Vec<String> {
         "--retry-budget-ms=5000".to_owned(),
         "--retry-queue-delay-ms=200".to_owned(),
         "--retry-queue-max-delay-ms=1000".to_owned(),
-        "--lock-ttl-ms=20000".to_owned(),
+        "--lock-ttl-ms=15000".to_owned(),
         "--bunq-request-timeout-ms=2000".to_owned(),
         "--pod-name=it".to_owned(),
     ]
