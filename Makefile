@@ -27,6 +27,9 @@ test-faults: ## Fault tests: kill, broker disconnects, Redis restart, bunq fault
 test-sdk: ## bunq's official Python SDK opens a session against fake-bunq
 	tests/sdk/run.sh
 
+bench: ## End-to-end throughput, latency and memory beside a broker baseline, in one run (release build)
+	$(CARGO) bench --bench throughput
+
 lint: ## Formatting and clippy, as CI runs them
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
