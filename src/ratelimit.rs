@@ -89,6 +89,20 @@ redis.call('PEXPIRE', KEYS[1], wait + window)
 return wait
 "#;
 
+/// KEYS[1] the log; ARGV: shift ms, limit, window ms. Fills the log with `limit` calls
+/// at now + shift, so the next slot for every replica is `shift + window` away: bunq
+/// said we are over its limit, and for how long.
+const FILL: &str = r#"
+local now_parts = redis.call('TIME')
+local now = tonumber(now_parts[1]) * 1000 + math.floor(tonumber(now_parts[2]) / 1000)
+local at = now + tonumber(ARGV[1])
+for i = 1, tonumber(ARGV[2]) do
+  redis.call('ZADD', KEYS[1], at, 'penalty:' .. at .. ':' .. i)
+end
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[3]))
+return 0
+"#;
+
 #[derive(Clone)]
 pub struct RateLimiter {
     conn: ConnectionManager,
@@ -97,6 +111,7 @@ pub struct RateLimiter {
     other_post: Limit,
     scope: Scope,
     script: Arc<redis::Script>,
+    fill: Arc<redis::Script>,
     metrics: Arc<Metrics>,
 }
 
@@ -116,6 +131,7 @@ impl RateLimiter {
             other_post,
             scope,
             script: Arc::new(redis::Script::new(RESERVE)),
+            fill: Arc::new(redis::Script::new(FILL)),
             metrics,
         }
     }
@@ -131,6 +147,35 @@ impl RateLimiter {
         }
     }
 
+    fn limit(&self, endpoint: Endpoint) -> Limit {
+        match endpoint {
+            Endpoint::SessionServer => self.session_server,
+            Endpoint::Installation | Endpoint::DeviceServer => self.other_post,
+        }
+    }
+
+    /// bunq answered 429: no replica sharing this budget calls the endpoint again until
+    /// bunq's window (or, when it named none, the configured one) has passed.
+    pub async fn penalize(
+        &self,
+        endpoint: Endpoint,
+        provision_id: u64,
+        window: Option<Duration>,
+    ) -> Result<(), RateLimitError> {
+        let limit = self.limit(endpoint);
+        let shift = window.unwrap_or(limit.per).saturating_sub(limit.per);
+        let mut conn = self.conn.clone();
+        let _: i64 = self
+            .fill
+            .key(self.key(endpoint, provision_id))
+            .arg(shift.as_millis() as u64)
+            .arg(limit.calls)
+            .arg(limit.per.as_millis() as u64)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
     /// Reserves a slot for one call and sleeps until it; fails without reserving when
     /// the slot is further away than `max_wait`.
     pub async fn acquire(
@@ -139,10 +184,7 @@ impl RateLimiter {
         provision_id: u64,
         max_wait: Duration,
     ) -> Result<Duration, RateLimitError> {
-        let limit = match endpoint {
-            Endpoint::SessionServer => self.session_server,
-            Endpoint::Installation | Endpoint::DeviceServer => self.other_post,
-        };
+        let limit = self.limit(endpoint);
         let mut conn = self.conn.clone();
         let wait_ms: i64 = self
             .script

@@ -158,7 +158,14 @@ impl SessionOpener {
         retry(&policy, on_retry, || async {
             let max_wait = deadline.saturating_duration_since(Instant::now());
             self.limiter.acquire(endpoint, provision_id, max_wait).await.map_err(StepError::RateLimit)?;
-            call().await.map_err(StepError::Bunq)
+            let result = call().await;
+            if let Err(BunqError::RateLimited { window, .. }) = &result {
+                // Every replica sharing the budget backs off, not only this one.
+                if let Err(e) = self.limiter.penalize(endpoint, provision_id, *window).await {
+                    tracing::warn!(event = "rate_limit_penalty_failed", %endpoint, error = %e);
+                }
+            }
+            result.map_err(StepError::Bunq)
         })
         .await
         .map_err(Failure::from)

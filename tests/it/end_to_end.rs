@@ -184,3 +184,31 @@ async fn transient_bunq_failures_are_retried_until_the_session_opens() {
     assert!(app.store.read_session(event.user_id).await.unwrap().is_some());
     app.teardown().await;
 }
+
+#[tokio::test]
+async fn a_429_is_waited_out_for_the_window_bunq_names() {
+    use bunq_session_worker::fake_bunq::{EndpointMatch, FaultAction, FaultRule, Faults, Trigger};
+    let mut fake = relaxed_fake();
+    // bunq's message will say "a maximum of 1 calls per 2 second".
+    fake.session_server_limit = (1, Duration::from_secs(2));
+    fake.faults = Faults {
+        rules: vec![FaultRule {
+            endpoint: EndpointMatch::SessionServer,
+            action: FaultAction::RateLimited429,
+            trigger: Trigger::NextCalls(1),
+        }],
+        ..Default::default()
+    };
+    let app = spawn_app_with(AppOptions { fake, ..Default::default() }).await;
+    let token = random_token();
+    let started = std::time::Instant::now();
+    app.publish(&ready_body(random_id(), &token)).await;
+
+    app.next_event(WAIT).await.expect("session after the rate limit");
+    assert!(started.elapsed() >= Duration::from_secs(2), "retried after {:?}", started.elapsed());
+    let statuses: Vec<_> =
+        app.fake.calls().iter().filter(|c| c.endpoint == Endpoint::SessionServer).map(|c| c.status).collect();
+    assert_eq!(statuses, vec![Some(429), Some(200)]);
+    assert_eq!(app.fake.sessions_created_for(&token), 1);
+    app.teardown().await;
+}

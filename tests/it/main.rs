@@ -6,3 +6,4 @@ mod end_to_end;
 mod helpers;
 mod operations;
 mod process;
+mod redis_parts;

@@ -1,0 +1,128 @@
+//! The Redis-backed parts on the real Redis: the shared rate limiter, the provision
+//! lock, and tokens at rest.
+
+use crate::helpers::*;
+use bunq_session_worker::bunq::error::Endpoint;
+use bunq_session_worker::metrics::Metrics;
+use bunq_session_worker::ratelimit::{Limit, RateLimitError, RateLimiter, Scope};
+use bunq_session_worker::startup::redis_connection;
+use bunq_session_worker::store::{Keys, Sealer, Session, Store};
+use secrecy::ExposeSecret;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn prefix() -> String {
+    format!("it-{}:", &uuid::Uuid::new_v4().simple().to_string()[..12])
+}
+
+fn limiter(prefix: &str, session_server: &str) -> RateLimiter {
+    let conn = redis_connection(&REDIS_URL.to_owned().into()).unwrap();
+    let limit = Limit::parse(session_server).unwrap();
+    RateLimiter::new(conn, prefix, limit, Limit::parse("5/3s").unwrap(), Scope::Global, Arc::new(Metrics::new()))
+}
+
+async fn delete_prefix(prefix: &str) {
+    let mut conn = redis_connection(&REDIS_URL.to_owned().into()).unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}*")).query_async(&mut conn).await.unwrap();
+    if !keys.is_empty() {
+        let () = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn limiter_keeps_every_rolling_window_within_the_limit_across_replicas() {
+    let prefix = prefix();
+    let (replica_a, replica_b) = (limiter(&prefix, "2/500ms"), limiter(&prefix, "2/500ms"));
+    let started = Instant::now();
+    let acquire = |limiter: RateLimiter| async move {
+        limiter.acquire(Endpoint::SessionServer, 1, Duration::from_secs(10)).await.unwrap();
+        started.elapsed()
+    };
+    let mut times = futures_util::future::join_all(
+        (0..6).map(|i| acquire(if i % 2 == 0 { replica_a.clone() } else { replica_b.clone() })),
+    )
+    .await;
+    times.sort();
+    // Calls i and i+2 are at least a window apart: no 500 ms window ever holds three.
+    for pair in times.windows(3) {
+        assert!(pair[2] - pair[0] >= Duration::from_millis(490), "{times:?}");
+    }
+    assert!(times[5] >= Duration::from_millis(990) && times[5] < Duration::from_millis(1500), "{times:?}");
+    delete_prefix(&prefix).await;
+}
+
+#[tokio::test]
+async fn limiter_reserves_nothing_when_the_slot_is_too_far() {
+    let prefix = prefix();
+    let limiter = limiter(&prefix, "1/10s");
+    limiter.acquire(Endpoint::SessionServer, 1, Duration::ZERO).await.unwrap();
+    for _ in 0..2 {
+        match limiter.acquire(Endpoint::SessionServer, 1, Duration::from_secs(1)).await {
+            // The same wait both times: a refused call took no slot.
+            Err(RateLimitError::NoSlot { wait, .. }) => {
+                assert!(wait > Duration::from_secs(9) && wait <= Duration::from_secs(10))
+            }
+            other => panic!("expected NoSlot, got {other:?}"),
+        }
+    }
+    delete_prefix(&prefix).await;
+}
+
+#[tokio::test]
+async fn a_429_makes_every_replica_wait_bunqs_window() {
+    let prefix = prefix();
+    let (replica_a, replica_b) = (limiter(&prefix, "5/1s"), limiter(&prefix, "5/1s"));
+    replica_a.penalize(Endpoint::SessionServer, 1, Some(Duration::from_secs(3))).await.unwrap();
+    match replica_b.acquire(Endpoint::SessionServer, 1, Duration::ZERO).await {
+        Err(RateLimitError::NoSlot { wait, .. }) => assert!(wait > Duration::from_millis(2900), "{wait:?}"),
+        other => panic!("expected NoSlot, got {other:?}"),
+    }
+    // Other endpoints keep their own budget.
+    replica_b.acquire(Endpoint::DeviceServer, 1, Duration::ZERO).await.unwrap();
+    delete_prefix(&prefix).await;
+}
+
+#[tokio::test]
+async fn the_provision_lock_is_released_only_by_its_owner() {
+    let prefix = prefix();
+    let store = Store::new(redis_connection(&REDIS_URL.to_owned().into()).unwrap(), Keys::new(&prefix), None);
+    let ttl = Duration::from_secs(10);
+    assert!(store.try_lock(7, "a", ttl).await.unwrap());
+    assert!(!store.try_lock(7, "b", ttl).await.unwrap());
+    store.unlock(7, "b").await.unwrap();
+    assert!(!store.try_lock(7, "c", ttl).await.unwrap(), "a non-owner released the lock");
+    store.unlock(7, "a").await.unwrap();
+    assert!(store.try_lock(7, "c", ttl).await.unwrap());
+    delete_prefix(&prefix).await;
+}
+
+#[tokio::test]
+async fn with_a_key_tokens_never_rest_in_plaintext() {
+    let prefix = prefix();
+    let conn = redis_connection(&REDIS_URL.to_owned().into()).unwrap();
+    let sealed = Store::new(conn.clone(), Keys::new(&prefix), Some(Arc::new(Sealer::new(&[3; 32]))));
+    let now = time::OffsetDateTime::now_utc();
+    let session = Session {
+        provision_id: 7,
+        external_uuid: None,
+        user_id: 1364,
+        granted_by_user_id: Some(1363),
+        session_id: 2173,
+        session_token: "f981bd6d-session-token".to_owned().into(),
+        installation_token: "installation-token-xyz".to_owned().into(),
+        server_public_key: "pem".into(),
+        created_at: now,
+        expires_at: now + time::Duration::hours(1),
+    };
+    sealed.cache_session(&session, Duration::from_secs(60)).await.unwrap();
+
+    let raw: String =
+        redis::cmd("GET").arg(format!("{prefix}session:1364")).query_async(&mut conn.clone()).await.unwrap();
+    assert!(!raw.contains("f981bd6d") && !raw.contains("installation-token"), "{raw}");
+    let read = sealed.read_session(1364).await.unwrap().unwrap();
+    assert_eq!(read.session_token.expose_secret(), "f981bd6d-session-token");
+    // A reader without the key is told so, rather than handed ciphertext as a token.
+    let unsealed = Store::new(conn, Keys::new(&prefix), None);
+    assert!(unsealed.read_session(1364).await.unwrap_err().to_string().contains("no key is configured"));
+    delete_prefix(&prefix).await;
+}
