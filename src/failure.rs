@@ -66,6 +66,11 @@ impl Failure {
     pub fn transient(reason: Reason, detail: impl Into<String>) -> Self {
         Self { reason, detail: detail.into(), class: Class::Transient { after: None } }
     }
+
+    /// "last failure (reason): detail", for details that wrap this failure.
+    pub fn summary(&self) -> String {
+        format!("last failure ({}): {}", self.reason.as_str(), self.detail)
+    }
 }
 
 impl From<&BunqError> for Failure {

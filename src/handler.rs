@@ -171,11 +171,7 @@ impl Handler {
         if attempt >= self.settings.max_attempts {
             return Outcome::DeadLetter {
                 reason: Reason::RetriesExhausted,
-                detail: format!(
-                    "gave up after {attempt} attempts; last failure ({}): {}",
-                    failure.reason.as_str(),
-                    failure.detail
-                ),
+                detail: format!("gave up after {attempt} attempts; {}", failure.summary()),
             };
         }
         let delay = retry_delay(&self.settings, attempt, after);
@@ -184,9 +180,8 @@ impl Handler {
                 return Outcome::DeadLetter {
                     reason: Reason::CredentialExpired,
                     detail: format!(
-                        "credential expires at {expires_at}, before the next attempt; last failure ({}): {}",
-                        failure.reason.as_str(),
-                        failure.detail
+                        "credential expires at {expires_at}, before the next attempt; {}",
+                        failure.summary()
                     ),
                 };
             }

@@ -27,34 +27,29 @@ pub enum Action {
     /// List dead letters: reason, provision id, attempts, age, detail.
     List(ListArgs),
     /// Send dead letters back to the exchange they first arrived on, with fresh attempts.
-    Replay(ReplayArgs),
+    Replay(Selection),
 }
 
+/// Which dead letters a command works on.
 #[derive(Debug, Args)]
-pub struct ListArgs {
+pub struct Selection {
     #[command(flatten)]
     pub connection: ConnectionArgs,
     /// Only this reason (e.g. rejected_by_bunq).
     #[arg(long)]
     pub reason: Option<String>,
-    /// Read at most this many messages.
+    /// At most this many messages.
     #[arg(long, default_value_t = 100)]
     pub limit: u32,
-    /// One JSON object per line instead of a table.
-    #[arg(long)]
-    pub json: bool,
 }
 
 #[derive(Debug, Args)]
-pub struct ReplayArgs {
+pub struct ListArgs {
     #[command(flatten)]
-    pub connection: ConnectionArgs,
-    /// Only this reason.
+    pub selection: Selection,
+    /// One JSON object per line instead of a table.
     #[arg(long)]
-    pub reason: Option<String>,
-    /// Replay at most this many messages.
-    #[arg(long, default_value_t = 100)]
-    pub limit: u32,
+    pub json: bool,
 }
 
 /// What `list` shows of one dead letter. Never the body.
@@ -98,9 +93,9 @@ fn x_death_reason(properties: &lapin::BasicProperties) -> Option<String> {
 
 pub async fn run(args: DeadLetterArgs) -> anyhow::Result<()> {
     match args.action {
-        Action::List(args) => {
+        Action::List(ListArgs { selection: args, json }) => {
             let rows = list(&args.connection, args.reason.as_deref(), args.limit).await?;
-            print_rows(&rows, args.json);
+            print_rows(&rows, json);
             Ok(())
         }
         Action::Replay(args) => {

@@ -21,7 +21,7 @@ use super::state::NewSession;
 use super::{admin, lock, App};
 use crate::bunq::signing::PublicKey;
 use axum::body::{Body, Bytes};
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::Response;
 use axum::routing::post;
@@ -39,43 +39,30 @@ pub const HEADER_SERVER_SIGNATURE: &str = "x-bunq-server-signature";
 
 pub(crate) fn router(app: Arc<App>) -> Router {
     Router::new()
-        .route("/v1/installation", post(installation))
-        .route("/v1/device-server", post(device_server))
-        .route("/v1/session-server", post(session_server))
+        .route("/v1/{endpoint}", post(bunq_endpoint))
         .nest("/_fake", admin::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(app)
 }
 
-async fn installation(
+/// `POST /v1/installation`, `/v1/device-server`, `/v1/session-server`; other paths are
+/// bunq's 404.
+async fn bunq_endpoint(
     State(app): State<Arc<App>>,
     ConnectInfo(conn): ConnectInfo<Conn>,
+    Path(path): Path<String>,
     method: Method,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    handle(app, Endpoint::Installation, conn, method, headers, body).await
-}
-
-async fn device_server(
-    State(app): State<Arc<App>>,
-    ConnectInfo(conn): ConnectInfo<Conn>,
-    method: Method,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    handle(app, Endpoint::DeviceServer, conn, method, headers, body).await
-}
-
-async fn session_server(
-    State(app): State<Arc<App>>,
-    ConnectInfo(conn): ConnectInfo<Conn>,
-    method: Method,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    handle(app, Endpoint::SessionServer, conn, method, headers, body).await
+    let endpoint = match path.as_str() {
+        "installation" => Endpoint::Installation,
+        "device-server" => Endpoint::DeviceServer,
+        "session-server" => Endpoint::SessionServer,
+        _ => return answer_error(app, conn, method, headers, BunqError::NotFound),
+    };
+    handle(app, endpoint, conn, method, headers, body).await
 }
 
 async fn not_found(
