@@ -30,7 +30,14 @@ fn invalid(variable: &'static str, problem: impl Into<String>) -> ConfigError {
 #[derive(Debug, Clone, Args)]
 pub struct ConnectionArgs {
     /// RabbitMQ URL, e.g. amqp://user:pass@host:5672/%2f
-    #[arg(long, env = "AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f", hide_default_value = true)]
+    // URLs may carry passwords: `--help` must not print what the environment holds.
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        hide_default_value = true,
+        hide_env_values = true
+    )]
     pub amqp_url: SecretString,
     /// Exchange the provision-status events arrive on (topic).
     #[arg(long, env = "INPUT_EXCHANGE", default_value = "provisioning")]
@@ -61,7 +68,13 @@ pub struct WorkerArgs {
     #[command(flatten)]
     pub connection: ConnectionArgs,
     /// Redis URL, e.g. redis://127.0.0.1:6379/0
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379/0", hide_default_value = true)]
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        default_value = "redis://127.0.0.1:6379/0",
+        hide_default_value = true,
+        hide_env_values = true
+    )]
     pub redis_url: SecretString,
     /// bunq API base URL including /v1, e.g. https://api.bunq.com/v1 (no default: pick the environment).
     #[arg(long, env = "BUNQ_BASE_URL")]

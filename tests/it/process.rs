@@ -147,3 +147,19 @@ async fn bad_configuration_stops_start_up_naming_the_variable() {
         assert!(stderr.contains(variable), "{variable} not named in: {stderr}");
     }
 }
+
+#[tokio::test]
+async fn help_never_prints_connection_passwords_from_the_environment() {
+    for args in [vec!["--help"], vec!["run", "--help"], vec!["dead-letters", "list", "--help"]] {
+        let output = tokio::process::Command::new(BIN)
+            .args(&args)
+            .env("AMQP_URL", "amqp://user:amqp-hunter2@broker:5672/%2f")
+            .env("REDIS_URL", "redis://:redis-hunter2@cache:6379/0")
+            .output()
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(text.contains("AMQP_URL"), "{args:?}: help does not document AMQP_URL");
+        assert!(!text.contains("hunter2"), "{args:?} printed a password: {text}");
+    }
+}
