@@ -51,6 +51,7 @@ pub async fn declare(channel: &Channel, names: &ConnectionArgs) -> Result<(), la
     input_args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(DELIVERY_LIMIT));
     input_args.insert("x-dead-letter-exchange".into(), long_string(""));
     input_args.insert("x-dead-letter-routing-key".into(), long_string(&names.dead_letter_queue));
+    at_least_once_dead_lettering(&mut input_args);
     channel.queue_declare(names.input_queue.as_str().into(), durable_queue, input_args).await?;
     channel
         .queue_bind(
@@ -68,12 +69,21 @@ pub async fn declare(channel: &Channel, names: &ConnectionArgs) -> Result<(), la
     retry_args.insert("x-queue-type".into(), long_string("quorum"));
     retry_args.insert("x-dead-letter-exchange".into(), long_string(""));
     retry_args.insert("x-dead-letter-routing-key".into(), long_string(&names.input_queue));
+    at_least_once_dead_lettering(&mut retry_args);
     channel.queue_declare(names.retry_queue.as_str().into(), durable_queue, retry_args).await?;
 
     let mut dead_letter_args = FieldTable::default();
     dead_letter_args.insert("x-queue-type".into(), long_string("quorum"));
     channel.queue_declare(names.dead_letter_queue.as_str().into(), durable_queue, dead_letter_args).await?;
     Ok(())
+}
+
+/// Quorum queues dead-letter at most once by default: a retry whose TTL ends while the
+/// input queue cannot take it would be dropped. At-least-once (RabbitMQ 3.10+) keeps it
+/// until the target confirms; it requires `reject-publish` overflow.
+fn at_least_once_dead_lettering(args: &mut FieldTable) {
+    args.insert("x-dead-letter-strategy".into(), long_string("at-least-once"));
+    args.insert("x-overflow".into(), long_string("reject-publish"));
 }
 
 fn long_string(value: &str) -> AMQPValue {

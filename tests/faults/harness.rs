@@ -63,6 +63,31 @@ pub struct Env {
     pub logs: tempfile::TempDir,
     /// Worker settings beyond the defaults, as environment variables.
     pub worker_env: Vec<(String, String)>,
+    leftovers: Leftovers,
+}
+
+/// Deletes the test's vhost and keys if it panics before its teardown.
+struct Leftovers {
+    vhost: String,
+    prefix: String,
+    redis_url: String,
+    armed: bool,
+}
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let _ = std::process::Command::new("rabbitmqctl").args(["delete_vhost", &self.vhost]).output();
+        if let Ok(mut redis) = redis::Client::open(self.redis_url.as_str()).and_then(|c| c.get_connection()) {
+            let keys: Vec<String> =
+                redis::cmd("KEYS").arg(format!("{}*", self.prefix)).query(&mut redis).unwrap_or_default();
+            if !keys.is_empty() {
+                let _: Result<(), _> = redis::cmd("DEL").arg(&keys).query(&mut redis);
+            }
+        }
+    }
 }
 
 impl Env {
@@ -102,7 +127,10 @@ impl Env {
         let prefix = format!("{id}:");
         let redis = bunq_session_worker::startup::redis_connection(&redis_url.to_owned().into()).unwrap();
         let store = Store::new(redis, Keys::new(&prefix), None);
+        let leftovers =
+            Leftovers { vhost: vhost.clone(), prefix: prefix.clone(), redis_url: redis_url.to_owned(), armed: true };
         Env {
+            leftovers,
             id,
             vhost,
             amqp_url,
@@ -310,7 +338,8 @@ impl Env {
         ledger
     }
 
-    pub async fn teardown(self) {
+    pub async fn teardown(mut self) {
+        self.leftovers.armed = false;
         let _ = self.connection.close(200, "teardown".into()).await;
         rabbitmqctl(&["delete_vhost", &self.vhost]);
         let mut redis = bunq_session_worker::startup::redis_connection(&self.redis_url.clone().into()).unwrap();

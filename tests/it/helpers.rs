@@ -57,6 +57,46 @@ pub struct TestApp {
     channel: Channel,
     shutdown: CancellationToken,
     worker: Option<JoinHandle<anyhow::Result<()>>>,
+    leftovers: Leftovers,
+}
+
+/// Removes a test's queues, exchanges and Redis keys when the test panics before its
+/// teardown, so a failing test leaves nothing behind either.
+pub struct Leftovers {
+    names: ConnectionArgs,
+    extra_queues: Vec<String>,
+    prefix: String,
+    armed: bool,
+}
+
+impl Leftovers {
+    pub fn new(names: &ConnectionArgs, extra_queues: &[String], prefix: &str) -> Self {
+        Self { names: names.clone(), extra_queues: extra_queues.to_vec(), prefix: prefix.to_owned(), armed: true }
+    }
+
+    pub fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let (names, queues, prefix) = (self.names.clone(), self.extra_queues.clone(), self.prefix.clone());
+        // A runtime of its own: the test's may be gone or panicking.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            runtime.block_on(async {
+                if let Ok(connection) = Connection::connect(AMQP_URL, ConnectionProperties::default()).await {
+                    let mut redis = redis_connection(&REDIS_URL.to_owned().into()).expect("redis url");
+                    cleanup(&connection, &names, &queues, &prefix, &mut redis).await;
+                }
+            });
+        })
+        .join();
+    }
 }
 
 /// bunq's limits make every retry of session-server wait 30 s; tests about other things
@@ -152,7 +192,9 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     let ops_addr = worker.ops_addr();
     let shutdown = CancellationToken::new();
     let handle = tokio::spawn(worker.run_until_stopped(shutdown.clone()));
+    let leftovers = Leftovers::new(&names, std::slice::from_ref(&capture_queue), &prefix);
     let app = TestApp {
+        leftovers,
         names,
         prefix,
         capture_queue,
@@ -286,6 +328,7 @@ impl TestApp {
             worker.await.unwrap().unwrap();
         }
         cleanup(&self.connection, &self.names, &[self.capture_queue.clone()], &self.prefix, &mut self.redis).await;
+        self.leftovers.disarm();
         let _ = self.connection.close(200, "teardown".into()).await;
         self.fake.shutdown().await;
     }

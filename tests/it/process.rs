@@ -52,6 +52,7 @@ async fn no_secret_reaches_the_logs_or_the_published_event() {
     let channel = connection.create_channel().await.unwrap();
     bunq_session_worker::amqp::topology::declare(&channel, &args.connection).await.unwrap();
     let capture = format!("{id}.capture");
+    let mut leftovers = Leftovers::new(&args.connection, std::slice::from_ref(&capture), &format!("{id}:"));
     channel.queue_declare(capture.as_str().into(), Default::default(), Default::default()).await.unwrap();
     channel
         .queue_bind(
@@ -115,6 +116,7 @@ async fn no_secret_reaches_the_logs_or_the_published_event() {
 
     let names = args.connection.clone();
     cleanup(&connection, &names, &[capture], &format!("{id}:"), &mut redis).await;
+    leftovers.disarm();
     fake.shutdown().await;
 }
 
