@@ -4,7 +4,7 @@ CARGO ?= cargo
 TEST_THREADS ?= 4
 
 .DEFAULT_GOAL := help
-.PHONY: help build demo test test-rust test-faults test-sdk lint fmt bench
+.PHONY: help build demo test test-rust test-faults test-sdk lint audit fmt bench
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -33,6 +33,9 @@ bench: ## End-to-end throughput, latency and memory beside a broker baseline, in
 lint: ## Formatting and clippy, as CI runs them
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
+
+audit: ## cargo-deny offline: RustSec advisories (../shared snapshot), licenses, bans, sources
+	scripts/audit.sh
 
 fmt: ## Format the code
 	$(CARGO) fmt --all

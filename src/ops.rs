@@ -43,7 +43,7 @@ async fn readyz(State(state): State<OpsState>) -> (StatusCode, String) {
     }
 }
 
-/// Serves until `shutdown`; returns the bound address through `bound`.
+/// Serves on `listener` until `shutdown` is cancelled.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: OpsState,

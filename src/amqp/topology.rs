@@ -3,7 +3,7 @@
 
 use crate::config::ConnectionArgs;
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, ExchangeKind};
 
 /// Redeliveries (crashes, nacks) before RabbitMQ itself dead-letters a message: a last
@@ -88,9 +88,4 @@ fn at_least_once_dead_lettering(args: &mut FieldTable) {
 
 fn long_string(value: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(value))
-}
-
-/// For callers that need a ShortString from a setting.
-pub fn short(value: &str) -> ShortString {
-    ShortString::from(value)
 }
