@@ -90,10 +90,13 @@ impl fmt::Debug for ClientKey {
 pub struct PublicKey {
     parsed: ParsedPublicKey,
     pem: String,
+    bits: usize,
 }
 
 impl PublicKey {
-    /// Accepts `BEGIN PUBLIC KEY` (SPKI) and, like the official SDK, `BEGIN RSA PUBLIC KEY`.
+    /// Accepts `BEGIN PUBLIC KEY` (SPKI) and, like the official SDK, `BEGIN RSA PUBLIC KEY`,
+    /// of 2048 to 8192 bits: bunq's server key is not ours to size. Client keys must be
+    /// 2048 bits; see [`Self::require_client_size`].
     pub fn from_pem(pem_text: &str) -> Result<Self, SigningError> {
         let doc = pem::parse(pem_text.trim()).map_err(|e| SigningError::Pem(e.to_string()))?;
         if doc.tag() != "PUBLIC KEY" && doc.tag() != "RSA PUBLIC KEY" {
@@ -103,15 +106,19 @@ impl PublicKey {
             .map_err(|e| SigningError::KeyRejected(e.to_string()))?;
         let key = aws_lc_rs::rsa::PublicKey::from_der(doc.contents())
             .map_err(|e| SigningError::KeyRejected(e.to_string()))?;
-        let bits = key.modulus_len() * 8;
-        if bits != 2048 {
-            return Err(SigningError::KeySize { bits });
-        }
-        Ok(Self { parsed, pem: pem_text.to_owned() })
+        Ok(Self { parsed, pem: pem_text.to_owned(), bits: key.modulus_len() * 8 })
     }
 
     pub fn pem(&self) -> &str {
         &self.pem
+    }
+
+    /// bunq requires client keys (the one `POST /installation` registers) of 2048 bits.
+    pub fn require_client_size(self) -> Result<Self, SigningError> {
+        if self.bits != 2048 {
+            return Err(SigningError::KeySize { bits: self.bits });
+        }
+        Ok(self)
     }
 
     /// Verifies a base64 signature over the exact body bytes.
@@ -187,6 +194,15 @@ mod tests {
     fn wrong_pem_label_names_what_was_expected() {
         let err = ClientKey::from_pkcs8_pem(PUBLIC).unwrap_err();
         assert!(err.to_string().contains("expected `PRIVATE KEY`"), "{err}");
+    }
+
+    #[test]
+    fn server_keys_of_other_sizes_are_accepted_but_not_as_client_keys() {
+        let pair = aws_lc_rs::rsa::KeyPair::generate(KeySize::Rsa3072).unwrap();
+        let pem = encode_pem("PUBLIC KEY", pair.public_key().as_der().unwrap().as_ref());
+        let key = PublicKey::from_pem(&pem).unwrap();
+        assert!(matches!(key.require_client_size(), Err(SigningError::KeySize { bits: 3072 })));
+        PublicKey::from_pem(PUBLIC).unwrap().require_client_size().unwrap();
     }
 
     #[test]

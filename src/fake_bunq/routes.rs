@@ -334,7 +334,9 @@ fn installation_effect(app: &App, body: &[u8]) -> Result<Reply, BunqError> {
         // The SDK rewrites PKCS#1 headers to SPKI; bunq documents SPKI only.
         return Err(BunqError::InvalidPublicKey("expected a PEM \"PUBLIC KEY\" (SubjectPublicKeyInfo)".to_owned()));
     }
-    let key = PublicKey::from_pem(pem).map_err(|e| BunqError::InvalidPublicKey(e.to_string()))?;
+    let key = PublicKey::from_pem(pem)
+        .and_then(PublicKey::require_client_size)
+        .map_err(|e| BunqError::InvalidPublicKey(e.to_string()))?;
     let created = lock(&app.state).install(key);
     let at = wire::bunq_timestamp(created.created);
     Ok(Reply::ok(wire::envelope_body(vec![
