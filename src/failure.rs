@@ -15,6 +15,8 @@ pub enum Reason {
     UnexpectedResponse,
     BunqUnavailable,
     RateLimited,
+    /// Our own shared budget has no slot soon enough: backpressure, not a failure.
+    Throttled,
     RedisUnavailable,
     CorruptState,
     PublishFailed,
@@ -32,6 +34,7 @@ impl Reason {
             Reason::UnexpectedResponse => "unexpected_response",
             Reason::BunqUnavailable => "bunq_unavailable",
             Reason::RateLimited => "rate_limited",
+            Reason::Throttled => "throttled",
             Reason::RedisUnavailable => "redis_unavailable",
             Reason::CorruptState => "corrupt_state",
             Reason::PublishFailed => "publish_failed",
@@ -104,7 +107,7 @@ impl From<&RateLimitError> for Failure {
     fn from(err: &RateLimitError) -> Self {
         match err {
             RateLimitError::NoSlot { wait, .. } => Failure {
-                reason: Reason::RateLimited,
+                reason: Reason::Throttled,
                 detail: err.to_string(),
                 class: Class::Transient { after: Some(*wait) },
             },

@@ -161,33 +161,42 @@ impl Handler {
         Ok(Outcome::Announced { event: Box::new(event), reused })
     }
 
-    /// Turns a failure into retry or dead letter: permanent failures, spent budgets and
-    /// credentials that expire before the next try end in the dead-letter queue.
     fn after_failure(&self, ready: &ReadyProvision, failure: Failure, attempt: u32) -> Outcome {
-        let after = match failure.class {
-            Class::Permanent => return Outcome::DeadLetter { reason: failure.reason, detail: failure.detail },
-            Class::Transient { after } => after,
+        after_failure(&self.settings, ready.credential_expires_at, failure, attempt, OffsetDateTime::now_utc())
+    }
+}
+
+/// Turns a failure into retry or dead letter: permanent failures, spent budgets and
+/// credentials that expire before the next try end in the dead-letter queue. Waiting for
+/// our own rate-limit budget is backpressure, not a failure: it spends no attempt.
+pub fn after_failure(
+    settings: &HandlerSettings,
+    credential_expires_at: Option<OffsetDateTime>,
+    failure: Failure,
+    attempt: u32,
+    now: OffsetDateTime,
+) -> Outcome {
+    let after = match failure.class {
+        Class::Permanent => return Outcome::DeadLetter { reason: failure.reason, detail: failure.detail },
+        Class::Transient { after } => after,
+    };
+    let counts_as_attempt = failure.reason != Reason::Throttled;
+    if counts_as_attempt && attempt >= settings.max_attempts {
+        return Outcome::DeadLetter {
+            reason: Reason::RetriesExhausted,
+            detail: format!("gave up after {attempt} attempts; {}", failure.summary()),
         };
-        if attempt >= self.settings.max_attempts {
+    }
+    let delay = retry_delay(settings, attempt, after);
+    if let Some(expires_at) = credential_expires_at {
+        if expires_at <= now + delay {
             return Outcome::DeadLetter {
-                reason: Reason::RetriesExhausted,
-                detail: format!("gave up after {attempt} attempts; {}", failure.summary()),
+                reason: Reason::CredentialExpired,
+                detail: format!("credential expires at {expires_at}, before the next attempt; {}", failure.summary()),
             };
         }
-        let delay = retry_delay(&self.settings, attempt, after);
-        if let Some(expires_at) = ready.credential_expires_at {
-            if expires_at <= OffsetDateTime::now_utc() + delay {
-                return Outcome::DeadLetter {
-                    reason: Reason::CredentialExpired,
-                    detail: format!(
-                        "credential expires at {expires_at}, before the next attempt; {}",
-                        failure.summary()
-                    ),
-                };
-            }
-        }
-        Outcome::Retry { reason: failure.reason, detail: failure.detail, delay, counts_as_attempt: true }
     }
+    Outcome::Retry { reason: failure.reason, detail: failure.detail, delay, counts_as_attempt }
 }
 
 /// Retry-queue delay: doubling from the base per attempt, capped, never below bunq's hint.
@@ -209,6 +218,51 @@ mod tests {
             retry_queue_max_delay: Duration::from_secs(60),
             lock_ttl: Duration::from_secs(60),
         }
+    }
+
+    const NOW: OffsetDateTime = time::macros::datetime!(2026-01-01 12:00 UTC);
+
+    fn transient(reason: Reason, after: Option<Duration>) -> Failure {
+        Failure { reason, detail: "d".into(), class: Class::Transient { after } }
+    }
+
+    #[test]
+    fn permanent_failures_are_dead_lettered_with_their_own_reason() {
+        let outcome = after_failure(&settings(), None, Failure::permanent(Reason::RejectedByBunq, "400"), 1, NOW);
+        assert!(matches!(outcome, Outcome::DeadLetter { reason: Reason::RejectedByBunq, .. }));
+    }
+
+    #[test]
+    fn transient_failures_retry_until_the_attempt_budget_is_spent() {
+        let outcome = after_failure(&settings(), None, transient(Reason::BunqUnavailable, None), 4, NOW);
+        assert!(matches!(outcome, Outcome::Retry { counts_as_attempt: true, .. }));
+        let outcome = after_failure(&settings(), None, transient(Reason::BunqUnavailable, None), 5, NOW);
+        match outcome {
+            Outcome::DeadLetter { reason: Reason::RetriesExhausted, detail } => {
+                assert!(detail.contains("bunq_unavailable"), "{detail}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn waiting_for_our_own_rate_limit_spends_no_attempt() {
+        let wait = Some(Duration::from_secs(90));
+        let outcome = after_failure(&settings(), None, transient(Reason::Throttled, wait), 50, NOW);
+        match outcome {
+            Outcome::Retry { counts_as_attempt: false, delay, .. } => assert_eq!(delay, Duration::from_secs(90)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_credential_that_expires_before_the_next_try_is_dead_lettered() {
+        let expires = Some(NOW + time::Duration::seconds(20));
+        let outcome =
+            after_failure(&settings(), expires, transient(Reason::Throttled, Some(Duration::from_secs(30))), 1, NOW);
+        assert!(matches!(outcome, Outcome::DeadLetter { reason: Reason::CredentialExpired, .. }));
+        let outcome = after_failure(&settings(), expires, transient(Reason::BunqUnavailable, None), 1, NOW);
+        assert!(matches!(outcome, Outcome::Retry { .. }), "5 s retry still fits before expiry");
     }
 
     #[test]

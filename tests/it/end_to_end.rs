@@ -212,3 +212,34 @@ async fn a_429_is_waited_out_for_the_window_bunq_names() {
     assert_eq!(app.fake.sessions_created_for(&token), 1);
     app.teardown().await;
 }
+
+#[tokio::test]
+async fn waiting_for_the_shared_rate_limit_spends_no_attempts() {
+    // One session-server call per 2 s for all replicas, and a 1 s budget per attempt: the
+    // second and third provisions cannot get a slot in time and go round the retry queue.
+    let app = spawn_app_with(AppOptions {
+        flags: vec![
+            "--rate-limit-scope=global".into(),
+            "--rate-limit-session-server=1/2s".into(),
+            "--retry-budget-ms=1000".into(),
+            "--max-attempts=1".into(),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let ids = [random_id(), random_id(), random_id()];
+    for id in ids {
+        app.publish(&ready_body(id, &random_token())).await;
+    }
+    let mut announced = HashSet::new();
+    for _ in ids {
+        announced.insert(
+            app.next_event(Duration::from_secs(30)).await.expect("every provision gets its session").0.provision_id,
+        );
+    }
+    assert_eq!(announced, HashSet::from(ids));
+    assert_eq!(app.ready_count(&app.names.dead_letter_queue.clone()).await, 0);
+    let metrics = app.metrics().await;
+    assert!(metrics.contains(r#"outcome="retried",reason="throttled""#), "{metrics}");
+    app.teardown().await;
+}

@@ -156,8 +156,11 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let fake = fake_bunq::spawn(listener, options.fake).await.unwrap();
     let (id, name_flags) = unique_names();
+    // A test's own flags replace the base flags of the same name.
+    let name_of = |flag: &String| flag.split('=').next().unwrap_or_default().to_owned();
+    let overridden: Vec<String> = options.flags.iter().map(name_of).collect();
     let mut argv = vec!["worker".to_owned()];
-    argv.extend(base_flags(&fake.base_url()));
+    argv.extend(base_flags(&fake.base_url()).into_iter().filter(|f| !overridden.contains(&name_of(f))));
     argv.extend(name_flags);
     argv.extend(options.flags);
     let settings = Settings::from_args(Cli::parse_from(argv).args).expect("test settings are valid");
