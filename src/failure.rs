@@ -103,6 +103,12 @@ impl From<&StoreError> for Failure {
     }
 }
 
+impl From<StoreError> for Failure {
+    fn from(err: StoreError) -> Self {
+        Failure::from(&err)
+    }
+}
+
 impl From<&RateLimitError> for Failure {
     fn from(err: &RateLimitError) -> Self {
         match err {

@@ -101,13 +101,13 @@ impl Handler {
     async fn act(&self, ready: &ReadyProvision, correlation_id: Option<&str>) -> Result<Outcome, Failure> {
         let id = ready.provision_id;
         // Cheap path first: a redelivery or duplicate finds the session and re-announces it.
-        let handshake = self.store.load_handshake(id).await.map_err(|e| Failure::from(&e))?;
+        let handshake = self.store.load_handshake(id).await?;
         if let Some(session) = self.usable(&handshake.session) {
             return self.announce(session, true, correlation_id).await;
         }
 
         let owner = format!("{}:{}", self.owner, uuid::Uuid::new_v4().simple());
-        if !self.store.try_lock(id, &owner, self.settings.lock_ttl).await.map_err(|e| Failure::from(&e))? {
+        if !self.store.try_lock(id, &owner, self.settings.lock_ttl).await? {
             return Ok(Outcome::Retry {
                 reason: Reason::LockBusy,
                 detail: format!("provision {id} is being processed by another delivery"),
@@ -126,7 +126,7 @@ impl Handler {
 
     async fn open_locked(&self, ready: &ReadyProvision) -> Result<(Session, bool), Failure> {
         // Re-read under the lock: another replica may have finished while we waited.
-        let handshake = self.store.load_handshake(ready.provision_id).await.map_err(|e| Failure::from(&e))?;
+        let handshake = self.store.load_handshake(ready.provision_id).await?;
         if let Some(session) = self.usable(&handshake.session) {
             return Ok((session, true));
         }
@@ -143,7 +143,7 @@ impl Handler {
         if reused {
             // Repairs a cache entry lost between the writes of a crashed attempt, or evicted.
             let ttl = self.opener.cache_ttl(&session, now);
-            self.store.cache_session(&session, ttl).await.map_err(|e| Failure::from(&e))?;
+            self.store.cache_session(&session, ttl).await?;
         }
         let event = SessionReady {
             event_id: event::event_id(session.provision_id, session.session_id),

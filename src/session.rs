@@ -172,7 +172,7 @@ impl SessionOpener {
     }
 
     async fn save(&self, provision_id: u64, handshake: &Handshake) -> Result<(), Failure> {
-        self.store.save_handshake(provision_id, handshake, HANDSHAKE_TTL).await.map_err(|e| Failure::from(&e))
+        self.store.save_handshake(provision_id, handshake, HANDSHAKE_TTL).await.map_err(Failure::from)
     }
 
     fn remaining(&self, deadline: Instant) -> RetryPolicy {
