@@ -37,9 +37,12 @@ impl Supervisor {
     /// Runs until `shutdown` is cancelled. In-flight deliveries are left in the tracker
     /// for the caller to drain.
     pub async fn run(&self, shutdown: CancellationToken) {
+        // One semaphore for the process's life: deliveries still running from a lost
+        // connection keep their permits, so a reconnect cannot double the concurrency.
+        let permits = Arc::new(Semaphore::new(usize::from(self.prefetch)));
         let mut delay = RECONNECT_MIN;
         while !shutdown.is_cancelled() {
-            match self.session(&shutdown).await {
+            match self.session(&shutdown, &permits).await {
                 Ok(()) => return,
                 Err(e) => {
                     self.consuming.store(false, Ordering::SeqCst);
@@ -56,7 +59,7 @@ impl Supervisor {
     }
 
     /// One connection's life. `Ok` only when shutdown stopped it.
-    async fn session(&self, shutdown: &CancellationToken) -> Result<(), lapin::Error> {
+    async fn session(&self, shutdown: &CancellationToken, permits: &Arc<Semaphore>) -> Result<(), lapin::Error> {
         let connection = connect(&self.amqp_url, &self.consumer_tag).await?;
         self.context.metrics.amqp_connected();
         let setup = connection.create_channel().await?;
@@ -87,8 +90,6 @@ impl Supervisor {
         self.consuming.store(true, Ordering::SeqCst);
         tracing::info!(event = "consuming", queue = %self.names.input_queue, consumer_tag = %self.consumer_tag, prefetch = self.prefetch);
 
-        // Bounds concurrency across reconnects too: tasks from a lost connection still count.
-        let permits = Arc::new(Semaphore::new(usize::from(self.prefetch)));
         loop {
             let permit = tokio::select! {
                 _ = shutdown.cancelled() => break,
