@@ -70,6 +70,14 @@ impl Failure {
         Self { reason, detail: detail.into(), class: Class::Transient { after: None } }
     }
 
+    /// For the retry loop: `None` when permanent, else the least wait (when known).
+    pub fn retry_after(&self) -> Option<Option<Duration>> {
+        match self.class {
+            Class::Transient { after } => Some(after),
+            Class::Permanent => None,
+        }
+    }
+
     /// "last failure (reason): detail", for details that wrap this failure.
     pub fn summary(&self) -> String {
         format!("last failure ({}): {}", self.reason.as_str(), self.detail)

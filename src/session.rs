@@ -6,7 +6,7 @@ use crate::bunq::client::{BunqClient, Installation};
 use crate::bunq::error::{BunqError, Endpoint};
 use crate::bunq::signing::PublicKey;
 use crate::decide::ReadyProvision;
-use crate::failure::{Class, Failure};
+use crate::failure::Failure;
 use crate::ratelimit::{RateLimitError, RateLimiter};
 use crate::retry::{retry, RetryPolicy, Retryable};
 use crate::store::{Handshake, Session, Store, StoreError};
@@ -33,25 +33,27 @@ enum StepError {
     RateLimit(RateLimitError),
 }
 
-impl Retryable for StepError {
-    fn retry_after(&self) -> Option<Option<Duration>> {
-        let failure = match self {
-            StepError::Bunq(e) => Failure::from(e),
-            StepError::RateLimit(e) => Failure::from(e),
-        };
-        match failure.class {
-            Class::Transient { after } => Some(after),
-            Class::Permanent => None,
+impl std::fmt::Display for StepError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StepError::Bunq(e) => e.fmt(f),
+            StepError::RateLimit(e) => e.fmt(f),
         }
     }
 }
 
-impl From<StepError> for Failure {
-    fn from(err: StepError) -> Self {
+impl From<&StepError> for Failure {
+    fn from(err: &StepError) -> Self {
         match err {
-            StepError::Bunq(e) => Failure::from(&e),
-            StepError::RateLimit(e) => Failure::from(&e),
+            StepError::Bunq(e) => Failure::from(e),
+            StepError::RateLimit(e) => Failure::from(e),
         }
+    }
+}
+
+impl Retryable for StepError {
+    fn retry_after(&self) -> Option<Option<Duration>> {
+        Failure::from(self).retry_after()
     }
 }
 
@@ -149,11 +151,7 @@ impl SessionOpener {
     {
         let policy = self.remaining(deadline);
         let on_retry = |err: &StepError, wait: Duration| {
-            let detail = match err {
-                StepError::Bunq(e) => e.to_string(),
-                StepError::RateLimit(e) => e.to_string(),
-            };
-            tracing::warn!(event = "bunq_retry", %endpoint, provision_id, wait_ms = wait.as_millis() as u64, %detail);
+            tracing::warn!(event = "bunq_retry", %endpoint, provision_id, wait_ms = wait.as_millis() as u64, detail = %err);
         };
         retry(&policy, on_retry, || async {
             let max_wait = deadline.saturating_duration_since(Instant::now());
@@ -168,7 +166,7 @@ impl SessionOpener {
             result.map_err(StepError::Bunq)
         })
         .await
-        .map_err(Failure::from)
+        .map_err(|e| Failure::from(&e))
     }
 
     async fn save(&self, provision_id: u64, handshake: &Handshake) -> Result<(), Failure> {
@@ -184,9 +182,6 @@ struct StoreRetry(StoreError);
 
 impl Retryable for StoreRetry {
     fn retry_after(&self) -> Option<Option<Duration>> {
-        match Failure::from(&self.0).class {
-            Class::Transient { after } => Some(after),
-            Class::Permanent => None,
-        }
+        Failure::from(&self.0).retry_after()
     }
 }

@@ -107,8 +107,12 @@ pub struct Store {
 }
 
 /// Releases the lock only if we still own it: an expired lock may belong to someone else now.
-const UNLOCK: &str =
-    r#"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end"#;
+/// Built once: a `Script` hashes its source, and EVALSHA then avoids resending it.
+static UNLOCK: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r#"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end"#,
+    )
+});
 
 impl Store {
     pub fn new(conn: ConnectionManager, keys: Keys, sealer: Option<std::sync::Arc<Sealer>>) -> Self {
@@ -127,12 +131,23 @@ impl Store {
 
     pub async fn load_handshake(&self, provision_id: u64) -> Result<Handshake, StoreError> {
         let key = self.keys.handshake(provision_id);
+        Ok(self.read_record(key, |stored| self.open_handshake(stored)).await?.unwrap_or_default())
+    }
+
+    /// GET, decode and unseal one record; a record that fails either is `Corrupt`.
+    async fn read_record<S: serde::de::DeserializeOwned, T>(
+        &self,
+        key: String,
+        open: impl FnOnce(S) -> Result<T, String>,
+    ) -> Result<Option<T>, StoreError> {
         let mut conn = self.conn.clone();
         let raw: Option<Vec<u8>> = conn.get(&key).await?;
-        let Some(raw) = raw else { return Ok(Handshake::default()) };
-        let stored: StoredHandshake = serde_json::from_slice(&raw)
-            .map_err(|e| StoreError::Corrupt { key: key.clone(), problem: e.to_string() })?;
-        self.open_handshake(stored).map_err(|problem| StoreError::Corrupt { key, problem })
+        let Some(raw) = raw else { return Ok(None) };
+        serde_json::from_slice(&raw)
+            .map_err(|e| e.to_string())
+            .and_then(open)
+            .map(Some)
+            .map_err(|problem| StoreError::Corrupt { key, problem })
     }
 
     /// Records progress before the session exists.
@@ -182,13 +197,7 @@ impl Store {
 
     /// Reads a cached session by user id (downstream's view; used by tests and tools).
     pub async fn read_session(&self, user_id: u64) -> Result<Option<Session>, StoreError> {
-        let key = self.keys.session(user_id);
-        let mut conn = self.conn.clone();
-        let raw: Option<Vec<u8>> = conn.get(&key).await?;
-        let Some(raw) = raw else { return Ok(None) };
-        let stored: StoredSession = serde_json::from_slice(&raw)
-            .map_err(|e| StoreError::Corrupt { key: key.clone(), problem: e.to_string() })?;
-        self.open_session(stored).map(Some).map_err(|problem| StoreError::Corrupt { key, problem })
+        self.read_record(self.keys.session(user_id), |stored| self.open_session(stored)).await
     }
 
     /// `SET NX PX`: true when this owner now holds the provision.
@@ -207,8 +216,7 @@ impl Store {
 
     pub async fn unlock(&self, provision_id: u64, owner: &str) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
-        let _: i64 =
-            redis::Script::new(UNLOCK).key(self.keys.lock(provision_id)).arg(owner).invoke_async(&mut conn).await?;
+        let _: i64 = UNLOCK.key(self.keys.lock(provision_id)).arg(owner).invoke_async(&mut conn).await?;
         Ok(())
     }
 
