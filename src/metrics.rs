@@ -35,6 +35,7 @@ pub struct Metrics {
     bunq_seconds: Family<EndpointLabels, Histogram>,
     rate_limit_wait_seconds: Family<EndpointLabels, Histogram>,
     settle_failures: Counter,
+    settle_batch: Histogram,
     amqp_connections: Counter,
 }
 
@@ -73,6 +74,12 @@ impl Metrics {
             "Acks, nacks and retry/dead-letter publishes that failed",
             settle_failures.clone(),
         );
+        let settle_batch = Histogram::new(exponential_buckets(1.0, 2.0, 9));
+        registry.register(
+            "settle_batch_size",
+            "Settlements (acks and moves) committed in one AMQP transaction",
+            settle_batch.clone(),
+        );
         let amqp_connections = Counter::default();
         registry.register(
             "amqp_connections",
@@ -88,6 +95,7 @@ impl Metrics {
             bunq_seconds,
             rate_limit_wait_seconds,
             settle_failures,
+            settle_batch,
             amqp_connections,
         }
     }
@@ -112,6 +120,10 @@ impl Metrics {
 
     pub fn settle_failed(&self) {
         self.settle_failures.inc();
+    }
+
+    pub fn observe_settle_batch(&self, settlements: usize) {
+        self.settle_batch.observe(settlements as f64);
     }
 
     pub fn amqp_connected(&self) {

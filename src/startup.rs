@@ -95,12 +95,8 @@ impl Worker {
             owner: settings.consumer_tag.clone(),
         };
         let consuming = Arc::new(AtomicBool::new(false));
-        let context = Arc::new(DeliveryContext {
-            handler: Arc::new(handler),
-            publish: publish.clone(),
-            names: names.clone(),
-            metrics: metrics.clone(),
-        });
+        let context =
+            Arc::new(DeliveryContext { handler: Arc::new(handler), names: names.clone(), metrics: metrics.clone() });
         let supervisor = Supervisor {
             amqp_url: names.amqp_url.clone(),
             names,

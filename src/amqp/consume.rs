@@ -2,12 +2,11 @@
 //! its outcome says. The ack is the last step; nothing is acked before its outcome is safe.
 
 use super::headers::{self, number, text, with_headers};
-use super::publish::PublishChannel;
+use super::settle::{Moved, Settlement, Settler};
 use crate::config::ConnectionArgs;
 use crate::handler::{Handler, Incoming, Outcome};
 use crate::metrics::Metrics;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::types::AMQPValue;
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,13 +15,14 @@ use tracing::Instrument;
 /// What a delivery task needs, shared by all of them.
 pub struct DeliveryContext {
     pub handler: Arc<Handler>,
-    pub publish: PublishChannel,
     pub names: ConnectionArgs,
     pub metrics: Arc<Metrics>,
 }
 
 impl DeliveryContext {
-    pub async fn process(&self, delivery: Delivery) {
+    /// Handles one delivery and settles it through `settler`, the one of the channel it
+    /// arrived on.
+    pub async fn process(&self, delivery: Delivery, settler: &Settler) {
         let started = Instant::now();
         let attempt = headers::attempts(&delivery.properties).saturating_add(1);
         let message_id = delivery.properties.message_id().as_ref().map(|s| s.as_str().to_owned());
@@ -41,7 +41,8 @@ impl DeliveryContext {
             let outcome = self.handler.handle(incoming).await;
             let (label, reason) = outcome.labels();
             log_outcome(&outcome);
-            if let Err(e) = self.settle(&delivery, &outcome, attempt).await {
+            let settlement = self.settlement(&delivery, &outcome, attempt);
+            if let Err(e) = settler.settle(delivery.delivery_tag, settlement).await {
                 self.metrics.settle_failed();
                 // Not acked: RabbitMQ redelivers it, and the cached session makes that cheap.
                 tracing::warn!(event = "settle_failed", outcome = label, error = %e);
@@ -52,9 +53,9 @@ impl DeliveryContext {
         .await
     }
 
-    async fn settle(&self, delivery: &Delivery, outcome: &Outcome, attempt: u32) -> Result<(), lapin::Error> {
-        let copy = match outcome {
-            Outcome::Announced { .. } | Outcome::Skipped(_) => None,
+    fn settlement(&self, delivery: &Delivery, outcome: &Outcome, attempt: u32) -> Settlement {
+        let (queue, properties) = match outcome {
+            Outcome::Announced { .. } | Outcome::Skipped(_) => return Settlement::Ack,
             Outcome::Retry { reason, detail, delay, counts_as_attempt } => {
                 let attempts = if *counts_as_attempt { attempt } else { attempt - 1 };
                 let mut set = original_route(delivery);
@@ -65,7 +66,7 @@ impl DeliveryContext {
                 ]);
                 let properties =
                     with_headers(&delivery.properties, &set).with_expiration(delay.as_millis().to_string().into());
-                Some((self.names.retry_queue.as_str(), properties))
+                (&self.names.retry_queue, properties)
             }
             Outcome::DeadLetter { reason, detail } => {
                 let now = time::OffsetDateTime::now_utc().unix_timestamp();
@@ -76,19 +77,10 @@ impl DeliveryContext {
                     (headers::ATTEMPTS, number(attempt)),
                     (headers::DEAD_LETTERED_AT, AMQPValue::LongLongInt(now)),
                 ]);
-                Some((self.names.dead_letter_queue.as_str(), with_headers(&delivery.properties, &set)))
+                (&self.names.dead_letter_queue, with_headers(&delivery.properties, &set))
             }
         };
-        if let Some((queue, properties)) = copy {
-            // The copy must be the broker's before the original goes: publish, confirm, then ack.
-            if let Err(e) = self.publish.publish("", queue, &delivery.data, properties).await {
-                tracing::warn!(event = "requeue", queue, error = %e, "could not move the delivery; returning it to the queue");
-                delivery.nack(BasicNackOptions { multiple: false, requeue: true }).await?;
-                return Ok(());
-            }
-        }
-        delivery.ack(BasicAckOptions { multiple: false }).await?;
-        Ok(())
+        Settlement::Move(Box::new(Moved { queue: queue.clone(), body: delivery.data.clone(), properties }))
     }
 }
 

@@ -3,6 +3,7 @@
 pub mod consume;
 pub mod headers;
 pub mod publish;
+pub mod settle;
 pub mod supervisor;
 pub mod topology;
 

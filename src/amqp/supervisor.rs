@@ -3,6 +3,7 @@
 
 use super::consume::DeliveryContext;
 use super::publish::PublishChannel;
+use super::settle::Settler;
 use super::{connect, topology};
 use crate::config::ConnectionArgs;
 use futures_util::StreamExt;
@@ -74,6 +75,14 @@ impl Supervisor {
         // Prefetch equals the deliveries processed at once: the broker never hands a
         // replica more than it is working on, so the rest stay with idle replicas.
         consume.basic_qos(self.prefetch, BasicQosOptions { global: false }).await?;
+        // Acks and moves on this channel commit through its settler (see `settle`).
+        let settler = Settler::start(
+            consume.clone(),
+            self.names.clone(),
+            self.context.metrics.clone(),
+            usize::from(self.prefetch),
+        )
+        .await?;
         let mut consumer = consume
             .basic_consume(
                 self.names.input_queue.as_str().into(),
@@ -110,10 +119,11 @@ impl Supervisor {
                 }
             };
             let context = self.context.clone();
+            let settler = settler.clone();
             self.tracker.spawn(async move {
                 let _permit = permit;
                 context.metrics.in_flight().inc();
-                context.process(delivery).await;
+                context.process(delivery, &settler).await;
                 context.metrics.in_flight().dec();
             });
         }

@@ -76,3 +76,25 @@ async fn bunq_rejection_is_dead_lettered_with_bunqs_reason() {
     assert!(!detail.contains(&token));
     app.teardown().await;
 }
+
+#[tokio::test]
+async fn a_dead_letter_queue_deleted_while_running_is_declared_again_and_keeps_the_dead_letter() {
+    let app = spawn_app().await;
+    app.delete_queue(&app.names.dead_letter_queue.clone()).await;
+
+    let body = b"not json after the queue went".to_vec();
+    app.publish(&body).await;
+    // Settled (and counted) only once the copy is committed where it belongs.
+    let deadline = std::time::Instant::now() + WAIT;
+    while !app.metrics().await.contains(r#"outcome="dead_lettered""#) {
+        assert!(std::time::Instant::now() < deadline, "never dead-lettered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let (dead, properties) = app.next_dead_letter(WAIT).await.expect("the copy comes back and is put back");
+    assert_eq!(dead, body);
+    assert_eq!(header_str(&properties, "x-dead-letter-reason").as_deref(), Some("malformed"));
+    app.wait_idle(WAIT).await;
+    assert_eq!(app.ready_count(&app.names.input_queue.clone()).await, 0, "acked once the copy was safe");
+    app.teardown().await;
+}

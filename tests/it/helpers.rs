@@ -287,6 +287,10 @@ impl TestApp {
         self.take(&self.names.dead_letter_queue.clone(), timeout).await
     }
 
+    pub async fn delete_queue(&self, queue: &str) {
+        self.channel.queue_delete(queue.into(), QueueDeleteOptions::default()).await.unwrap();
+    }
+
     /// Messages ready in `queue` (not counting unacked deliveries).
     pub async fn ready_count(&self, queue: &str) -> u32 {
         let channel = self.connection.create_channel().await.unwrap();
