@@ -4,7 +4,7 @@ CARGO ?= cargo
 TEST_THREADS ?= 4
 
 .DEFAULT_GOAL := help
-.PHONY: help build demo test test-rust test-faults test-sdk lint audit fmt bench
+.PHONY: help build demo test test-rust test-faults test-sdk test-helm lint audit fmt bench
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -15,7 +15,7 @@ build: ## Build the worker and fake-bunq
 demo: build ## Run the whole flow locally: fake-bunq, the worker, RabbitMQ and Redis
 	$(CARGO) run --quiet --example demo -- --bin-dir "$$($(CARGO) metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug"
 
-test: test-rust test-faults test-sdk ## Run every test (needs RabbitMQ and Redis on localhost, rabbitmqctl, redis-server)
+test: test-rust test-faults test-sdk test-helm ## Run every test (needs RabbitMQ and Redis on localhost, rabbitmqctl, redis-server)
 
 test-rust: ## Unit, doc and integration tests
 	$(CARGO) test --lib --bins --examples --test it --test fake_bunq -- --test-threads=$(TEST_THREADS)
@@ -26,6 +26,9 @@ test-faults: ## Fault tests: kill, broker disconnects, Redis restart, bunq fault
 
 test-sdk: ## bunq's official Python SDK opens a session against fake-bunq
 	tests/sdk/run.sh
+
+test-helm: ## The Helm chart, offline: lint, render, and its configuration accepted by the worker
+	tests/helm/run.sh
 
 bench: ## End-to-end throughput, latency and memory beside a broker baseline, in one run (release build)
 	$(CARGO) bench --bench throughput

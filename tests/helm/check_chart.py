@@ -1,0 +1,231 @@
+"""The Helm chart, checked offline against the worker it deploys.
+
+Lints and renders the chart with each values file in its `ci/` directory and checks that
+what Kubernetes would run is what the worker needs: every variable the chart sets is one
+the worker reads, the rendered configuration passes the worker's own validation
+(`bunq-session-worker check`), the grace period outlasts the drain, the probes reach the
+ops port, the key file is where the configuration says, secrets never sit in the
+ConfigMap, and missing required values stop the render with a message naming them.
+
+Run through tests/helm/run.sh, which provides the venv and the worker binary.
+"""
+
+import argparse
+import re
+import subprocess
+import sys
+import unittest
+from pathlib import Path
+
+import helm_python
+import yaml
+
+ARGS = argparse.Namespace()
+# Read by the worker, but by the log filter rather than a flag.
+EXTRA_WORKER_VARIABLES = {"RUST_LOG"}
+REQUIRED = {
+    "bunq.baseUrl": {"bunq": {"baseUrl": ""}},
+    "bunq.clientKey.existingSecret": {"bunq": {"clientKey": {"existingSecret": ""}}},
+    "amqp.existingSecret": {"amqp": {"existingSecret": ""}},
+}
+
+
+def values_files():
+    return sorted((Path(ARGS.chart) / "ci").glob("*.yaml"))
+
+
+def load_values(path):
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def merge(base, override):
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def render(values):
+    chart = helm_python.Chart.load(ARGS.chart)
+    manifests = chart.render(values, name="release", namespace="payments", is_install=True)
+    objects = []
+    for path, text in manifests.items():
+        if not path.endswith(".yaml"):
+            continue  # NOTES.txt
+        objects.extend(doc for doc in yaml.safe_load_all(text) if doc)
+    return objects
+
+
+def one(objects, kind):
+    found = [o for o in objects if o["kind"] == kind]
+    assert len(found) == 1, f"expected one {kind}, got {len(found)}"
+    return found[0]
+
+
+def worker_variables():
+    """The environment variables the worker reads, from its own --help."""
+    help_text = subprocess.run(
+        [ARGS.worker, "run", "--help"], check=True, capture_output=True, text=True
+    ).stdout
+    names = set(re.findall(r"\[env: ([A-Z0-9_]+)", help_text))
+    assert "AMQP_URL" in names and "BUNQ_BASE_URL" in names, help_text
+    return names | EXTRA_WORKER_VARIABLES
+
+
+def seconds(duration):
+    match = re.fullmatch(r"(\d+)s", duration)
+    assert match, f"SHUTDOWN_TIMEOUT {duration!r} is not whole seconds"
+    return int(match.group(1))
+
+
+class Rendered:
+    """One values file's render: the objects and the container the worker runs in."""
+
+    def __init__(self, path):
+        self.path = path
+        self.values = load_values(path)
+        self.objects = render(self.values)
+        self.deployment = one(self.objects, "Deployment")
+        self.config = one(self.objects, "ConfigMap")["data"]
+        self.pod = self.deployment["spec"]["template"]["spec"]
+        (self.container,) = self.pod["containers"]
+
+    def own_variables(self):
+        """Variable names the chart itself sets, not the user's extraConfig / extraEnv."""
+        extra = set(self.values.get("extraConfig", {})) | {
+            e["name"] for e in self.values.get("extraEnv", [])
+        }
+        names = set(self.config) | {e["name"] for e in self.container.get("env", [])}
+        return names - extra
+
+    def ops_port(self):
+        (port,) = [p for p in self.container["ports"] if p["name"] == "ops"]
+        return port["containerPort"]
+
+
+class Chart(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.renders = [Rendered(path) for path in values_files()]
+        assert len(cls.renders) >= 2, "expected default and full values files in ci/"
+
+    def test_lint_is_clean_with_every_values_file(self):
+        for path in values_files():
+            with self.subTest(values=path.name):
+                report = helm_python.lint(ARGS.chart, load_values(path), strict=True)
+                problems = [m for m in report.get("messages", []) if m["severity"] >= 2]
+                self.assertEqual(problems, [], report)
+                self.assertEqual(report.get("errors") or [], [], report)
+
+    def test_every_variable_the_chart_sets_is_one_the_worker_reads(self):
+        known = worker_variables()
+        for rendered in self.renders:
+            with self.subTest(values=rendered.path.name):
+                unknown = rendered.own_variables() - known
+                self.assertEqual(unknown, set(), "the worker would ignore these")
+                for required in ("AMQP_URL", "REDIS_URL", "BUNQ_BASE_URL", "BUNQ_CLIENT_PRIVATE_KEY_FILE"):
+                    self.assertIn(required, rendered.own_variables())
+
+    def test_the_rendered_configuration_passes_the_workers_validation(self):
+        for rendered in self.renders:
+            with self.subTest(values=rendered.path.name):
+                env = {"PATH": "/usr/bin:/bin"}
+                env.update({k: str(v) for k, v in rendered.config.items()})
+                # Secrets and mounted files as a cluster would provide them.
+                env["AMQP_URL"] = "amqp://user:password@rabbitmq:5672/%2f"
+                env.setdefault("REDIS_URL", "redis://redis:6379/0")
+                env["BUNQ_CLIENT_PRIVATE_KEY_FILE"] = ARGS.client_key
+                if "SESSION_ENCRYPTION_KEY_FILE" in env:
+                    key = Path(ARGS.tmp) / "session_encryption.key"
+                    key.write_bytes(bytes(range(32)))
+                    env["SESSION_ENCRYPTION_KEY_FILE"] = str(key)
+                env["POD_NAME"] = "release-bunq-session-worker-0"
+                check = subprocess.run(
+                    [ARGS.worker, "check"], env=env, capture_output=True, text=True, timeout=60
+                )
+                first = check.stdout.splitlines()[0] if check.stdout else check.stderr
+                self.assertEqual(first.split(), ["config", "ok"], check.stdout + check.stderr)
+
+    def test_the_grace_period_outlasts_the_drain(self):
+        for rendered in self.renders:
+            with self.subTest(values=rendered.path.name):
+                drain = seconds(rendered.config["SHUTDOWN_TIMEOUT"])
+                self.assertGreater(rendered.pod["terminationGracePeriodSeconds"], drain)
+
+    def test_probes_and_ops_address_use_the_ops_port(self):
+        for rendered in self.renders:
+            with self.subTest(values=rendered.path.name):
+                port = rendered.ops_port()
+                self.assertTrue(rendered.config["OPS_ADDR"].endswith(f":{port}"))
+                paths = {}
+                for probe in ("livenessProbe", "readinessProbe"):
+                    get = rendered.container[probe]["httpGet"]
+                    self.assertIn(get["port"], ("ops", port))
+                    paths[probe] = get["path"]
+                self.assertEqual(paths, {"livenessProbe": "/healthz", "readinessProbe": "/readyz"})
+
+    def test_the_key_file_is_mounted_where_the_configuration_points(self):
+        for rendered in self.renders:
+            with self.subTest(values=rendered.path.name):
+                key_file = Path(rendered.config["BUNQ_CLIENT_PRIVATE_KEY_FILE"])
+                mounts = {m["name"]: m for m in rendered.container["volumeMounts"]}
+                volumes = {v["name"]: v for v in rendered.pod["volumes"]}
+                (mount,) = [m for m in mounts.values() if key_file.parent == Path(m["mountPath"])]
+                self.assertTrue(mount.get("readOnly"))
+                sources = volumes[mount["name"]]["projected"]["sources"]
+                paths = [item["path"] for s in sources for item in s["secret"]["items"]]
+                self.assertIn(key_file.name, paths)
+
+    def test_secrets_come_from_secrets_never_from_the_config_map(self):
+        for rendered in self.renders:
+            with self.subTest(values=rendered.path.name):
+                self.assertNotIn("AMQP_URL", rendered.config)
+                (amqp,) = [e for e in rendered.container["env"] if e["name"] == "AMQP_URL"]
+                self.assertIn("secretKeyRef", amqp["valueFrom"])
+                for value in rendered.config.values():
+                    self.assertNotRegex(str(value), r"://[^/@]*:[^/@]*@", "credentials in a ConfigMap")
+        base = load_values(values_files()[0])
+        with self.assertRaisesRegex(helm_python.HelmError, "redis.url looks like it carries credentials"):
+            render(merge(base, {"redis": {"url": "redis://:hunter2@redis:6379/0"}}))
+
+    def test_missing_required_values_stop_the_render_naming_them(self):
+        base = load_values(values_files()[0])
+        for name, blank in REQUIRED.items():
+            with self.subTest(value=name):
+                with self.assertRaisesRegex(helm_python.HelmError, re.escape(name)):
+                    render(merge(base, blank))
+
+    def test_autoscaling_leaves_the_replica_count_to_keda(self):
+        for rendered in self.renders:
+            with self.subTest(values=rendered.path.name):
+                scaled = [o for o in rendered.objects if o["kind"] == "ScaledObject"]
+                if rendered.values.get("autoscaling", {}).get("enabled"):
+                    self.assertNotIn("replicas", rendered.deployment["spec"])
+                    self.assertEqual(len(scaled), 1)
+                    queue = rendered.config["INPUT_QUEUE"]
+                    (trigger,) = scaled[0]["spec"]["triggers"]
+                    self.assertEqual(trigger["metadata"]["queueName"], queue)
+                else:
+                    self.assertIn("replicas", rendered.deployment["spec"])
+                    self.assertEqual(scaled, [])
+
+
+def main():
+    import tempfile
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--chart", required=True)
+    parser.add_argument("--worker", required=True)
+    parser.add_argument("--client-key", required=True)
+    parsed, rest = parser.parse_known_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        vars(ARGS).update(vars(parsed), tmp=tmp)
+        program = unittest.main(argv=[sys.argv[0], "-v", *rest], exit=False)
+    sys.exit(0 if program.result.wasSuccessful() else 1)
+
+
+if __name__ == "__main__":
+    main()
