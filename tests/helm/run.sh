@@ -14,22 +14,13 @@ PYYAML_VERSION="${PYYAML_VERSION:-6.0.3}"
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 target="${CARGO_TARGET_DIR:-$repo/target}"
-venv="$target/helm-venv"
-python="${PYTHON:-python3}"
-
-if [[ ! -x "$venv/bin/python" ]]; then
-    "$python" -m venv "$venv"
-fi
-if ! "$venv/bin/python" -c "
-import importlib.metadata as m, sys
-sys.exit(m.version('helm-python-sdk') != '$HELM_SDK_VERSION' or m.version('PyYAML') != '$PYYAML_VERSION')" 2>/dev/null; then
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-        "helm-python-sdk==$HELM_SDK_VERSION" "PyYAML==$PYYAML_VERSION"
-fi
+# shellcheck source=../python-venv.sh
+source "$repo/tests/python-venv.sh"
+python_venv helm-venv "helm-python-sdk==$HELM_SDK_VERSION" "PyYAML==$PYYAML_VERSION"
 
 (cd "$repo" && cargo build --quiet --bin bunq-session-worker)
 
-exec "$venv/bin/python" "$repo/tests/helm/check_chart.py" \
+exec "$venv_python" "$repo/tests/helm/check_chart.py" \
     --chart "$repo/helm/bunq-session-worker" \
     --worker "$target/debug/bunq-session-worker" \
     --client-key "$repo/tests/fixtures/client_key.pem"

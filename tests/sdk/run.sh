@@ -15,15 +15,9 @@ BUNQ_SDK_VERSION="${BUNQ_SDK_VERSION:-1.28.0}"
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 target="${CARGO_TARGET_DIR:-$repo/target}"
-venv="$target/sdk-venv"
-python="${PYTHON:-python3}"
-
-if [[ ! -x "$venv/bin/python" ]]; then
-    "$python" -m venv "$venv"
-fi
-if ! "$venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('bunq_sdk') != '$BUNQ_SDK_VERSION')" 2>/dev/null; then
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "bunq-sdk==$BUNQ_SDK_VERSION"
-fi
+# shellcheck source=../python-venv.sh
+source "$repo/tests/python-venv.sh"
+python_venv sdk-venv "bunq-sdk==$BUNQ_SDK_VERSION"
 
 (cd "$repo" && cargo build --quiet --bin fake-bunq)
 
@@ -53,7 +47,7 @@ echo "fake-bunq at $base_url (pid $fake_pid)"
 
 status=0
 # The SDK sends its own User-Agent and signs every call after installation.
-"$venv/bin/python" "$repo/tests/sdk/official_sdk_session.py" "$base_url" || status=$?
+"$venv_python" "$repo/tests/sdk/official_sdk_session.py" "$base_url" || status=$?
 if [[ $status -ne 0 ]]; then
     echo "--- fake-bunq stderr ---" >&2
     cat "$workdir/stderr" >&2
