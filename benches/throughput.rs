@@ -94,7 +94,7 @@ async fn main() -> anyhow::Result<()> {
         .env("RATE_LIMIT_SESSION_SERVER", "1000000/1s")
         .env("RATE_LIMIT_OTHER_POST", "1000000/1s")
         .env("LOG_FORMAT", "json")
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", "error") // the dead-letter run would print a warning per event
         .kill_on_drop(true)
         .spawn()?;
     let pid = worker.id().expect("running");
@@ -107,8 +107,14 @@ async fn main() -> anyhow::Result<()> {
             (id, bunq_session_worker::cli::publish::example_body(bunq_session_worker::cli::publish::Example::Ready, id))
         })
         .collect();
-    let fresh = run_through_worker(&channel, &connection, &names, &capture, &bodies).await?;
-    let repeat = run_through_worker(&channel, &connection, &names, &capture, &bodies).await?;
+    let fresh = run_through_worker(&channel, &connection, &names, &capture, &bodies, provision_id).await?;
+    let repeat = run_through_worker(&channel, &connection, &names, &capture, &bodies, provision_id).await?;
+    // Undecodable bodies: each is moved to the dead-letter queue, its copy and its ack in
+    // one transaction (group-committed).
+    let malformed: Vec<(u64, Vec<u8>)> =
+        (0..EVENTS as u64).map(|i| (i, format!("not json {i}").into_bytes())).collect();
+    let dead =
+        run_through_worker(&channel, &connection, &names, &names.dead_letter_queue, &malformed, malformed_id).await?;
     let peak_rss = memory_kib(pid, "VmHWM")?;
 
     println!();
@@ -116,13 +122,15 @@ async fn main() -> anyhow::Result<()> {
     floor.print("baseline: broker publish→consume→ack");
     fresh.print("worker, new sessions (3 signed bunq calls)");
     repeat.print("worker, cached sessions (no bunq call)");
+    dead.print("worker, malformed → dead letter (tx move)");
     println!(
-        "\nnew-session throughput is {:.1}% of the broker floor; cached path {:.1}%",
+        "\nnew-session throughput is {:.1}% of the broker floor; cached path {:.1}%; dead-letter path {:.1}%",
         100.0 * fresh.per_second / floor.per_second,
-        100.0 * repeat.per_second / floor.per_second
+        100.0 * repeat.per_second / floor.per_second,
+        100.0 * dead.per_second / floor.per_second
     );
     println!(
-        "\nworker memory: idle RSS {} KiB (baseline), peak RSS {} KiB during both runs (+{} KiB)",
+        "\nworker memory: idle RSS {} KiB (baseline), peak RSS {} KiB during all runs (+{} KiB)",
         idle_rss,
         peak_rss,
         peak_rss.saturating_sub(idle_rss)
@@ -241,13 +249,24 @@ async fn broker_floor(connection: &Connection, queue: &str) -> anyhow::Result<Ru
     Ok(Run { per_second: EVENTS as f64 / elapsed.as_secs_f64(), latencies })
 }
 
-/// Publishes every body to the input exchange and waits for every session-ready event.
+fn provision_id(body: &[u8]) -> anyhow::Result<u64> {
+    let event: serde_json::Value = serde_json::from_slice(body)?;
+    event["provision_id"].as_u64().ok_or_else(|| anyhow::anyhow!("no provision id"))
+}
+
+fn malformed_id(body: &[u8]) -> anyhow::Result<u64> {
+    Ok(std::str::from_utf8(body)?.trim_start_matches("not json ").parse()?)
+}
+
+/// Publishes every body to the input exchange and waits for each to come out of
+/// `capture` (session-ready events, or dead letters), identified by `id_of`.
 async fn run_through_worker(
     channel: &Channel,
     connection: &Connection,
     names: &ConnectionArgs,
     capture: &str,
     bodies: &[(u64, Vec<u8>)],
+    id_of: fn(&[u8]) -> anyhow::Result<u64>,
 ) -> anyhow::Result<Run> {
     let consumer_channel = connection.create_channel().await?;
     consumer_channel.basic_qos(500, BasicQosOptions::default()).await?;
@@ -281,8 +300,7 @@ async fn run_through_worker(
     while received.len() < bodies.len() {
         let delivery =
             tokio::time::timeout(Duration::from_secs(120), consumer.next()).await?.expect("consumer open")?;
-        let event: serde_json::Value = serde_json::from_slice(&delivery.data)?;
-        received.entry(event["provision_id"].as_u64().expect("provision id")).or_insert_with(Instant::now);
+        received.entry(id_of(&delivery.data)?).or_insert_with(Instant::now);
         delivery.ack(BasicAckOptions::default()).await?;
     }
     let elapsed = started.elapsed();
