@@ -137,3 +137,71 @@ impl Metrics {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    /// The alerts the Helm chart ships, read at compile time so a renamed metric fails here.
+    const ALERTS: &str = include_str!("../helm/bunq-session-worker/templates/prometheusrule.yaml");
+
+    fn exercised() -> Metrics {
+        let metrics = Metrics::new();
+        metrics.observe_delivery("dead_lettered", "malformed", Duration::from_millis(3));
+        metrics.in_flight().set(1);
+        metrics.observe_bunq_request("session-server", "429".into(), Duration::from_millis(20));
+        metrics.observe_rate_limit_wait("session-server", Duration::from_secs(1));
+        metrics.settle_failed();
+        metrics.observe_settle_batch(4);
+        metrics.amqp_connected();
+        metrics
+    }
+
+    /// Sample names (`…_total`, `…_bucket`) and, from `# TYPE` lines, family names.
+    fn names(exposition: &str) -> (BTreeSet<&str>, BTreeSet<&str>) {
+        let samples = exposition
+            .lines()
+            .filter(|line| !line.starts_with('#'))
+            .filter_map(|line| line.split(['{', ' ']).next())
+            .collect();
+        let families = exposition.lines().filter_map(|line| line.strip_prefix("# TYPE ")?.split(' ').next()).collect();
+        (samples, families)
+    }
+
+    fn metric_names(text: &str) -> impl Iterator<Item = &str> {
+        text.match_indices("bunq_session_worker_").map(|(at, _)| {
+            let rest = &text[at..];
+            &rest[..rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len())]
+        })
+    }
+
+    #[test]
+    fn every_metric_the_chart_alerts_on_is_exported() {
+        let exposition = exercised().encode();
+        let (samples, families) = names(&exposition);
+        let mut checked = 0;
+        for line in ALERTS.lines() {
+            // Queries need series names; prose may name a family (a histogram).
+            let prose = line.trim_start().starts_with("summary:") || line.trim_start().starts_with("description:");
+            for name in metric_names(line) {
+                let known = samples.contains(name) || (prose && families.contains(name));
+                assert!(known, "the alerts use `{name}`, which the worker does not export:\n{exposition}");
+                checked += 1;
+            }
+        }
+        assert!(checked >= 10, "only {checked} metric references found");
+    }
+
+    #[test]
+    fn alert_label_values_are_ones_the_worker_emits() {
+        let exposition = exercised().encode();
+        for needle in [r#"outcome="dead_lettered""#, r#"status="429""#, r#"reason="malformed""#] {
+            assert!(ALERTS.contains(needle.split('=').next().unwrap()), "{needle}");
+            assert!(exposition.contains(needle), "{needle} not in\n{exposition}");
+        }
+        // The label values the alerts match on, spelled as the code spells them.
+        assert_eq!(crate::failure::Reason::RetriesExhausted.as_str(), "retries_exhausted");
+        assert!(ALERTS.contains(r#"reason="retries_exhausted""#));
+    }
+}

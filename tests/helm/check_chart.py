@@ -198,6 +198,31 @@ class Chart(unittest.TestCase):
                 with self.assertRaisesRegex(helm_python.HelmError, re.escape(name)):
                     render(merge(base, blank))
 
+    def test_alerts_select_this_release_and_keep_prometheus_templates(self):
+        enabled = [r for r in self.renders if r.values.get("prometheusRule", {}).get("enabled")]
+        self.assertTrue(enabled, "a ci/ values file must enable prometheusRule")
+        for rendered in self.renders:
+            rules = [o for o in rendered.objects if o["kind"] == "PrometheusRule"]
+            self.assertEqual(len(rules), 1 if rendered in enabled else 0, rendered.path.name)
+        for rendered in enabled:
+            (rule,) = [o for o in rendered.objects if o["kind"] == "PrometheusRule"]
+            service = one(rendered.objects, "Service")["metadata"]["name"]
+            (group,) = rule["spec"]["groups"]
+            alerts = [r for r in group["rules"] if "alert" in r]
+            self.assertGreaterEqual(len(alerts), 8)
+            for alert in alerts:
+                with self.subTest(alert=alert["alert"]):
+                    self.assertIn(alert["labels"]["severity"], ("critical", "warning"))
+                    self.assertTrue(alert["annotations"]["summary"] and alert["annotations"]["description"])
+                    # Every selector is scoped to this release's series, never to all pods.
+                    selectors = re.findall(r"\{([^{}]*)\}", alert["expr"])
+                    self.assertTrue(selectors, alert["expr"])
+                    for selector in selectors:
+                        self.assertIn('namespace="payments"', selector, alert["expr"])
+                        self.assertIn(f'service="{service}"', selector, alert["expr"])
+            templated = " ".join(a["annotations"]["summary"] for a in alerts)
+            self.assertIn("{{ $labels.reason }}", templated, "Prometheus templates must reach Prometheus")
+
     def test_autoscaling_leaves_the_replica_count_to_keda(self):
         for rendered in self.renders:
             with self.subTest(values=rendered.path.name):
