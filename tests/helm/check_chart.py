@@ -11,6 +11,7 @@ Run through tests/helm/run.sh, which provides the venv and the worker binary.
 """
 
 import argparse
+import json
 import re
 import subprocess
 import sys
@@ -89,7 +90,9 @@ class Rendered:
         self.values = load_values(path)
         self.objects = render(self.values)
         self.deployment = one(self.objects, "Deployment")
-        self.config = one(self.objects, "ConfigMap")["data"]
+        service = one(self.objects, "Service")["metadata"]["name"]
+        (config,) = [o for o in self.objects if o["kind"] == "ConfigMap" and o["metadata"]["name"] == service]
+        self.config = config["data"]
         self.pod = self.deployment["spec"]["template"]["spec"]
         (self.container,) = self.pod["containers"]
 
@@ -222,6 +225,24 @@ class Chart(unittest.TestCase):
                         self.assertIn(f'service="{service}"', selector, alert["expr"])
             templated = " ".join(a["annotations"]["summary"] for a in alerts)
             self.assertIn("{{ $labels.reason }}", templated, "Prometheus templates must reach Prometheus")
+
+    def test_the_dashboard_ships_for_the_sidecar_and_filters_by_release(self):
+        enabled = [r for r in self.renders if r.values.get("grafanaDashboard", {}).get("enabled")]
+        self.assertTrue(enabled, "a ci/ values file must enable grafanaDashboard")
+        for rendered in enabled:
+            maps = [o for o in rendered.objects if o["kind"] == "ConfigMap" and "grafana_dashboard" in o["metadata"]["labels"]]
+            (dashboard_map,) = maps
+            (text,) = dashboard_map["data"].values()
+            dashboard = json.loads(text)
+            variables = {v["name"] for v in dashboard["templating"]["list"]}
+            self.assertLessEqual({"datasource", "namespace", "service"}, variables)
+            targets = [t for p in dashboard["panels"] for t in p["targets"]]
+            self.assertGreaterEqual(len(targets), 9)
+            for target in targets:
+                selectors = re.findall(r"\{([^{}]*)\}", target["expr"])
+                self.assertTrue(selectors, target["expr"])
+                for selector in selectors:
+                    self.assertIn('namespace="$namespace", service="$service"', selector, target["expr"])
 
     def test_autoscaling_leaves_the_replica_count_to_keda(self):
         for rendered in self.renders:
