@@ -75,11 +75,7 @@ async fn main() -> anyhow::Result<()> {
         .env("REDIS_URL", REDIS_URL)
         .env("BUNQ_BASE_URL", &base_url)
         .env("BUNQ_CLIENT_PRIVATE_KEY_FILE", &key_path)
-        .env("INPUT_EXCHANGE", &names.input_exchange)
-        .env("INPUT_QUEUE", &names.input_queue)
-        .env("OUTPUT_EXCHANGE", &names.output_exchange)
-        .env("DEAD_LETTER_QUEUE", &names.dead_letter_queue)
-        .env("RETRY_QUEUE", &names.retry_queue)
+        .envs(names.as_env())
         .env("REDIS_KEY_PREFIX", &prefix)
         .env("OPS_ADDR", "127.0.0.1:0")
         // fake-bunq counts rate limits per device, as bunq's newer documentation does.

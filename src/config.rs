@@ -62,6 +62,20 @@ pub struct ConnectionArgs {
     pub retry_queue: String,
 }
 
+impl ConnectionArgs {
+    /// The exchange and queue names, each with the variable that sets it: what start-up
+    /// validates, and what a child process is given to use the same topology.
+    pub fn as_env(&self) -> [(&'static str, &str); 5] {
+        [
+            ("INPUT_EXCHANGE", &self.input_exchange),
+            ("INPUT_QUEUE", &self.input_queue),
+            ("OUTPUT_EXCHANGE", &self.output_exchange),
+            ("DEAD_LETTER_QUEUE", &self.dead_letter_queue),
+            ("RETRY_QUEUE", &self.retry_queue),
+        ]
+    }
+}
+
 /// Everything `run` and `check` read.
 #[derive(Debug, Clone, Args)]
 pub struct WorkerArgs {
@@ -199,13 +213,7 @@ impl Settings {
         };
         require_url(&args.connection.amqp_url, "AMQP_URL", &["amqp", "amqps"])?;
         require_url(&args.redis_url, "REDIS_URL", &["redis", "rediss", "redis+unix", "unix"])?;
-        for (variable, value) in [
-            ("INPUT_EXCHANGE", &args.connection.input_exchange),
-            ("INPUT_QUEUE", &args.connection.input_queue),
-            ("OUTPUT_EXCHANGE", &args.connection.output_exchange),
-            ("DEAD_LETTER_QUEUE", &args.connection.dead_letter_queue),
-            ("RETRY_QUEUE", &args.connection.retry_queue),
-        ] {
+        for (variable, value) in args.connection.as_env() {
             require_amqp_name(variable, value)?;
         }
         if args.connection.output_routing_key.is_empty() {

@@ -71,7 +71,7 @@ impl Metrics {
         let settle_failures = Counter::default();
         registry.register(
             "settle_failures",
-            "Acks, nacks and retry/dead-letter publishes that failed",
+            "Settlements (acks, moves to the retry or dead-letter queue) that did not commit, and moved copies lost",
             settle_failures.clone(),
         );
         let settle_batch = Histogram::new(exponential_buckets(1.0, 2.0, 9));

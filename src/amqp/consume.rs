@@ -41,8 +41,9 @@ impl DeliveryContext {
             let outcome = self.handler.handle(incoming).await;
             let (label, reason) = outcome.labels();
             log_outcome(&outcome);
-            let settlement = self.settlement(&delivery, &outcome, attempt);
-            if let Err(e) = settler.settle(delivery.delivery_tag, settlement).await {
+            let delivery_tag = delivery.delivery_tag;
+            let settlement = self.settlement(delivery, &outcome, attempt);
+            if let Err(e) = settler.settle(delivery_tag, settlement).await {
                 self.metrics.settle_failed();
                 // Not acked: RabbitMQ redelivers it, and the cached session makes that cheap.
                 tracing::warn!(event = "settle_failed", outcome = label, error = %e);
@@ -53,12 +54,13 @@ impl DeliveryContext {
         .await
     }
 
-    fn settlement(&self, delivery: &Delivery, outcome: &Outcome, attempt: u32) -> Settlement {
+    /// Takes the delivery: a moved copy carries its body rather than a copy of it.
+    fn settlement(&self, delivery: Delivery, outcome: &Outcome, attempt: u32) -> Settlement {
         let (queue, properties) = match outcome {
             Outcome::Announced { .. } | Outcome::Skipped(_) => return Settlement::Ack,
             Outcome::Retry { reason, detail, delay, counts_as_attempt } => {
                 let attempts = if *counts_as_attempt { attempt } else { attempt - 1 };
-                let mut set = original_route(delivery);
+                let mut set = original_route(&delivery);
                 set.extend([
                     (headers::ATTEMPTS, number(attempts)),
                     (headers::RETRY_REASON, text(reason.as_str())),
@@ -70,7 +72,7 @@ impl DeliveryContext {
             }
             Outcome::DeadLetter { reason, detail } => {
                 let now = time::OffsetDateTime::now_utc().unix_timestamp();
-                let mut set = original_route(delivery);
+                let mut set = original_route(&delivery);
                 set.extend([
                     (headers::DEAD_LETTER_REASON, text(reason.as_str())),
                     (headers::DEAD_LETTER_DETAIL, text(detail)),
@@ -80,7 +82,7 @@ impl DeliveryContext {
                 (&self.names.dead_letter_queue, with_headers(&delivery.properties, &set))
             }
         };
-        Settlement::Move(Box::new(Moved { queue: queue.clone(), body: delivery.data.clone(), properties }))
+        Settlement::Move(Box::new(Moved { queue: queue.clone(), body: delivery.data, properties }))
     }
 }
 

@@ -128,31 +128,36 @@ impl Committer {
     /// A copy comes back only if its queue was deleted while the worker ran; its
     /// original is already acked. Declare the topology again and put the copy back.
     async fn recover_returned(&self) {
+        let mut returned = self.returned().await;
         for attempt in 1..=3 {
-            let returned = match self.channel.wait_for_confirms().await {
-                Ok(returned) if returned.is_empty() => return,
-                Ok(returned) => returned,
-                Err(e) => {
-                    tracing::error!(event = "settle_returns_unknown", error = %e);
-                    return;
-                }
-            };
+            if returned.is_empty() {
+                return;
+            }
             tracing::warn!(event = "moved_copy_returned", count = returned.len(), attempt, "redeclaring the topology");
-            let put_back = async {
-                topology::declare(&self.channel, &self.names).await?;
-                for message in &returned {
-                    self.publish(message.routing_key.as_str(), &message.data, message.properties.clone()).await?;
-                }
-                self.channel.tx_commit().await
-            };
-            if let Err(e) = put_back.await {
+            if let Err(e) = self.put_back(&returned).await {
                 self.lost(&returned, &e.to_string());
                 return;
             }
+            returned = self.returned().await;
         }
-        if let Ok(returned) = self.channel.wait_for_confirms().await {
-            self.lost(&returned, "still unroutable after redeclaring the topology");
+        self.lost(&returned, "still unroutable after redeclaring the topology");
+    }
+
+    /// The copies the broker returned since the last call. In transaction mode there is
+    /// nothing to confirm: `wait_for_confirms` only drains them.
+    async fn returned(&self) -> Vec<BasicReturnMessage> {
+        self.channel.wait_for_confirms().await.unwrap_or_else(|e| {
+            tracing::error!(event = "settle_returns_unknown", error = %e);
+            Vec::new()
+        })
+    }
+
+    async fn put_back(&self, returned: &[BasicReturnMessage]) -> Result<(), lapin::Error> {
+        topology::declare(&self.channel, &self.names).await?;
+        for message in returned {
+            self.publish(message.routing_key.as_str(), &message.data, message.properties.clone()).await?;
         }
+        self.channel.tx_commit().await
     }
 
     fn lost(&self, messages: &[BasicReturnMessage], why: &str) {

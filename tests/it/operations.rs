@@ -8,16 +8,11 @@ const BIN: &str = env!("CARGO_BIN_EXE_bunq-session-worker");
 const WAIT: Duration = Duration::from_secs(15);
 
 fn cli(app: &TestApp, args: &[&str]) -> std::process::Output {
-    let n = &app.names;
     std::process::Command::new(BIN)
         .args(args)
         .env_clear()
         .env("AMQP_URL", AMQP_URL)
-        .env("INPUT_EXCHANGE", &n.input_exchange)
-        .env("INPUT_QUEUE", &n.input_queue)
-        .env("OUTPUT_EXCHANGE", &n.output_exchange)
-        .env("DEAD_LETTER_QUEUE", &n.dead_letter_queue)
-        .env("RETRY_QUEUE", &n.retry_queue)
+        .envs(app.names.as_env())
         .env("LOG_FORMAT", "pretty")
         .output()
         .unwrap()
