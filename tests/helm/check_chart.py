@@ -15,6 +15,7 @@ import json
 import re
 import subprocess
 import sys
+import tempfile
 import unittest
 from pathlib import Path
 
@@ -90,8 +91,8 @@ class Rendered:
         self.values = load_values(path)
         self.objects = render(self.values)
         self.deployment = one(self.objects, "Deployment")
-        service = one(self.objects, "Service")["metadata"]["name"]
-        (config,) = [o for o in self.objects if o["kind"] == "ConfigMap" and o["metadata"]["name"] == service]
+        self.service = one(self.objects, "Service")["metadata"]["name"]
+        (config,) = [o for o in self.objects if o["kind"] == "ConfigMap" and o["metadata"]["name"] == self.service]
         self.config = config["data"]
         self.pod = self.deployment["spec"]["template"]["spec"]
         (self.container,) = self.pod["containers"]
@@ -114,11 +115,21 @@ class Chart(unittest.TestCase):
     def setUpClass(cls):
         cls.renders = [Rendered(path) for path in values_files()]
         assert len(cls.renders) >= 2, "expected default and full values files in ci/"
+        # The first file is the minimal install; the failure cases start from it.
+        cls.minimal = cls.renders[0].values
+
+    def assert_every_selector(self, expr, *matchers):
+        """Every `{…}` selector in a PromQL query carries each of `matchers`."""
+        selectors = re.findall(r"\{([^{}]*)\}", expr)
+        self.assertTrue(selectors, expr)
+        for selector in selectors:
+            for matcher in matchers:
+                self.assertIn(matcher, selector, expr)
 
     def test_lint_is_clean_with_every_values_file(self):
-        for path in values_files():
-            with self.subTest(values=path.name):
-                report = helm_python.lint(ARGS.chart, load_values(path), strict=True)
+        for rendered in self.renders:
+            with self.subTest(values=rendered.path.name):
+                report = helm_python.lint(ARGS.chart, rendered.values, strict=True)
                 problems = [m for m in report.get("messages", []) if m["severity"] >= 2]
                 self.assertEqual(problems, [], report)
                 self.assertEqual(report.get("errors") or [], [], report)
@@ -190,16 +201,14 @@ class Chart(unittest.TestCase):
                 self.assertIn("secretKeyRef", amqp["valueFrom"])
                 for value in rendered.config.values():
                     self.assertNotRegex(str(value), r"://[^/@]*:[^/@]*@", "credentials in a ConfigMap")
-        base = load_values(values_files()[0])
         with self.assertRaisesRegex(helm_python.HelmError, "redis.url looks like it carries credentials"):
-            render(merge(base, {"redis": {"url": "redis://:hunter2@redis:6379/0"}}))
+            render(merge(self.minimal, {"redis": {"url": "redis://:hunter2@redis:6379/0"}}))
 
     def test_missing_required_values_stop_the_render_naming_them(self):
-        base = load_values(values_files()[0])
         for name, blank in REQUIRED.items():
             with self.subTest(value=name):
                 with self.assertRaisesRegex(helm_python.HelmError, re.escape(name)):
-                    render(merge(base, blank))
+                    render(merge(self.minimal, blank))
 
     def test_alerts_select_this_release_and_keep_prometheus_templates(self):
         enabled = [r for r in self.renders if r.values.get("prometheusRule", {}).get("enabled")]
@@ -209,7 +218,6 @@ class Chart(unittest.TestCase):
             self.assertEqual(len(rules), 1 if rendered in enabled else 0, rendered.path.name)
         for rendered in enabled:
             (rule,) = [o for o in rendered.objects if o["kind"] == "PrometheusRule"]
-            service = one(rendered.objects, "Service")["metadata"]["name"]
             (group,) = rule["spec"]["groups"]
             alerts = [r for r in group["rules"] if "alert" in r]
             self.assertGreaterEqual(len(alerts), 8)
@@ -218,11 +226,9 @@ class Chart(unittest.TestCase):
                     self.assertIn(alert["labels"]["severity"], ("critical", "warning"))
                     self.assertTrue(alert["annotations"]["summary"] and alert["annotations"]["description"])
                     # Every selector is scoped to this release's series, never to all pods.
-                    selectors = re.findall(r"\{([^{}]*)\}", alert["expr"])
-                    self.assertTrue(selectors, alert["expr"])
-                    for selector in selectors:
-                        self.assertIn('namespace="payments"', selector, alert["expr"])
-                        self.assertIn(f'service="{service}"', selector, alert["expr"])
+                    self.assert_every_selector(
+                        alert["expr"], 'namespace="payments"', f'service="{rendered.service}"'
+                    )
             templated = " ".join(a["annotations"]["summary"] for a in alerts)
             self.assertIn("{{ $labels.reason }}", templated, "Prometheus templates must reach Prometheus")
 
@@ -239,10 +245,7 @@ class Chart(unittest.TestCase):
             targets = [t for p in dashboard["panels"] for t in p["targets"]]
             self.assertGreaterEqual(len(targets), 9)
             for target in targets:
-                selectors = re.findall(r"\{([^{}]*)\}", target["expr"])
-                self.assertTrue(selectors, target["expr"])
-                for selector in selectors:
-                    self.assertIn('namespace="$namespace", service="$service"', selector, target["expr"])
+                self.assert_every_selector(target["expr"], 'namespace="$namespace", service="$service"')
 
     def test_autoscaling_leaves_the_replica_count_to_keda(self):
         for rendered in self.renders:
@@ -260,8 +263,6 @@ class Chart(unittest.TestCase):
 
 
 def main():
-    import tempfile
-
     parser = argparse.ArgumentParser()
     parser.add_argument("--chart", required=True)
     parser.add_argument("--worker", required=True)
