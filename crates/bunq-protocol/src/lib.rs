@@ -1,0 +1,22 @@
+//! bunq's API protocol, as the worker, the stand-in and any downstream service need it.
+//!
+//! - [`signing`]: RSA-2048 request signatures and response verification over the exact
+//!   body bytes, and the key types (docs/bunq-api.md §4).
+//! - [`model`]: the wire shapes of the handshake answers and of bunq's error body.
+//! - [`error`]: what can go wrong in a call, and whether trying again can help.
+//! - [`client`]: a typed client for installation, device-server and session-server; one
+//!   attempt per call, retries are the caller's.
+//! - [`timestamp`]: bunq's `YYYY-MM-DD hh:mm:ss.ffffff` UTC time format.
+
+// Every public item documented: this crate is for other services too.
+#![warn(missing_docs)]
+
+pub mod client;
+pub mod error;
+pub mod model;
+pub mod signing;
+pub mod timestamp;
+
+pub use client::{BunqClient, ClientSettings, Installation, OpenedSession};
+pub use error::{BunqError, Endpoint, Retry};
+pub use signing::{ClientKey, PublicKey, SigningError};

@@ -1,0 +1,452 @@
+//! The `/v1` endpoints and the pipeline every call goes through:
+//!
+//! 1. fault decision (+ latency); faults that replace the answer stop here;
+//! 2. `User-Agent` present;
+//! 3. rate limit;
+//! 4. installation token known (device-server, session-server);
+//! 5. `X-Bunq-Client-Signature` present and valid over the exact body bytes;
+//! 6. `X-Bunq-Client-Request-Id` not reused on this installation;
+//! 7. body validation and the endpoint's effect;
+//! 8. answer signed with the server key over the exact body bytes (unless a signature
+//!    fault says otherwise), with bunq's response headers; call recorded.
+
+use super::calls::RecordedCall;
+use super::conn::Conn;
+use super::errors::BunqError;
+use super::faults::{Endpoint, FaultAction};
+use super::ratelimit::{Limit, RateLimitScope};
+use super::responses::{self as wire, AnchoredUser, Item, UserObject};
+use super::secret::SecretDigest;
+use super::state::NewSession;
+use super::{admin, lock, App};
+use bunq_protocol::signing::PublicKey;
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::response::Response;
+use axum::routing::post;
+use axum::Router;
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+pub const HEADER_REQUEST_ID: &str = "x-bunq-client-request-id";
+pub const HEADER_RESPONSE_ID: &str = "x-bunq-client-response-id";
+pub const HEADER_AUTHENTICATION: &str = "x-bunq-client-authentication";
+pub const HEADER_CLIENT_SIGNATURE: &str = "x-bunq-client-signature";
+pub const HEADER_SERVER_SIGNATURE: &str = "x-bunq-server-signature";
+
+pub(crate) fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/v1/{endpoint}", post(bunq_endpoint))
+        .nest("/_fake", admin::router())
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(app)
+}
+
+/// `POST /v1/installation`, `/v1/device-server`, `/v1/session-server`; other paths are
+/// bunq's 404.
+async fn bunq_endpoint(
+    State(app): State<Arc<App>>,
+    ConnectInfo(conn): ConnectInfo<Conn>,
+    Path(path): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let endpoint = match path.as_str() {
+        "installation" => Endpoint::Installation,
+        "device-server" => Endpoint::DeviceServer,
+        "session-server" => Endpoint::SessionServer,
+        _ => return answer_error(app, conn, method, headers, BunqError::NotFound),
+    };
+    handle(app, endpoint, conn, method, headers, body).await
+}
+
+async fn not_found(
+    State(app): State<Arc<App>>,
+    ConnectInfo(conn): ConnectInfo<Conn>,
+    method: Method,
+    headers: HeaderMap,
+) -> Response {
+    answer_error(app, conn, method, headers, BunqError::NotFound)
+}
+
+async fn method_not_allowed(
+    State(app): State<Arc<App>>,
+    ConnectInfo(conn): ConnectInfo<Conn>,
+    method: Method,
+    headers: HeaderMap,
+) -> Response {
+    answer_error(app, conn, method, headers, BunqError::MethodNotAllowed)
+}
+
+/// Unknown routes and methods: answered like bunq (signed Error body), recorded as
+/// endpoint `other`, never faulted or rate limited.
+fn answer_error(app: Arc<App>, conn: Conn, method: Method, headers: HeaderMap, error: BunqError) -> Response {
+    let record = new_record(Endpoint::Other, &conn, &method, &headers);
+    finish(&app, Reply::error(&error), Signature::Valid, &headers, record)
+}
+
+/// An answer before signing and headers.
+struct Reply {
+    status: StatusCode,
+    content_type: &'static str,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn ok(body: Vec<u8>) -> Self {
+        Self { status: StatusCode::OK, content_type: "application/json", body }
+    }
+
+    fn error(error: &BunqError) -> Self {
+        Self { status: error.status(), content_type: "application/json", body: wire::error_body(&error.to_string()) }
+    }
+
+    fn html(status: StatusCode, html: &str) -> Self {
+        Self { status, content_type: "text/html", body: html.as_bytes().to_vec() }
+    }
+}
+
+/// How the answer is signed.
+#[derive(Clone, Copy)]
+enum Signature {
+    Valid,
+    Missing,
+    /// A well-formed signature over different bytes: it fails verification.
+    Corrupt,
+}
+
+fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn new_record(endpoint: Endpoint, conn: &Conn, method: &Method, headers: &HeaderMap) -> RecordedCall {
+    RecordedCall {
+        seq: 0,
+        endpoint,
+        method: method.to_string(),
+        request_id: headers.get(HEADER_REQUEST_ID).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
+        signature_valid: None,
+        status: None,
+        installation_id: None,
+        secret_hash: None,
+        fault: None,
+        peer: conn.peer.to_string(),
+    }
+}
+
+async fn handle(
+    app: Arc<App>,
+    endpoint: Endpoint,
+    conn: Conn,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let mut record = new_record(endpoint, &conn, &method, &headers);
+    let (latency_ms, fault) = {
+        let mut faults = lock(&app.faults);
+        (faults.latency_ms(), faults.decide(endpoint))
+    };
+    record.fault = fault;
+    if latency_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(latency_ms)).await;
+    }
+
+    let signature = match fault {
+        None => Signature::Valid,
+        Some(FaultAction::MissingSignature) => Signature::Missing,
+        Some(FaultAction::CorruptSignature) => Signature::Corrupt,
+        Some(FaultAction::Hang) => {
+            tracing::info!(endpoint = endpoint.as_str(), "fault: hanging until shutdown");
+            lock(&app.calls).push(record);
+            app.shutdown.cancelled().await;
+            conn.kill.kill();
+            return Response::new(Body::empty());
+        }
+        Some(FaultAction::DropConnection) => {
+            tracing::info!(endpoint = endpoint.as_str(), "fault: dropping connection");
+            lock(&app.calls).push(record);
+            // The response below is never written: the stream refuses all I/O now.
+            conn.kill.kill();
+            return Response::new(Body::empty());
+        }
+        // The remaining faults replace the answer; nothing is processed.
+        Some(FaultAction::Http500Html) => {
+            let reply = Reply::html(StatusCode::INTERNAL_SERVER_ERROR, wire::HTML_500);
+            return finish(&app, reply, Signature::Valid, &headers, record);
+        }
+        Some(FaultAction::Http503) => {
+            let reply = Reply::html(StatusCode::SERVICE_UNAVAILABLE, wire::HTML_503);
+            return finish(&app, reply, Signature::Valid, &headers, record);
+        }
+        Some(FaultAction::Maintenance491) => {
+            let reply = Reply::error(&BunqError::Maintenance);
+            return finish(&app, reply, Signature::Valid, &headers, record);
+        }
+        Some(FaultAction::RateLimited429) => {
+            let reply = Reply::error(&rate_limited(limit_for(&app, endpoint)));
+            return finish(&app, reply, Signature::Valid, &headers, record);
+        }
+    };
+
+    let reply = match process(&app, endpoint, &conn, &headers, &body, &mut record) {
+        Ok(reply) => reply,
+        Err(error) => Reply::error(&error),
+    };
+    finish(&app, reply, signature, &headers, record)
+}
+
+fn limit_for(app: &App, endpoint: Endpoint) -> Limit {
+    let (calls, window) = match endpoint {
+        Endpoint::SessionServer => app.config.session_server_limit,
+        _ => app.config.other_post_limit,
+    };
+    Limit { calls, window }
+}
+
+fn rate_limited(limit: Limit) -> BunqError {
+    BunqError::RateLimited { calls: limit.calls, per_secs: limit.window.as_secs() }
+}
+
+/// Steps 2–7 of the pipeline.
+fn process(
+    app: &App,
+    endpoint: Endpoint,
+    conn: &Conn,
+    headers: &HeaderMap,
+    body: &[u8],
+    record: &mut RecordedCall,
+) -> Result<Reply, BunqError> {
+    if header_str(headers, header::USER_AGENT.as_str()).is_none_or(|ua| ua.trim().is_empty()) {
+        return Err(BunqError::MissingUserAgent);
+    }
+    check_rate_limit(app, endpoint, conn, headers, body)?;
+    match endpoint {
+        Endpoint::Installation => installation_effect(app, body),
+        Endpoint::DeviceServer | Endpoint::SessionServer => {
+            // Checked on these two only: the docs say installation must not be signed.
+            let token = authenticate(app, headers, body, record)?;
+            let json = parse_object(body)?;
+            let secret = required_string(&json, "secret")?;
+            let digest = SecretDigest::of(secret);
+            record.secret_hash = Some(digest.short());
+            if endpoint == Endpoint::DeviceServer {
+                device_server_effect(app, token, &json, digest)
+            } else {
+                session_server_effect(app, token, digest)
+            }
+        }
+        Endpoint::Other => Err(BunqError::NotFound),
+    }
+}
+
+/// Who shares a rate-limit budget (see [`RateLimitScope`]).
+fn check_rate_limit(
+    app: &App,
+    endpoint: Endpoint,
+    conn: &Conn,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(), BunqError> {
+    let ip = || conn.peer.ip().to_string();
+    let client = match app.config.rate_limit_scope {
+        RateLimitScope::Off => return Ok(()),
+        RateLimitScope::Ip => ip(),
+        RateLimitScope::Device => match endpoint {
+            // No token exists yet: the key pair being installed is the device.
+            Endpoint::Installation => parse_object(body)
+                .ok()
+                .and_then(|v| {
+                    v.get("client_public_key")
+                        .and_then(Value::as_str)
+                        .map(|k| format!("key:{}", SecretDigest::of(k).short()))
+                })
+                .unwrap_or_else(ip),
+            _ => header_str(headers, HEADER_AUTHENTICATION)
+                .map(|t| format!("token:{}", SecretDigest::of(t).short()))
+                .unwrap_or_else(ip),
+        },
+    };
+    let limit = limit_for(app, endpoint);
+    if lock(&app.limiter).check(endpoint.as_str(), &client, limit, Instant::now()) {
+        Ok(())
+    } else {
+        Err(rate_limited(limit))
+    }
+}
+
+/// Steps 4–6: installation token, request signature, request id. Returns the token.
+fn authenticate<'h>(
+    app: &App,
+    headers: &'h HeaderMap,
+    body: &[u8],
+    record: &mut RecordedCall,
+) -> Result<&'h str, BunqError> {
+    let token = header_str(headers, HEADER_AUTHENTICATION);
+    let auth = lock(&app.state).authenticate(token)?;
+    // `authenticate` succeeded, so the header was present.
+    let token = token.ok_or(BunqError::InsufficientAuthentication)?;
+    record.installation_id = Some(auth.installation_id);
+
+    let Some(signature) = header_str(headers, HEADER_CLIENT_SIGNATURE) else {
+        record.signature_valid = Some(false);
+        return Err(BunqError::SignatureRequired);
+    };
+    let valid = auth.client_key.verify(body, signature).is_ok();
+    record.signature_valid = Some(valid);
+    if !valid {
+        return Err(BunqError::SignatureInvalid);
+    }
+
+    if let Some(request_id) = &record.request_id {
+        lock(&app.state).claim_request_id(token, request_id)?;
+    }
+    Ok(token)
+}
+
+fn parse_object(body: &[u8]) -> Result<serde_json::Map<String, Value>, BunqError> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(BunqError::InvalidBody("The request body must be a JSON object.".to_owned())),
+        Err(_) => Err(BunqError::InvalidBody("The request body is not valid JSON.".to_owned())),
+    }
+}
+
+fn required_string<'a>(json: &'a serde_json::Map<String, Value>, field: &str) -> Result<&'a str, BunqError> {
+    match json.get(field).and_then(Value::as_str) {
+        Some(s) if !s.trim().is_empty() => Ok(s),
+        _ => Err(BunqError::InvalidBody(format!("The field \"{field}\" is required and must be a non-empty string."))),
+    }
+}
+
+fn installation_effect(app: &App, body: &[u8]) -> Result<Reply, BunqError> {
+    let json = parse_object(body)?;
+    let pem = json
+        .get("client_public_key")
+        .and_then(Value::as_str)
+        .ok_or_else(|| BunqError::InvalidPublicKey("field \"client_public_key\" is missing".to_owned()))?;
+    if !pem.contains("-----BEGIN PUBLIC KEY-----") {
+        // The SDK rewrites PKCS#1 headers to SPKI; bunq documents SPKI only.
+        return Err(BunqError::InvalidPublicKey("expected a PEM \"PUBLIC KEY\" (SubjectPublicKeyInfo)".to_owned()));
+    }
+    let key = PublicKey::from_pem(pem)
+        .and_then(PublicKey::require_client_size)
+        .map_err(|e| BunqError::InvalidPublicKey(e.to_string()))?;
+    let created = lock(&app.state).install(key);
+    let at = wire::bunq_timestamp(created.created);
+    Ok(Reply::ok(wire::envelope_body(vec![
+        Item::Id(wire::IdObject { id: created.id }),
+        Item::Token(wire::TokenObject { id: created.id, created: at.clone(), updated: at, token: created.token }),
+        Item::ServerPublicKey(wire::ServerPublicKeyObject {
+            server_public_key: app.server_key.public_key_pem().to_owned(),
+        }),
+    ])))
+}
+
+fn device_server_effect(
+    app: &App,
+    token: &str,
+    json: &serde_json::Map<String, Value>,
+    secret: SecretDigest,
+) -> Result<Reply, BunqError> {
+    required_string(json, "description")?;
+    // Optional; the official SDK sends `null` when no IPs are given.
+    match json.get("permitted_ips") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(ips)) if ips.iter().all(Value::is_string) => {}
+        Some(_) => {
+            return Err(BunqError::InvalidBody("The field \"permitted_ips\" must be an array of strings.".to_owned()))
+        }
+    }
+    let id = lock(&app.state).register_device(token, secret)?;
+    Ok(Reply::ok(wire::envelope_body(vec![Item::Id(wire::IdObject { id })])))
+}
+
+fn session_server_effect(app: &App, token: &str, secret: SecretDigest) -> Result<Reply, BunqError> {
+    let session = lock(&app.state).open_session(token, secret, app.config.allow_credential_reuse)?;
+    Ok(Reply::ok(session_body(app, &session)))
+}
+
+fn session_body(app: &App, session: &NewSession) -> Vec<u8> {
+    let config = &app.config;
+    let created = wire::bunq_timestamp(session.created);
+    let users_created = wire::bunq_timestamp(session.users.created);
+    let partner = UserObject {
+        id: config.partner_company_id,
+        created: users_created.clone(),
+        updated: users_created.clone(),
+        public_uuid: Uuid::new_v5(&Uuid::NAMESPACE_OID, config.partner_display_name.as_bytes()).to_string(),
+        display_name: config.partner_display_name.clone(),
+        public_nick_name: config.partner_display_name.clone(),
+        session_timeout: config.session_timeout_secs,
+    };
+    let name = format!("Fake User {}", session.users.user_person_id);
+    let person = UserObject {
+        id: session.users.user_person_id,
+        created: users_created.clone(),
+        updated: users_created.clone(),
+        public_uuid: session.users.user_person_uuid.to_string(),
+        display_name: name.clone(),
+        public_nick_name: name,
+        session_timeout: config.session_timeout_secs,
+    };
+    wire::envelope_body(vec![
+        Item::Id(wire::IdObject { id: session.id }),
+        Item::Token(wire::TokenObject {
+            id: session.id,
+            created: created.clone(),
+            updated: created,
+            token: session.token.clone(),
+        }),
+        Item::UserApiKey(Box::new(wire::UserApiKeyObject {
+            id: session.users.user_api_key_id,
+            created: users_created.clone(),
+            updated: users_created,
+            requested_by_user: AnchoredUser::UserCompany(partner),
+            granted_by_user: AnchoredUser::UserPerson(person),
+        })),
+    ])
+}
+
+/// Step 8: signs, adds bunq's headers, records and logs the call.
+fn finish(app: &App, reply: Reply, signature: Signature, headers: &HeaderMap, mut record: RecordedCall) -> Response {
+    let signature = match signature {
+        Signature::Valid => app.server_key.sign(&reply.body).ok(),
+        Signature::Missing => None,
+        Signature::Corrupt => {
+            let mut other = reply.body.clone();
+            other.extend_from_slice(b"corrupted");
+            app.server_key.sign(&other).ok()
+        }
+    };
+    let mut response = Response::new(Body::from(reply.body));
+    *response.status_mut() = reply.status;
+    let out = response.headers_mut();
+    out.insert(header::CONTENT_TYPE, HeaderValue::from_static(reply.content_type));
+    if let Some(request_id) = headers.get(HEADER_REQUEST_ID) {
+        out.insert(HeaderName::from_static(HEADER_REQUEST_ID), request_id.clone());
+    }
+    if let Ok(id) = HeaderValue::from_str(&Uuid::new_v4().to_string()) {
+        out.insert(HeaderName::from_static(HEADER_RESPONSE_ID), id);
+    }
+    if let Some(sig) = signature.and_then(|s| HeaderValue::from_str(&s).ok()) {
+        out.insert(HeaderName::from_static(HEADER_SERVER_SIGNATURE), sig);
+    }
+
+    record.status = Some(reply.status.as_u16());
+    tracing::info!(
+        endpoint = record.endpoint.as_str(),
+        status = reply.status.as_u16(),
+        installation_id = record.installation_id,
+        request_id = record.request_id.as_deref(),
+        fault = ?record.fault,
+        "answered"
+    );
+    lock(&app.calls).push(record);
+    response
+}

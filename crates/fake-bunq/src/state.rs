@@ -1,0 +1,351 @@
+//! bunq's handshake state: installations, devices, credentials, users and sessions.
+//!
+//! Everything here is synchronous: callers hold the fake's `std::sync::Mutex` only for
+//! one of these calls and never across an `.await`.
+
+use super::errors::BunqError;
+use super::secret::SecretDigest;
+use bunq_protocol::signing::PublicKey;
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+/// A Partner credential's lifecycle (docs/bunq-api.md §7.3), plus `Rejected` for a secret
+/// bunq does not know at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum CredentialState {
+    /// Usable; the default for any secret the fake has not seen before, so demos need
+    /// no setup.
+    #[serde(alias = "pending_first_use")]
+    PendingFirstUse,
+    /// A session was opened with it.
+    #[serde(alias = "active")]
+    Active,
+    /// Not used within its window; every handshake step with it fails.
+    #[serde(alias = "expired")]
+    Expired,
+    /// Treated as an unknown key; every handshake step with it fails.
+    #[serde(alias = "rejected")]
+    Rejected,
+}
+
+/// Stable identities bunq would return for one secret: the same secret always maps to
+/// the same `UserApiKey` and granted `UserPerson`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserIds {
+    pub user_api_key_id: u64,
+    pub user_person_id: u64,
+    pub user_person_uuid: Uuid,
+    pub created: OffsetDateTime,
+}
+
+#[derive(Debug)]
+struct Credential {
+    state: CredentialState,
+    /// When the fake first saw the secret; the TTL counts from here.
+    first_seen: Instant,
+    users: UserIds,
+}
+
+#[derive(Debug)]
+struct Installation {
+    id: u64,
+    client_key: PublicKey,
+    /// `X-Bunq-Client-Request-Id`s seen on this installation (its device).
+    used_request_ids: HashSet<String>,
+    /// Secrets registered via `POST /device-server` on this installation → device id.
+    devices: HashMap<SecretDigest, u64>,
+}
+
+/// What `POST /installation` created.
+#[derive(Debug, Clone)]
+pub struct NewInstallation {
+    pub id: u64,
+    pub token: String,
+    pub created: OffsetDateTime,
+}
+
+/// What `POST /session-server` created.
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    pub id: u64,
+    pub token: String,
+    pub created: OffsetDateTime,
+    pub users: UserIds,
+}
+
+/// The installation a token authenticated as.
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    pub installation_id: u64,
+    pub client_key: PublicKey,
+}
+
+/// All handshake state of one fake server.
+#[derive(Debug)]
+pub struct BunqState {
+    next_id: u64,
+    /// Keyed by installation token.
+    installations: HashMap<String, Installation>,
+    credentials: HashMap<SecretDigest, Credential>,
+    sessions_per_secret: HashMap<SecretDigest, usize>,
+    devices: usize,
+    sessions: usize,
+    credential_ttl: Option<Duration>,
+}
+
+impl Default for BunqState {
+    fn default() -> Self {
+        Self::new(None)
+    }
+}
+
+impl BunqState {
+    /// `credential_ttl`: how long a never-used credential stays usable (`None`: forever).
+    pub fn new(credential_ttl: Option<Duration>) -> Self {
+        Self {
+            credential_ttl,
+            // Ids below 100 are left for fixed objects such as the partner company.
+            next_id: 100,
+            installations: HashMap::new(),
+            credentials: HashMap::new(),
+            sessions_per_secret: HashMap::new(),
+            devices: 0,
+            sessions: 0,
+        }
+    }
+}
+
+/// 64 lowercase hex characters from the OS RNG, like bunq's tokens.
+pub fn new_token() -> String {
+    let bytes: [u8; 32] = rand::random();
+    hex::encode(bytes)
+}
+
+impl BunqState {
+    fn next_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    /// The secret's credential, created as `PENDING_FIRST_USE` with fresh user ids the
+    /// first time the fake sees it. A pending credential older than the TTL becomes
+    /// `EXPIRED` here, like bunq's 1 h (sandbox) / 4 h (production) window.
+    fn credential(&mut self, secret: SecretDigest) -> &mut Credential {
+        let next_id = &mut self.next_id;
+        let credential = self.credentials.entry(secret).or_insert_with(|| {
+            let user_api_key_id = *next_id;
+            *next_id += 2;
+            Credential {
+                state: CredentialState::PendingFirstUse,
+                first_seen: Instant::now(),
+                users: UserIds {
+                    user_api_key_id,
+                    user_person_id: user_api_key_id + 1,
+                    user_person_uuid: Uuid::new_v5(&Uuid::NAMESPACE_OID, secret.as_bytes()),
+                    created: OffsetDateTime::now_utc(),
+                },
+            }
+        });
+        if credential.state == CredentialState::PendingFirstUse
+            && self.credential_ttl.is_some_and(|ttl| credential.first_seen.elapsed() >= ttl)
+        {
+            credential.state = CredentialState::Expired;
+        }
+        credential
+    }
+
+    pub fn register_credential(&mut self, secret: SecretDigest, state: CredentialState) {
+        self.credential(secret).state = state;
+    }
+
+    /// The credential's state, `None` if the fake never saw the secret.
+    pub fn credential_state(&mut self, secret: SecretDigest) -> Option<CredentialState> {
+        if self.credentials.contains_key(&secret) {
+            Some(self.credential(secret).state)
+        } else {
+            None
+        }
+    }
+
+    pub fn install(&mut self, client_key: PublicKey) -> NewInstallation {
+        let id = self.next_id();
+        let token = new_token();
+        self.installations.insert(
+            token.clone(),
+            Installation { id, client_key, used_request_ids: HashSet::new(), devices: HashMap::new() },
+        );
+        NewInstallation { id, token, created: OffsetDateTime::now_utc() }
+    }
+
+    /// Resolves `X-Bunq-Client-Authentication` to an installation.
+    pub fn authenticate(&self, token: Option<&str>) -> Result<Authenticated, BunqError> {
+        let installation =
+            token.and_then(|t| self.installations.get(t)).ok_or(BunqError::InsufficientAuthentication)?;
+        Ok(Authenticated { installation_id: installation.id, client_key: installation.client_key.clone() })
+    }
+
+    /// Claims a request id on the installation; a second use is an error.
+    pub fn claim_request_id(&mut self, token: &str, request_id: &str) -> Result<(), BunqError> {
+        let installation = self.installations.get_mut(token).ok_or(BunqError::InsufficientAuthentication)?;
+        if installation.used_request_ids.insert(request_id.to_owned()) {
+            Ok(())
+        } else {
+            Err(BunqError::RequestIdReused(request_id.to_owned()))
+        }
+    }
+
+    /// `POST /device-server`: binds the secret to this installation.
+    pub fn register_device(&mut self, token: &str, secret: SecretDigest) -> Result<u64, BunqError> {
+        usable(self.credential(secret).state, true)?;
+        let id = self.next_id();
+        let installation = self.installations.get_mut(token).ok_or(BunqError::InsufficientAuthentication)?;
+        // Registering the same secret again makes a new device, as a second
+        // `POST /device-server` does at bunq; the latest one counts.
+        installation.devices.insert(secret, id);
+        self.devices += 1;
+        Ok(id)
+    }
+
+    /// `POST /session-server`: opens a session for a secret registered on this
+    /// installation and moves its credential to `ACTIVE`.
+    pub fn open_session(
+        &mut self,
+        token: &str,
+        secret: SecretDigest,
+        allow_credential_reuse: bool,
+    ) -> Result<NewSession, BunqError> {
+        let installation = self.installations.get(token).ok_or(BunqError::InsufficientAuthentication)?;
+        if !installation.devices.contains_key(&secret) {
+            return Err(BunqError::CredentialsIncorrect);
+        }
+        let credential = self.credential(secret);
+        usable(credential.state, allow_credential_reuse)?;
+        credential.state = CredentialState::Active;
+        let users = credential.users;
+        let id = self.next_id();
+        *self.sessions_per_secret.entry(secret).or_default() += 1;
+        self.sessions += 1;
+        Ok(NewSession { id, token: new_token(), created: OffsetDateTime::now_utc(), users })
+    }
+
+    pub fn sessions_created_for(&self, secret: SecretDigest) -> usize {
+        self.sessions_per_secret.get(&secret).copied().unwrap_or(0)
+    }
+
+    pub fn sessions_per_secret(&self) -> impl Iterator<Item = (SecretDigest, usize)> + '_ {
+        self.sessions_per_secret.iter().map(|(k, v)| (*k, *v))
+    }
+
+    pub fn counts(&self) -> (usize, usize, usize) {
+        (self.installations.len(), self.devices, self.sessions)
+    }
+}
+
+/// Whether a credential in `state` may be used for a handshake step.
+fn usable(state: CredentialState, allow_active: bool) -> Result<(), BunqError> {
+    match state {
+        CredentialState::PendingFirstUse => Ok(()),
+        CredentialState::Active if allow_active => Ok(()),
+        CredentialState::Active | CredentialState::Expired | CredentialState::Rejected => {
+            Err(BunqError::CredentialsIncorrect)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bunq_protocol::signing::ClientKey;
+
+    fn installed(state: &mut BunqState) -> String {
+        let key = ClientKey::generate().unwrap();
+        state.install(PublicKey::from_pem(key.public_key_pem()).unwrap()).token
+    }
+
+    #[test]
+    fn token_is_64_lowercase_hex() {
+        let t = new_token();
+        assert_eq!(t.len(), 64);
+        assert!(t.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+    }
+
+    #[test]
+    fn same_secret_keeps_user_ids_across_installations() {
+        let mut state = BunqState::default();
+        let secret = SecretDigest::of("s");
+        let mut users = Vec::new();
+        for _ in 0..2 {
+            let token = installed(&mut state);
+            state.register_device(&token, secret).unwrap();
+            users.push(state.open_session(&token, secret, true).unwrap().users);
+        }
+        assert_eq!(users[0], users[1]);
+        assert_eq!(state.sessions_created_for(secret), 2);
+        assert_eq!(state.credential_state(secret), Some(CredentialState::Active));
+    }
+
+    #[test]
+    fn session_needs_device_on_the_same_installation() {
+        let mut state = BunqState::default();
+        let secret = SecretDigest::of("s");
+        let a = installed(&mut state);
+        let b = installed(&mut state);
+        state.register_device(&a, secret).unwrap();
+        assert_eq!(state.open_session(&b, secret, true).unwrap_err(), BunqError::CredentialsIncorrect);
+    }
+
+    #[test]
+    fn expired_and_rejected_credentials_fail_and_single_use_is_enforceable() {
+        let mut state = BunqState::default();
+        let token = installed(&mut state);
+        let rejected = SecretDigest::of("r");
+        state.register_credential(rejected, CredentialState::Rejected);
+        assert_eq!(state.register_device(&token, rejected).unwrap_err(), BunqError::CredentialsIncorrect);
+
+        let once = SecretDigest::of("once");
+        state.register_device(&token, once).unwrap();
+        state.open_session(&token, once, false).unwrap();
+        assert_eq!(state.open_session(&token, once, false).unwrap_err(), BunqError::CredentialsIncorrect);
+
+        let expiring = SecretDigest::of("e");
+        state.register_device(&token, expiring).unwrap();
+        state.register_credential(expiring, CredentialState::Expired);
+        assert_eq!(state.open_session(&token, expiring, true).unwrap_err(), BunqError::CredentialsIncorrect);
+    }
+
+    #[test]
+    fn pending_credential_expires_after_ttl_but_active_one_does_not() {
+        let mut state = BunqState::new(Some(Duration::ZERO));
+        let token = installed(&mut state);
+        let secret = SecretDigest::of("slow");
+        assert_eq!(state.register_device(&token, secret).unwrap_err(), BunqError::CredentialsIncorrect);
+        assert_eq!(state.credential_state(secret), Some(CredentialState::Expired));
+
+        let used = SecretDigest::of("used");
+        state.register_credential(used, CredentialState::Active);
+        state.register_device(&token, used).unwrap();
+        state.open_session(&token, used, true).unwrap();
+    }
+
+    #[test]
+    fn request_ids_are_unique_per_installation() {
+        let mut state = BunqState::default();
+        let a = installed(&mut state);
+        let b = installed(&mut state);
+        state.claim_request_id(&a, "r1").unwrap();
+        assert!(matches!(state.claim_request_id(&a, "r1"), Err(BunqError::RequestIdReused(_))));
+        state.claim_request_id(&b, "r1").unwrap();
+    }
+
+    #[test]
+    fn credential_state_json_accepts_bunq_and_lowercase_names() {
+        let a: CredentialState = serde_json::from_str("\"EXPIRED\"").unwrap();
+        let b: CredentialState = serde_json::from_str("\"expired\"").unwrap();
+        assert_eq!(a, b);
+    }
+}

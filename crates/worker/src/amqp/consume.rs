@@ -1,0 +1,144 @@
+//! The consume loop's per-delivery work: run the handler, then settle the delivery as
+//! its outcome says. The ack is the last step; nothing is acked before its outcome is safe.
+
+use super::headers::{self, number, text, with_headers};
+use super::settle::{Moved, Settlement, Settler};
+use super::topology::Names;
+use crate::handler::{Handler, Incoming, Outcome};
+use crate::metrics::Metrics;
+use lapin::message::Delivery;
+use lapin::types::AMQPValue;
+use std::sync::Arc;
+use std::time::Instant;
+use tracing::Instrument;
+
+/// What a delivery task needs, shared by all of them.
+pub struct DeliveryContext {
+    handler: Handler,
+    names: Names,
+    metrics: Arc<Metrics>,
+}
+
+impl DeliveryContext {
+    pub fn new(handler: Handler, names: Names, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Self { handler, names, metrics })
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Handles one delivery and settles it through `settler`, the one of the channel it
+    /// arrived on.
+    pub async fn process(&self, delivery: Delivery, settler: &Settler) {
+        // Counted while in flight; a guard, so a panicking delivery still leaves the gauge.
+        let _in_flight = InFlight::enter(&self.metrics);
+        let started = Instant::now();
+        let attempt = headers::attempts(&delivery.properties).saturating_add(1);
+        let message_id = delivery.properties.message_id().as_ref().map(|s| s.as_str().to_owned());
+        let correlation_id = delivery.properties.correlation_id().as_ref().map(|s| s.as_str().to_owned());
+        let span = tracing::info_span!(
+            "delivery",
+            delivery_tag = delivery.delivery_tag,
+            message_id = message_id.as_deref(),
+            correlation_id = correlation_id.as_deref(),
+            attempt,
+            redelivered = delivery.redelivered,
+            provision_id = tracing::field::Empty,
+        );
+        async {
+            let incoming = Incoming { body: &delivery.data, attempt, correlation_id: correlation_id.as_deref() };
+            let outcome = self.handler.handle(incoming).await;
+            let (label, reason) = outcome.labels();
+            log_outcome(&outcome);
+            let delivery_tag = delivery.delivery_tag;
+            let settlement = self.settlement(delivery, &outcome, attempt);
+            if let Err(e) = settler.settle(delivery_tag, settlement).await {
+                self.metrics.settle_failed();
+                // Not acked: RabbitMQ redelivers it, and the cached session makes that cheap.
+                tracing::warn!(event = "settle_failed", outcome = label, error = %e);
+            }
+            self.metrics.observe_delivery(label, reason, started.elapsed());
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Takes the delivery: a moved copy carries its body rather than a copy of it.
+    fn settlement(&self, delivery: Delivery, outcome: &Outcome, attempt: u32) -> Settlement {
+        let (queue, properties) = match outcome {
+            Outcome::Announced { .. } | Outcome::Skipped(_) => return Settlement::Ack,
+            Outcome::Retry { reason, detail, delay, counts_as_attempt } => {
+                let attempts = if *counts_as_attempt { attempt } else { attempt - 1 };
+                let mut set = original_route(&delivery);
+                set.extend([
+                    (headers::ATTEMPTS, number(attempts)),
+                    (headers::RETRY_REASON, text(reason.as_str())),
+                    (headers::RETRY_DETAIL, text(detail)),
+                ]);
+                let properties =
+                    with_headers(&delivery.properties, &set).with_expiration(delay.as_millis().to_string().into());
+                (&self.names.retry_queue, properties)
+            }
+            Outcome::DeadLetter { reason, detail } => {
+                let now = time::OffsetDateTime::now_utc().unix_timestamp();
+                let mut set = original_route(&delivery);
+                set.extend([
+                    (headers::DEAD_LETTER_REASON, text(reason.as_str())),
+                    (headers::DEAD_LETTER_DETAIL, text(detail)),
+                    (headers::ATTEMPTS, number(attempt)),
+                    (headers::DEAD_LETTERED_AT, AMQPValue::LongLongInt(now)),
+                ]);
+                (&self.names.dead_letter_queue, with_headers(&delivery.properties, &set))
+            }
+        };
+        Settlement::Move(Box::new(Moved { queue: queue.clone(), body: delivery.data, properties }))
+    }
+}
+
+/// Holds the in-flight gauge up for one delivery.
+struct InFlight<'a>(&'a Metrics);
+
+impl<'a> InFlight<'a> {
+    fn enter(metrics: &'a Metrics) -> Self {
+        metrics.in_flight().inc();
+        Self(metrics)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight().dec();
+    }
+}
+
+/// Where the message first arrived, recorded once: a message back from the retry queue
+/// arrives through the default exchange and already carries it. Replays use it.
+fn original_route(delivery: &Delivery) -> Vec<(&'static str, AMQPValue)> {
+    if headers::get_str(&delivery.properties, headers::ORIGINAL_EXCHANGE).is_some() {
+        return Vec::new();
+    }
+    vec![
+        (headers::ORIGINAL_EXCHANGE, text(delivery.exchange.as_str())),
+        (headers::ORIGINAL_ROUTING_KEY, text(delivery.routing_key.as_str())),
+    ]
+}
+
+fn log_outcome(outcome: &Outcome) {
+    match outcome {
+        Outcome::Announced { event, reused } => tracing::info!(
+            event = "session_announced",
+            event_id = %event.event_id,
+            user_id = event.user_id,
+            session_id = event.session_id,
+            reused,
+        ),
+        Outcome::Skipped(reason) => tracing::info!(event = "skipped", reason = reason.as_str()),
+        Outcome::Retry { reason, detail, delay, .. } => {
+            tracing::warn!(event = "retry_scheduled", reason = reason.as_str(), %detail, delay_ms = delay.as_millis() as u64)
+        }
+        Outcome::DeadLetter { reason, detail } => {
+            tracing::warn!(event = "dead_lettered", reason = reason.as_str(), %detail)
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! Publishing with publisher confirms: session-ready events, retries and dead letters.
+
+use super::topology::Names;
+use crate::event::SessionReady;
+use crate::failure::{Failure, Reason};
+use crate::handler::Announcer;
+use lapin::options::BasicPublishOptions;
+use lapin::{BasicProperties, Channel, Confirmation};
+use std::sync::{Arc, RwLock};
+
+/// Why a publish did not become the broker's responsibility.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("not connected to RabbitMQ")]
+    Disconnected,
+    #[error("no queue is bound for exchange `{exchange}` and routing key `{routing_key}`")]
+    Unroutable { exchange: String, routing_key: String },
+    #[error("RabbitMQ refused the message (nack)")]
+    Nacked,
+    #[error("RabbitMQ did not confirm the message: {0}")]
+    Amqp(#[from] lapin::Error),
+}
+
+/// The current confirm-mode channel, replaced on reconnect.
+#[derive(Clone, Default)]
+pub struct PublishChannel(Arc<RwLock<Option<Channel>>>);
+
+impl PublishChannel {
+    pub fn set(&self, channel: Option<Channel>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = channel;
+    }
+
+    pub fn take(&self) -> Option<Channel> {
+        self.0.write().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    fn get(&self) -> Option<Channel> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Publishes `mandatory` and waits for the confirm: `Ok` means the broker has routed
+    /// the message to at least one queue and taken responsibility for it.
+    pub async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<(), PublishError> {
+        let channel = self.get().ok_or(PublishError::Disconnected)?;
+        let options = BasicPublishOptions {
+            mandatory: true,  // unroutable is an error, not a silent loss
+            immediate: false, // unsupported by RabbitMQ
+        };
+        let confirm =
+            channel.basic_publish(exchange.into(), routing_key.into(), options, body, properties).await?.await?;
+        match confirm {
+            Confirmation::Ack(None) => Ok(()),
+            Confirmation::Ack(Some(_returned)) => {
+                Err(PublishError::Unroutable { exchange: exchange.to_owned(), routing_key: routing_key.to_owned() })
+            }
+            Confirmation::Nack(_) => Err(PublishError::Nacked),
+            Confirmation::NotRequested => unreachable!("the publish channel is always in confirm mode"),
+        }
+    }
+}
+
+/// Announces sessions on the output exchange.
+pub struct AmqpAnnouncer {
+    channel: PublishChannel,
+    exchange: String,
+    routing_key: String,
+}
+
+impl AmqpAnnouncer {
+    pub fn new(channel: PublishChannel, names: &Names) -> Self {
+        Self { channel, exchange: names.output_exchange.clone(), routing_key: names.output_routing_key.clone() }
+    }
+}
+
+#[async_trait::async_trait]
+impl Announcer for AmqpAnnouncer {
+    async fn announce(&self, event: &SessionReady, correlation_id: Option<&str>) -> Result<(), Failure> {
+        let body = serde_json::to_vec(event).expect("events serialise");
+        let mut properties = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2) // persistent
+            .with_message_id(event.event_id.to_string().into())
+            .with_type(event.event_type.as_str().into())
+            .with_timestamp(event.occurred_at.unix_timestamp().max(0) as u64)
+            .with_app_id("bunq-session-worker".into());
+        if let Some(correlation_id) = correlation_id {
+            properties = properties.with_correlation_id(correlation_id.into());
+        }
+        self.channel.publish(&self.exchange, &self.routing_key, &body, properties).await.map_err(|e| match e {
+            PublishError::Unroutable { .. } => Failure::transient(Reason::OutputUnroutable, e.to_string()),
+            _ => Failure::transient(Reason::PublishFailed, e.to_string()),
+        })
+    }
+}

@@ -1,0 +1,116 @@
+//! The queues and exchanges (docs/architecture.md §4), declared idempotently at every
+//! (re)connect. Every options struct is written out with the reason for each field.
+
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{Channel, ExchangeKind};
+
+/// Redeliveries (crashes, nacks) before RabbitMQ itself dead-letters a message: a last
+/// line against a message that kills the worker every time, which our own attempt
+/// counting cannot see.
+pub const DELIVERY_LIMIT: i64 = 20;
+
+/// The exchange, queue and routing-key names the worker uses at run time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Names {
+    pub input_exchange: String,
+    pub input_queue: String,
+    pub input_binding_key: String,
+    pub output_exchange: String,
+    pub output_routing_key: String,
+    pub dead_letter_queue: String,
+    pub retry_queue: String,
+}
+
+impl Names {
+    /// The exchange and queue names, each with the variable that sets it: what start-up
+    /// validates, and what a child process is given to use the same topology.
+    pub fn as_env(&self) -> [(&'static str, &str); 5] {
+        [
+            ("INPUT_EXCHANGE", &self.input_exchange),
+            ("INPUT_QUEUE", &self.input_queue),
+            ("OUTPUT_EXCHANGE", &self.output_exchange),
+            ("DEAD_LETTER_QUEUE", &self.dead_letter_queue),
+            ("RETRY_QUEUE", &self.retry_queue),
+        ]
+    }
+}
+
+pub async fn declare(channel: &Channel, names: &Names) -> Result<(), lapin::Error> {
+    let durable_exchange = ExchangeDeclareOptions {
+        passive: false,     // create it if missing: the worker can start first
+        durable: true,      // survives a broker restart
+        auto_delete: false, // stays when no queue is bound
+        internal: false,    // publishers send to it directly
+        nowait: false,      // confirm the declaration
+    };
+    channel
+        .exchange_declare(
+            names.input_exchange.as_str().into(),
+            ExchangeKind::Topic,
+            durable_exchange,
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .exchange_declare(
+            names.output_exchange.as_str().into(),
+            ExchangeKind::Topic,
+            durable_exchange,
+            FieldTable::default(),
+        )
+        .await?;
+
+    let durable_queue = QueueDeclareOptions {
+        passive: false,
+        durable: true,      // quorum queues must be durable; messages survive restarts
+        exclusive: false,   // every replica consumes it
+        auto_delete: false, // stays when replicas scale to zero
+        nowait: false,
+    };
+
+    // Input: a quorum queue (replicated, poison-message aware). Messages over the
+    // delivery limit go to the dead-letter queue through the default exchange.
+    let mut input_args = FieldTable::default();
+    input_args.insert("x-queue-type".into(), long_string("quorum"));
+    input_args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(DELIVERY_LIMIT));
+    input_args.insert("x-dead-letter-exchange".into(), long_string(""));
+    input_args.insert("x-dead-letter-routing-key".into(), long_string(&names.dead_letter_queue));
+    at_least_once_dead_lettering(&mut input_args);
+    channel.queue_declare(names.input_queue.as_str().into(), durable_queue, input_args).await?;
+    channel
+        .queue_bind(
+            names.input_queue.as_str().into(),
+            names.input_exchange.as_str().into(),
+            names.input_binding_key.as_str().into(),
+            QueueBindOptions { nowait: false },
+            FieldTable::default(),
+        )
+        .await?;
+
+    // Retry: nobody consumes it; a message waits its per-message TTL, then RabbitMQ
+    // dead-letters it back into the input queue. Delayed retry without a hot loop.
+    let mut retry_args = FieldTable::default();
+    retry_args.insert("x-queue-type".into(), long_string("quorum"));
+    retry_args.insert("x-dead-letter-exchange".into(), long_string(""));
+    retry_args.insert("x-dead-letter-routing-key".into(), long_string(&names.input_queue));
+    at_least_once_dead_lettering(&mut retry_args);
+    channel.queue_declare(names.retry_queue.as_str().into(), durable_queue, retry_args).await?;
+
+    let mut dead_letter_args = FieldTable::default();
+    dead_letter_args.insert("x-queue-type".into(), long_string("quorum"));
+    channel.queue_declare(names.dead_letter_queue.as_str().into(), durable_queue, dead_letter_args).await?;
+    Ok(())
+}
+
+/// Quorum queues dead-letter at most once by default: a retry whose TTL ends while the
+/// input queue cannot take it would be dropped. At-least-once (RabbitMQ 3.10+) keeps it
+/// until the target confirms; it requires `reject-publish` overflow.
+fn at_least_once_dead_lettering(args: &mut FieldTable) {
+    args.insert("x-dead-letter-strategy".into(), long_string("at-least-once"));
+    args.insert("x-overflow".into(), long_string("reject-publish"));
+}
+
+fn long_string(value: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(value))
+}

@@ -1,0 +1,57 @@
+//! `check`: validates the configuration and reaches RabbitMQ, Redis and bunq, saying
+//! which one fails.
+
+use crate::config::{Settings, WorkerArgs};
+use std::time::Duration;
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Prints one line per dependency; `Ok(false)` when any check failed.
+pub async fn run(args: WorkerArgs) -> anyhow::Result<bool> {
+    let settings = match Settings::from_args(args) {
+        Ok(settings) => {
+            println!("config    ok");
+            settings
+        }
+        Err(e) => {
+            println!("config    FAILED: {e}");
+            return Ok(false);
+        }
+    };
+    let amqp = report("rabbitmq", async {
+        let connection = crate::amqp::connect(&settings.amqp.url, "bunq-session-worker check").await?;
+        let _ = connection.close(200, "check".into()).await;
+        Ok::<_, anyhow::Error>("connected (AMQP_URL)".to_owned())
+    })
+    .await;
+    let redis = report("redis", async {
+        let mut conn = settings.redis.connect()?;
+        let pong: String = redis::cmd("PING").query_async(&mut conn).await?;
+        Ok(format!("{pong} (REDIS_URL)"))
+    })
+    .await;
+    let bunq = report("bunq", async {
+        // Any HTTP answer proves DNS, TLS and routing; no call with side effects is made.
+        let response = reqwest::Client::builder().timeout(TIMEOUT).build()?.get(&settings.bunq.base_url).send().await?;
+        Ok(format!("HTTP {} from {} (BUNQ_BASE_URL)", response.status().as_u16(), settings.bunq.base_url))
+    })
+    .await;
+    Ok(amqp && redis && bunq)
+}
+
+async fn report(name: &str, check: impl std::future::Future<Output = anyhow::Result<String>>) -> bool {
+    match tokio::time::timeout(TIMEOUT, check).await {
+        Ok(Ok(detail)) => {
+            println!("{name:<9} ok: {detail}");
+            true
+        }
+        Ok(Err(e)) => {
+            println!("{name:<9} FAILED: {e:#}");
+            false
+        }
+        Err(_) => {
+            println!("{name:<9} FAILED: no answer within {}s", TIMEOUT.as_secs());
+            false
+        }
+    }
+}

@@ -1,0 +1,490 @@
+//! Configuration: environment variables (12-factor), each also a command-line flag.
+//!
+//! [`WorkerArgs`] is what clap reads; [`Settings::from_args`] validates it into typed
+//! settings, failing with an error that names the variable, so a bad deployment stops
+//! at start-up instead of misbehaving later.
+
+use crate::amqp::topology::Names;
+use crate::handler::HandlerSettings;
+use crate::metrics::Metrics;
+use crate::ratelimit::{Limit, RateLimiter, Scope};
+use crate::retry::RetryPolicy;
+use crate::store::{Keys, Sealer, Store};
+use bunq_protocol::client::{BunqClient, CallObserver, ClientSettings};
+use bunq_protocol::signing::ClientKey;
+use redis::aio::ConnectionManager;
+use clap::Args;
+use secrecy::{ExposeSecret, SecretString};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A setting that is missing or wrong. Always names the variable.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {variable}: {problem}")]
+pub struct ConfigError {
+    pub variable: &'static str,
+    pub problem: String,
+}
+
+fn invalid(variable: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError { variable, problem: problem.into() }
+}
+
+/// Connection settings shared by every subcommand.
+#[derive(Debug, Clone, Args)]
+pub struct ConnectionArgs {
+    /// RabbitMQ URL, e.g. amqp://user:pass@host:5672/%2f
+    // URLs may carry passwords: `--help` must not print what the environment holds.
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        hide_default_value = true,
+        hide_env_values = true
+    )]
+    pub amqp_url: SecretString,
+    /// Exchange the provision-status events arrive on (topic).
+    #[arg(long, env = "INPUT_EXCHANGE", default_value = "provisioning")]
+    pub input_exchange: String,
+    /// The worker's input queue (quorum).
+    #[arg(long, env = "INPUT_QUEUE", default_value = "bunq-session-worker.provision-status")]
+    pub input_queue: String,
+    /// Binding from the input exchange to the input queue.
+    #[arg(long, env = "INPUT_BINDING_KEY", default_value = "partner_user_provision.#")]
+    pub input_binding_key: String,
+    /// Exchange session-ready events are published to (topic).
+    #[arg(long, env = "OUTPUT_EXCHANGE", default_value = "bunq.sessions")]
+    pub output_exchange: String,
+    /// Routing key of session-ready events.
+    #[arg(long, env = "OUTPUT_ROUTING_KEY", default_value = "session.ready")]
+    pub output_routing_key: String,
+    /// Queue of messages that cannot be processed, each with a reason header.
+    #[arg(long, env = "DEAD_LETTER_QUEUE", default_value = "bunq-session-worker.dead-letter")]
+    pub dead_letter_queue: String,
+    /// Delay queue: no consumers, per-message TTL, dead-letters back into the input queue.
+    #[arg(long, env = "RETRY_QUEUE", default_value = "bunq-session-worker.retry")]
+    pub retry_queue: String,
+}
+
+impl ConnectionArgs {
+    /// The names these arguments give the topology.
+    pub fn names(&self) -> Names {
+        Names {
+            input_exchange: self.input_exchange.clone(),
+            input_queue: self.input_queue.clone(),
+            input_binding_key: self.input_binding_key.clone(),
+            output_exchange: self.output_exchange.clone(),
+            output_routing_key: self.output_routing_key.clone(),
+            dead_letter_queue: self.dead_letter_queue.clone(),
+            retry_queue: self.retry_queue.clone(),
+        }
+    }
+}
+
+/// Everything `run` and `check` read.
+#[derive(Debug, Clone, Args)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+    /// Redis URL, e.g. redis://127.0.0.1:6379/0
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        default_value = "redis://127.0.0.1:6379/0",
+        hide_default_value = true,
+        hide_env_values = true
+    )]
+    pub redis_url: SecretString,
+    /// bunq API base URL including /v1, e.g. https://api.bunq.com/v1 (no default: pick the environment).
+    #[arg(long, env = "BUNQ_BASE_URL")]
+    pub bunq_base_url: Option<String>,
+    /// PEM file with the client's RSA-2048 private key (PKCS#8, `BEGIN PRIVATE KEY`).
+    #[arg(long, env = "BUNQ_CLIENT_PRIVATE_KEY_FILE")]
+    pub bunq_client_private_key_file: Option<PathBuf>,
+    /// `description` sent with POST /device-server.
+    #[arg(long, env = "BUNQ_DEVICE_DESCRIPTION", default_value = "bunq-session-worker")]
+    pub bunq_device_description: String,
+    /// Timeout of one bunq HTTP request, in milliseconds.
+    #[arg(long, env = "BUNQ_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
+    pub bunq_request_timeout_ms: u64,
+    /// Prefix of every Redis key this worker writes.
+    #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "bsw:")]
+    pub redis_key_prefix: String,
+    /// Optional file with a 32-byte key (raw, hex or base64) to encrypt tokens at rest (AES-256-GCM).
+    #[arg(long, env = "SESSION_ENCRYPTION_KEY_FILE")]
+    pub session_encryption_key_file: Option<PathBuf>,
+    /// Deliveries processed at once; also the AMQP prefetch.
+    #[arg(long, env = "PREFETCH", default_value_t = 16)]
+    pub prefetch: u16,
+    /// Address of the ops HTTP server (/metrics, /healthz, /readyz).
+    #[arg(long, env = "OPS_ADDR", default_value = "0.0.0.0:9090")]
+    pub ops_addr: String,
+    /// Consumer tag prefix; the pod name, so queue dashboards show which replica holds what.
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+    /// Largest accepted message body, in bytes; larger ones are dead-lettered.
+    #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 256 * 1024)]
+    pub max_message_bytes: usize,
+    /// Subtracted from bunq's session timeout to get the cache TTL, in seconds (at least 30).
+    #[arg(long, env = "SESSION_TTL_MARGIN_SECS", default_value_t = 60)]
+    pub session_ttl_margin_secs: u64,
+    /// In-process retry budget of one delivery attempt across all bunq calls, in milliseconds.
+    #[arg(long, env = "RETRY_BUDGET_MS", default_value_t = 60_000)]
+    pub retry_budget_ms: u64,
+    /// First in-process backoff interval, in milliseconds.
+    #[arg(long, env = "RETRY_INITIAL_INTERVAL_MS", default_value_t = 200)]
+    pub retry_initial_interval_ms: u64,
+    /// Longest in-process backoff interval, in milliseconds.
+    #[arg(long, env = "RETRY_MAX_INTERVAL_MS", default_value_t = 10_000)]
+    pub retry_max_interval_ms: u64,
+    /// Total delivery attempts (through the retry queue) before dead-lettering as retries_exhausted.
+    #[arg(long, env = "MAX_ATTEMPTS", default_value_t = 10)]
+    pub max_attempts: u32,
+    /// First retry-queue delay, in milliseconds; doubles per attempt.
+    #[arg(long, env = "RETRY_QUEUE_DELAY_MS", default_value_t = 5_000)]
+    pub retry_queue_delay_ms: u64,
+    /// Longest retry-queue delay, in milliseconds.
+    #[arg(long, env = "RETRY_QUEUE_MAX_DELAY_MS", default_value_t = 300_000)]
+    pub retry_queue_max_delay_ms: u64,
+    /// TTL of the per-provision lock, in milliseconds; must outlast one attempt.
+    #[arg(long, env = "LOCK_TTL_MS", default_value_t = 180_000)]
+    pub lock_ttl_ms: u64,
+    /// Rate limit of POST /session-server, as CALLS/SECONDSs (bunq: 1 per 30 s).
+    #[arg(long, env = "RATE_LIMIT_SESSION_SERVER", default_value = "1/30s")]
+    pub rate_limit_session_server: String,
+    /// Rate limit of the other POSTs (installation, device-server) (bunq: 5 per 3 s).
+    #[arg(long, env = "RATE_LIMIT_OTHER_POST", default_value = "5/3s")]
+    pub rate_limit_other_post: String,
+    /// `global`: one budget for all replicas, the safe reading of bunq counting per egress IP;
+    /// `credential`: one per credential, for bunq counting per device (newer docs).
+    #[arg(long, env = "RATE_LIMIT_SCOPE", default_value = "global")]
+    pub rate_limit_scope: String,
+    /// How long in-flight deliveries may take to finish after SIGTERM, e.g. 30s.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "30s")]
+    pub shutdown_timeout: String,
+}
+
+/// Validated settings of the worker. Each part builds the component it configures, so a
+/// new setting touches its part and the one component that reads it.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub amqp: AmqpSettings,
+    pub redis: RedisSettings,
+    pub bunq: BunqSettings,
+    pub rate_limits: RateLimits,
+    /// In-process retries of one delivery attempt.
+    pub retry: RetryPolicy,
+    pub handler: HandlerSettings,
+    /// Subtracted from bunq's session timeout for the cache TTL.
+    pub session_ttl_margin: Duration,
+    pub ops_addr: SocketAddr,
+}
+
+#[derive(Debug, Clone)]
+pub struct AmqpSettings {
+    pub url: SecretString,
+    pub names: Names,
+    pub prefetch: u16,
+    /// Names this replica's connection and consumer: the pod name plus a random suffix.
+    pub consumer_tag: String,
+    /// How long in-flight deliveries may take to finish after SIGTERM.
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    pub url: SecretString,
+    pub key_prefix: String,
+    /// Seals tokens at rest when a key is configured.
+    pub sealer: Option<Arc<Sealer>>,
+}
+
+impl RedisSettings {
+    /// A connection that reconnects by itself (see [`crate::store::connect`]).
+    pub fn connect(&self) -> Result<ConnectionManager, ConfigError> {
+        crate::store::connect(&self.url).map_err(|_| invalid("REDIS_URL", "is not a valid Redis URL"))
+    }
+
+    /// The session store on `conn`, under this prefix, sealing when a key is set.
+    pub fn store(&self, conn: ConnectionManager) -> Store {
+        Store::new(conn, Keys::new(&self.key_prefix), self.sealer.clone())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct BunqSettings {
+    pub base_url: String,
+    pub client_key: Arc<ClientKey>,
+    pub device_description: String,
+    pub request_timeout: Duration,
+}
+
+impl BunqSettings {
+    /// The bunq client, reporting each call to `observer`.
+    pub fn client(&self, observer: Arc<dyn CallObserver>) -> Result<BunqClient, reqwest::Error> {
+        let settings = ClientSettings {
+            base_url: self.base_url.clone(),
+            device_description: self.device_description.clone(),
+            request_timeout: self.request_timeout,
+            user_agent: format!("bunq-session-worker/{}", env!("CARGO_PKG_VERSION")),
+        };
+        BunqClient::new(settings, self.client_key.clone(), observer)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RateLimits {
+    pub session_server: Limit,
+    pub other_post: Limit,
+    pub scope: Scope,
+}
+
+impl RateLimits {
+    /// The limiter every replica with the same Redis and prefix shares.
+    pub fn limiter(&self, conn: ConnectionManager, key_prefix: &str, metrics: Arc<Metrics>) -> RateLimiter {
+        RateLimiter::new(conn, key_prefix, self.session_server, self.other_post, self.scope, metrics)
+    }
+}
+
+impl Settings {
+    pub fn from_args(args: WorkerArgs) -> Result<Self, ConfigError> {
+        let base_url = parse_base_url(args.bunq_base_url.as_deref())?;
+        let client_key = load_client_key(args.bunq_client_private_key_file.as_deref())?;
+        let sealer = match &args.session_encryption_key_file {
+            None => None,
+            Some(path) => Some(Arc::new(load_sealer(path)?)),
+        };
+        require_url(&args.connection.amqp_url, "AMQP_URL", &["amqp", "amqps"])?;
+        require_url(&args.redis_url, "REDIS_URL", &["redis", "rediss", "redis+unix", "unix"])?;
+        for (variable, value) in args.connection.names().as_env() {
+            require_amqp_name(variable, value)?;
+        }
+        if args.connection.output_routing_key.is_empty() {
+            return Err(invalid("OUTPUT_ROUTING_KEY", "must not be empty"));
+        }
+        if !(1..=1000).contains(&args.prefetch) {
+            return Err(invalid("PREFETCH", "must be between 1 and 1000"));
+        }
+        let ops_addr = args
+            .ops_addr
+            .parse()
+            .map_err(|_| invalid("OPS_ADDR", format!("`{}` is not HOST:PORT, e.g. 0.0.0.0:9090", args.ops_addr)))?;
+        if args.session_ttl_margin_secs < 30 {
+            return Err(invalid(
+                "SESSION_TTL_MARGIN_SECS",
+                "must be at least 30 (bunq's SDKs treat the last 30 s as expired)",
+            ));
+        }
+        if args.max_message_bytes == 0 {
+            return Err(invalid("MAX_MESSAGE_BYTES", "must be positive"));
+        }
+        if args.max_attempts == 0 {
+            return Err(invalid("MAX_ATTEMPTS", "must be at least 1"));
+        }
+        positive("BUNQ_REQUEST_TIMEOUT_MS", args.bunq_request_timeout_ms)?;
+        positive("RETRY_BUDGET_MS", args.retry_budget_ms)?;
+        positive("RETRY_INITIAL_INTERVAL_MS", args.retry_initial_interval_ms)?;
+        positive("RETRY_QUEUE_DELAY_MS", args.retry_queue_delay_ms)?;
+        if args.retry_max_interval_ms < args.retry_initial_interval_ms {
+            return Err(invalid("RETRY_MAX_INTERVAL_MS", "must not be below RETRY_INITIAL_INTERVAL_MS"));
+        }
+        if args.retry_queue_max_delay_ms < args.retry_queue_delay_ms {
+            return Err(invalid("RETRY_QUEUE_MAX_DELAY_MS", "must not be below RETRY_QUEUE_DELAY_MS"));
+        }
+        // One attempt: the handshake within the budget (plus a request in flight at its end),
+        // then recording the session within a budget of its own.
+        if args.lock_ttl_ms <= 2 * args.retry_budget_ms + args.bunq_request_timeout_ms {
+            return Err(invalid(
+                "LOCK_TTL_MS",
+                "must exceed 2 × RETRY_BUDGET_MS + BUNQ_REQUEST_TIMEOUT_MS, or a slow attempt could lose its lock",
+            ));
+        }
+        let shutdown_timeout =
+            crate::duration::parse(&args.shutdown_timeout).map_err(|p| invalid("SHUTDOWN_TIMEOUT", p))?;
+        if shutdown_timeout.is_zero() {
+            return Err(invalid("SHUTDOWN_TIMEOUT", "must be positive"));
+        }
+        let rate_limits = RateLimits {
+            session_server: Limit::parse(&args.rate_limit_session_server)
+                .map_err(|p| invalid("RATE_LIMIT_SESSION_SERVER", p))?,
+            other_post: Limit::parse(&args.rate_limit_other_post).map_err(|p| invalid("RATE_LIMIT_OTHER_POST", p))?,
+            scope: args.rate_limit_scope.parse().map_err(|p: String| invalid("RATE_LIMIT_SCOPE", p))?,
+        };
+        let consumer_tag =
+            format!("{}.{}", args.pod_name.clone().unwrap_or_else(default_pod_name), uuid::Uuid::new_v4().simple());
+        Ok(Self {
+            amqp: AmqpSettings {
+                names: args.connection.names(),
+                url: args.connection.amqp_url,
+                prefetch: args.prefetch,
+                consumer_tag,
+                shutdown_timeout,
+            },
+            redis: RedisSettings { url: args.redis_url, key_prefix: args.redis_key_prefix, sealer },
+            bunq: BunqSettings {
+                base_url,
+                client_key: Arc::new(client_key),
+                device_description: args.bunq_device_description,
+                request_timeout: Duration::from_millis(args.bunq_request_timeout_ms),
+            },
+            rate_limits,
+            retry: RetryPolicy {
+                budget: Duration::from_millis(args.retry_budget_ms),
+                initial_interval: Duration::from_millis(args.retry_initial_interval_ms),
+                max_interval: Duration::from_millis(args.retry_max_interval_ms),
+            },
+            handler: HandlerSettings {
+                max_message_bytes: args.max_message_bytes,
+                max_attempts: args.max_attempts,
+                retry_queue_delay: Duration::from_millis(args.retry_queue_delay_ms),
+                retry_queue_max_delay: Duration::from_millis(args.retry_queue_max_delay_ms),
+                lock_ttl: Duration::from_millis(args.lock_ttl_ms),
+            },
+            session_ttl_margin: Duration::from_secs(args.session_ttl_margin_secs),
+            ops_addr,
+        })
+    }
+}
+
+fn default_pod_name() -> String {
+    std::env::var("HOSTNAME").unwrap_or_else(|_| "bunq-session-worker".to_owned())
+}
+
+fn positive(variable: &'static str, value: u64) -> Result<(), ConfigError> {
+    if value == 0 {
+        return Err(invalid(variable, "must be positive"));
+    }
+    Ok(())
+}
+
+/// Only the scheme is checked here; the URL itself is never echoed, it may hold a password.
+fn require_url(url: &SecretString, variable: &'static str, schemes: &[&str]) -> Result<(), ConfigError> {
+    let scheme = url.expose_secret().split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+    match scheme {
+        Some(s) if schemes.contains(&s.as_str()) => Ok(()),
+        _ => Err(invalid(variable, format!("must be a URL with scheme {}", schemes.join(" or ")))),
+    }
+}
+
+fn require_amqp_name(variable: &'static str, value: &str) -> Result<(), ConfigError> {
+    if value.is_empty() || value.len() > 255 {
+        return Err(invalid(variable, "must be 1 to 255 bytes"));
+    }
+    if value.starts_with("amq.") {
+        return Err(invalid(variable, "names starting with `amq.` are reserved by RabbitMQ"));
+    }
+    Ok(())
+}
+
+fn parse_base_url(value: Option<&str>) -> Result<String, ConfigError> {
+    const VARIABLE: &str = "BUNQ_BASE_URL";
+    let value = value.filter(|v| !v.trim().is_empty()).ok_or_else(|| {
+        invalid(VARIABLE, "is required, e.g. https://api.bunq.com/v1 or https://public-api.sandbox.bunq.com/v1")
+    })?;
+    let url =
+        reqwest::Url::parse(value.trim()).map_err(|e| invalid(VARIABLE, format!("`{value}` is not a URL: {e}")))?;
+    if !matches!(url.scheme(), "https" | "http") {
+        return Err(invalid(VARIABLE, "must use https (or http for a local stand-in)"));
+    }
+    if !url.path().trim_end_matches('/').ends_with("/v1") {
+        return Err(invalid(VARIABLE, format!("`{value}` must end with the API version, /v1")));
+    }
+    Ok(url.as_str().trim_end_matches('/').to_owned())
+}
+
+fn load_client_key(path: Option<&std::path::Path>) -> Result<ClientKey, ConfigError> {
+    const VARIABLE: &str = "BUNQ_CLIENT_PRIVATE_KEY_FILE";
+    let path =
+        path.ok_or_else(|| invalid(VARIABLE, "is required: a PEM file with an RSA-2048 private key (PKCS#8)"))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| invalid(VARIABLE, format!("cannot read {}: {e}", path.display())))?;
+    ClientKey::from_pkcs8_pem(&text).map_err(|e| invalid(VARIABLE, format!("{}: {e}", path.display())))
+}
+
+fn load_sealer(path: &std::path::Path) -> Result<Sealer, ConfigError> {
+    const VARIABLE: &str = "SESSION_ENCRYPTION_KEY_FILE";
+    let bytes = std::fs::read(path).map_err(|e| invalid(VARIABLE, format!("cannot read {}: {e}", path.display())))?;
+    Sealer::from_key_file(&bytes).map_err(|p| invalid(VARIABLE, format!("{}: {p}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: WorkerArgs,
+    }
+
+    /// Valid base flags, each replaced when `extra` sets it.
+    fn args(extra: &[&str]) -> WorkerArgs {
+        let key = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/client_key.pem");
+        let mut argv = vec!["worker"];
+        for (flag, value) in [("--bunq-base-url", "http://127.0.0.1:1/v1"), ("--bunq-client-private-key-file", key)] {
+            if !extra.contains(&flag) {
+                argv.extend([flag, value]);
+            }
+        }
+        argv.extend_from_slice(extra);
+        Cli::parse_from(argv).args
+    }
+
+    fn error_of(extra: &[&str]) -> ConfigError {
+        Settings::from_args(args(extra)).unwrap_err()
+    }
+
+    #[test]
+    fn defaults_validate() {
+        let settings = Settings::from_args(args(&[])).unwrap();
+        assert_eq!(settings.bunq.base_url, "http://127.0.0.1:1/v1");
+        assert_eq!(settings.amqp.prefetch, 16);
+    }
+
+    #[test]
+    fn each_bad_setting_names_its_variable() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["--bunq-base-url", "https://api.bunq.com"], "BUNQ_BASE_URL"),
+            (&["--bunq-base-url", "ftp://x/v1"], "BUNQ_BASE_URL"),
+            (&["--bunq-client-private-key-file", "/nonexistent.pem"], "BUNQ_CLIENT_PRIVATE_KEY_FILE"),
+            (&["--amqp-url", "http://x"], "AMQP_URL"),
+            (&["--redis-url", "mysql://x"], "REDIS_URL"),
+            (&["--prefetch", "0"], "PREFETCH"),
+            (&["--ops-addr", "nine"], "OPS_ADDR"),
+            (&["--session-ttl-margin-secs", "5"], "SESSION_TTL_MARGIN_SECS"),
+            (&["--rate-limit-session-server", "fast"], "RATE_LIMIT_SESSION_SERVER"),
+            (&["--rate-limit-scope", "planet"], "RATE_LIMIT_SCOPE"),
+            (&["--input-queue", "amq.x"], "INPUT_QUEUE"),
+            (&["--lock-ttl-ms", "1000"], "LOCK_TTL_MS"),
+            (&["--shutdown-timeout", "soon"], "SHUTDOWN_TIMEOUT"),
+        ];
+        for (extra, variable) in cases {
+            let err = error_of(extra);
+            assert_eq!(err.variable, *variable, "{extra:?} gave {err}");
+            assert!(err.to_string().contains(variable));
+        }
+    }
+
+    #[test]
+    fn missing_base_url_is_reported_not_defaulted() {
+        let key = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/client_key.pem");
+        let cli = Cli::parse_from(["worker", "--bunq-client-private-key-file", key]);
+        assert_eq!(Settings::from_args(cli.args).unwrap_err().variable, "BUNQ_BASE_URL");
+    }
+
+    #[test]
+    fn a_public_key_is_not_accepted_as_the_private_key() {
+        let public = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/client_key.pub.pem");
+        let err = error_of(&["--bunq-client-private-key-file", public]);
+        assert_eq!(err.variable, "BUNQ_CLIENT_PRIVATE_KEY_FILE");
+    }
+
+    #[test]
+    fn amqp_password_never_appears_in_the_error() {
+        let err = error_of(&["--amqp-url", "http://user:hunter2@host"]);
+        assert!(!err.to_string().contains("hunter2"));
+    }
+}

@@ -1,0 +1,186 @@
+//! Event contracts (DESIGN.md §2): the provision-status event the worker consumes and
+//! the session-ready event it publishes.
+
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+/// Why a body could not be turned into a [`Provision`]. The text never quotes the body.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("body is empty")]
+    Empty,
+    #[error("body is {size} bytes, over the limit of {limit}")]
+    TooLarge { size: usize, limit: usize },
+    #[error("body is not a provision event: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("body has neither `NotificationUrl.object.PartnerUserProvision` nor `PartnerUserProvision`")]
+    NoProvision,
+    #[error("body has both a `NotificationUrl` and a `PartnerUserProvision`; send one")]
+    Ambiguous,
+}
+
+/// bunq's `PartnerUserProvision`, only the fields the worker uses; others are ignored.
+#[derive(Debug, Deserialize)]
+pub struct Provision {
+    pub id: u64,
+    #[serde(default)]
+    pub external_uuid: Option<String>,
+    pub status: String,
+    pub sub_status: String,
+    #[serde(default)]
+    pub credential: Option<Credential>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Credential {
+    #[serde(default)]
+    pub id: Option<u64>,
+    #[serde(default)]
+    pub status: Option<String>,
+    /// bunq time, UTC, `YYYY-MM-DD hh:mm:ss.ffffff`.
+    #[serde(default, with = "bunq_protocol::timestamp::option")]
+    pub expiry_time: Option<OffsetDateTime>,
+    #[serde(default)]
+    pub token_value: Option<SecretString>,
+}
+
+/// The two accepted shapes: bunq's webhook body, or the object alone.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Envelope {
+    #[serde(rename = "NotificationUrl")]
+    notification_url: Option<NotificationUrl>,
+    #[serde(rename = "PartnerUserProvision")]
+    provision: Option<Provision>,
+}
+
+#[derive(Deserialize)]
+struct NotificationUrl {
+    object: NotificationObject,
+}
+
+#[derive(Deserialize)]
+struct NotificationObject {
+    #[serde(rename = "PartnerUserProvision")]
+    provision: Option<Provision>,
+}
+
+/// Decodes a delivery body within the size limit.
+pub fn decode(body: &[u8], max_bytes: usize) -> Result<Provision, DecodeError> {
+    if body.is_empty() {
+        return Err(DecodeError::Empty);
+    }
+    if body.len() > max_bytes {
+        return Err(DecodeError::TooLarge { size: body.len(), limit: max_bytes });
+    }
+    // serde_json stops at 128 levels of nesting, so hostile depth is an error, not a stack overflow.
+    let envelope: Envelope = serde_json::from_slice(body)?;
+    match (envelope.notification_url, envelope.provision) {
+        (Some(_), Some(_)) => Err(DecodeError::Ambiguous),
+        (Some(n), None) => n.object.provision.ok_or(DecodeError::NoProvision),
+        (None, Some(p)) => Ok(p),
+        (None, None) => Err(DecodeError::NoProvision),
+    }
+}
+
+/// Published when a session is cached (DESIGN.md §2.3). Holds no secret by construction:
+/// it has no field a token could go in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionReady {
+    pub event_id: uuid::Uuid,
+    pub event_type: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub occurred_at: OffsetDateTime,
+    pub provision_id: u64,
+    pub external_uuid: Option<String>,
+    pub user_id: u64,
+    pub granted_by_user_id: Option<u64>,
+    pub session_id: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+    pub cache_key: String,
+}
+
+pub const SESSION_READY_EVENT_TYPE: &str = "bunq.session.ready";
+
+/// Namespace for the deterministic event id: the same session is always announced with
+/// the same id, so consumers can deduplicate the at-least-once stream.
+const EVENT_ID_NAMESPACE: uuid::Uuid = uuid::uuid!("5b0c8f7e-2f0a-4c55-9d7b-6a8f1f0e3c21");
+
+pub fn event_id(provision_id: u64, session_id: u64) -> uuid::Uuid {
+    uuid::Uuid::new_v5(&EVENT_ID_NAMESPACE, format!("{provision_id}:{session_id}").as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    const OBJECT: &str = r#"{"PartnerUserProvision":{"id":7,"created":"2025-09-03 08:24:13.795007",
+        "external_uuid":"f8b69bdd","status":"CREATED","sub_status":"PENDING_PROCESS_USER_ONBOARDING",
+        "action_required":"USER","label_user":{"uuid":"x"},
+        "credential":{"id":2412203,"status":"PENDING_FIRST_USE","expiry_time":"2025-09-03 09:24:14.178685",
+        "token_value":"a0239a79","permitted_device":null}}}"#;
+
+    #[test]
+    fn decodes_the_bare_object_and_ignores_unknown_fields() {
+        let p = decode(OBJECT.as_bytes(), 1 << 20).unwrap();
+        assert_eq!((p.id, p.status.as_str()), (7, "CREATED"));
+        let credential = p.credential.unwrap();
+        assert_eq!(credential.token_value.unwrap().expose_secret(), "a0239a79");
+        assert_eq!(credential.expiry_time.unwrap().to_string(), "2025-09-03 9:24:14.178685 +00:00:00");
+    }
+
+    #[test]
+    fn decodes_the_webhook_body() {
+        let body = format!(
+            r#"{{"NotificationUrl":{{"target_url":"https://x","category":"PARTNER_USER_PROVISION",
+            "event_type":"PARTNER_USER_PROVISION_PROCESS_UPDATED","object":{OBJECT}}}}}"#
+        );
+        assert_eq!(decode(body.as_bytes(), 1 << 20).unwrap().id, 7);
+    }
+
+    #[test]
+    fn rejects_bad_bodies_with_a_reason() {
+        let cases: &[(&[u8], &str)] = &[
+            (b"", "empty"),
+            (b"not json", "not a provision event"),
+            (br#"{"PartnerUserProvision":{"id":"seven","status":"CREATED","sub_status":"X"}}"#, "invalid type"),
+            (br#"{"PartnerUserProvision":{"id":7,"sub_status":"X"}}"#, "missing field `status`"),
+            (br#"{"Other":{}}"#, "unknown field"),
+            (br#"{}"#, "neither"),
+            (br#"[1,2]"#, "not a provision event"),
+        ];
+        for (body, expected) in cases {
+            let err = decode(body, 1 << 20).unwrap_err().to_string();
+            assert!(err.contains(expected), "{:?}: {err}", String::from_utf8_lossy(body));
+        }
+    }
+
+    #[test]
+    fn rejects_oversized_and_deeply_nested_bodies_without_panicking() {
+        assert!(matches!(decode(&[b' '; 100], 10), Err(DecodeError::TooLarge { size: 100, limit: 10 })));
+        let deep = format!(r#"{{"PartnerUserProvision":{}{}}}"#, "[".repeat(100_000), "]".repeat(100_000));
+        assert!(matches!(decode(deep.as_bytes(), 1 << 20), Err(DecodeError::Json(_))));
+    }
+
+    #[test]
+    fn decode_errors_do_not_echo_the_token() {
+        let bodies: [&[u8]; 2] = [
+            br#"{"PartnerUserProvision":{"id":"seven","status":"CREATED","sub_status":"X","credential":{"token_value":"s3cr3tTOKEN"}}}"#,
+            br#"{"PartnerUserProvision":{"id":7,"status":"CREATED","sub_status":"X","credential":{"token_value":"s3cr3tTOKEN","expiry_time":"soon"}}}"#,
+        ];
+        for body in bodies {
+            let err = decode(body, 1 << 20).unwrap_err().to_string();
+            assert!(!err.contains("s3cr3tTOKEN"), "{err}");
+        }
+    }
+
+    #[test]
+    fn event_id_is_deterministic_per_session() {
+        assert_eq!(event_id(7, 2173), event_id(7, 2173));
+        assert_ne!(event_id(7, 2173), event_id(7, 2174));
+        assert_ne!(event_id(7, 2173), event_id(8, 2173));
+    }
+}

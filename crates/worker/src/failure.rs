@@ -1,0 +1,142 @@
+//! Every failure the handler can meet, with its reason (the dead-letter header and
+//! metric label) and whether trying again can help: one [`Retry`] value, the same type
+//! the bunq client and the retry loop use (docs/failure-model.md).
+
+pub use bunq_protocol::Retry;
+use bunq_protocol::BunqError;
+use crate::ratelimit::RateLimitError;
+use crate::store::StoreError;
+
+/// Reasons, as they appear in `x-dead-letter-reason`, `x-retry-reason` and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    Malformed,
+    CredentialExpired,
+    RejectedByBunq,
+    UnexpectedResponse,
+    BunqUnavailable,
+    RateLimited,
+    /// Our own shared budget has no slot soon enough: backpressure, not a failure.
+    Throttled,
+    RedisUnavailable,
+    CorruptState,
+    PublishFailed,
+    OutputUnroutable,
+    LockBusy,
+    RetriesExhausted,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Malformed => "malformed",
+            Reason::CredentialExpired => "credential_expired",
+            Reason::RejectedByBunq => "rejected_by_bunq",
+            Reason::UnexpectedResponse => "unexpected_response",
+            Reason::BunqUnavailable => "bunq_unavailable",
+            Reason::RateLimited => "rate_limited",
+            Reason::Throttled => "throttled",
+            Reason::RedisUnavailable => "redis_unavailable",
+            Reason::CorruptState => "corrupt_state",
+            Reason::PublishFailed => "publish_failed",
+            Reason::OutputUnroutable => "output_unroutable",
+            Reason::LockBusy => "lock_busy",
+            Reason::RetriesExhausted => "retries_exhausted",
+        }
+    }
+}
+
+/// A classified failure. `detail` is a sentence for people: no secrets.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub reason: Reason,
+    pub detail: String,
+    pub retry: Retry,
+}
+
+impl Failure {
+    pub fn permanent(reason: Reason, detail: impl Into<String>) -> Self {
+        Self { reason, detail: detail.into(), retry: Retry::Permanent }
+    }
+
+    pub fn transient(reason: Reason, detail: impl Into<String>) -> Self {
+        Self { reason, detail: detail.into(), retry: Retry::Transient { after: None } }
+    }
+
+    /// "last failure (reason): detail", for details that wrap this failure.
+    pub fn summary(&self) -> String {
+        format!("last failure ({}): {}", self.reason.as_str(), self.detail)
+    }
+}
+
+impl From<&BunqError> for Failure {
+    fn from(err: &BunqError) -> Self {
+        let retry = err.retry();
+        let reason = match (err, retry) {
+            (BunqError::RateLimited { .. }, _) => Reason::RateLimited,
+            (_, Retry::Transient { .. }) => Reason::BunqUnavailable,
+            (BunqError::UnexpectedResponse { .. }, Retry::Permanent) => Reason::UnexpectedResponse,
+            (_, Retry::Permanent) => Reason::RejectedByBunq,
+        };
+        Failure { reason, detail: err.to_string(), retry }
+    }
+}
+
+impl From<&StoreError> for Failure {
+    fn from(err: &StoreError) -> Self {
+        let reason = match err {
+            StoreError::Redis(_) => Reason::RedisUnavailable,
+            StoreError::Corrupt { .. } => Reason::CorruptState,
+        };
+        Failure { reason, detail: err.to_string(), retry: err.retry() }
+    }
+}
+
+impl From<StoreError> for Failure {
+    fn from(err: StoreError) -> Self {
+        Failure::from(&err)
+    }
+}
+
+impl From<&RateLimitError> for Failure {
+    fn from(err: &RateLimitError) -> Self {
+        let reason = match err {
+            RateLimitError::NoSlot { .. } => Reason::Throttled,
+            RateLimitError::Redis(_) => Reason::RedisUnavailable,
+        };
+        Failure { reason, detail: err.to_string(), retry: err.retry() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bunq_protocol::Endpoint;
+
+    fn api(status: u16) -> BunqError {
+        BunqError::Api { endpoint: Endpoint::SessionServer, status, description: "x".into(), response_id: "r".into() }
+    }
+
+    #[test]
+    fn bunq_rejections_are_permanent_and_outages_transient() {
+        assert_eq!(Failure::from(&api(400)).reason, Reason::RejectedByBunq);
+        assert_eq!(Failure::from(&api(400)).retry, Retry::Permanent);
+        assert_eq!(Failure::from(&api(503)).reason, Reason::BunqUnavailable);
+        assert!(matches!(Failure::from(&api(491)).retry, Retry::Transient { .. }));
+        let bad_signature = BunqError::BadSignature { endpoint: Endpoint::DeviceServer, problem: "is missing" };
+        assert!(matches!(Failure::from(&bad_signature).retry, Retry::Transient { .. }));
+    }
+
+    #[test]
+    fn rate_limits_keep_bunqs_window() {
+        let err = BunqError::RateLimited {
+            endpoint: Endpoint::SessionServer,
+            window: Some(Duration::from_secs(30)),
+            description: "x".into(),
+            response_id: "r".into(),
+        };
+        let failure = Failure::from(&err);
+        assert_eq!(failure.reason, Reason::RateLimited);
+        assert_eq!(failure.retry, Retry::Transient { after: Some(Duration::from_secs(30)) });
+    }
+}

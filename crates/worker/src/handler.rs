@@ -1,0 +1,286 @@
+//! One delivery, start to outcome: decode → decide → reuse a cached session or open one
+//! → announce. Knows nothing of AMQP: the consumer turns the [`Outcome`] into an ack,
+//! a retry or a dead letter.
+
+use crate::decide::{decide, Decision, ReadyProvision, SkipReason};
+use crate::event::{self, SessionReady, SESSION_READY_EVENT_TYPE};
+use crate::failure::{Failure, Reason, Retry};
+use crate::session::SessionOpener;
+use crate::store::{Session, Store};
+use std::sync::Arc;
+use std::time::Duration;
+use time::OffsetDateTime;
+
+/// Publishes session-ready events; the AMQP publisher in production.
+#[async_trait::async_trait]
+pub trait Announcer: Send + Sync {
+    /// Returns once the broker has confirmed the event.
+    async fn announce(&self, event: &SessionReady, correlation_id: Option<&str>) -> Result<(), Failure>;
+}
+
+/// What became of a delivery. Decided without side effects on the input message.
+#[derive(Debug)]
+pub enum Outcome {
+    /// A session-ready event was confirmed; `reused` when no bunq call was needed.
+    Announced { event: Box<SessionReady>, reused: bool },
+    /// Not for this worker.
+    Skipped(SkipReason),
+    /// Try again later through the retry queue.
+    Retry { reason: Reason, detail: String, delay: Duration, counts_as_attempt: bool },
+    /// Never going to work as is.
+    DeadLetter { reason: Reason, detail: String },
+}
+
+impl Outcome {
+    /// `(outcome, reason)` labels for metrics and logs.
+    pub fn labels(&self) -> (&'static str, &'static str) {
+        match self {
+            Outcome::Announced { reused: false, .. } => ("announced", "new_session"),
+            Outcome::Announced { reused: true, .. } => ("announced", "cached_session"),
+            Outcome::Skipped(reason) => ("skipped", reason.as_str()),
+            Outcome::Retry { reason, .. } => ("retried", reason.as_str()),
+            Outcome::DeadLetter { reason, .. } => ("dead_lettered", reason.as_str()),
+        }
+    }
+}
+
+/// A delivery as the handler sees it.
+#[derive(Debug)]
+pub struct Incoming<'a> {
+    pub body: &'a [u8],
+    /// 1 for the first delivery; counted by the worker through the retry queue.
+    pub attempt: u32,
+    pub correlation_id: Option<&'a str>,
+}
+
+#[derive(Debug, Clone)]
+pub struct HandlerSettings {
+    pub max_message_bytes: usize,
+    pub max_attempts: u32,
+    pub retry_queue_delay: Duration,
+    pub retry_queue_max_delay: Duration,
+    pub lock_ttl: Duration,
+}
+
+pub struct Handler {
+    opener: SessionOpener,
+    store: Store,
+    announcer: Arc<dyn Announcer>,
+    settings: HandlerSettings,
+    /// Lock owner prefix (the consumer tag): who holds a provision is visible in Redis.
+    owner: String,
+}
+
+impl Handler {
+    pub fn new(
+        opener: SessionOpener,
+        store: Store,
+        announcer: Arc<dyn Announcer>,
+        settings: HandlerSettings,
+        owner: String,
+    ) -> Self {
+        Self { opener, store, announcer, settings, owner }
+    }
+
+    pub async fn handle(&self, incoming: Incoming<'_>) -> Outcome {
+        let provision = match event::decode(incoming.body, self.settings.max_message_bytes) {
+            Ok(provision) => provision,
+            Err(e) => return Outcome::DeadLetter { reason: Reason::Malformed, detail: e.to_string() },
+        };
+        let provision_id = provision.id;
+        // The consumer's span declares the field; the id is known only now.
+        tracing::Span::current().record("provision_id", provision_id);
+        match decide(provision, OffsetDateTime::now_utc()) {
+            Decision::Skip(reason) => Outcome::Skipped(reason),
+            Decision::CredentialExpired { expired_at } => Outcome::DeadLetter {
+                reason: Reason::CredentialExpired,
+                detail: match expired_at {
+                    Some(at) => {
+                        format!("credential expired at {at}; request a token reset for provision {provision_id}")
+                    }
+                    None => format!("credential is EXPIRED; request a token reset for provision {provision_id}"),
+                },
+            },
+            Decision::Act(ready) => match self.act(&ready, incoming.correlation_id).await {
+                Ok(outcome) => outcome,
+                Err(failure) => self.after_failure(&ready, failure, incoming.attempt),
+            },
+        }
+    }
+
+    async fn act(&self, ready: &ReadyProvision, correlation_id: Option<&str>) -> Result<Outcome, Failure> {
+        let id = ready.provision_id;
+        // Cheap path first: a redelivery or duplicate finds the session and re-announces it.
+        let handshake = self.store.load_handshake(id).await?;
+        if let Some(session) = self.usable(&handshake.session) {
+            return self.announce(session, true, correlation_id).await;
+        }
+
+        let owner = format!("{}:{}", self.owner, uuid::Uuid::new_v4().simple());
+        if !self.store.try_lock(id, &owner, self.settings.lock_ttl).await? {
+            return Ok(Outcome::Retry {
+                reason: Reason::LockBusy,
+                detail: format!("provision {id} is being processed by another delivery"),
+                delay: self.settings.retry_queue_delay,
+                counts_as_attempt: false,
+            });
+        }
+        let result = self.open_locked(ready).await;
+        if let Err(e) = self.store.unlock(id, &owner).await {
+            // The lock expires on its own; a late release only delays a duplicate.
+            tracing::warn!(event = "unlock_failed", provision_id = id, error = %e);
+        }
+        let (session, reused) = result?;
+        self.announce(session, reused, correlation_id).await
+    }
+
+    async fn open_locked(&self, ready: &ReadyProvision) -> Result<(Session, bool), Failure> {
+        // Re-read under the lock: another replica may have finished while we waited.
+        let handshake = self.store.load_handshake(ready.provision_id).await?;
+        if let Some(session) = self.usable(&handshake.session) {
+            return Ok((session, true));
+        }
+        Ok((self.opener.open(ready, handshake).await?, false))
+    }
+
+    fn usable(&self, session: &Option<Session>) -> Option<Session> {
+        let now = OffsetDateTime::now_utc();
+        session.as_ref().filter(|s| self.opener.is_usable(s, now)).cloned()
+    }
+
+    async fn announce(&self, session: Session, reused: bool, correlation_id: Option<&str>) -> Result<Outcome, Failure> {
+        let now = OffsetDateTime::now_utc();
+        if reused {
+            // Repairs a cache entry lost between the writes of a crashed attempt, or evicted.
+            let ttl = self.opener.cache_ttl(&session, now);
+            self.store.cache_session(&session, ttl).await?;
+        }
+        let event = SessionReady {
+            event_id: event::event_id(session.provision_id, session.session_id),
+            event_type: SESSION_READY_EVENT_TYPE.to_owned(),
+            occurred_at: now,
+            provision_id: session.provision_id,
+            external_uuid: session.external_uuid.clone(),
+            user_id: session.user_id,
+            granted_by_user_id: session.granted_by_user_id,
+            session_id: session.session_id,
+            expires_at: session.expires_at,
+            cache_key: self.store.keys().session(session.user_id),
+        };
+        self.announcer.announce(&event, correlation_id).await?;
+        Ok(Outcome::Announced { event: Box::new(event), reused })
+    }
+
+    fn after_failure(&self, ready: &ReadyProvision, failure: Failure, attempt: u32) -> Outcome {
+        after_failure(&self.settings, ready.credential_expires_at, failure, attempt, OffsetDateTime::now_utc())
+    }
+}
+
+/// Turns a failure into retry or dead letter: permanent failures, spent budgets and
+/// credentials that expire before the next try end in the dead-letter queue. Waiting for
+/// our own rate-limit budget is backpressure, not a failure: it spends no attempt.
+pub fn after_failure(
+    settings: &HandlerSettings,
+    credential_expires_at: Option<OffsetDateTime>,
+    failure: Failure,
+    attempt: u32,
+    now: OffsetDateTime,
+) -> Outcome {
+    let after = match failure.retry {
+        Retry::Permanent => return Outcome::DeadLetter { reason: failure.reason, detail: failure.detail },
+        Retry::Transient { after } => after,
+    };
+    let counts_as_attempt = failure.reason != Reason::Throttled;
+    if counts_as_attempt && attempt >= settings.max_attempts {
+        return Outcome::DeadLetter {
+            reason: Reason::RetriesExhausted,
+            detail: format!("gave up after {attempt} attempts; {}", failure.summary()),
+        };
+    }
+    let delay = retry_delay(settings, attempt, after);
+    if let Some(expires_at) = credential_expires_at {
+        if expires_at <= now + delay {
+            return Outcome::DeadLetter {
+                reason: Reason::CredentialExpired,
+                detail: format!("credential expires at {expires_at}, before the next attempt; {}", failure.summary()),
+            };
+        }
+    }
+    Outcome::Retry { reason: failure.reason, detail: failure.detail, delay, counts_as_attempt }
+}
+
+/// Retry-queue delay: doubling from the base per attempt, capped, never below bunq's hint.
+pub fn retry_delay(settings: &HandlerSettings, attempt: u32, hint: Option<Duration>) -> Duration {
+    let doubled = settings.retry_queue_delay.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+    let delay = doubled.min(settings.retry_queue_max_delay);
+    hint.map_or(delay, |hint| delay.max(hint))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> HandlerSettings {
+        HandlerSettings {
+            max_message_bytes: 1024,
+            max_attempts: 5,
+            retry_queue_delay: Duration::from_secs(5),
+            retry_queue_max_delay: Duration::from_secs(60),
+            lock_ttl: Duration::from_secs(60),
+        }
+    }
+
+    const NOW: OffsetDateTime = time::macros::datetime!(2026-01-01 12:00 UTC);
+
+    fn transient(reason: Reason, after: Option<Duration>) -> Failure {
+        Failure { reason, detail: "d".into(), retry: Retry::Transient { after } }
+    }
+
+    #[test]
+    fn permanent_failures_are_dead_lettered_with_their_own_reason() {
+        let outcome = after_failure(&settings(), None, Failure::permanent(Reason::RejectedByBunq, "400"), 1, NOW);
+        assert!(matches!(outcome, Outcome::DeadLetter { reason: Reason::RejectedByBunq, .. }));
+    }
+
+    #[test]
+    fn transient_failures_retry_until_the_attempt_budget_is_spent() {
+        let outcome = after_failure(&settings(), None, transient(Reason::BunqUnavailable, None), 4, NOW);
+        assert!(matches!(outcome, Outcome::Retry { counts_as_attempt: true, .. }));
+        let outcome = after_failure(&settings(), None, transient(Reason::BunqUnavailable, None), 5, NOW);
+        match outcome {
+            Outcome::DeadLetter { reason: Reason::RetriesExhausted, detail } => {
+                assert!(detail.contains("bunq_unavailable"), "{detail}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn waiting_for_our_own_rate_limit_spends_no_attempt() {
+        let wait = Some(Duration::from_secs(90));
+        let outcome = after_failure(&settings(), None, transient(Reason::Throttled, wait), 50, NOW);
+        match outcome {
+            Outcome::Retry { counts_as_attempt: false, delay, .. } => assert_eq!(delay, Duration::from_secs(90)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_credential_that_expires_before_the_next_try_is_dead_lettered() {
+        let expires = Some(NOW + time::Duration::seconds(20));
+        let outcome =
+            after_failure(&settings(), expires, transient(Reason::Throttled, Some(Duration::from_secs(30))), 1, NOW);
+        assert!(matches!(outcome, Outcome::DeadLetter { reason: Reason::CredentialExpired, .. }));
+        let outcome = after_failure(&settings(), expires, transient(Reason::BunqUnavailable, None), 1, NOW);
+        assert!(matches!(outcome, Outcome::Retry { .. }), "5 s retry still fits before expiry");
+    }
+
+    #[test]
+    fn retry_delay_doubles_up_to_the_cap_and_respects_hints() {
+        let s = settings();
+        let delays: Vec<u64> = (1..=6).map(|a| retry_delay(&s, a, None).as_secs()).collect();
+        assert_eq!(delays, vec![5, 10, 20, 40, 60, 60]);
+        assert_eq!(retry_delay(&s, 1, Some(Duration::from_secs(30))), Duration::from_secs(30));
+        assert_eq!(retry_delay(&s, 100, None), Duration::from_secs(60));
+    }
+}

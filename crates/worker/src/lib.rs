@@ -1,0 +1,34 @@
+//! bunq-session-worker: opens bunq API sessions for partner-provisioned users.
+//!
+//! One direction of data flow per delivery: queue → handler → bunq → Redis → publish → ack.
+//!
+//! - [`config`]: settings from environment variables and flags, validated at start-up.
+//! - [`telemetry`]: logging (JSON or pretty).
+//! - [`startup`]: builds the worker and runs it until a signal.
+//! - [`amqp`]: topology, the supervised consumer, confirmed publishing, settlement.
+//! - [`handler`]: one delivery from body to [`handler::Outcome`]; no AMQP types.
+//! - [`event`]: the input and output event contracts; [`decide`]: when to act.
+//! - [`session`]: the bunq handshake for one provision, retried, rate-limited, resumable.
+//! - [`store`]: the Redis layout (session cache, handshake progress, locks).
+//! - [`ratelimit`]: bunq's rate limits, shared by all replicas through Redis.
+//! - [`retry`]: exponential backoff with jitter (the one module that knows `backoff`).
+//! - [`failure`]: every failure classified, in one place; [`duration`]: `30s`-style settings.
+//! - [`metrics`], [`ops`]: Prometheus metrics and the ops HTTP server.
+//! - [`cli`]: the `check` and `publish` subcommands.
+
+pub mod amqp;
+pub mod cli;
+pub mod config;
+pub mod decide;
+pub mod duration;
+pub mod event;
+pub mod failure;
+pub mod handler;
+pub mod metrics;
+pub mod ops;
+pub mod ratelimit;
+pub mod retry;
+pub mod session;
+pub mod startup;
+pub mod store;
+pub mod telemetry;

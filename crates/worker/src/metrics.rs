@@ -1,0 +1,217 @@
+//! Prometheus metrics. Labels are closed sets (outcomes, reasons, endpoints, status
+//! classes): never ids or anything derived from a secret.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use bunq_protocol::client::CallObserver;
+use bunq_protocol::Endpoint;
+use std::time::Duration;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BunqLabels {
+    endpoint: &'static str,
+    status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointLabels {
+    endpoint: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    deliveries: Family<OutcomeLabels, Counter>,
+    delivery_seconds: Histogram,
+    in_flight: Gauge,
+    bunq_requests: Family<BunqLabels, Counter>,
+    bunq_seconds: Family<EndpointLabels, Histogram>,
+    rate_limit_wait_seconds: Family<EndpointLabels, Histogram>,
+    settle_failures: Counter,
+    settle_batch: Histogram,
+    amqp_connections: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("bunq_session_worker");
+        let deliveries = Family::<OutcomeLabels, Counter>::default();
+        registry.register("deliveries", "Deliveries by outcome and reason", deliveries.clone());
+        let delivery_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 18));
+        registry.register("delivery_seconds", "Time from delivery to settlement", delivery_seconds.clone());
+        let in_flight = Gauge::default();
+        registry.register("in_flight", "Deliveries being processed", in_flight.clone());
+        let bunq_requests = Family::<BunqLabels, Counter>::default();
+        registry.register("bunq_requests", "bunq API calls by endpoint and status", bunq_requests.clone());
+        let bunq_seconds = Family::<EndpointLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.005, 2.0, 14))
+        });
+        registry.register("bunq_request_seconds", "bunq API call latency", bunq_seconds.clone());
+        let rate_limit_wait_seconds = Family::<EndpointLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.01, 2.0, 14))
+        });
+        registry.register(
+            "rate_limit_wait_seconds",
+            "Time spent waiting for rate-limit budget",
+            rate_limit_wait_seconds.clone(),
+        );
+        let settle_failures = Counter::default();
+        registry.register(
+            "settle_failures",
+            "Settlements (acks, moves to the retry or dead-letter queue) that did not commit, and moved copies lost",
+            settle_failures.clone(),
+        );
+        let settle_batch = Histogram::new(exponential_buckets(1.0, 2.0, 9));
+        registry.register(
+            "settle_batch_size",
+            "Settlements (acks and moves) committed in one AMQP transaction",
+            settle_batch.clone(),
+        );
+        let amqp_connections = Counter::default();
+        registry.register(
+            "amqp_connections",
+            "AMQP connections opened (more than one means reconnects)",
+            amqp_connections.clone(),
+        );
+        Self {
+            registry,
+            deliveries,
+            delivery_seconds,
+            in_flight,
+            bunq_requests,
+            bunq_seconds,
+            rate_limit_wait_seconds,
+            settle_failures,
+            settle_batch,
+            amqp_connections,
+        }
+    }
+
+    pub fn observe_delivery(&self, outcome: &'static str, reason: &'static str, elapsed: Duration) {
+        self.deliveries.get_or_create(&OutcomeLabels { outcome, reason }).inc();
+        self.delivery_seconds.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn in_flight(&self) -> &Gauge {
+        &self.in_flight
+    }
+
+
+    pub fn observe_rate_limit_wait(&self, endpoint: &'static str, waited: Duration) {
+        self.rate_limit_wait_seconds.get_or_create(&EndpointLabels { endpoint }).observe(waited.as_secs_f64());
+    }
+
+    pub fn settle_failed(&self) {
+        self.settle_failures.inc();
+    }
+
+    pub fn observe_settle_batch(&self, settlements: usize) {
+        self.settle_batch.observe(settlements as f64);
+    }
+
+    pub fn amqp_connected(&self) {
+        self.amqp_connections.inc();
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// Every bunq call, by endpoint and status class.
+impl CallObserver for Metrics {
+    fn observe(&self, endpoint: Endpoint, status: &'static str, elapsed: Duration) {
+        let endpoint = endpoint.path();
+        self.bunq_requests.get_or_create(&BunqLabels { endpoint, status }).inc();
+        self.bunq_seconds.get_or_create(&EndpointLabels { endpoint }).observe(elapsed.as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    /// The alerts and dashboard the Helm chart ships, read at compile time so a renamed
+    /// metric fails here.
+    const ALERTS: &str = include_str!("../../../helm/bunq-session-worker/templates/prometheusrule.yaml");
+    const DASHBOARD: &str = include_str!("../../../helm/bunq-session-worker/dashboards/bunq-session-worker.json");
+
+    fn exercised() -> Metrics {
+        let metrics = Metrics::new();
+        metrics.observe_delivery("dead_lettered", "malformed", Duration::from_millis(3));
+        metrics.in_flight().set(1);
+        metrics.observe(Endpoint::SessionServer, "429", Duration::from_millis(20));
+        metrics.observe_rate_limit_wait("session-server", Duration::from_secs(1));
+        metrics.settle_failed();
+        metrics.observe_settle_batch(4);
+        metrics.amqp_connected();
+        metrics
+    }
+
+    /// Sample names (`…_total`, `…_bucket`) and, from `# TYPE` lines, family names.
+    fn names(exposition: &str) -> (BTreeSet<&str>, BTreeSet<&str>) {
+        let samples = exposition
+            .lines()
+            .filter(|line| !line.starts_with('#'))
+            .filter_map(|line| line.split(['{', ' ']).next())
+            .collect();
+        let families = exposition.lines().filter_map(|line| line.strip_prefix("# TYPE ")?.split(' ').next()).collect();
+        (samples, families)
+    }
+
+    fn metric_names(text: &str) -> impl Iterator<Item = &str> {
+        text.match_indices("bunq_session_worker_").map(|(at, _)| {
+            let rest = &text[at..];
+            &rest[..rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len())]
+        })
+    }
+
+    #[test]
+    fn every_metric_the_chart_alerts_on_or_charts_is_exported() {
+        let exposition = exercised().encode();
+        let (samples, families) = names(&exposition);
+        let mut checked = 0;
+        for line in ALERTS.lines().chain(DASHBOARD.lines()) {
+            // Queries need series names; prose may name a family (a histogram).
+            let prose =
+                ["summary:", "description:", "\"description\":"].iter().any(|p| line.trim_start().starts_with(p));
+            for name in metric_names(line) {
+                let known = samples.contains(name) || (prose && families.contains(name));
+                assert!(known, "the alerts use `{name}`, which the worker does not export:\n{exposition}");
+                checked += 1;
+            }
+        }
+        assert!(checked >= 20, "only {checked} metric references found");
+    }
+
+    #[test]
+    fn alert_label_values_are_ones_the_worker_emits() {
+        let exposition = exercised().encode();
+        for needle in [r#"outcome="dead_lettered""#, r#"status="429""#, r#"reason="malformed""#] {
+            assert!(ALERTS.contains(needle.split('=').next().unwrap()), "{needle}");
+            assert!(exposition.contains(needle), "{needle} not in\n{exposition}");
+        }
+        // The label values the alerts match on, spelled as the code spells them.
+        assert_eq!(crate::failure::Reason::RetriesExhausted.as_str(), "retries_exhausted");
+        assert!(ALERTS.contains(r#"reason="retries_exhausted""#));
+    }
+}

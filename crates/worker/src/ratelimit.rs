@@ -1,0 +1,238 @@
+//! bunq's rate limits, shared by every replica through Redis (DESIGN.md §4).
+//!
+//! bunq counts calls in a rolling window ("5 within any 3 consecutive seconds"), so the
+//! limiter is a sliding-window log rather than a token bucket, whose bursts could exceed
+//! such a window. Each caller *reserves* the earliest slot that keeps every window within
+//! the limit, in one atomic script, then sleeps until that slot: callers are served in
+//! order and no replica polls.
+
+use bunq_protocol::error::Endpoint;
+use crate::metrics::Metrics;
+use redis::aio::ConnectionManager;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// `calls` per `per`, e.g. 1 per 30 s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit {
+    pub calls: u32,
+    pub per: Duration,
+}
+
+impl Limit {
+    /// Parses `CALLS/DURATION`, e.g. `1/30s`, `5/3s`, `100/500ms`, `60/1m` (bare numbers are seconds).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let problem = || format!("`{text}` is not CALLS/DURATION like 1/30s, 5/3s or 100/500ms");
+        let (calls, per) = text.trim().split_once('/').ok_or_else(problem)?;
+        let calls: u32 = calls.trim().parse().map_err(|_| problem())?;
+        let per = crate::duration::parse(per).map_err(|_| problem())?;
+        if calls == 0 || per.is_zero() {
+            return Err(format!("`{text}`: calls and duration must be positive"));
+        }
+        Ok(Self { calls, per })
+    }
+}
+
+/// Who shares one budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// One budget for all replicas: bunq counting per egress IP (classic docs).
+    Global,
+    /// One budget per credential (per provision): bunq counting per device (newer docs).
+    Credential,
+}
+
+impl FromStr for Scope {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "global" => Ok(Scope::Global),
+            "credential" => Ok(Scope::Credential),
+            other => Err(format!("`{other}` is not `global` or `credential`")),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RateLimitError {
+    #[error("rate limit for POST /{endpoint} has no free slot within {max_wait:?} (next in {wait:?})")]
+    NoSlot { endpoint: Endpoint, wait: Duration, max_wait: Duration },
+    #[error("rate limiter unavailable: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+impl RateLimitError {
+    /// Both pass: a slot frees up when the wait is over, Redis when it is back.
+    pub fn retry(&self) -> bunq_protocol::Retry {
+        match self {
+            RateLimitError::NoSlot { wait, .. } => bunq_protocol::Retry::Transient { after: Some(*wait) },
+            RateLimitError::Redis(_) => bunq_protocol::Retry::Transient { after: None },
+        }
+    }
+}
+
+/// KEYS[1] the log; ARGV: window ms, limit, max wait ms, unique member.
+/// Returns the wait in ms (>= 0) after reserving, or -(wait) when it exceeds max wait.
+/// Uses the server's clock so replicas with skewed clocks agree.
+const RESERVE: &str = r#"
+local now_parts = redis.call('TIME')
+local now = tonumber(now_parts[1]) * 1000 + math.floor(tonumber(now_parts[2]) / 1000)
+local window = tonumber(ARGV[1])
+local limit = tonumber(ARGV[2])
+local max_wait = tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+local count = redis.call('ZCARD', KEYS[1])
+local at = now
+if count > 0 then
+  local last = tonumber(redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')[2])
+  if last > at then at = last end
+end
+if count >= limit then
+  local nth = tonumber(redis.call('ZRANGE', KEYS[1], count - limit, count - limit, 'WITHSCORES')[2])
+  if nth + window > at then at = nth + window end
+end
+local wait = at - now
+if wait > max_wait then return -wait end
+redis.call('ZADD', KEYS[1], at, ARGV[4])
+redis.call('PEXPIRE', KEYS[1], wait + window)
+return wait
+"#;
+
+/// KEYS[1] the log; ARGV: shift ms, limit, window ms. Fills the log with `limit` calls
+/// at now + shift, so the next slot for every replica is `shift + window` away: bunq
+/// said we are over its limit, and for how long.
+const FILL: &str = r#"
+local now_parts = redis.call('TIME')
+local now = tonumber(now_parts[1]) * 1000 + math.floor(tonumber(now_parts[2]) / 1000)
+local at = now + tonumber(ARGV[1])
+for i = 1, tonumber(ARGV[2]) do
+  redis.call('ZADD', KEYS[1], at, 'penalty:' .. at .. ':' .. i)
+end
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[3]))
+return 0
+"#;
+
+#[derive(Clone)]
+pub struct RateLimiter {
+    conn: ConnectionManager,
+    prefix: String,
+    session_server: Limit,
+    other_post: Limit,
+    scope: Scope,
+    script: Arc<redis::Script>,
+    fill: Arc<redis::Script>,
+    metrics: Arc<Metrics>,
+}
+
+impl RateLimiter {
+    pub fn new(
+        conn: ConnectionManager,
+        prefix: &str,
+        session_server: Limit,
+        other_post: Limit,
+        scope: Scope,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            conn,
+            prefix: prefix.to_owned(),
+            session_server,
+            other_post,
+            scope,
+            script: Arc::new(redis::Script::new(RESERVE)),
+            fill: Arc::new(redis::Script::new(FILL)),
+            metrics,
+        }
+    }
+
+    fn key(&self, endpoint: Endpoint, provision_id: u64) -> String {
+        let class = match endpoint {
+            Endpoint::SessionServer => "session-server",
+            Endpoint::Installation | Endpoint::DeviceServer => "post",
+        };
+        match self.scope {
+            Scope::Global => format!("{}ratelimit:{class}:{{global}}", self.prefix),
+            Scope::Credential => format!("{}ratelimit:{class}:{{{provision_id}}}", self.prefix),
+        }
+    }
+
+    fn limit(&self, endpoint: Endpoint) -> Limit {
+        match endpoint {
+            Endpoint::SessionServer => self.session_server,
+            Endpoint::Installation | Endpoint::DeviceServer => self.other_post,
+        }
+    }
+
+    /// bunq answered 429: no replica sharing this budget calls the endpoint again until
+    /// bunq's window (or, when it named none, the configured one) has passed.
+    pub async fn penalize(
+        &self,
+        endpoint: Endpoint,
+        provision_id: u64,
+        window: Option<Duration>,
+    ) -> Result<(), RateLimitError> {
+        let limit = self.limit(endpoint);
+        let shift = window.unwrap_or(limit.per).saturating_sub(limit.per);
+        let mut conn = self.conn.clone();
+        let _: i64 = self
+            .fill
+            .key(self.key(endpoint, provision_id))
+            .arg(shift.as_millis() as u64)
+            .arg(limit.calls)
+            .arg(limit.per.as_millis() as u64)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Reserves a slot for one call and sleeps until it; fails without reserving when
+    /// the slot is further away than `max_wait`.
+    pub async fn acquire(
+        &self,
+        endpoint: Endpoint,
+        provision_id: u64,
+        max_wait: Duration,
+    ) -> Result<Duration, RateLimitError> {
+        let limit = self.limit(endpoint);
+        let mut conn = self.conn.clone();
+        let wait_ms: i64 = self
+            .script
+            .key(self.key(endpoint, provision_id))
+            .arg(limit.per.as_millis() as u64)
+            .arg(limit.calls)
+            .arg(max_wait.as_millis() as u64)
+            .arg(uuid::Uuid::new_v4().to_string())
+            .invoke_async(&mut conn)
+            .await?;
+        if wait_ms < 0 {
+            return Err(RateLimitError::NoSlot {
+                endpoint,
+                wait: Duration::from_millis(wait_ms.unsigned_abs()),
+                max_wait,
+            });
+        }
+        let wait = Duration::from_millis(wait_ms as u64);
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+        self.metrics.observe_rate_limit_wait(endpoint.path(), wait);
+        Ok(wait)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_limits() {
+        assert_eq!(Limit::parse("1/30s").unwrap(), Limit { calls: 1, per: Duration::from_secs(30) });
+        assert_eq!(Limit::parse(" 5 / 3s ").unwrap(), Limit { calls: 5, per: Duration::from_secs(3) });
+        assert_eq!(Limit::parse("100/500ms").unwrap().per, Duration::from_millis(500));
+        assert_eq!(Limit::parse("60/1m").unwrap().per, Duration::from_secs(60));
+        for bad in ["", "5", "0/3s", "5/0s", "x/3s", "5/3h"] {
+            assert!(Limit::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! Opening a session for a ready provision: installation → device-server →
+//! session-server, each step rate-limited and retried, progress saved after each step
+//! so a retry (or another replica, after a crash) continues where this one stopped.
+
+use bunq_protocol::client::{BunqClient, Installation};
+use bunq_protocol::error::{BunqError, Endpoint};
+use bunq_protocol::signing::PublicKey;
+use crate::decide::ReadyProvision;
+use crate::failure::{Failure, Retry};
+use crate::ratelimit::{RateLimitError, RateLimiter};
+use crate::retry::{run_with_retries, RetryPolicy};
+use crate::store::{Handshake, Session, Store, StoreError};
+use std::time::{Duration, Instant};
+use time::OffsetDateTime;
+
+/// Handshake progress lives at most this long before a session exists: bunq's credential
+/// window is 1 h (sandbox) to 4 h (production).
+const HANDSHAKE_TTL: Duration = Duration::from_secs(24 * 3600);
+
+#[derive(Clone)]
+pub struct SessionOpener {
+    client: BunqClient,
+    store: Store,
+    limiter: RateLimiter,
+    retry: RetryPolicy,
+    /// Subtracted from bunq's session timeout for the cache TTL.
+    ttl_margin: Duration,
+}
+
+/// One step's error, for the retry loop.
+enum StepError {
+    Bunq(BunqError),
+    RateLimit(RateLimitError),
+}
+
+impl StepError {
+    fn retry(&self) -> Retry {
+        match self {
+            StepError::Bunq(e) => e.retry(),
+            StepError::RateLimit(e) => e.retry(),
+        }
+    }
+}
+
+impl std::fmt::Display for StepError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StepError::Bunq(e) => e.fmt(f),
+            StepError::RateLimit(e) => e.fmt(f),
+        }
+    }
+}
+
+impl From<&StepError> for Failure {
+    fn from(err: &StepError) -> Self {
+        match err {
+            StepError::Bunq(e) => Failure::from(e),
+            StepError::RateLimit(e) => Failure::from(e),
+        }
+    }
+}
+
+impl SessionOpener {
+    pub fn new(
+        client: BunqClient,
+        store: Store,
+        limiter: RateLimiter,
+        retry: RetryPolicy,
+        ttl_margin: Duration,
+    ) -> Self {
+        Self { client, store, limiter, retry, ttl_margin }
+    }
+
+    /// Whether a stored session is still worth announcing.
+    pub fn is_usable(&self, session: &Session, now: OffsetDateTime) -> bool {
+        session.expires_at - self.ttl_margin > now
+    }
+
+    /// Cache TTL for a session: its remaining life minus the margin, at least a second.
+    pub fn cache_ttl(&self, session: &Session, now: OffsetDateTime) -> Duration {
+        let remaining = (session.expires_at - now - self.ttl_margin).whole_seconds();
+        Duration::from_secs(remaining.max(1) as u64)
+    }
+
+    /// Runs the missing steps of the handshake and makes the new session durable.
+    /// The caller holds the provision's lock.
+    pub async fn open(&self, provision: &ReadyProvision, mut handshake: Handshake) -> Result<Session, Failure> {
+        let deadline = Instant::now() + self.retry.budget;
+        let id = provision.provision_id;
+        let secret = &provision.token_value;
+
+        let installation = match &handshake.installation {
+            Some((token, pem)) => Installation {
+                token: token.clone(),
+                server_key: PublicKey::from_pem(pem).map_err(|e| {
+                    Failure::permanent(crate::failure::Reason::CorruptState, format!("stored server key: {e}"))
+                })?,
+            },
+            None => {
+                let installation =
+                    self.step(Endpoint::Installation, id, deadline, || self.client.create_installation()).await?;
+                handshake.installation = Some((installation.token.clone(), installation.server_key.pem().to_owned()));
+                self.save(id, &handshake).await?;
+                installation
+            }
+        };
+
+        if handshake.device_id.is_none() {
+            let device_id = self
+                .step(Endpoint::DeviceServer, id, deadline, || self.client.create_device_server(&installation, secret))
+                .await?;
+            handshake.device_id = Some(device_id);
+            self.save(id, &handshake).await?;
+        }
+
+        let opened = self
+            .step(Endpoint::SessionServer, id, deadline, || self.client.create_session_server(&installation, secret))
+            .await?;
+        let now = OffsetDateTime::now_utc();
+        let session = Session {
+            provision_id: id,
+            external_uuid: provision.external_uuid.clone(),
+            user_id: opened.user_id,
+            granted_by_user_id: opened.granted_by_user_id,
+            session_id: opened.session_id,
+            session_token: opened.token,
+            installation_token: installation.token.clone(),
+            server_public_key: installation.server_key.pem().to_owned(),
+            created_at: now,
+            expires_at: now + opened.session_timeout,
+        };
+        handshake.session = Some(session.clone());
+        let ttl = self.cache_ttl(&session, now);
+        // bunq has opened the session: recording it gets a budget of its own, because
+        // giving up here means the next attempt opens a second session.
+        let on_retry = |e: &StoreError, wait: Duration| {
+            tracing::warn!(event = "commit_retry", provision_id = id, wait_ms = wait.as_millis() as u64, error = %e);
+        };
+        let commit = || self.store.commit_session(&handshake, &session, ttl);
+        run_with_retries(&self.retry, commit, StoreError::retry, on_retry).await.map_err(Failure::from)?;
+        tracing::info!(
+            event = "session_opened",
+            user_id = session.user_id,
+            session_id = session.session_id,
+            expires_at = %session.expires_at,
+        );
+        Ok(session)
+    }
+
+    /// One rate-limited, retried bunq call.
+    async fn step<T, F, Fut>(
+        &self,
+        endpoint: Endpoint,
+        provision_id: u64,
+        deadline: Instant,
+        call: F,
+    ) -> Result<T, Failure>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, BunqError>>,
+    {
+        let attempt = || async {
+            let max_wait = deadline.saturating_duration_since(Instant::now());
+            self.limiter.acquire(endpoint, provision_id, max_wait).await.map_err(StepError::RateLimit)?;
+            let result = call().await;
+            if let Err(BunqError::RateLimited { window, .. }) = &result {
+                // Every replica sharing the budget backs off, not only this one.
+                if let Err(e) = self.limiter.penalize(endpoint, provision_id, *window).await {
+                    tracing::warn!(event = "rate_limit_penalty_failed", %endpoint, error = %e);
+                }
+            }
+            result.map_err(StepError::Bunq)
+        };
+        let on_retry = |err: &StepError, wait: Duration| {
+            tracing::warn!(event = "bunq_retry", %endpoint, provision_id, wait_ms = wait.as_millis() as u64, detail = %err);
+        };
+        run_with_retries(&self.retry.until(deadline), attempt, StepError::retry, on_retry)
+            .await
+            .map_err(|e| Failure::from(&e))
+    }
+
+    async fn save(&self, provision_id: u64, handshake: &Handshake) -> Result<(), Failure> {
+        self.store.save_handshake(provision_id, handshake, HANDSHAKE_TTL).await.map_err(Failure::from)
+    }
+}

@@ -1,0 +1,90 @@
+//! Builds the worker from validated settings and runs it until told to stop.
+
+use crate::amqp::consume::DeliveryContext;
+use crate::amqp::publish::{AmqpAnnouncer, PublishChannel};
+use crate::amqp::supervisor::Supervisor;
+use crate::config::Settings;
+use crate::handler::Handler;
+use crate::metrics::Metrics;
+use crate::ops::{self, OpsState};
+use crate::session::SessionOpener;
+use anyhow::Context as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+pub struct Worker {
+    supervisor: Supervisor,
+    ops_listener: tokio::net::TcpListener,
+    ops_state: OpsState,
+}
+
+impl Worker {
+    /// Builds every part from its settings and binds the ops port; connects to nothing
+    /// yet (RabbitMQ and Redis are reached lazily and supervised).
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let metrics = Arc::new(Metrics::new());
+        let conn = settings.redis.connect()?;
+        let store = settings.redis.store(conn.clone());
+        let limiter = settings.rate_limits.limiter(conn, &settings.redis.key_prefix, metrics.clone());
+        let client = settings.bunq.client(metrics.clone()).context("building the HTTP client for bunq")?;
+        let opener = SessionOpener::new(client, store.clone(), limiter, settings.retry, settings.session_ttl_margin);
+        let publish = PublishChannel::default();
+        let announcer = AmqpAnnouncer::new(publish.clone(), &settings.amqp.names);
+        let handler = Handler::new(
+            opener,
+            store.clone(),
+            Arc::new(announcer),
+            settings.handler,
+            settings.amqp.consumer_tag.clone(),
+        );
+        let context = DeliveryContext::new(handler, settings.amqp.names.clone(), metrics.clone());
+        let supervisor = Supervisor::new(&settings.amqp, context, publish);
+        let ops_listener = tokio::net::TcpListener::bind(settings.ops_addr)
+            .await
+            .with_context(|| format!("OPS_ADDR: cannot listen on {}", settings.ops_addr))?;
+        let ops_state = OpsState::new(metrics, supervisor.consuming(), store);
+        Ok(Self { supervisor, ops_listener, ops_state })
+    }
+
+    pub fn ops_addr(&self) -> SocketAddr {
+        self.ops_listener.local_addr().expect("a bound listener has an address")
+    }
+
+    /// Consumes until `shutdown` is cancelled, then drains in-flight deliveries within
+    /// the drain timeout and closes the connection.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let ops_shutdown = CancellationToken::new();
+        let ops = tokio::spawn(ops::serve(self.ops_listener, self.ops_state, ops_shutdown.clone()));
+        self.supervisor.run(shutdown).await;
+        // The ops server outlives the drain so the pod keeps reporting while it drains.
+        ops_shutdown.cancel();
+        ops.await.context("ops server task")?.context("ops server")?;
+        tracing::info!(event = "stopped");
+        Ok(())
+    }
+}
+
+/// Cancels `token` on SIGTERM or SIGINT: the one signal handler of the process.
+pub fn cancel_on_signal(token: CancellationToken) {
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut signal) => {
+                    signal.recv().await;
+                }
+                Err(_) => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term => {}
+        }
+        tracing::info!(event = "shutdown_requested");
+        token.cancel();
+    });
+}

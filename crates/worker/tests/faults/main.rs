@@ -1,0 +1,254 @@
+//! Fault tests (issue: "Nothing lost"): each runs a stream of at least 200 mixed events
+//! through the real worker process while something breaks, then checks the ledger:
+//! every input ends as exactly one cached session (announced, perhaps more than once,
+//! always with one event id) or exactly one dead letter with the right reason.
+//! Each prints a `LEDGER` line; run with `--nocapture` to see them.
+
+mod harness;
+
+use fake_bunq::{EndpointMatch, FakeConfig, FaultAction, FaultRule, Faults, Trigger};
+use harness::*;
+use std::time::{Duration, Instant};
+
+const REDIS_URL: &str = "redis://127.0.0.1:6379/0";
+const SETTLE: Duration = Duration::from_secs(120);
+
+/// Real bunq's limits would make a 200-user test take hours; these tests are about faults.
+fn fake(latency_ms: u64) -> FakeConfig {
+    FakeConfig {
+        session_server_limit: (1000, Duration::from_secs(1)),
+        other_post_limit: (1000, Duration::from_secs(1)),
+        faults: Faults { latency_ms, ..Default::default() },
+        ..FakeConfig::default()
+    }
+}
+
+#[tokio::test]
+async fn sigkill_mid_stream_then_restart_loses_nothing() {
+    let env = Env::new(fake(25), REDIS_URL).await;
+    let inputs = mixed_stream(160);
+    let mut first = env.start_worker("first");
+    first.wait_ready().await;
+    env.publish_all(&inputs).await;
+    let announced = wait_for_announcements(&first, 40.0, Duration::from_secs(60)).await;
+    assert!(announced < 150.0, "the kill must land mid-stream ({announced} announced)");
+    first.signal("-KILL");
+    let _ = first.child.wait().await;
+
+    // Killed twice: each kill lands somewhere between a move to the retry or dead-letter
+    // queue and its ack, or between a publish and its ack, as chance has it.
+    let mut second = env.start_worker("second");
+    second.wait_ready().await;
+    wait_for_announcements(&second, 30.0, Duration::from_secs(60)).await;
+    second.signal("-KILL");
+    let _ = second.child.wait().await;
+    let third = env.start_worker("third");
+    third.wait_ready().await;
+
+    let ledger = env.settle_and_check(&inputs, SETTLE).await;
+    ledger.print("sigkill");
+    // A delivery killed after bunq answered session-server but before Redis recorded it
+    // cannot know the session exists: its redelivery opens another. Never more than
+    // the deliveries in flight at each kill, and never announced.
+    assert!(ledger.extra_sessions_at_bunq <= 32, "{ledger:?}");
+    env.teardown().await;
+}
+
+#[tokio::test]
+async fn broker_closing_all_connections_is_survived_by_the_same_process() {
+    let env = Env::new(fake(40), REDIS_URL).await;
+    let inputs = mixed_stream(160);
+    let mut worker = env.start_worker("only");
+    worker.wait_ready().await;
+    env.publish_all(&inputs).await;
+    let announced = wait_for_announcements(&worker, 30.0, Duration::from_secs(60)).await;
+    assert!(announced < 150.0, "the connections must close mid-stream ({announced} announced)");
+    for round in 0..2 {
+        rabbitmqctl(&["close_all_connections", "--vhost", &env.vhost, &format!("fault test round {round}")]);
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    // The test's own connection was closed too; the ledger needs a fresh one.
+    let env = env.reconnect().await;
+
+    let ledger = env.settle_and_check(&inputs, SETTLE).await;
+    ledger.print("close_all_connections");
+    assert!(worker.is_running(), "the worker must recover without a restart");
+    assert!(worker.metric("bunq_session_worker_amqp_connections_total").await >= 3.0);
+    assert_eq!(ledger.extra_sessions_at_bunq, 0, "{ledger:?}");
+    env.teardown().await;
+}
+
+#[tokio::test]
+async fn redis_restart_mid_stream_is_recovered() {
+    let redis = OwnRedis::start().await;
+    let env = Env::new(fake(40), &redis.url()).await;
+    let inputs = mixed_stream(160);
+    let mut worker = env.start_worker("only");
+    worker.wait_ready().await;
+    env.publish_all(&inputs).await;
+    let announced = wait_for_announcements(&worker, 30.0, Duration::from_secs(60)).await;
+    assert!(announced < 150.0, "Redis must go down mid-stream ({announced} announced)");
+
+    let redis = redis.restart(Duration::from_secs(2)).await;
+
+    let ledger = env.settle_and_check(&inputs, SETTLE).await;
+    ledger.print("redis_restart");
+    assert!(worker.is_running());
+    assert_eq!(ledger.extra_sessions_at_bunq, 0, "{ledger:?}");
+    env.teardown().await;
+    drop(redis);
+}
+
+#[tokio::test]
+async fn bunq_errors_rate_limits_timeouts_and_bad_signatures_are_retried() {
+    let rule = |endpoint, action, p| FaultRule { endpoint, action, trigger: Trigger::Probability(p) };
+    let mut config = fake(0);
+    config.seed = 42;
+    config.faults.rules = vec![
+        rule(EndpointMatch::Any, FaultAction::Http500Html, 0.08),
+        rule(EndpointMatch::Any, FaultAction::Http503, 0.04),
+        rule(EndpointMatch::Any, FaultAction::Maintenance491, 0.02),
+        rule(EndpointMatch::Any, FaultAction::RateLimited429, 0.05),
+        rule(EndpointMatch::Any, FaultAction::Hang, 0.03),
+        rule(EndpointMatch::Any, FaultAction::DropConnection, 0.03),
+        // bunq answers these after acting: on session-server the session would exist,
+        // and a response we cannot verify must not be used, so they are kept to the
+        // first two calls here (see the dedicated test below).
+        rule(EndpointMatch::Installation, FaultAction::CorruptSignature, 0.05),
+        rule(EndpointMatch::DeviceServer, FaultAction::MissingSignature, 0.05),
+        rule(EndpointMatch::DeviceServer, FaultAction::CorruptSignature, 0.05),
+    ];
+    let env = Env::new(config, REDIS_URL).await;
+    let inputs = mixed_stream(160);
+    let worker = env.start_worker("only");
+    worker.wait_ready().await;
+    env.publish_all(&inputs).await;
+
+    let ledger = env.settle_and_check(&inputs, SETTLE).await;
+    ledger.print("bunq_faults");
+    let faults = env.fake.calls().iter().filter(|c| c.fault.is_some()).count();
+    println!("LEDGER bunq_faults: {faults} faulty answers from fake-bunq");
+    assert!(faults > 50, "the faults did not fire: {faults}");
+    assert_eq!(ledger.extra_sessions_at_bunq, 0, "{ledger:?}");
+    env.teardown().await;
+}
+
+#[tokio::test]
+async fn unverifiable_session_server_answer_is_never_used() {
+    let mut config = fake(0);
+    config.faults.rules = vec![FaultRule {
+        endpoint: EndpointMatch::SessionServer,
+        action: FaultAction::CorruptSignature,
+        trigger: Trigger::NextCalls(1),
+    }];
+    let env = Env::new(config, REDIS_URL).await;
+    let inputs = mixed_stream(1).into_iter().take(1).collect::<Vec<_>>();
+    let worker = env.start_worker("only");
+    worker.wait_ready().await;
+    env.publish_all(&inputs).await;
+    let ledger = env.settle_and_check(&inputs, Duration::from_secs(30)).await;
+    // The forged-looking answer's session is abandoned; the retry's session is the one cached.
+    assert_eq!((ledger.sessions, ledger.extra_sessions_at_bunq), (1, 1));
+    env.teardown().await;
+}
+
+#[tokio::test]
+async fn two_worker_processes_given_duplicates_open_one_session_per_provision() {
+    let env = Env::new(fake(10), REDIS_URL).await;
+    let mut inputs = mixed_stream(100);
+    // Every ready provision arrives three times, spread over the stream.
+    let ready: Vec<Input> = inputs.iter().filter(|i| matches!(i.expect, Expect::Session { .. })).cloned().collect();
+    inputs.extend(ready.iter().cloned());
+    inputs.extend(ready.iter().rev().cloned());
+    let a = env.start_worker("a");
+    let b = env.start_worker("b");
+    a.wait_ready().await;
+    b.wait_ready().await;
+    env.publish_all(&inputs).await;
+
+    let ledger = env.settle_and_check(&inputs, SETTLE).await;
+    ledger.print("two_workers");
+    assert_eq!(ledger.extra_sessions_at_bunq, 0, "{ledger:?}");
+    let (from_a, from_b) = (
+        a.metric("bunq_session_worker_bunq_requests_total").await,
+        b.metric("bunq_session_worker_bunq_requests_total").await,
+    );
+    assert!(from_a > 0.0 && from_b > 0.0, "both replicas must have worked: {from_a} / {from_b}");
+    env.teardown().await;
+}
+
+#[tokio::test]
+async fn sigterm_under_load_drains_in_time_and_loses_nothing() {
+    let env = Env::new(fake(40), REDIS_URL).await;
+    let inputs = mixed_stream(160);
+    let mut first = env.start_worker("first");
+    first.wait_ready().await;
+    env.publish_all(&inputs).await;
+    let announced = wait_for_announcements(&first, 30.0, Duration::from_secs(60)).await;
+    assert!(announced < 150.0, "SIGTERM must land mid-stream ({announced} announced)");
+
+    let asked = Instant::now();
+    first.signal("-TERM");
+    let status = tokio::time::timeout(Duration::from_secs(15), first.child.wait())
+        .await
+        .expect("exits within the drain timeout")
+        .unwrap();
+    println!("LEDGER sigterm: exited {status} {:?} after SIGTERM (drain timeout 10s)", asked.elapsed());
+    assert!(status.success());
+    let log = std::fs::read_to_string(&first.log_path).unwrap();
+    assert!(log.contains("\"drained\""), "in-flight deliveries were not drained");
+
+    let second = env.start_worker("second");
+    second.wait_ready().await;
+    let ledger = env.settle_and_check(&inputs, SETTLE).await;
+    ledger.print("sigterm");
+    assert_eq!(ledger.extra_sessions_at_bunq, 0, "a drained worker leaves nothing half done: {ledger:?}");
+    env.teardown().await;
+}
+
+#[tokio::test]
+async fn hostile_inputs_never_crash_the_worker() {
+    let env = Env::new(fake(0), REDIS_URL).await;
+    let mut inputs = mixed_stream(100);
+    let future =
+        bunq_protocol::timestamp::format(time::OffsetDateTime::now_utc() + time::Duration::hours(1));
+    let mut seed = 7u64;
+    for i in 0..40u64 {
+        // Deterministic pseudo-random bytes.
+        let garbage: Vec<u8> = (0..(64 + i * 37))
+            .map(|_| {
+                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                (seed >> 33) as u8
+            })
+            .collect();
+        inputs.push(Input { body: garbage, expect: Expect::DeadLetter("malformed") });
+    }
+    let hostile: Vec<(Vec<u8>, Expect)> = vec![
+        (vec![b'{'; 300_000], Expect::DeadLetter("malformed")),
+        (format!("{}{}", "[".repeat(200_000), "]".repeat(200_000)).into_bytes(), Expect::DeadLetter("malformed")),
+        (format!(r#"{{"PartnerUserProvision":{}1{}}}"#, "[".repeat(10_000), "]".repeat(10_000)).into_bytes(), Expect::DeadLetter("malformed")),
+        (br#"{"PartnerUserProvision":{"id":-1,"status":"CREATED","sub_status":"X"}}"#.to_vec(), Expect::DeadLetter("malformed")),
+        (br#"{"PartnerUserProvision":{"id":1e400,"status":"CREATED","sub_status":"X"}}"#.to_vec(), Expect::DeadLetter("malformed")),
+        (br#"{"PartnerUserProvision":{"id":18446744073709551616,"status":"CREATED","sub_status":"X"}}"#.to_vec(), Expect::DeadLetter("malformed")),
+        (br#"{"PartnerUserProvision":{"id":9,"status":null,"sub_status":"X"}}"#.to_vec(), Expect::DeadLetter("malformed")),
+        (br#"{"PartnerUserProvision":{"id":9,"status":"CREATED","sub_status":"PENDING_PROCESS_USER_ONBOARDING","credential":{"token_value":42}}}"#.to_vec(), Expect::DeadLetter("malformed")),
+        (br#"{"PartnerUserProvision":{"id":9,"status":"CREATED","sub_status":"PENDING_PROCESS_USER_ONBOARDING","credential":{"token_value":"x","expiry_time":"yesterday"}}}"#.to_vec(), Expect::DeadLetter("malformed")),
+        ("\u{feff}{\"PartnerUserProvision\":{}}".as_bytes().to_vec(), Expect::DeadLetter("malformed")),
+        (provision(11, "SOMETHING_NEW", "PENDING_PROCESS_USER_ONBOARDING", Some(("t", &future))), Expect::Skipped),
+        (provision(12, "CREATED", "BRAND_NEW_SUB_STATUS", Some(("t", &future))), Expect::Skipped),
+        (provision(13, "CREATED", "PENDING_PROCESS_USER_ONBOARDING", None), Expect::Skipped),
+        (provision(14, "CREATED", "PENDING_PROCESS_USER_ONBOARDING", Some(("", &future))), Expect::Skipped),
+        (provision(15, "CREATED", "PENDING_PROCESS_USER_ONBOARDING", Some(("t", "2001-01-01 00:00:00.000000"))), Expect::DeadLetter("credential_expired")),
+    ];
+    inputs.extend(hostile.into_iter().map(|(body, expect)| Input { body, expect }));
+    assert!(inputs.len() >= 200);
+    let mut worker = env.start_worker("only");
+    worker.wait_ready().await;
+    let pid = worker.child.id();
+    env.publish_all(&inputs).await;
+
+    let ledger = env.settle_and_check(&inputs, SETTLE).await;
+    ledger.print("hostile_inputs");
+    assert!(worker.is_running() && worker.child.id() == pid, "the worker crashed");
+    env.teardown().await;
+}

@@ -1,0 +1,100 @@
+use crate::helpers::*;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(15);
+
+#[tokio::test]
+async fn malformed_bodies_are_dead_lettered_with_a_reason_and_the_worker_keeps_going() {
+    let app = spawn_app_with(AppOptions { flags: vec!["--max-message-bytes=4096".into()], ..Default::default() }).await;
+    let deep = format!(r#"{{"PartnerUserProvision":{}{}}}"#, "[".repeat(1500), "]".repeat(1500));
+    let bodies: Vec<(&str, Vec<u8>)> = vec![
+        ("not json", b"this is not json".to_vec()),
+        ("empty", Vec::new()),
+        ("binary", vec![0xff, 0x00, 0xfe, 0x81, 0x7f]),
+        ("wrong types", br#"{"PartnerUserProvision":{"id":"seven","status":"CREATED","sub_status":"X"}}"#.to_vec()),
+        ("missing fields", br#"{"PartnerUserProvision":{"id":7}}"#.to_vec()),
+        ("neither shape", br#"{"Something":{}}"#.to_vec()),
+        ("too large", vec![b' '; 8192]),
+        ("deeply nested", deep.into_bytes()),
+    ];
+    for (_, body) in &bodies {
+        app.publish(body).await;
+    }
+
+    let mut dead = Vec::new();
+    for _ in &bodies {
+        dead.push(app.next_dead_letter(WAIT).await.expect("every malformed body is dead-lettered"));
+    }
+    for (name, body) in &bodies {
+        let (_, properties) =
+            dead.iter().find(|(b, _)| b == body).unwrap_or_else(|| panic!("{name} not dead-lettered"));
+        assert_eq!(header_str(properties, "x-dead-letter-reason").as_deref(), Some("malformed"), "{name}");
+        let detail = header_str(properties, "x-dead-letter-detail").unwrap();
+        assert!(!detail.is_empty(), "{name}");
+        assert_eq!(bunq_session_worker::amqp::headers::attempts(properties), 1, "{name}");
+        // The original properties travel with the dead letter.
+        assert!(properties.message_id().is_some(), "{name}");
+    }
+
+    // Still consuming: a good event after the bad ones opens a session.
+    let id = random_id();
+    app.publish(&ready_body(id, &random_token())).await;
+    assert_eq!(app.next_event(WAIT).await.expect("worker still running").0.provision_id, id);
+    assert!(app.fake.calls().len() == 3);
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn expired_credential_is_dead_lettered_without_calling_bunq() {
+    let app = spawn_app().await;
+    let past =
+        bunq_protocol::timestamp::format(time::OffsetDateTime::now_utc() - time::Duration::minutes(1));
+    let body =
+        provision_body(random_id(), "CREATED", "PENDING_PROCESS_USER_ONBOARDING", Some(&random_token()), &past, true);
+    app.publish(&body).await;
+
+    let (dead, properties) = app.next_dead_letter(WAIT).await.expect("dead letter");
+    assert_eq!(dead, body);
+    assert_eq!(header_str(&properties, "x-dead-letter-reason").as_deref(), Some("credential_expired"));
+    assert!(header_str(&properties, "x-dead-letter-detail").unwrap().contains("token reset"));
+    assert!(app.fake.calls().is_empty());
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn bunq_rejection_is_dead_lettered_with_bunqs_reason() {
+    use fake_bunq::CredentialState;
+    let app = spawn_app().await;
+    let token = random_token();
+    app.fake.register_credential(&token, CredentialState::Expired);
+    app.publish(&ready_body(random_id(), &token)).await;
+
+    let (_, properties) = app.next_dead_letter(WAIT).await.expect("dead letter");
+    assert_eq!(header_str(&properties, "x-dead-letter-reason").as_deref(), Some("rejected_by_bunq"));
+    let detail = header_str(&properties, "x-dead-letter-detail").unwrap();
+    assert!(detail.contains("bunq answered 400") && detail.contains("response id"), "{detail}");
+    assert!(!detail.contains(&token));
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn a_dead_letter_queue_deleted_while_running_is_declared_again_and_keeps_the_dead_letter() {
+    let app = spawn_app().await;
+    app.delete_queue(&app.names.dead_letter_queue.clone()).await;
+
+    let body = b"not json after the queue went".to_vec();
+    app.publish(&body).await;
+    // Settled (and counted) only once the copy is committed where it belongs.
+    let deadline = std::time::Instant::now() + WAIT;
+    while !app.metrics().await.contains(r#"outcome="dead_lettered""#) {
+        assert!(std::time::Instant::now() < deadline, "never dead-lettered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let (dead, properties) = app.next_dead_letter(WAIT).await.expect("the copy comes back and is put back");
+    assert_eq!(dead, body);
+    assert_eq!(header_str(&properties, "x-dead-letter-reason").as_deref(), Some("malformed"));
+    app.wait_idle(WAIT).await;
+    assert_eq!(app.ready_count(&app.names.input_queue.clone()).await, 0, "acked once the copy was safe");
+    app.teardown().await;
+}

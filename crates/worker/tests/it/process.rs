@@ -1,0 +1,166 @@
+//! The real binary as a process: secrets in logs, configuration errors, SIGTERM.
+
+use crate::helpers::*;
+use lapin::{Connection, ConnectionProperties};
+use secrecy::ExposeSecret;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+
+const BIN: &str = env!("CARGO_BIN_EXE_bunq-session-worker");
+
+fn flags_to_env(flags: &[String]) -> Vec<(String, String)> {
+    flags
+        .iter()
+        .map(|flag| {
+            let (name, value) = flag.trim_start_matches("--").split_once('=').expect("--name=value");
+            (name.replace('-', "_").to_uppercase(), value.to_owned())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn no_secret_reaches_the_logs_or_the_published_event() {
+    let fake =
+        fake_bunq::spawn(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(), relaxed_fake()).await.unwrap();
+    let (id, name_flags) = unique_names();
+    let mut flags = base_flags(&fake.base_url());
+    flags.extend(name_flags);
+    let env = flags_to_env(&flags);
+    let mut child = tokio::process::Command::new(BIN)
+        .arg("run")
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env("LOG_FORMAT", "json")
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let logs = tokio::spawn(async move {
+        let mut text = String::new();
+        stderr.read_to_string(&mut text).await.unwrap();
+        text
+    });
+
+    // Observe the output with our own queue, the way downstream would.
+    let args = crate::helpers::settings_from_flags(&flags);
+    let connection = Connection::connect(AMQP_URL, ConnectionProperties::default()).await.unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    bunq_session_worker::amqp::topology::declare(&channel, &args.connection).await.unwrap();
+    let capture = format!("{id}.capture");
+    let mut leftovers = Leftovers::new(&args.connection, std::slice::from_ref(&capture), &format!("{id}:"));
+    channel.queue_declare(capture.as_str().into(), Default::default(), Default::default()).await.unwrap();
+    channel
+        .queue_bind(
+            capture.as_str().into(),
+            args.connection.output_exchange.as_str().into(),
+            "#".into(),
+            Default::default(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    let token = random_token();
+    let body = ready_body(random_id(), &token);
+    channel
+        .basic_publish(
+            args.connection.input_exchange.as_str().into(),
+            ROUTING_KEY.into(),
+            Default::default(),
+            &body,
+            Default::default(),
+        )
+        .await
+        .unwrap();
+
+    let event_body = loop {
+        if let Some(message) = channel.basic_get(capture.as_str().into(), Default::default()).await.unwrap() {
+            message.ack(Default::default()).await.unwrap();
+            break message.delivery.data.clone();
+        }
+        assert!(child.try_wait().unwrap().is_none(), "worker exited early");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let event: serde_json::Value = serde_json::from_slice(&event_body).unwrap();
+    let user_id = event["user_id"].as_u64().unwrap();
+    let mut redis = redis_connection_for_tests();
+    let store = bunq_session_worker::store::Store::new(
+        redis.clone(),
+        bunq_session_worker::store::Keys::new(&format!("{id}:")),
+        None,
+    );
+    let session = store.read_session(user_id).await.unwrap().expect("cached session");
+
+    // SIGTERM: the worker drains and exits 0.
+    let pid = child.id().unwrap() as i32;
+    std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    let status =
+        tokio::time::timeout(Duration::from_secs(20), child.wait()).await.expect("exits after SIGTERM").unwrap();
+    assert!(status.success(), "exit status {status}");
+    let logs = logs.await.unwrap();
+
+    assert!(logs.contains("session_announced"), "the logs are not what this test thinks: {logs}");
+    let event_text = String::from_utf8(event_body).unwrap();
+    for (name, secret) in [
+        ("token_value", token.as_str()),
+        ("session token", session.session_token.expose_secret()),
+        ("installation token", session.installation_token.expose_secret()),
+    ] {
+        assert!(!logs.contains(secret), "{name} appears in the logs");
+        assert!(!event_text.contains(secret), "{name} appears in the session-ready event");
+    }
+
+    let names = args.connection.clone();
+    cleanup(&connection, &names, &[capture], &format!("{id}:"), &mut redis).await;
+    leftovers.disarm();
+    fake.shutdown().await;
+}
+
+fn redis_connection_for_tests() -> redis::aio::ConnectionManager {
+    bunq_session_worker::startup::redis_connection(&REDIS_URL.to_owned().into()).unwrap()
+}
+
+#[tokio::test]
+async fn bad_configuration_stops_start_up_naming_the_variable() {
+    let cases = [
+        (vec![("PREFETCH", "0")], "PREFETCH"),
+        (vec![("BUNQ_BASE_URL", "")], "BUNQ_BASE_URL"),
+        (vec![("BUNQ_CLIENT_PRIVATE_KEY_FILE", "/nonexistent/key.pem")], "BUNQ_CLIENT_PRIVATE_KEY_FILE"),
+        (vec![("RATE_LIMIT_SCOPE", "everywhere")], "RATE_LIMIT_SCOPE"),
+        (vec![("OPS_ADDR", "not-an-address")], "OPS_ADDR"),
+    ];
+    for (overrides, variable) in cases {
+        let output = tokio::process::Command::new(BIN)
+            .arg("run")
+            .env_clear()
+            .env("BUNQ_BASE_URL", "http://127.0.0.1:9/v1")
+            .env("BUNQ_CLIENT_PRIVATE_KEY_FILE", CLIENT_KEY)
+            .env("LOG_FORMAT", "pretty")
+            .envs(overrides.iter().copied())
+            .output()
+            .await
+            .unwrap();
+        assert!(!output.status.success(), "{variable}: started anyway");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(variable), "{variable} not named in: {stderr}");
+    }
+}
+
+#[tokio::test]
+async fn help_never_prints_connection_passwords_from_the_environment() {
+    for args in [vec!["--help"], vec!["run", "--help"], vec!["dead-letters", "list", "--help"]] {
+        let output = tokio::process::Command::new(BIN)
+            .args(&args)
+            .env("AMQP_URL", "amqp://user:amqp-hunter2@broker:5672/%2f")
+            .env("REDIS_URL", "redis://:redis-hunter2@cache:6379/0")
+            .output()
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(text.contains("AMQP_URL"), "{args:?}: help does not document AMQP_URL");
+        assert!(!text.contains("hunter2"), "{args:?} printed a password: {text}");
+    }
+}
