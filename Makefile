@@ -10,19 +10,20 @@ help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 build: ## Build the worker and fake-bunq
-	$(CARGO) build --bins
+	$(CARGO) build --locked --bins
 
 demo: build ## Run the whole flow locally: fake-bunq, the worker, RabbitMQ and Redis
-	$(CARGO) run --quiet --example demo -- --bin-dir "$$($(CARGO) metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug"
+	$(CARGO) run --locked --quiet -p bunq-session-worker --example demo -- --bin-dir "$$($(CARGO) metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug"
 
 test: test-rust test-faults test-sdk test-helm ## Run every test (needs RabbitMQ and Redis on localhost, rabbitmqctl, redis-server)
 
-test-rust: ## Unit, doc and integration tests
-	$(CARGO) test --lib --bins --examples --test it --test fake_bunq -- --test-threads=$(TEST_THREADS)
-	$(CARGO) test --doc
+test-rust: ## Unit, doc and integration tests of every crate
+	$(CARGO) test --locked -p bunq-protocol -p fake-bunq -p bsw-test-support -- --test-threads=$(TEST_THREADS)
+	$(CARGO) test --locked -p bunq-session-worker --lib --bins --examples --test it -- --test-threads=$(TEST_THREADS)
+	$(CARGO) test --locked -p bunq-session-worker --doc
 
 test-faults: ## Fault tests: kill, broker disconnects, Redis restart, bunq faults, two replicas, SIGTERM, hostile input
-	$(CARGO) test --test faults -- --test-threads=2 --nocapture
+	$(CARGO) test --locked -p bunq-session-worker --test faults -- --test-threads=2 --nocapture
 
 test-sdk: ## bunq's official Python SDK opens a session against fake-bunq
 	tests/sdk/run.sh
@@ -31,11 +32,11 @@ test-helm: ## The Helm chart, offline: lint, render, and its configuration accep
 	tests/helm/run.sh
 
 bench: ## End-to-end throughput, latency and memory beside a broker baseline, in one run (release build)
-	$(CARGO) bench --bench throughput
+	$(CARGO) bench --locked -p bunq-session-worker --bench throughput
 
 lint: ## Formatting and clippy, as CI runs them
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
 
 audit: ## cargo-deny offline: RustSec advisories (../shared snapshot), licenses, bans, sources
 	scripts/audit.sh

@@ -12,9 +12,11 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 snapshot="${ADVISORY_DB:-$repo/../shared/rustsec-advisory-db}"
 [[ -d "$snapshot/crates" ]] || { echo "no advisory snapshot at $snapshot (set ADVISORY_DB)" >&2; exit 1; }
 
-if ! cargo deny --version >/dev/null 2>&1; then
-    echo "installing cargo-deny (once)"
-    cargo install cargo-deny --locked --quiet
+# Pinned: a new cargo-deny may read deny.toml differently; upgrade it here, on purpose.
+CARGO_DENY_VERSION=0.20.2
+if [[ "$(cargo deny --version 2>/dev/null)" != "cargo-deny $CARGO_DENY_VERSION" ]]; then
+    echo "installing cargo-deny $CARGO_DENY_VERSION"
+    cargo install cargo-deny --version "$CARGO_DENY_VERSION" --locked --quiet
 fi
 
 cd "$repo"

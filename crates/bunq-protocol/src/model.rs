@@ -1,4 +1,4 @@
-//! bunq's wire shapes for the handshake (bunq-api.md §2, §5, §6.1).
+//! bunq's wire shapes for the handshake (docs/bunq-api.md §2, §5, §6.1).
 //!
 //! Success bodies are `{"Response":[{"<Type>":{…}}, …]}`; elements are found by type
 //! name rather than position, which reads bunq's documented order and survives reordering.

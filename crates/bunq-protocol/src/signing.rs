@@ -1,5 +1,5 @@
 //! bunq's request and response signatures: RSASSA-PKCS1-v1_5 with SHA-256 over the
-//! exact body bytes, standard base64 with padding (bunq-api.md §4).
+//! exact body bytes, standard base64 with padding (docs/bunq-api.md §4).
 
 use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der};
 use aws_lc_rs::rsa::{KeyPair, KeySize};
@@ -214,7 +214,7 @@ mod tests {
 
     #[test]
     fn server_keys_of_other_sizes_are_accepted_but_not_as_client_keys() {
-        let pair = aws_lc_rs::rsa::KeyPair::generate(KeySize::Rsa3072).unwrap();
+        let pair = KeyPair::generate(KeySize::Rsa3072).unwrap();
         let pem = encode_pem("PUBLIC KEY", pair.public_key().as_der().unwrap().as_ref());
         let key = PublicKey::from_pem(&pem).unwrap();
         assert!(matches!(key.require_client_size(), Err(SigningError::KeySize { bits: 3072 })));

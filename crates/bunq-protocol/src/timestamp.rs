@@ -33,9 +33,9 @@ pub mod option {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<OffsetDateTime>, D::Error> {
         match Option::<String>::deserialize(d)? {
             None => Ok(None),
-            Some(text) => super::parse(&text).map(Some).map_err(|e| {
-                serde::de::Error::custom(format!("not bunq time (YYYY-MM-DD hh:mm:ss.ffffff): {e}"))
-            }),
+            Some(text) => super::parse(&text)
+                .map(Some)
+                .map_err(|e| serde::de::Error::custom(format!("not bunq time (YYYY-MM-DD hh:mm:ss.ffffff): {e}"))),
         }
     }
 }

@@ -4,8 +4,8 @@
 //! scripts can start it with `--listen 127.0.0.1:0` and read the bound port. Logs go
 //! to stderr. Stops gracefully on SIGINT/SIGTERM.
 
-use fake_bunq::{spawn, FakeConfig, Faults, RateLimitScope};
 use clap::Parser;
+use fake_bunq::{spawn, FakeConfig, Faults, RateLimitScope};
 use std::io::Write as _;
 use std::time::Duration;
 

@@ -5,8 +5,8 @@
 //! structs keep bunq's field order, and the envelopes are arrays whose element order
 //! the official SDK relies on (it deserialises by index).
 
-use serde::Serialize;
 pub use bunq_protocol::timestamp::format as bunq_timestamp;
+use serde::Serialize;
 
 /// `{"Response":[…]}`.
 #[derive(Debug, Serialize)]

@@ -1,11 +1,11 @@
-//! When to act on a provision (DESIGN.md §2.2). Pure: the clock is a parameter.
+//! When to act on a provision (docs/contracts.md §1.2). Pure: the clock is a parameter.
 
 use crate::event::Provision;
 use secrecy::{ExposeSecret, SecretString};
 use time::OffsetDateTime;
 
 const READY_SUB_STATUS: &str = "PENDING_PROCESS_USER_ONBOARDING";
-/// Sources disagree on the main status at the ready point (bunq-api.md §8.1), so both count.
+/// Sources disagree on the main status at the ready point (docs/bunq-api.md §8.1), so both count.
 const READY_STATUSES: [&str; 2] = ["CREATED", "ACTIVE"];
 const EXPIRED_CREDENTIAL_STATUS: &str = "EXPIRED";
 

@@ -1,4 +1,4 @@
-//! Event contracts (DESIGN.md §2): the provision-status event the worker consumes and
+//! Event contracts (docs/contracts.md §1): the provision-status event the worker consumes and
 //! the session-ready event it publishes.
 
 use secrecy::SecretString;
@@ -84,7 +84,7 @@ pub fn decode(body: &[u8], max_bytes: usize) -> Result<Provision, DecodeError> {
     }
 }
 
-/// Published when a session is cached (DESIGN.md §2.3). Holds no secret by construction:
+/// Published when a session is cached (docs/contracts.md §1.3). Holds no secret by construction:
 /// it has no field a token could go in.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionReady {

@@ -2,10 +2,10 @@
 //! metric label) and whether trying again can help: one [`Retry`] value, the same type
 //! the bunq client and the retry loop use (docs/failure-model.md).
 
-pub use bunq_protocol::Retry;
-use bunq_protocol::BunqError;
 use crate::ratelimit::RateLimitError;
 use crate::store::StoreError;
+use bunq_protocol::BunqError;
+pub use bunq_protocol::Retry;
 
 /// Reasons, as they appear in `x-dead-letter-reason`, `x-retry-reason` and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

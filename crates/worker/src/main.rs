@@ -1,6 +1,7 @@
 //! The `bunq-session-worker` binary: parses the command line, starts telemetry and hands
 //! over to the library.
 
+use anyhow::Context as _;
 use bunq_session_worker::cli::{check, dead_letters, publish};
 use bunq_session_worker::config::{Settings, WorkerArgs};
 use bunq_session_worker::startup::{cancel_on_signal, Worker};
@@ -64,6 +65,6 @@ async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     let worker = Worker::build(settings).await?;
     tracing::info!(event = "started", ops_addr = %worker.ops_addr(), version = env!("CARGO_PKG_VERSION"));
     let shutdown = CancellationToken::new();
-    cancel_on_signal(shutdown.clone());
+    cancel_on_signal(shutdown.clone()).context("registering SIGTERM and SIGINT handlers")?;
     worker.run_until_stopped(shutdown).await
 }

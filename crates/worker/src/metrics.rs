@@ -1,14 +1,14 @@
 //! Prometheus metrics. Labels are closed sets (outcomes, reasons, endpoints, status
 //! classes): never ids or anything derived from a secret.
 
+use bunq_protocol::client::CallObserver;
+use bunq_protocol::Endpoint;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use bunq_protocol::client::CallObserver;
-use bunq_protocol::Endpoint;
 use std::time::Duration;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -110,7 +110,6 @@ impl Metrics {
     pub fn in_flight(&self) -> &Gauge {
         &self.in_flight
     }
-
 
     pub fn observe_rate_limit_wait(&self, endpoint: &'static str, waited: Duration) {
         self.rate_limit_wait_seconds.get_or_create(&EndpointLabels { endpoint }).observe(waited.as_secs_f64());

@@ -1,4 +1,4 @@
-//! bunq's rate limits, shared by every replica through Redis (DESIGN.md §4).
+//! bunq's rate limits, shared by every replica through Redis (docs/architecture.md §5).
 //!
 //! bunq counts calls in a rolling window ("5 within any 3 consecutive seconds"), so the
 //! limiter is a sliding-window log rather than a token bucket, whose bursts could exceed
@@ -6,8 +6,8 @@
 //! the limit, in one atomic script, then sleeps until that slot: callers are served in
 //! order and no replica polls.
 
-use bunq_protocol::error::Endpoint;
 use crate::metrics::Metrics;
+use bunq_protocol::error::Endpoint;
 use redis::aio::ConnectionManager;
 use std::str::FromStr;
 use std::sync::Arc;

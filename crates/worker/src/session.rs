@@ -2,14 +2,14 @@
 //! session-server, each step rate-limited and retried, progress saved after each step
 //! so a retry (or another replica, after a crash) continues where this one stopped.
 
-use bunq_protocol::client::{BunqClient, Installation};
-use bunq_protocol::error::{BunqError, Endpoint};
-use bunq_protocol::signing::PublicKey;
 use crate::decide::ReadyProvision;
 use crate::failure::{Failure, Retry};
 use crate::ratelimit::{RateLimitError, RateLimiter};
 use crate::retry::{run_with_retries, RetryPolicy};
 use crate::store::{Handshake, Session, Store, StoreError};
+use bunq_protocol::client::{BunqClient, Installation};
+use bunq_protocol::error::{BunqError, Endpoint};
+use bunq_protocol::signing::PublicKey;
 use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 

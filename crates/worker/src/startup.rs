@@ -65,26 +65,19 @@ impl Worker {
     }
 }
 
-/// Cancels `token` on SIGTERM or SIGINT: the one signal handler of the process.
-pub fn cancel_on_signal(token: CancellationToken) {
+/// Cancels `token` on SIGTERM or SIGINT: the process's one signal handler. Both are
+/// registered before this returns, so a signal during start-up is not missed.
+pub fn cancel_on_signal(token: CancellationToken) -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
     tokio::spawn(async move {
-        let ctrl_c = tokio::signal::ctrl_c();
-        #[cfg(unix)]
-        let term = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut signal) => {
-                    signal.recv().await;
-                }
-                Err(_) => std::future::pending().await,
-            }
-        };
-        #[cfg(not(unix))]
-        let term = std::future::pending::<()>();
         tokio::select! {
-            _ = ctrl_c => {}
-            _ = term => {}
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
         }
         tracing::info!(event = "shutdown_requested");
         token.cancel();
     });
+    Ok(())
 }

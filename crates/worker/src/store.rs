@@ -1,4 +1,4 @@
-//! The Redis layout (docs/contracts.md §5): the session cache keyed by user, the per-provision
+//! The Redis layout (docs/contracts.md §2): the session cache keyed by user, the per-provision
 //! handshake progress and idempotency index, and the per-provision lock.
 //!
 //! Keys one operation writes together share a hash tag (`{provision_id}`), so the same

@@ -61,7 +61,7 @@ impl DeliveryContext {
             self.metrics.observe_delivery(label, reason, started.elapsed());
         }
         .instrument(span)
-        .await
+        .await;
     }
 
     /// Takes the delivery: a moved copy carries its body rather than a copy of it.
@@ -135,10 +135,10 @@ fn log_outcome(outcome: &Outcome) {
         ),
         Outcome::Skipped(reason) => tracing::info!(event = "skipped", reason = reason.as_str()),
         Outcome::Retry { reason, detail, delay, .. } => {
-            tracing::warn!(event = "retry_scheduled", reason = reason.as_str(), %detail, delay_ms = delay.as_millis() as u64)
+            tracing::warn!(event = "retry_scheduled", reason = reason.as_str(), %detail, delay_ms = delay.as_millis() as u64);
         }
         Outcome::DeadLetter { reason, detail } => {
-            tracing::warn!(event = "dead_lettered", reason = reason.as_str(), %detail)
+            tracing::warn!(event = "dead_lettered", reason = reason.as_str(), %detail);
         }
     }
 }

@@ -1,10 +1,10 @@
 //! RabbitMQ: topology, confirmed publishing, the consume loop and its supervisor.
 
-pub mod consume;
+pub(crate) mod consume;
 pub mod headers;
-pub mod publish;
-pub mod settle;
-pub mod supervisor;
+pub(crate) mod publish;
+pub(crate) mod settle;
+pub(crate) mod supervisor;
 pub mod topology;
 
 use lapin::{Connection, ConnectionProperties};

@@ -1,4 +1,5 @@
-//! Publishing with publisher confirms: session-ready events, retries and dead letters.
+//! Publishing session-ready events with publisher confirms. (Retries and dead letters
+//! are moves on the consume channel, committed in transactions: see [`super::settle`].)
 
 use super::topology::Names;
 use crate::event::SessionReady;

@@ -1,11 +1,11 @@
 //! Keeps the worker consuming: connect, declare, consume; on connection or channel loss,
-//! reconnect with backoff and resume, without a process restart (docs/architecture.md §4).
+//! reconnect with backoff and resume, without a process restart (docs/architecture.md §6).
 
 use super::consume::DeliveryContext;
 use super::publish::PublishChannel;
 use super::settle::Settler;
-use super::{connect, topology};
 use super::topology::Names;
+use super::{connect, topology};
 use crate::config::AmqpSettings;
 use futures_util::StreamExt;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions};
@@ -81,7 +81,11 @@ impl Supervisor {
 
     /// One AMQP connection's life: connect, declare, consume until it breaks or shutdown.
     /// `Ok` only when shutdown stopped it.
-    async fn connection_life(&self, shutdown: &CancellationToken, permits: &Arc<Semaphore>) -> Result<(), lapin::Error> {
+    async fn connection_life(
+        &self,
+        shutdown: &CancellationToken,
+        permits: &Arc<Semaphore>,
+    ) -> Result<(), lapin::Error> {
         let connection = connect(&self.amqp_url, &self.consumer_tag).await?;
         self.context.metrics().amqp_connected();
         let setup = connection.create_channel().await?;

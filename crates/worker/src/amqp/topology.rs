@@ -1,4 +1,4 @@
-//! The queues and exchanges (docs/architecture.md §4), declared idempotently at every
+//! The queues and exchanges (docs/architecture.md §6), declared idempotently at every
 //! (re)connect. Every options struct is written out with the reason for each field.
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
