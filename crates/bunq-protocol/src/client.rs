@@ -3,6 +3,7 @@
 
 use crate::error::{rate_limit_window, BunqError, Endpoint};
 use crate::model::{self, IdObject, ResponseBody, ServerPublicKeyObject, TokenObject, UserApiKeyObject, UserObject};
+use crate::redact;
 use crate::signing::{ClientKey, PublicKey};
 use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
@@ -51,6 +52,8 @@ pub struct ClientSettings {
     pub base_url: String,
     /// `description` of registered devices.
     pub device_description: String,
+    /// `permitted_ips` of registered devices: IPv4 addresses, or `*` for any.
+    pub permitted_ips: Vec<String>,
     /// One request's whole time, connect to last byte.
     pub request_timeout: Duration,
     /// bunq requires a `User-Agent`.
@@ -96,6 +99,8 @@ impl BunqClient {
             .default_headers(headers)
             .timeout(settings.request_timeout)
             .connect_timeout(settings.request_timeout.min(Duration::from_secs(5)))
+            // A redirect would carry the secret and tokens to wherever it points.
+            .redirect(reqwest::redirect::Policy::none())
             .build()?;
         Ok(Self { http, settings: Arc::new(settings), key, observer })
     }
@@ -120,7 +125,7 @@ impl BunqClient {
     }
 
     /// `POST /device-server`: registers the credential (the secret) as a device, usable
-    /// from any IP because replicas' egress addresses change.
+    /// from the configured IPs (`*`: any, for egress addresses that change).
     pub async fn create_device_server(
         &self,
         installation: &Installation,
@@ -130,7 +135,7 @@ impl BunqClient {
         let body = serde_json::json!({
             "description": self.settings.device_description,
             "secret": secret.expose_secret(),
-            "permitted_ips": ["*"],
+            "permitted_ips": self.settings.permitted_ips,
         });
         let bytes = self.post(endpoint, body, Some(installation)).await?;
         let id: IdObject = parse(endpoint, &bytes)?.element("Id").map_err(|d| unexpected(endpoint, d))?;
@@ -189,13 +194,15 @@ impl BunqClient {
         let response = request.send().await.map_err(transport)?;
         let status = response.status();
         let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
-        let response_id = header(HEADER_RESPONSE_ID).unwrap_or_else(|| "none".to_owned());
+        let response_id = header(HEADER_RESPONSE_ID).map_or_else(|| "none".to_owned(), |id| redact::detail(&id));
         let signature = header(HEADER_SERVER_SIGNATURE);
         let bytes = response.bytes().await.map_err(transport)?;
 
         // Verify every response once we know bunq's key: a forged 2xx must not be cached,
-        // and a forged 4xx must not dead-letter a good provision. Only 2xx must be signed;
-        // bunq may leave 429/5xx unsigned (docs/bunq-api.md §4.2).
+        // and a forged 4xx must not dead-letter a good provision. bunq may leave 429/5xx
+        // unsigned (docs/bunq-api.md §4.2), but an unsigned error is then not known to be
+        // bunq's: a proxy, WAF or captive portal answers 403/407/408 too. So it is
+        // transient, and any wait it names is ignored.
         if let Some(installation) = installation {
             match signature {
                 Some(signature) if installation.server_key.verify(&bytes, &signature).is_err() => {
@@ -205,7 +212,7 @@ impl BunqClient {
                 None if status.is_success() => {
                     return Err(BunqError::BadSignature { endpoint, problem: "is missing" });
                 }
-                None => {}
+                None => return Err(BunqError::Unsigned { endpoint, status: status.as_u16(), response_id }),
             }
         }
         if status.is_success() {
@@ -229,9 +236,9 @@ fn unexpected(endpoint: Endpoint, detail: String) -> BunqError {
 }
 
 fn parse(endpoint: Endpoint, bytes: &[u8]) -> Result<ResponseBody, BunqError> {
-    // serde_json's messages name positions and types, never values of our secrets:
-    // a success body holds only bunq's tokens, and those are not in error text.
-    serde_json::from_slice(bytes).map_err(|e| unexpected(endpoint, format!("not a bunq Response: {e}")))
+    // A success body holds bunq's tokens: errors describe its shape, never its text.
+    serde_json::from_slice(bytes)
+        .map_err(|e| unexpected(endpoint, format!("not a bunq Response: {}", redact::json_error(&e, &["Response"]))))
 }
 
 fn parse_session(body: &ResponseBody) -> Result<OpenedSession, String> {
@@ -261,7 +268,7 @@ trait DeserializeValue: Sized {
 
 impl<T: serde::de::DeserializeOwned> DeserializeValue for T {
     fn deserialize_value(value: &serde_json::Value) -> Result<Self, String> {
-        T::deserialize(value).map_err(|e| e.to_string())
+        T::deserialize(value).map_err(|e| redact::json_error(&e, model::FIELDS))
     }
 }
 

@@ -74,6 +74,17 @@ pub enum BunqError {
         /// `X-Bunq-Client-Response-Id`, for bunq's support.
         response_id: String,
     },
+    /// An error status without `X-Bunq-Server-Signature` after installation: possibly a
+    /// proxy or firewall speaking, not bunq, so never a reason to give up.
+    #[error("POST /{endpoint}: unsigned {status} answer (response id {response_id}); not known to be bunq's")]
+    Unsigned {
+        /// The call.
+        endpoint: Endpoint,
+        /// The HTTP status.
+        status: u16,
+        /// `X-Bunq-Client-Response-Id`, if any.
+        response_id: String,
+    },
     /// The answer's `X-Bunq-Server-Signature` is missing or wrong: not bunq speaking.
     #[error("POST /{endpoint}: response signature {problem}; not trusting the response")]
     BadSignature {
@@ -109,9 +120,10 @@ impl BunqError {
     /// Whether trying again can help, and how long to wait at least.
     pub fn retry(&self) -> Retry {
         match self {
-            BunqError::Transport { .. } | BunqError::Timeout { .. } | BunqError::BadSignature { .. } => {
-                Retry::Transient { after: None }
-            }
+            BunqError::Transport { .. }
+            | BunqError::Timeout { .. }
+            | BunqError::BadSignature { .. }
+            | BunqError::Unsigned { .. } => Retry::Transient { after: None },
             BunqError::RateLimited { window, .. } => Retry::Transient { after: *window },
             BunqError::Api { status, .. } => classify_status(*status),
             // A 200 we cannot read is contract drift; repeating session-server would open
@@ -129,6 +141,7 @@ impl BunqError {
             BunqError::Timeout { .. } => "timeout",
             BunqError::Transport { .. } => "transport",
             BunqError::BadSignature { .. } => "bad_signature",
+            BunqError::Unsigned { .. } => "unsigned",
             BunqError::UnexpectedResponse { .. } => "unexpected",
         }
     }
@@ -141,6 +154,7 @@ impl BunqError {
             | BunqError::Api { endpoint, .. }
             | BunqError::RateLimited { endpoint, .. }
             | BunqError::BadSignature { endpoint, .. }
+            | BunqError::Unsigned { endpoint, .. }
             | BunqError::UnexpectedResponse { endpoint, .. } => *endpoint,
         }
     }
@@ -171,12 +185,19 @@ fn status_label(status: u16) -> &'static str {
     }
 }
 
-/// Reads the window from bunq's 429 text, "… a maximum of 3 calls per 3 second …".
+/// The longest wait a 429 may impose: bunq's windows are seconds (docs/bunq-api.md §6.3);
+/// a larger number is not believed, so no answer can freeze a shared budget for days or
+/// overflow a deadline.
+pub const MAX_RATE_LIMIT_WINDOW: Duration = Duration::from_secs(300);
+
+/// Reads the window from bunq's 429 text, "… a maximum of 3 calls per 3 second …", at
+/// most [`MAX_RATE_LIMIT_WINDOW`].
 pub fn rate_limit_window(description: &str) -> Option<Duration> {
     let after = &description[description.find(" per ")? + 5..];
-    let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
+    let digits: String = after.chars().take_while(char::is_ascii_digit).take(7).collect();
     let seconds: u64 = digits.parse().ok()?;
-    after[digits.len()..].trim_start().starts_with("second").then(|| Duration::from_secs(seconds))
+    let window = Duration::from_secs(seconds).min(MAX_RATE_LIMIT_WINDOW);
+    after[digits.len()..].trim_start().starts_with("second").then_some(window)
 }
 
 #[cfg(test)]
@@ -210,6 +231,9 @@ mod tests {
         assert_eq!(rate_limit_window(new), Some(Duration::from_secs(30)));
         assert_eq!(rate_limit_window("Too many requests."), None);
         assert_eq!(rate_limit_window("per minute"), None);
+        let absurd = "a maximum of 1 calls per 99999999999999999999999 seconds";
+        assert_eq!(rate_limit_window(absurd), None, "an overlong number is not read");
+        assert_eq!(rate_limit_window("1 calls per 86400 seconds"), Some(MAX_RATE_LIMIT_WINDOW));
     }
 
     #[test]

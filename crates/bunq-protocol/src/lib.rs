@@ -6,6 +6,7 @@
 //! - [`error`]: what can go wrong in a call, and whether trying again can help.
 //! - [`client`]: a typed client for installation, device-server and session-server; one
 //!   attempt per call, retries are the caller's.
+//! - [`redact`]: the one gate for text that leaves a process: no input value, capped.
 //! - [`timestamp`]: bunq's `YYYY-MM-DD hh:mm:ss.ffffff` UTC time format.
 
 // Every public item documented: this crate is for other services too.
@@ -14,6 +15,7 @@
 pub mod client;
 pub mod error;
 pub mod model;
+pub mod redact;
 pub mod signing;
 pub mod timestamp;
 

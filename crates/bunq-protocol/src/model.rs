@@ -20,7 +20,7 @@ impl ResponseBody {
             .iter()
             .find_map(|element| element.get(name))
             .ok_or_else(|| format!("no `{name}` element in Response"))?;
-        T::deserialize(value).map_err(|e| format!("`{name}`: {e}"))
+        T::deserialize(value).map_err(|e| format!("`{name}`: {}", crate::redact::json_error(&e, FIELDS)))
     }
 
     /// The first element wrapped under any of `names`, with the name found.
@@ -28,6 +28,11 @@ impl ResponseBody {
         self.response.iter().find_map(|element| names.iter().find_map(|n| element.get(*n).map(|v| (*n, v))))
     }
 }
+
+/// Field names of the shapes below: a `missing field` error may name these, never a
+/// name taken from the body.
+pub(crate) const FIELDS: &[&str] =
+    &["id", "token", "server_public_key", "session_timeout", "requested_by_user", "granted_by_user", "Error"];
 
 #[derive(Deserialize)]
 pub(crate) struct IdObject {
@@ -80,18 +85,15 @@ pub(crate) struct ErrorItem {
 
 /// bunq's error text, or a short note when the body is not bunq's error shape (5xx pages).
 pub(crate) fn error_description(body: &[u8]) -> String {
-    const LIMIT: usize = 300;
     match serde_json::from_slice::<ErrorBody>(body) {
         Ok(parsed) => {
             let text =
                 parsed.error.iter().filter_map(|e| e.error_description.as_deref()).collect::<Vec<_>>().join("; ");
-            let mut text = if text.is_empty() { "(empty error description)".to_owned() } else { text };
-            if text.len() > LIMIT {
-                let cut = (0..=LIMIT).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
-                text.truncate(cut);
-                text.push('…');
+            if text.is_empty() {
+                return "(empty error description)".to_owned();
             }
-            text
+            // bunq's own words, but verified only when signed: masked and capped as any detail.
+            crate::redact::detail(&text)
         }
         Err(_) => format!("non-JSON body of {} bytes", body.len()),
     }

@@ -100,6 +100,14 @@ pub struct WorkerArgs {
     /// bunq API base URL including /v1, e.g. https://api.bunq.com/v1 (no default: pick the environment).
     #[arg(long, env = "BUNQ_BASE_URL")]
     pub bunq_base_url: Option<String>,
+    /// Allow an `http://` BUNQ_BASE_URL on a loopback address (a local stand-in); never
+    /// anything else without TLS.
+    #[arg(long, env = "BUNQ_ALLOW_INSECURE_HTTP", default_value_t = false, action = clap::ArgAction::Set)]
+    pub bunq_allow_insecure_http: bool,
+    /// IPv4 addresses the registered devices may be used from, comma-separated (`*`: any).
+    /// Pin it to the partner's egress IPs so a leaked credential is useless elsewhere.
+    #[arg(long, env = "BUNQ_PERMITTED_IPS", default_value = "*")]
+    pub bunq_permitted_ips: String,
     /// PEM file with the client's RSA-2048 private key (PKCS#8, `BEGIN PRIVATE KEY`).
     #[arg(long, env = "BUNQ_CLIENT_PRIVATE_KEY_FILE")]
     pub bunq_client_private_key_file: Option<PathBuf>,
@@ -218,6 +226,8 @@ pub struct BunqSettings {
     pub base_url: String,
     pub client_key: Arc<ClientKey>,
     pub device_description: String,
+    /// `permitted_ips` of registered devices: IPv4 addresses, or `*` for any.
+    pub permitted_ips: Vec<String>,
     pub request_timeout: Duration,
 }
 
@@ -227,6 +237,7 @@ impl BunqSettings {
         let settings = ClientSettings {
             base_url: self.base_url.clone(),
             device_description: self.device_description.clone(),
+            permitted_ips: self.permitted_ips.clone(),
             request_timeout: self.request_timeout,
             user_agent: format!("bunq-session-worker/{}", env!("CARGO_PKG_VERSION")),
         };
@@ -250,7 +261,8 @@ impl RateLimits {
 
 impl Settings {
     pub fn from_args(args: WorkerArgs) -> Result<Self, ConfigError> {
-        let base_url = parse_base_url(args.bunq_base_url.as_deref())?;
+        let base_url = parse_base_url(args.bunq_base_url.as_deref(), args.bunq_allow_insecure_http)?;
+        let permitted_ips = parse_permitted_ips(&args.bunq_permitted_ips)?;
         let client_key = load_client_key(args.bunq_client_private_key_file.as_deref())?;
         let sealer = match &args.session_encryption_key_file {
             None => None,
@@ -327,6 +339,7 @@ impl Settings {
                 base_url,
                 client_key: Arc::new(client_key),
                 device_description: args.bunq_device_description,
+                permitted_ips,
                 request_timeout: Duration::from_millis(args.bunq_request_timeout_ms),
             },
             rate_limits,
@@ -378,20 +391,52 @@ fn require_amqp_name(variable: &'static str, value: &str) -> Result<(), ConfigEr
     Ok(())
 }
 
-fn parse_base_url(value: Option<&str>) -> Result<String, ConfigError> {
+/// The URL itself is never echoed: it may carry credentials in its user part.
+fn parse_base_url(value: Option<&str>, allow_insecure_http: bool) -> Result<String, ConfigError> {
     const VARIABLE: &str = "BUNQ_BASE_URL";
     let value = value.filter(|v| !v.trim().is_empty()).ok_or_else(|| {
         invalid(VARIABLE, "is required, e.g. https://api.bunq.com/v1 or https://public-api.sandbox.bunq.com/v1")
     })?;
-    let url =
-        reqwest::Url::parse(value.trim()).map_err(|e| invalid(VARIABLE, format!("`{value}` is not a URL: {e}")))?;
-    if !matches!(url.scheme(), "https" | "http") {
-        return Err(invalid(VARIABLE, "must use https (or http for a local stand-in)"));
+    let url = reqwest::Url::parse(value.trim()).map_err(|e| invalid(VARIABLE, format!("is not a URL: {e}")))?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(invalid(VARIABLE, "must not carry credentials"));
+    }
+    let loopback = match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(name)) => name == "localhost",
+        None => false,
+    };
+    match url.scheme() {
+        "https" => {}
+        "http" if loopback && allow_insecure_http => {}
+        "http" if loopback => {
+            return Err(invalid(
+                VARIABLE,
+                "uses http: allowed for a loopback stand-in only with BUNQ_ALLOW_INSECURE_HTTP=true",
+            ))
+        }
+        _ => return Err(invalid(VARIABLE, "must use https (http only for a stand-in on a loopback address)")),
     }
     if !url.path().trim_end_matches('/').ends_with("/v1") {
-        return Err(invalid(VARIABLE, format!("`{value}` must end with the API version, /v1")));
+        return Err(invalid(VARIABLE, "must end with the API version, /v1"));
     }
     Ok(url.as_str().trim_end_matches('/').to_owned())
+}
+
+/// `*`, or IPv4 addresses: bunq accepts no IPv6 here (docs/bunq-api.md §2.2).
+fn parse_permitted_ips(value: &str) -> Result<Vec<String>, ConfigError> {
+    const VARIABLE: &str = "BUNQ_PERMITTED_IPS";
+    let ips: Vec<String> = value.split(',').map(str::trim).filter(|ip| !ip.is_empty()).map(str::to_owned).collect();
+    if ips.is_empty() {
+        return Err(invalid(VARIABLE, "must list IPv4 addresses or be `*`"));
+    }
+    for ip in &ips {
+        if ip != "*" && ip.parse::<std::net::Ipv4Addr>().is_err() {
+            return Err(invalid(VARIABLE, "each entry must be an IPv4 address (bunq accepts no IPv6) or `*`"));
+        }
+    }
+    Ok(ips)
 }
 
 fn load_client_key(path: Option<&std::path::Path>) -> Result<ClientKey, ConfigError> {
@@ -424,7 +469,11 @@ mod tests {
     fn args(extra: &[&str]) -> WorkerArgs {
         let key = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/client_key.pem");
         let mut argv = vec!["worker"];
-        for (flag, value) in [("--bunq-base-url", "http://127.0.0.1:1/v1"), ("--bunq-client-private-key-file", key)] {
+        for (flag, value) in [
+            ("--bunq-base-url", "http://127.0.0.1:1/v1"),
+            ("--bunq-client-private-key-file", key),
+            ("--bunq-allow-insecure-http", "true"),
+        ] {
             if !extra.contains(&flag) {
                 argv.extend([flag, value]);
             }
@@ -449,6 +498,11 @@ mod tests {
         let cases: &[(&[&str], &str)] = &[
             (&["--bunq-base-url", "https://api.bunq.com"], "BUNQ_BASE_URL"),
             (&["--bunq-base-url", "ftp://x/v1"], "BUNQ_BASE_URL"),
+            (&["--bunq-base-url", "http://api.bunq.com/v1"], "BUNQ_BASE_URL"),
+            (&["--bunq-allow-insecure-http", "false"], "BUNQ_BASE_URL"),
+            (&["--bunq-base-url", "https://user:pw@api.bunq.com/v1"], "BUNQ_BASE_URL"),
+            (&["--bunq-permitted-ips", "::1"], "BUNQ_PERMITTED_IPS"),
+            (&["--bunq-permitted-ips", " , "], "BUNQ_PERMITTED_IPS"),
             (&["--bunq-client-private-key-file", "/nonexistent.pem"], "BUNQ_CLIENT_PRIVATE_KEY_FILE"),
             (&["--amqp-url", "http://x"], "AMQP_URL"),
             (&["--redis-url", "mysql://x"], "REDIS_URL"),
@@ -473,6 +527,25 @@ mod tests {
         let key = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/client_key.pem");
         let cli = Cli::parse_from(["worker", "--bunq-client-private-key-file", key]);
         assert_eq!(Settings::from_args(cli.args).unwrap_err().variable, "BUNQ_BASE_URL");
+    }
+
+    #[test]
+    fn https_and_pinned_ips_are_accepted() {
+        let settings = Settings::from_args(args(&[
+            "--bunq-base-url",
+            "https://api.bunq.com/v1/",
+            "--bunq-permitted-ips",
+            "1.2.3.4, 5.6.7.8",
+        ]))
+        .unwrap();
+        assert_eq!(settings.bunq.base_url, "https://api.bunq.com/v1");
+        assert_eq!(settings.bunq.permitted_ips, ["1.2.3.4", "5.6.7.8"]);
+    }
+
+    #[test]
+    fn url_credentials_never_appear_in_the_error() {
+        let err = error_of(&["--bunq-base-url", "https://user:hunter2@api.bunq.com/v2"]);
+        assert!(!err.to_string().contains("hunter2"), "{err}");
     }
 
     #[test]

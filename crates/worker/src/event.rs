@@ -12,8 +12,10 @@ pub enum DecodeError {
     Empty,
     #[error("body is {size} bytes, over the limit of {limit}")]
     TooLarge { size: usize, limit: usize },
+    /// Kind, position and a vetted phrase (see `bunq_protocol::redact::json_error`):
+    /// serde's own message would quote the offending value, credential included.
     #[error("body is not a provision event: {0}")]
-    Json(#[from] serde_json::Error),
+    Json(String),
     #[error("body has neither `NotificationUrl.object.PartnerUserProvision` nor `PartnerUserProvision`")]
     NoProvision,
     #[error("body has both a `NotificationUrl` and a `PartnerUserProvision`; send one")]
@@ -66,6 +68,20 @@ struct NotificationObject {
     provision: Option<Provision>,
 }
 
+/// The schema's field names: the only names a decode error may quote.
+const FIELDS: &[&str] = &[
+    "NotificationUrl",
+    "PartnerUserProvision",
+    "object",
+    "id",
+    "external_uuid",
+    "status",
+    "sub_status",
+    "credential",
+    "expiry_time",
+    "token_value",
+];
+
 /// Decodes a delivery body within the size limit.
 pub fn decode(body: &[u8], max_bytes: usize) -> Result<Provision, DecodeError> {
     if body.is_empty() {
@@ -75,7 +91,8 @@ pub fn decode(body: &[u8], max_bytes: usize) -> Result<Provision, DecodeError> {
         return Err(DecodeError::TooLarge { size: body.len(), limit: max_bytes });
     }
     // serde_json stops at 128 levels of nesting, so hostile depth is an error, not a stack overflow.
-    let envelope: Envelope = serde_json::from_slice(body)?;
+    let envelope: Envelope =
+        serde_json::from_slice(body).map_err(|e| DecodeError::Json(bunq_protocol::redact::json_error(&e, FIELDS)))?;
     match (envelope.notification_url, envelope.provision) {
         (Some(_), Some(_)) => Err(DecodeError::Ambiguous),
         (Some(n), None) => n.object.provision.ok_or(DecodeError::NoProvision),
@@ -174,6 +191,52 @@ mod tests {
         for body in bodies {
             let err = decode(body, 1 << 20).unwrap_err().to_string();
             assert!(!err.contains("s3cr3tTOKEN"), "{err}");
+        }
+    }
+
+    /// Every hostile shape carries this secret; no error text may contain any of it.
+    const SECRET: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
+    fn hostile_bodies() -> Vec<(&'static str, Vec<u8>)> {
+        let good = format!(
+            r#"{{"PartnerUserProvision":{{"id":7,"status":"CREATED","sub_status":"PENDING_PROCESS_USER_ONBOARDING","credential":{{"token_value":"{SECRET}"}}}}}}"#
+        );
+        let provision = |credential: &str| {
+            format!(
+                r#"{{"PartnerUserProvision":{{"id":7,"status":"CREATED","sub_status":"X","credential":{credential}}}}}"#
+            )
+        };
+        let mut invalid_utf8 = format!(r#"{{"PartnerUserProvision":{{"id":7,"x":"{SECRET}"#).into_bytes();
+        invalid_utf8.extend_from_slice(&[0xff, 0xfe]);
+        invalid_utf8.extend_from_slice(format!(r#"{SECRET}"}}}}"#).as_bytes());
+        vec![
+            ("double-encoded body", serde_json::to_vec(&good).unwrap()),
+            ("token as a number", provision(&format!(r#"{{"token_value":{}}}"#, "9".repeat(64))).into_bytes()),
+            ("token in an array", provision(&format!(r#"{{"token_value":["{SECRET}"]}}"#)).into_bytes()),
+            (
+                "object where a string belongs",
+                provision(&format!(r#"{{"token_value":{{"v":"{SECRET}"}}}}"#)).into_bytes(),
+            ),
+            ("string where an object belongs", provision(&format!(r#""{SECRET}""#)).into_bytes()),
+            ("secret as the id", good.replace(r#""id":7"#, &format!(r#""id":"{SECRET}""#)).into_bytes()),
+            ("huge field name", format!(r#"{{"{}{SECRET}":1}}"#, "k".repeat(100_000)).into_bytes()),
+            ("secret in an unknown field", format!(r#"{{"{SECRET}":{{}}}}"#).into_bytes()),
+            ("invalid UTF-8 around it", invalid_utf8),
+            (
+                "nested 10,000 deep",
+                format!(r#"{{"x":"{SECRET}","y":{}{}}}"#, "[".repeat(10_000), "]".repeat(10_000)).into_bytes(),
+            ),
+            ("expiry holding the secret", provision(&format!(r#"{{"expiry_time":"{SECRET}"}}"#)).into_bytes()),
+            ("truncated", good.as_bytes()[..good.len() - 20].to_vec()),
+        ]
+    }
+
+    #[test]
+    fn no_hostile_shape_puts_the_secret_into_the_error() {
+        for (shape, body) in hostile_bodies() {
+            let err = decode(&body, 1 << 20).expect_err(shape).to_string();
+            assert!(!err.contains(SECRET) && !err.contains(&SECRET[..16]), "{shape}: {err}");
+            assert!(err.len() <= 256, "{shape}: {} bytes", err.len());
         }
     }
 

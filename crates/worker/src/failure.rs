@@ -112,6 +112,7 @@ impl From<&RateLimitError> for Failure {
 mod tests {
     use super::*;
     use bunq_protocol::Endpoint;
+    use std::time::Duration;
 
     fn api(status: u16) -> BunqError {
         BunqError::Api { endpoint: Endpoint::SessionServer, status, description: "x".into(), response_id: "r".into() }

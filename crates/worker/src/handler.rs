@@ -32,6 +32,20 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Passes the detail through the one redaction gate before it reaches a log or a
+    /// header: a detail may quote bunq's text or an input's shape.
+    pub fn redacted(self) -> Self {
+        match self {
+            Outcome::Retry { reason, detail, delay, counts_as_attempt } => {
+                Outcome::Retry { reason, detail: bunq_protocol::redact::detail(&detail), delay, counts_as_attempt }
+            }
+            Outcome::DeadLetter { reason, detail } => {
+                Outcome::DeadLetter { reason, detail: bunq_protocol::redact::detail(&detail) }
+            }
+            other => other,
+        }
+    }
+
     /// `(outcome, reason)` labels for metrics and logs.
     pub fn labels(&self) -> (&'static str, &'static str) {
         match self {
@@ -209,11 +223,12 @@ pub fn after_failure(
     Outcome::Retry { reason: failure.reason, detail: failure.detail, delay, counts_as_attempt }
 }
 
-/// Retry-queue delay: doubling from the base per attempt, capped, never below bunq's hint.
+/// Retry-queue delay: doubling from the base per attempt, never below a hint, never above
+/// the configured maximum (a hint cannot push a message's `expiration` past it).
 pub fn retry_delay(settings: &HandlerSettings, attempt: u32, hint: Option<Duration>) -> Duration {
     let doubled = settings.retry_queue_delay.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
-    let delay = doubled.min(settings.retry_queue_max_delay);
-    hint.map_or(delay, |hint| delay.max(hint))
+    let delay = hint.map_or(doubled, |hint| doubled.max(hint));
+    delay.min(settings.retry_queue_max_delay)
 }
 
 #[cfg(test)]
@@ -257,10 +272,11 @@ mod tests {
 
     #[test]
     fn waiting_for_our_own_rate_limit_spends_no_attempt() {
-        let wait = Some(Duration::from_secs(90));
+        let wait = Some(Duration::from_secs(45));
         let outcome = after_failure(&settings(), None, transient(Reason::Throttled, wait), 50, NOW);
         match outcome {
-            Outcome::Retry { counts_as_attempt: false, delay, .. } => assert_eq!(delay, Duration::from_secs(90)),
+            // Attempt 50's doubling is far past the cap: the cap wins over both.
+            Outcome::Retry { counts_as_attempt: false, delay, .. } => assert_eq!(delay, Duration::from_secs(60)),
             other => panic!("{other:?}"),
         }
     }
@@ -282,5 +298,6 @@ mod tests {
         assert_eq!(delays, vec![5, 10, 20, 40, 60, 60]);
         assert_eq!(retry_delay(&s, 1, Some(Duration::from_secs(30))), Duration::from_secs(30));
         assert_eq!(retry_delay(&s, 100, None), Duration::from_secs(60));
+        assert_eq!(retry_delay(&s, 1, Some(Duration::from_secs(86_400 * 365))), Duration::from_secs(60));
     }
 }

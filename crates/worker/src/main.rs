@@ -62,6 +62,13 @@ async fn main() -> ExitCode {
 
 async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     let settings = Settings::from_args(args)?;
+    if settings.bunq.permitted_ips.iter().any(|ip| ip == "*") {
+        tracing::warn!(
+            event = "permitted_ips_wildcard",
+            "devices are registered with permitted_ips [\"*\"]: a leaked credential works from any IP; \
+             set BUNQ_PERMITTED_IPS to the egress IPs"
+        );
+    }
     let worker = Worker::build(settings).await?;
     tracing::info!(event = "started", ops_addr = %worker.ops_addr(), version = env!("CARGO_PKG_VERSION"));
     let shutdown = CancellationToken::new();

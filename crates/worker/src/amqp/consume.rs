@@ -48,7 +48,7 @@ impl DeliveryContext {
         );
         async {
             let incoming = Incoming { body: &delivery.data, attempt, correlation_id: correlation_id.as_deref() };
-            let outcome = self.handler.handle(incoming).await;
+            let outcome = self.handler.handle(incoming).await.redacted();
             let (label, reason) = outcome.labels();
             log_outcome(&outcome);
             let delivery_tag = delivery.delivery_tag;
