@@ -12,6 +12,7 @@ Run through tests/helm/run.sh, which provides the venv and the worker binary.
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -154,7 +155,7 @@ class Chart(unittest.TestCase):
                 env["BUNQ_CLIENT_PRIVATE_KEY_FILE"] = ARGS.client_key
                 if "SESSION_ENCRYPTION_KEY_FILE" in env:
                     key = Path(ARGS.tmp) / "session_encryption.key"
-                    key.write_bytes(bytes(range(32)))
+                    key.write_bytes(os.urandom(32))
                     env["SESSION_ENCRYPTION_KEY_FILE"] = str(key)
                 env["POD_NAME"] = "release-bunq-session-worker-0"
                 check = subprocess.run(

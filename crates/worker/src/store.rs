@@ -326,10 +326,16 @@ impl Sealer {
         Self { key: LessSafeKey::new(unbound) }
     }
 
-    /// Accepts the key as 32 raw bytes, 64 hex characters, or base64 of 32 bytes.
+    /// Accepts the key as 32 raw bytes, 64 hex characters, or base64 of 32 bytes, and
+    /// refuses what looks like a passphrase or a made-up key rather than 32 random bytes.
     pub fn from_key_file(bytes: &[u8]) -> Result<Self, String> {
         if let Ok(key) = <[u8; 32]>::try_from(bytes) {
-            return Ok(Self::new(&key));
+            if key.iter().all(|b| (0x20..0x7f).contains(b)) {
+                return Err("32 printable characters look like a passphrase, not a key: \
+                            write 32 random bytes (e.g. `head -c 32 /dev/urandom`)"
+                    .to_owned());
+            }
+            return Self::random_looking(key);
         }
         let text = std::str::from_utf8(bytes).map_err(|_| "must be 32 raw bytes, 64 hex characters or base64")?.trim();
         let decoded = hex::decode(text)
@@ -338,6 +344,19 @@ impl Sealer {
             .ok_or("must be 32 raw bytes, 64 hex characters or base64")?;
         let key = <[u8; 32]>::try_from(decoded.as_slice())
             .map_err(|_| format!("key is {} bytes, AES-256 needs 32", decoded.len()))?;
+        Self::random_looking(key)
+    }
+
+    /// 32 random bytes almost surely hold more than 16 distinct values (fewer than 16 has
+    /// a probability below 1e-10); a repeated or counted pattern does not.
+    fn random_looking(key: [u8; 32]) -> Result<Self, String> {
+        let distinct = key.iter().collect::<std::collections::BTreeSet<_>>().len();
+        if distinct < 16 {
+            return Err(format!(
+                "the key has only {distinct} distinct byte values: not random; generate one with \
+                 `head -c 32 /dev/urandom`"
+            ));
+        }
         Ok(Self::new(&key))
     }
 
@@ -395,11 +414,21 @@ mod tests {
 
     #[test]
     fn key_file_accepts_raw_hex_and_base64() {
-        let raw = [9u8; 32];
+        let mut raw = [0u8; 32];
+        aws_lc_rs::rand::fill(&mut raw).unwrap();
+        raw[0] = 0x80; // never all printable
         for file in [raw.to_vec(), hex::encode(raw).into_bytes(), format!("{}\n", BASE64.encode(raw)).into_bytes()] {
             let sealer = Sealer::from_key_file(&file).unwrap();
             assert_eq!(Sealer::new(&raw).open("f", &sealer.seal("f", "x")).unwrap(), "x");
         }
         assert!(Sealer::from_key_file(b"short").unwrap_err().contains("32"));
+    }
+
+    #[test]
+    fn key_files_that_are_not_random_are_refused() {
+        let passphrase = b"correct horse battery staple!!!!";
+        assert!(Sealer::from_key_file(passphrase).unwrap_err().contains("passphrase"));
+        assert!(Sealer::from_key_file(&[9u8; 32]).unwrap_err().contains("distinct"));
+        assert!(Sealer::from_key_file(hex::encode([7u8; 32]).as_bytes()).unwrap_err().contains("distinct"));
     }
 }
