@@ -83,11 +83,9 @@ impl ConnectionArgs {
     }
 }
 
-/// Everything `run` and `check` read.
+/// Where sessions are stored and how they are sealed: `run`, `check` and `session` read it.
 #[derive(Debug, Clone, Args)]
-pub struct WorkerArgs {
-    #[command(flatten)]
-    pub connection: ConnectionArgs,
+pub struct StoreArgs {
     /// Redis URL, e.g. redis://127.0.0.1:6379/0
     #[arg(
         long,
@@ -97,6 +95,34 @@ pub struct WorkerArgs {
         hide_env_values = true
     )]
     pub redis_url: SecretString,
+    /// Prefix of every Redis key this worker writes.
+    #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "bsw:")]
+    pub redis_key_prefix: String,
+    /// Optional file with a 32-byte key (raw, hex or base64) to encrypt tokens at rest (AES-256-GCM).
+    #[arg(long, env = "SESSION_ENCRYPTION_KEY_FILE")]
+    pub session_encryption_key_file: Option<PathBuf>,
+    /// Old encryption key files, comma-separated: still opened, never used to seal. Keep
+    /// a key here until `session reseal` has run with its successor.
+    #[arg(long, env = "SESSION_ENCRYPTION_OLD_KEY_FILES", value_delimiter = ',')]
+    pub session_encryption_old_key_files: Vec<PathBuf>,
+}
+
+impl StoreArgs {
+    /// Validates the Redis URL and loads the keys.
+    pub fn settings(self) -> Result<RedisSettings, ConfigError> {
+        require_url(&self.redis_url, "REDIS_URL", &["redis", "rediss", "redis+unix", "unix"])?;
+        let sealer = load_sealer(self.session_encryption_key_file.as_deref(), &self.session_encryption_old_key_files)?;
+        Ok(RedisSettings { url: self.redis_url, key_prefix: self.redis_key_prefix, sealer })
+    }
+}
+
+/// Everything `run` and `check` read.
+#[derive(Debug, Clone, Args)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+    #[command(flatten)]
+    pub store: StoreArgs,
     /// bunq API base URL including /v1, e.g. https://api.bunq.com/v1 (no default: pick the environment).
     #[arg(long, env = "BUNQ_BASE_URL")]
     pub bunq_base_url: Option<String>,
@@ -117,12 +143,6 @@ pub struct WorkerArgs {
     /// Timeout of one bunq HTTP request, in milliseconds.
     #[arg(long, env = "BUNQ_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
     pub bunq_request_timeout_ms: u64,
-    /// Prefix of every Redis key this worker writes.
-    #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "bsw:")]
-    pub redis_key_prefix: String,
-    /// Optional file with a 32-byte key (raw, hex or base64) to encrypt tokens at rest (AES-256-GCM).
-    #[arg(long, env = "SESSION_ENCRYPTION_KEY_FILE")]
-    pub session_encryption_key_file: Option<PathBuf>,
     /// Deliveries processed at once; also the AMQP prefetch.
     #[arg(long, env = "PREFETCH", default_value_t = 16)]
     pub prefetch: u16,
@@ -264,12 +284,8 @@ impl Settings {
         let base_url = parse_base_url(args.bunq_base_url.as_deref(), args.bunq_allow_insecure_http)?;
         let permitted_ips = parse_permitted_ips(&args.bunq_permitted_ips)?;
         let client_key = load_client_key(args.bunq_client_private_key_file.as_deref())?;
-        let sealer = match &args.session_encryption_key_file {
-            None => None,
-            Some(path) => Some(Arc::new(load_sealer(path)?)),
-        };
         require_url(&args.connection.amqp_url, "AMQP_URL", &["amqp", "amqps"])?;
-        require_url(&args.redis_url, "REDIS_URL", &["redis", "rediss", "redis+unix", "unix"])?;
+        let redis = args.store.settings()?;
         for (variable, value) in args.connection.names().as_env() {
             require_amqp_name(variable, value)?;
         }
@@ -334,7 +350,7 @@ impl Settings {
                 consumer_tag,
                 shutdown_timeout,
             },
-            redis: RedisSettings { url: args.redis_url, key_prefix: args.redis_key_prefix, sealer },
+            redis,
             bunq: BunqSettings {
                 base_url,
                 client_key: Arc::new(client_key),
@@ -448,10 +464,24 @@ fn load_client_key(path: Option<&std::path::Path>) -> Result<ClientKey, ConfigEr
     ClientKey::from_pkcs8_pem(&text).map_err(|e| invalid(VARIABLE, format!("{}: {e}", path.display())))
 }
 
-fn load_sealer(path: &std::path::Path) -> Result<Sealer, ConfigError> {
+fn load_sealer(current: Option<&std::path::Path>, old: &[PathBuf]) -> Result<Option<Arc<Sealer>>, ConfigError> {
     const VARIABLE: &str = "SESSION_ENCRYPTION_KEY_FILE";
-    let bytes = std::fs::read(path).map_err(|e| invalid(VARIABLE, format!("cannot read {}: {e}", path.display())))?;
-    Sealer::from_key_file(&bytes).map_err(|p| invalid(VARIABLE, format!("{}: {p}", path.display())))
+    const OLD: &str = "SESSION_ENCRYPTION_OLD_KEY_FILES";
+    let read = |variable, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| invalid(variable, format!("cannot read {}: {e}", path.display())))
+    };
+    let Some(current) = current else {
+        if !old.is_empty() {
+            return Err(invalid(OLD, "needs SESSION_ENCRYPTION_KEY_FILE, the key that seals"));
+        }
+        return Ok(None);
+    };
+    let current_bytes = read(VARIABLE, current)?;
+    crate::seal::parse_key_file(&current_bytes)
+        .map_err(|p| invalid(VARIABLE, format!("{}: {p}", current.display())))?;
+    let old_bytes = old.iter().map(|path| read(OLD, path)).collect::<Result<Vec<_>, _>>()?;
+    let sealer = Sealer::from_key_files(&current_bytes, &old_bytes).map_err(|p| invalid(OLD, p))?;
+    Ok(Some(Arc::new(sealer)))
 }
 
 #[cfg(test)]

@@ -9,7 +9,8 @@
 //! - [`handler`]: one delivery from body to [`handler::Outcome`]; no AMQP types.
 //! - [`event`]: the input and output event contracts; [`decide`]: when to act.
 //! - [`session`]: the bunq handshake for one provision, retried, rate-limited, resumable.
-//! - [`store`]: the Redis layout (session cache, handshake progress, locks).
+//! - [`store`]: the Redis layout (session cache, handshake progress, locks);
+//!   [`seal`]: secrets at rest, AES-256-GCM with key ids and rotation.
 //! - [`ratelimit`]: bunq's rate limits, shared by all replicas through Redis.
 //! - [`retry`]: exponential backoff with jitter (the one module that knows `backoff`).
 //! - [`failure`]: every failure classified, in one place; [`duration`]: `30s`-style settings.
@@ -28,6 +29,7 @@ pub mod metrics;
 pub(crate) mod ops;
 pub mod ratelimit;
 pub(crate) mod retry;
+pub mod seal;
 pub(crate) mod session;
 pub mod startup;
 pub mod store;

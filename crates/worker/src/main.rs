@@ -2,7 +2,7 @@
 //! over to the library.
 
 use anyhow::Context as _;
-use bunq_session_worker::cli::{check, dead_letters, publish};
+use bunq_session_worker::cli::{check, dead_letters, publish, session};
 use bunq_session_worker::config::{Settings, WorkerArgs};
 use bunq_session_worker::startup::{cancel_on_signal, Worker};
 use bunq_session_worker::telemetry::{self, LogFormat};
@@ -33,6 +33,8 @@ enum Command {
     Publish(publish::PublishArgs),
     /// List dead letters, or replay them to where they first arrived.
     DeadLetters(dead_letters::DeadLetterArgs),
+    /// Show a cached session (tokens masked), or re-seal stored tokens after a key rotation.
+    Session(session::SessionArgs),
 }
 
 #[tokio::main]
@@ -49,6 +51,11 @@ async fn main() -> ExitCode {
         },
         Some(Command::Publish(args)) => publish::run(args).await,
         Some(Command::DeadLetters(args)) => dead_letters::run(args).await,
+        Some(Command::Session(args)) => match session::run(args).await {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::FAILURE,
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

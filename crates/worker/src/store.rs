@@ -4,9 +4,8 @@
 //! Keys one operation writes together share a hash tag (`{provision_id}`), so the same
 //! commands run on Redis Cluster.
 
-use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
-use base64::engine::general_purpose::STANDARD as BASE64;
-use base64::Engine as _;
+pub use crate::seal::Sealer;
+use crate::seal::{self, Context};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::AsyncCommands;
 use secrecy::{ExposeSecret, SecretString};
@@ -66,13 +65,16 @@ impl Keys {
     pub fn handshake(&self, provision_id: u64) -> String {
         format!("{}handshake:{{{provision_id}}}", self.prefix)
     }
+    fn handshake_prefix(&self) -> String {
+        format!("{}handshake:", self.prefix)
+    }
     pub fn lock(&self, provision_id: u64) -> String {
         format!("{}lock:provision:{{{provision_id}}}", self.prefix)
     }
 }
 
 /// The cached session, as downstream services read it from `session:{user_id}`.
-/// Token fields hold plaintext, or `v1:<base64 nonce‖ciphertext>` when a key is set.
+/// Token fields hold plaintext, or a sealed value (see [`crate::seal`]) when a key is set.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StoredSession {
     pub provision_id: u64,
@@ -153,7 +155,7 @@ impl Store {
 
     pub async fn load_handshake(&self, provision_id: u64) -> Result<Handshake, StoreError> {
         let key = self.keys.handshake(provision_id);
-        Ok(self.read_record(key, |stored| self.open_handshake(stored)).await?.unwrap_or_default())
+        Ok(self.read_record(key, |stored| self.open_handshake(provision_id, stored)).await?.unwrap_or_default())
     }
 
     /// GET, decode and unseal one record; a record that fails either is `Corrupt`.
@@ -166,7 +168,7 @@ impl Store {
         let raw: Option<Vec<u8>> = conn.get(&key).await?;
         let Some(raw) = raw else { return Ok(None) };
         serde_json::from_slice(&raw)
-            .map_err(|e| e.to_string())
+            .map_err(|e| record_error(&e))
             .and_then(open)
             .map(Some)
             .map_err(|problem| StoreError::Corrupt { key, problem })
@@ -179,7 +181,7 @@ impl Store {
         handshake: &Handshake,
         ttl: Duration,
     ) -> Result<(), StoreError> {
-        let stored = self.seal_handshake(handshake);
+        let stored = self.seal_handshake(provision_id, handshake);
         let body = serde_json::to_vec(&stored).expect("records serialise");
         let mut conn = self.conn.clone();
         let () = conn.set_ex(self.keys.handshake(provision_id), body, ttl.as_secs().max(1)).await?;
@@ -195,7 +197,8 @@ impl Store {
         ttl: Duration,
     ) -> Result<(), StoreError> {
         let ttl_secs = ttl.as_secs().max(1);
-        let stored = serde_json::to_vec(&self.seal_handshake(handshake)).expect("records serialise");
+        let stored =
+            serde_json::to_vec(&self.seal_handshake(session.provision_id, handshake)).expect("records serialise");
         let mut conn = self.conn.clone();
         let () = redis::pipe()
             .atomic()
@@ -242,30 +245,113 @@ impl Store {
         Ok(())
     }
 
-    fn seal(&self, field: &str, value: &SecretString) -> String {
+    /// Rewrites every session and handshake record under the prefix whose tokens are not
+    /// sealed by the current key (plaintext, or an old key), keeping each record's TTL.
+    /// Safe beside running workers: a record they changed meanwhile is left alone.
+    pub async fn reseal(&self) -> Result<Resealed, StoreError> {
+        let sealer = self.sealer.as_ref().ok_or_else(|| StoreError::Corrupt {
+            key: self.keys.prefix.clone(),
+            problem: "no SESSION_ENCRYPTION_KEY_FILE: nothing to seal with".to_owned(),
+        })?;
+        let mut report = Resealed::default();
+        let mut conn = self.conn.clone();
+        for kind in ["session:", "handshake:"] {
+            let pattern = format!("{}{kind}*", glob_escape(&self.keys.prefix));
+            let mut cursor = 0u64;
+            loop {
+                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(500)
+                    .query_async(&mut conn)
+                    .await?;
+                for key in keys {
+                    let raw: Option<Vec<u8>> = conn.get(&key).await?;
+                    let Some(raw) = raw else { continue };
+                    report.records += 1;
+                    let Some(sealed) = self.resealed(&key, &raw, sealer)? else { continue };
+                    let replaced: i64 = REPLACE.key(&key).arg(&raw).arg(sealed).invoke_async(&mut conn).await?;
+                    if replaced == 1 {
+                        report.rewritten += 1;
+                    } else {
+                        report.skipped += 1;
+                    }
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        Ok(report)
+    }
+
+    /// The record sealed by the current key, or `None` when it already is.
+    fn resealed(&self, key: &str, raw: &[u8], sealer: &Sealer) -> Result<Option<Vec<u8>>, StoreError> {
+        let corrupt = |problem: String| StoreError::Corrupt { key: key.to_owned(), problem };
+        let current = |token: &String| sealer.is_current(token);
+        let body = if let Some(provision_id) = key.strip_prefix(&self.keys.handshake_prefix()) {
+            let provision_id: u64 =
+                provision_id.trim_matches(['{', '}']).parse().map_err(|_| corrupt("not a provision key".into()))?;
+            let stored: StoredHandshake = serde_json::from_slice(raw).map_err(|e| corrupt(record_error(&e)))?;
+            let tokens = stored
+                .installation_token
+                .iter()
+                .chain(stored.session.iter().flat_map(|s| [&s.session_token, &s.installation_token]));
+            if tokens.into_iter().all(current) {
+                return Ok(None);
+            }
+            let open = self.open_handshake(provision_id, stored).map_err(corrupt)?;
+            serde_json::to_vec(&self.seal_handshake(provision_id, &open))
+        } else {
+            let stored: StoredSession = serde_json::from_slice(raw).map_err(|e| corrupt(record_error(&e)))?;
+            if current(&stored.session_token) && current(&stored.installation_token) {
+                return Ok(None);
+            }
+            let open = self.open_session(stored).map_err(corrupt)?;
+            serde_json::to_vec(&self.seal_session(&open))
+        };
+        Ok(Some(body.expect("records serialise")))
+    }
+
+    /// How long `session:{user_id}` has left, for inspection tools.
+    pub async fn session_ttl(&self, user_id: u64) -> Result<Option<Duration>, StoreError> {
+        let mut conn = self.conn.clone();
+        let ttl_ms: i64 = redis::cmd("PTTL").arg(self.keys.session(user_id)).query_async(&mut conn).await?;
+        Ok(u64::try_from(ttl_ms).ok().map(Duration::from_millis))
+    }
+
+    fn seal(&self, owner: &str, field: &str, value: &SecretString) -> String {
         match &self.sealer {
-            Some(sealer) => sealer.seal(field, value.expose_secret()),
+            Some(sealer) => sealer.seal(Context { owner, field }, value.expose_secret()),
             None => value.expose_secret().to_owned(),
         }
     }
 
-    fn unseal(&self, field: &str, value: String) -> Result<SecretString, String> {
+    fn unseal(&self, owner: &str, field: &str, value: String) -> Result<SecretString, String> {
         match &self.sealer {
-            Some(sealer) => sealer.open(field, &value).map(SecretString::from),
-            None if value.starts_with(SEALED_PREFIX) => Err(format!("{field} is encrypted but no key is configured")),
+            Some(sealer) if seal::is_sealed(&value) => {
+                sealer.open(Context { owner, field }, &value).map(SecretString::from)
+            }
+            // Written before a key was configured: still readable, sealed on the next write.
+            Some(_) => Ok(SecretString::from(value)),
+            None if seal::is_sealed(&value) => Err(format!("{field} is encrypted but no key is configured")),
             None => Ok(SecretString::from(value)),
         }
     }
 
     fn seal_session(&self, s: &Session) -> StoredSession {
+        let owner = user_owner(s.user_id);
         StoredSession {
             provision_id: s.provision_id,
             external_uuid: s.external_uuid.clone(),
             user_id: s.user_id,
             granted_by_user_id: s.granted_by_user_id,
             session_id: s.session_id,
-            session_token: self.seal("session_token", &s.session_token),
-            installation_token: self.seal("installation_token", &s.installation_token),
+            session_token: self.seal(&owner, "session_token", &s.session_token),
+            installation_token: self.seal(&owner, "installation_token", &s.installation_token),
             server_public_key: s.server_public_key.clone(),
             created_at: s.created_at,
             expires_at: s.expires_at,
@@ -273,9 +359,10 @@ impl Store {
     }
 
     fn open_session(&self, s: StoredSession) -> Result<Session, String> {
+        let owner = user_owner(s.user_id);
         Ok(Session {
-            session_token: self.unseal("session_token", s.session_token)?,
-            installation_token: self.unseal("installation_token", s.installation_token)?,
+            session_token: self.unseal(&owner, "session_token", s.session_token)?,
+            installation_token: self.unseal(&owner, "installation_token", s.installation_token)?,
             provision_id: s.provision_id,
             external_uuid: s.external_uuid,
             user_id: s.user_id,
@@ -287,18 +374,23 @@ impl Store {
         })
     }
 
-    fn seal_handshake(&self, h: &Handshake) -> StoredHandshake {
+    fn seal_handshake(&self, provision_id: u64, h: &Handshake) -> StoredHandshake {
+        let owner = provision_owner(provision_id);
         StoredHandshake {
-            installation_token: h.installation.as_ref().map(|(token, _)| self.seal("installation_token", token)),
+            installation_token: h
+                .installation
+                .as_ref()
+                .map(|(token, _)| self.seal(&owner, "installation_token", token)),
             server_public_key: h.installation.as_ref().map(|(_, key)| key.clone()),
             device_id: h.device_id,
             session: h.session.as_ref().map(|s| self.seal_session(s)),
         }
     }
 
-    fn open_handshake(&self, h: StoredHandshake) -> Result<Handshake, String> {
+    fn open_handshake(&self, provision_id: u64, h: StoredHandshake) -> Result<Handshake, String> {
+        let owner = provision_owner(provision_id);
         let installation = match (h.installation_token, h.server_public_key) {
-            (Some(token), Some(key)) => Some((self.unseal("installation_token", token)?, key)),
+            (Some(token), Some(key)) => Some((self.unseal(&owner, "installation_token", token)?, key)),
             _ => None,
         };
         let session = h.session.map(|s| self.open_session(s)).transpose()?;
@@ -306,86 +398,52 @@ impl Store {
     }
 }
 
-const SEALED_PREFIX: &str = "v1:";
-
-/// AES-256-GCM for tokens at rest. The field name is the associated data, so a sealed
-/// value cannot be moved into another field.
-pub struct Sealer {
-    key: LessSafeKey,
+/// What a re-seal run found.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Resealed {
+    /// Session and handshake records read.
+    pub records: u64,
+    /// Records rewritten because a token was plaintext or sealed by an old key.
+    pub rewritten: u64,
+    /// Records that changed (a worker wrote them) between the read and the write: left
+    /// as they are, since the worker sealed them with the current key.
+    pub skipped: u64,
 }
 
-impl std::fmt::Debug for Sealer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Sealer([REDACTED])")
-    }
+/// Replaces a record only if it still holds what was read, keeping its TTL.
+static REPLACE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r#"if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL') return 1 else return 0 end"#,
+    )
+});
+
+/// A record that does not parse is described by shape, never by content: it holds tokens.
+fn record_error(err: &serde_json::Error) -> String {
+    bunq_protocol::redact::json_error(
+        err,
+        &["session_token", "installation_token", "user_id", "provision_id", "session_id"],
+    )
 }
 
-impl Sealer {
-    pub fn new(key: &[u8; 32]) -> Self {
-        let unbound = UnboundKey::new(&AES_256_GCM, key).expect("a 32-byte key is valid for AES-256");
-        Self { key: LessSafeKey::new(unbound) }
-    }
-
-    /// Accepts the key as 32 raw bytes, 64 hex characters, or base64 of 32 bytes, and
-    /// refuses what looks like a passphrase or a made-up key rather than 32 random bytes.
-    pub fn from_key_file(bytes: &[u8]) -> Result<Self, String> {
-        if let Ok(key) = <[u8; 32]>::try_from(bytes) {
-            if key.iter().all(|b| (0x20..0x7f).contains(b)) {
-                return Err("32 printable characters look like a passphrase, not a key: \
-                            write 32 random bytes (e.g. `head -c 32 /dev/urandom`)"
-                    .to_owned());
-            }
-            return Self::random_looking(key);
+/// `prefix` as a SCAN pattern that matches itself literally.
+fn glob_escape(prefix: &str) -> String {
+    prefix.chars().fold(String::new(), |mut out, c| {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
         }
-        let text = std::str::from_utf8(bytes).map_err(|_| "must be 32 raw bytes, 64 hex characters or base64")?.trim();
-        let decoded = hex::decode(text)
-            .ok()
-            .or_else(|| BASE64.decode(text).ok())
-            .ok_or("must be 32 raw bytes, 64 hex characters or base64")?;
-        let key = <[u8; 32]>::try_from(decoded.as_slice())
-            .map_err(|_| format!("key is {} bytes, AES-256 needs 32", decoded.len()))?;
-        Self::random_looking(key)
-    }
+        out.push(c);
+        out
+    })
+}
 
-    /// 32 random bytes almost surely hold more than 16 distinct values (fewer than 16 has
-    /// a probability below 1e-10); a repeated or counted pattern does not.
-    fn random_looking(key: [u8; 32]) -> Result<Self, String> {
-        let distinct = key.iter().collect::<std::collections::BTreeSet<_>>().len();
-        if distinct < 16 {
-            return Err(format!(
-                "the key has only {distinct} distinct byte values: not random; generate one with \
-                 `head -c 32 /dev/urandom`"
-            ));
-        }
-        Ok(Self::new(&key))
-    }
+/// Sealed fields of a session record belong to its user; of a handshake record, to its
+/// provision.
+fn user_owner(user_id: u64) -> String {
+    format!("user:{user_id}")
+}
 
-    pub fn seal(&self, field: &str, plaintext: &str) -> String {
-        let mut nonce = [0u8; NONCE_LEN];
-        aws_lc_rs::rand::fill(&mut nonce).expect("system randomness is available");
-        let mut buffer = plaintext.as_bytes().to_vec();
-        self.key
-            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(field.as_bytes()), &mut buffer)
-            .expect("sealing a short value cannot fail");
-        let mut out = nonce.to_vec();
-        out.extend_from_slice(&buffer);
-        format!("{SEALED_PREFIX}{}", BASE64.encode(out))
-    }
-
-    pub fn open(&self, field: &str, sealed: &str) -> Result<String, String> {
-        let encoded = sealed.strip_prefix(SEALED_PREFIX).ok_or_else(|| format!("{field} is not encrypted"))?;
-        let mut bytes = BASE64.decode(encoded).map_err(|_| format!("{field}: not base64"))?;
-        if bytes.len() < NONCE_LEN {
-            return Err(format!("{field}: too short"));
-        }
-        let mut ciphertext = bytes.split_off(NONCE_LEN);
-        let nonce = Nonce::try_assume_unique_for_key(&bytes).map_err(|_| format!("{field}: bad nonce"))?;
-        let plaintext = self
-            .key
-            .open_in_place(nonce, Aad::from(field.as_bytes()), &mut ciphertext)
-            .map_err(|_| format!("{field}: cannot decrypt (wrong SESSION_ENCRYPTION_KEY_FILE?)"))?;
-        String::from_utf8(plaintext.to_vec()).map_err(|_| format!("{field}: not UTF-8"))
-    }
+fn provision_owner(provision_id: u64) -> String {
+    format!("provision:{provision_id}")
 }
 
 #[cfg(test)]
@@ -399,36 +457,5 @@ mod tests {
         assert_eq!(keys.provision(7), "bsw:provision:{7}");
         assert_eq!(keys.lock(7), "bsw:lock:provision:{7}");
         assert_eq!(keys.session(1364), "bsw:session:1364");
-    }
-
-    #[test]
-    fn sealed_values_round_trip_and_are_bound_to_their_field() {
-        let sealer = Sealer::new(&[7; 32]);
-        let sealed = sealer.seal("session_token", "f981bd6d");
-        assert!(sealed.starts_with("v1:") && !sealed.contains("f981bd6d"));
-        assert_eq!(sealer.open("session_token", &sealed).unwrap(), "f981bd6d");
-        assert!(sealer.open("installation_token", &sealed).is_err());
-        assert!(Sealer::new(&[8; 32]).open("session_token", &sealed).is_err());
-        assert_ne!(sealer.seal("session_token", "f981bd6d"), sealed, "nonces must differ");
-    }
-
-    #[test]
-    fn key_file_accepts_raw_hex_and_base64() {
-        let mut raw = [0u8; 32];
-        aws_lc_rs::rand::fill(&mut raw).unwrap();
-        raw[0] = 0x80; // never all printable
-        for file in [raw.to_vec(), hex::encode(raw).into_bytes(), format!("{}\n", BASE64.encode(raw)).into_bytes()] {
-            let sealer = Sealer::from_key_file(&file).unwrap();
-            assert_eq!(Sealer::new(&raw).open("f", &sealer.seal("f", "x")).unwrap(), "x");
-        }
-        assert!(Sealer::from_key_file(b"short").unwrap_err().contains("32"));
-    }
-
-    #[test]
-    fn key_files_that_are_not_random_are_refused() {
-        let passphrase = b"correct horse battery staple!!!!";
-        assert!(Sealer::from_key_file(passphrase).unwrap_err().contains("passphrase"));
-        assert!(Sealer::from_key_file(&[9u8; 32]).unwrap_err().contains("distinct"));
-        assert!(Sealer::from_key_file(hex::encode([7u8; 32]).as_bytes()).unwrap_err().contains("distinct"));
     }
 }

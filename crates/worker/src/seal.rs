@@ -1,0 +1,241 @@
+//! Secrets at rest: AES-256-GCM under a configured key, with key ids so keys rotate.
+//!
+//! A sealed value is `v2:<key id>:<base64 nonce‖ciphertext‖tag>`. The key id (the first 8
+//! hex digits of the key's SHA-256) says which key opens it: the current key seals, the
+//! current and every old key (`SESSION_ENCRYPTION_OLD_KEY_FILES`) open. The associated
+//! data is the record's owner and the field (`user:1364/session_token`), so a sealed token
+//! can be moved neither into another field nor into another user's record. `v1:` values
+//! (field-only associated data, no key id) from earlier versions are still read.
+
+use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
+use aws_lc_rs::digest::{digest, SHA256};
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+
+const V2: &str = "v2:";
+const V1: &str = "v1:";
+
+/// Whether a stored value is sealed (by any version).
+pub fn is_sealed(value: &str) -> bool {
+    value.starts_with(V2) || value.starts_with(V1)
+}
+
+/// What a sealed value belongs to: the associated data of its encryption.
+#[derive(Debug, Clone, Copy)]
+pub struct Context<'a> {
+    /// The record's owner, e.g. `user:1364`, `provision:7`.
+    pub owner: &'a str,
+    /// The field inside it, e.g. `session_token`.
+    pub field: &'a str,
+}
+
+impl Context<'_> {
+    fn aad(&self) -> Vec<u8> {
+        format!("{}/{}", self.owner, self.field).into_bytes()
+    }
+}
+
+struct Key {
+    id: String,
+    key: LessSafeKey,
+}
+
+impl Key {
+    fn new(bytes: &[u8; 32]) -> Self {
+        let id = hex::encode(&digest(&SHA256, bytes).as_ref()[..4]);
+        let unbound = UnboundKey::new(&AES_256_GCM, bytes).expect("a 32-byte key is valid for AES-256");
+        Self { id, key: LessSafeKey::new(unbound) }
+    }
+}
+
+/// The current key and the old ones still accepted for reading.
+pub struct Sealer {
+    current: Key,
+    old: Vec<Key>,
+}
+
+impl std::fmt::Debug for Sealer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sealer([REDACTED])")
+    }
+}
+
+impl Sealer {
+    /// One key, no old ones.
+    pub fn new(key: &[u8; 32]) -> Self {
+        Self { current: Key::new(key), old: Vec::new() }
+    }
+
+    /// The current key and the old keys (read only), each from a key file's bytes.
+    pub fn from_key_files(current: &[u8], old: &[Vec<u8>]) -> Result<Self, String> {
+        let current = Key::new(&parse_key_file(current)?);
+        let old = old
+            .iter()
+            .enumerate()
+            .map(|(i, bytes)| {
+                parse_key_file(bytes).map(|k| Key::new(&k)).map_err(|p| format!("old key {}: {p}", i + 1))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self { current, old })
+    }
+
+    /// The id sealed values of the current key carry.
+    pub fn current_key_id(&self) -> &str {
+        &self.current.id
+    }
+
+    /// Whether `sealed` was sealed by the current key in the current format: what a
+    /// re-seal can leave alone.
+    pub fn is_current(&self, sealed: &str) -> bool {
+        sealed.strip_prefix(V2).and_then(|rest| rest.split_once(':')).is_some_and(|(id, _)| id == self.current.id)
+    }
+
+    pub fn seal(&self, context: Context<'_>, plaintext: &str) -> String {
+        let mut nonce = [0u8; NONCE_LEN];
+        aws_lc_rs::rand::fill(&mut nonce).expect("system randomness is available");
+        let mut buffer = plaintext.as_bytes().to_vec();
+        self.current
+            .key
+            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(context.aad()), &mut buffer)
+            .expect("sealing a short value cannot fail");
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&buffer);
+        format!("{V2}{}:{}", self.current.id, BASE64.encode(out))
+    }
+
+    /// Opens a value sealed by any accepted key. Errors name the field, never the value.
+    pub fn open(&self, context: Context<'_>, sealed: &str) -> Result<String, String> {
+        let field = context.field;
+        if let Some(rest) = sealed.strip_prefix(V2) {
+            let (id, encoded) = rest.split_once(':').ok_or_else(|| format!("{field}: no key id"))?;
+            let key = self.keys().find(|k| k.id == id).ok_or_else(|| {
+                format!("{field}: sealed with key {id}, which is neither SESSION_ENCRYPTION_KEY_FILE nor an old key")
+            })?;
+            return open_with(&key.key, &context.aad(), encoded, field);
+        }
+        let encoded = sealed.strip_prefix(V1).ok_or_else(|| format!("{field} is not encrypted"))?;
+        // v1 carried no key id and bound the field alone.
+        self.keys()
+            .find_map(|k| open_with(&k.key, field.as_bytes(), encoded, field).ok())
+            .ok_or_else(|| format!("{field}: cannot decrypt (wrong SESSION_ENCRYPTION_KEY_FILE?)"))
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &Key> {
+        std::iter::once(&self.current).chain(&self.old)
+    }
+}
+
+fn open_with(key: &LessSafeKey, aad: &[u8], encoded: &str, field: &str) -> Result<String, String> {
+    let mut bytes = BASE64.decode(encoded).map_err(|_| format!("{field}: not base64"))?;
+    if bytes.len() < NONCE_LEN {
+        return Err(format!("{field}: too short"));
+    }
+    let mut ciphertext = bytes.split_off(NONCE_LEN);
+    let nonce = Nonce::try_assume_unique_for_key(&bytes).map_err(|_| format!("{field}: bad nonce"))?;
+    let plaintext = key
+        .open_in_place(nonce, Aad::from(aad), &mut ciphertext)
+        .map_err(|_| format!("{field}: cannot decrypt (wrong key, or sealed for another record)"))?;
+    String::from_utf8(plaintext.to_vec()).map_err(|_| format!("{field}: not UTF-8"))
+}
+
+/// A key file: 32 raw bytes, 64 hex characters, or base64 of 32 bytes; refused when it
+/// looks like a passphrase or a made-up key rather than 32 random bytes.
+pub fn parse_key_file(bytes: &[u8]) -> Result<[u8; 32], String> {
+    if let Ok(key) = <[u8; 32]>::try_from(bytes) {
+        if key.iter().all(|b| (0x20..0x7f).contains(b)) {
+            return Err("32 printable characters look like a passphrase, not a key: \
+                        write 32 random bytes (e.g. `head -c 32 /dev/urandom`)"
+                .to_owned());
+        }
+        return random_looking(key);
+    }
+    let text = std::str::from_utf8(bytes).map_err(|_| "must be 32 raw bytes, 64 hex characters or base64")?.trim();
+    let decoded = hex::decode(text)
+        .ok()
+        .or_else(|| BASE64.decode(text).ok())
+        .ok_or("must be 32 raw bytes, 64 hex characters or base64")?;
+    let key = <[u8; 32]>::try_from(decoded.as_slice())
+        .map_err(|_| format!("key is {} bytes, AES-256 needs 32", decoded.len()))?;
+    random_looking(key)
+}
+
+/// 32 random bytes almost surely hold more than 16 distinct values (fewer than 16 has a
+/// probability below 1e-10); a repeated or counted pattern does not.
+fn random_looking(key: [u8; 32]) -> Result<[u8; 32], String> {
+    let distinct = key.iter().collect::<std::collections::BTreeSet<_>>().len();
+    if distinct < 16 {
+        return Err(format!(
+            "the key has only {distinct} distinct byte values: not random; generate one with \
+             `head -c 32 /dev/urandom`"
+        ));
+    }
+    Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALICE: Context<'static> = Context { owner: "user:1364", field: "session_token" };
+
+    fn random_key() -> [u8; 32] {
+        let mut key = [0u8; 32];
+        aws_lc_rs::rand::fill(&mut key).unwrap();
+        key[0] = 0x80; // never all printable
+        key
+    }
+
+    #[test]
+    fn sealed_values_round_trip_and_are_bound_to_their_field_and_owner() {
+        let sealer = Sealer::new(&random_key());
+        let sealed = sealer.seal(ALICE, "f981bd6d");
+        assert!(sealed.starts_with(&format!("v2:{}:", sealer.current_key_id())) && !sealed.contains("f981bd6d"));
+        assert_eq!(sealer.open(ALICE, &sealed).unwrap(), "f981bd6d");
+        assert!(sealer.open(Context { field: "installation_token", ..ALICE }, &sealed).is_err());
+        assert!(sealer.open(Context { owner: "user:1365", ..ALICE }, &sealed).is_err(), "moved to another user");
+        assert!(Sealer::new(&random_key()).open(ALICE, &sealed).unwrap_err().contains("neither"));
+        assert_ne!(sealer.seal(ALICE, "f981bd6d"), sealed, "nonces must differ");
+    }
+
+    #[test]
+    fn old_keys_open_and_only_the_current_key_seals() {
+        let (old, new) = (random_key(), random_key());
+        let before = Sealer::new(&old).seal(ALICE, "t");
+        let rotated = Sealer::from_key_files(&new, &[old.to_vec()]).unwrap();
+        assert_eq!(rotated.open(ALICE, &before).unwrap(), "t");
+        assert!(!rotated.is_current(&before));
+        let after = rotated.seal(ALICE, "t");
+        assert!(rotated.is_current(&after));
+        assert!(Sealer::new(&old).open(ALICE, &after).is_err(), "sealed with the new key");
+    }
+
+    #[test]
+    fn version_one_values_are_still_read() {
+        let key = random_key();
+        let unbound = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &key).unwrap());
+        let nonce = [5u8; NONCE_LEN];
+        let mut buffer = b"legacy".to_vec();
+        unbound
+            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(b"session_token"), &mut buffer)
+            .unwrap();
+        let v1 = format!("v1:{}", BASE64.encode([nonce.as_slice(), &buffer].concat()));
+        assert_eq!(Sealer::new(&key).open(ALICE, &v1).unwrap(), "legacy");
+    }
+
+    #[test]
+    fn key_files_in_raw_hex_and_base64_are_accepted() {
+        let raw = random_key();
+        for file in [raw.to_vec(), hex::encode(raw).into_bytes(), format!("{}\n", BASE64.encode(raw)).into_bytes()] {
+            assert_eq!(parse_key_file(&file).unwrap(), raw);
+        }
+        assert!(parse_key_file(b"short").unwrap_err().contains("32"));
+    }
+
+    #[test]
+    fn key_files_that_are_not_random_are_refused() {
+        let passphrase = b"correct horse battery staple!!!!";
+        assert!(parse_key_file(passphrase).unwrap_err().contains("passphrase"));
+        assert!(parse_key_file(&[9u8; 32]).unwrap_err().contains("distinct"));
+        assert!(parse_key_file(hex::encode([7u8; 32]).as_bytes()).unwrap_err().contains("distinct"));
+    }
+}
