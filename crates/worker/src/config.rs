@@ -98,7 +98,15 @@ pub struct StoreArgs {
     /// Prefix of every Redis key this worker writes.
     #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "bsw:")]
     pub redis_key_prefix: String,
-    /// Optional file with a 32-byte key (raw, hex or base64) to encrypt tokens at rest (AES-256-GCM).
+    #[command(flatten)]
+    pub seal: SealArgs,
+}
+
+/// The keys that seal tokens at rest and credentials in dead letters.
+#[derive(Debug, Clone, Args)]
+pub struct SealArgs {
+    /// Optional file with a 32-byte random key (raw, hex or base64): seals tokens at rest and
+    /// credentials in dead letters (AES-256-GCM).
     #[arg(long, env = "SESSION_ENCRYPTION_KEY_FILE")]
     pub session_encryption_key_file: Option<PathBuf>,
     /// Old encryption key files, comma-separated: still opened, never used to seal. Keep
@@ -107,11 +115,18 @@ pub struct StoreArgs {
     pub session_encryption_old_key_files: Vec<PathBuf>,
 }
 
+impl SealArgs {
+    /// The sealer, when a key is configured.
+    pub fn sealer(&self) -> Result<Option<Arc<Sealer>>, ConfigError> {
+        load_sealer(self.session_encryption_key_file.as_deref(), &self.session_encryption_old_key_files)
+    }
+}
+
 impl StoreArgs {
     /// Validates the Redis URL and loads the keys.
     pub fn settings(self) -> Result<RedisSettings, ConfigError> {
         require_url(&self.redis_url, "REDIS_URL", &["redis", "rediss", "redis+unix", "unix"])?;
-        let sealer = load_sealer(self.session_encryption_key_file.as_deref(), &self.session_encryption_old_key_files)?;
+        let sealer = self.seal.sealer()?;
         Ok(RedisSettings { url: self.redis_url, key_prefix: self.redis_key_prefix, sealer })
     }
 }

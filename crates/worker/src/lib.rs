@@ -14,12 +14,14 @@
 //! - [`ratelimit`]: bunq's rate limits, shared by all replicas through Redis.
 //! - [`retry`]: exponential backoff with jitter (the one module that knows `backoff`).
 //! - [`failure`]: every failure classified, in one place; [`duration`]: `30s`-style settings.
+//! - [`dead_letter`]: what a dead letter may keep (its credential sealed or removed).
 //! - [`metrics`], [`ops`]: Prometheus metrics and the ops HTTP server.
 //! - [`cli`]: the `check` and `publish` subcommands.
 
 pub mod amqp;
 pub mod cli;
 pub mod config;
+pub mod dead_letter;
 pub mod decide;
 pub(crate) mod duration;
 pub mod event;

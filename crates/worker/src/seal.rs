@@ -91,9 +91,14 @@ impl Sealer {
     }
 
     pub fn seal(&self, context: Context<'_>, plaintext: &str) -> String {
+        self.seal_bytes(context, plaintext.as_bytes())
+    }
+
+    /// Seals any bytes (a whole message body) the same way.
+    pub fn seal_bytes(&self, context: Context<'_>, plaintext: &[u8]) -> String {
         let mut nonce = [0u8; NONCE_LEN];
         aws_lc_rs::rand::fill(&mut nonce).expect("system randomness is available");
-        let mut buffer = plaintext.as_bytes().to_vec();
+        let mut buffer = plaintext.to_vec();
         self.current
             .key
             .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(context.aad()), &mut buffer)
@@ -105,6 +110,12 @@ impl Sealer {
 
     /// Opens a value sealed by any accepted key. Errors name the field, never the value.
     pub fn open(&self, context: Context<'_>, sealed: &str) -> Result<String, String> {
+        let bytes = self.open_bytes(context, sealed)?;
+        String::from_utf8(bytes).map_err(|_| format!("{}: not UTF-8", context.field))
+    }
+
+    /// Opens what [`Self::seal_bytes`] sealed.
+    pub fn open_bytes(&self, context: Context<'_>, sealed: &str) -> Result<Vec<u8>, String> {
         let field = context.field;
         if let Some(rest) = sealed.strip_prefix(V2) {
             let (id, encoded) = rest.split_once(':').ok_or_else(|| format!("{field}: no key id"))?;
@@ -125,7 +136,7 @@ impl Sealer {
     }
 }
 
-fn open_with(key: &LessSafeKey, aad: &[u8], encoded: &str, field: &str) -> Result<String, String> {
+fn open_with(key: &LessSafeKey, aad: &[u8], encoded: &str, field: &str) -> Result<Vec<u8>, String> {
     let mut bytes = BASE64.decode(encoded).map_err(|_| format!("{field}: not base64"))?;
     if bytes.len() < NONCE_LEN {
         return Err(format!("{field}: too short"));
@@ -135,7 +146,7 @@ fn open_with(key: &LessSafeKey, aad: &[u8], encoded: &str, field: &str) -> Resul
     let plaintext = key
         .open_in_place(nonce, Aad::from(aad), &mut ciphertext)
         .map_err(|_| format!("{field}: cannot decrypt (wrong key, or sealed for another record)"))?;
-    String::from_utf8(plaintext.to_vec()).map_err(|_| format!("{field}: not UTF-8"))
+    Ok(plaintext.to_vec())
 }
 
 /// A key file: 32 raw bytes, 64 hex characters, or base64 of 32 bytes; refused when it
