@@ -19,7 +19,7 @@ test: test-rust test-faults test-sdk test-helm ## Run every test (needs RabbitMQ
 
 test-rust: ## Unit, doc and integration tests of every crate
 	$(CARGO) test --locked -p bunq-protocol -p fake-bunq -p bsw-test-support -- --test-threads=$(TEST_THREADS)
-	$(CARGO) test --locked -p bunq-session-worker --lib --bins --examples --test it -- --test-threads=$(TEST_THREADS)
+	$(CARGO) test --locked -p bunq-session-worker --lib --bins --examples --test it --test corpus -- --test-threads=$(TEST_THREADS)
 	$(CARGO) test --locked -p bunq-session-worker --doc
 
 test-faults: ## Fault tests: kill, broker disconnects, Redis restart, bunq faults, two replicas, SIGTERM, hostile input

@@ -116,12 +116,7 @@ impl BunqClient {
         let endpoint = Endpoint::Installation;
         let body = serde_json::json!({ "client_public_key": self.key.public_key_pem() });
         let bytes = self.post(endpoint, body, None).await?;
-        let parsed = parse(endpoint, &bytes)?;
-        let token: TokenObject = parsed.element("Token").map_err(|d| unexpected(endpoint, d))?;
-        let server: ServerPublicKeyObject = parsed.element("ServerPublicKey").map_err(|d| unexpected(endpoint, d))?;
-        let server_key = PublicKey::from_pem(&server.server_public_key)
-            .map_err(|e| unexpected(endpoint, format!("server public key: {e}")))?;
-        Ok(Installation { token: token.token.into(), server_key })
+        read_installation(&bytes)
     }
 
     /// `POST /device-server`: registers the credential (the secret) as a device, usable
@@ -138,8 +133,7 @@ impl BunqClient {
             "permitted_ips": self.settings.permitted_ips,
         });
         let bytes = self.post(endpoint, body, Some(installation)).await?;
-        let id: IdObject = parse(endpoint, &bytes)?.element("Id").map_err(|d| unexpected(endpoint, d))?;
-        Ok(id.id)
+        read_device_server(&bytes)
     }
 
     /// `POST /session-server`: opens the session on behalf of the provisioned user.
@@ -151,7 +145,7 @@ impl BunqClient {
         let endpoint = Endpoint::SessionServer;
         let body = serde_json::json!({ "secret": secret.expose_secret() });
         let bytes = self.post(endpoint, body, Some(installation)).await?;
-        parse_session(&parse(endpoint, &bytes)?).map_err(|d| unexpected(endpoint, d))
+        read_session_server(&bytes)
     }
 
     /// One signed attempt with a fresh request id (bunq rejects a reused one).
@@ -229,6 +223,31 @@ impl BunqClient {
         }
         Err(BunqError::Api { endpoint, status: status.as_u16(), description, response_id })
     }
+}
+
+/// Reads a `POST /installation` answer's body. Errors name elements and fields, never
+/// the body's text (it holds the token).
+pub fn read_installation(bytes: &[u8]) -> Result<Installation, BunqError> {
+    let endpoint = Endpoint::Installation;
+    let parsed = parse(endpoint, bytes)?;
+    let token: TokenObject = parsed.element("Token").map_err(|d| unexpected(endpoint, d))?;
+    let server: ServerPublicKeyObject = parsed.element("ServerPublicKey").map_err(|d| unexpected(endpoint, d))?;
+    let server_key = PublicKey::from_pem(&server.server_public_key)
+        .map_err(|e| unexpected(endpoint, format!("server public key: {e}")))?;
+    Ok(Installation { token: token.token.into(), server_key })
+}
+
+/// Reads a verified `POST /device-server` answer's body: the device id.
+pub fn read_device_server(bytes: &[u8]) -> Result<u64, BunqError> {
+    let endpoint = Endpoint::DeviceServer;
+    let id: IdObject = parse(endpoint, bytes)?.element("Id").map_err(|d| unexpected(endpoint, d))?;
+    Ok(id.id)
+}
+
+/// Reads a verified `POST /session-server` answer's body.
+pub fn read_session_server(bytes: &[u8]) -> Result<OpenedSession, BunqError> {
+    let endpoint = Endpoint::SessionServer;
+    parse_session(&parse(endpoint, bytes)?).map_err(|d| unexpected(endpoint, d))
 }
 
 fn unexpected(endpoint: Endpoint, detail: String) -> BunqError {

@@ -14,8 +14,9 @@ pub const DETAIL_LIMIT: usize = 256;
 pub const MASK: &str = "[redacted]";
 
 /// Runs of token characters at least this long look like a credential (bunq's tokens
-/// and keys are 64 hex characters; API keys longer): masked wherever they appear.
-const CREDENTIAL_LIKE: usize = 24;
+/// and keys are 64 hex characters, sandbox keys longer; the schema's own longest name,
+/// `UserPaymentServiceProvider`, is 26): masked wherever they appear.
+pub const CREDENTIAL_LIKE: usize = 32;
 
 /// Masks credential-like runs and caps the result at [`DETAIL_LIMIT`] bytes.
 pub fn detail(text: &str) -> String {
@@ -53,6 +54,13 @@ fn cap(mut text: String) -> String {
     text.truncate(cut);
     text.push('…');
     text
+}
+
+/// Whether `text` is free of credential-like runs: what every error and detail must be,
+/// checked by the tests and the fuzz targets.
+pub fn is_clean(text: &str) -> bool {
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '+' | '/' | '=')))
+        .all(|run| run.len() < CREDENTIAL_LIKE)
 }
 
 /// Phrases of serde and serde_json messages that carry no input value; everything after
@@ -132,6 +140,7 @@ mod tests {
         assert!(detail(&long).len() <= DETAIL_LIMIT);
         let secret_run = "x".repeat(100_000);
         assert_eq!(detail(&secret_run), MASK);
+        assert!(is_clean(&out) && !is_clean(&text));
     }
 
     #[test]
