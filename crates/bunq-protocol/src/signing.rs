@@ -113,7 +113,7 @@ impl PublicKey {
     /// of 2048 to 8192 bits: bunq's server key is not ours to size. Client keys must be
     /// 2048 bits; see [`Self::require_client_size`].
     pub fn from_pem(pem_text: &str) -> Result<Self, SigningError> {
-        let doc = pem::parse(pem_text.trim()).map_err(|e| SigningError::Pem(e.to_string()))?;
+        let doc = pem::parse(pem_text.trim()).map_err(|e| SigningError::Pem(pem_problem(&e)))?;
         if doc.tag() != "PUBLIC KEY" && doc.tag() != "RSA PUBLIC KEY" {
             return Err(SigningError::PemLabel { expected: "PUBLIC KEY", found: doc.tag().to_owned() });
         }
@@ -150,8 +150,23 @@ impl fmt::Debug for PublicKey {
     }
 }
 
+/// What is wrong with a PEM document, without quoting it: the pem crate's messages quote
+/// the tags, and a hostile answer can put anything there (found by fuzzing).
+fn pem_problem(err: &pem::PemError) -> String {
+    match err {
+        pem::PemError::MismatchedTags(..) => "BEGIN and END labels differ",
+        pem::PemError::MalformedFraming => "malformed framing",
+        pem::PemError::MissingBeginTag => "no BEGIN line",
+        pem::PemError::MissingEndTag => "no END line",
+        pem::PemError::MissingData => "no data",
+        pem::PemError::InvalidData(_) => "the data is not base64",
+        _ => "not a PEM document",
+    }
+    .to_owned()
+}
+
 fn decode_pem(text: &str, expected: &'static str) -> Result<Vec<u8>, SigningError> {
-    let doc = pem::parse(text.trim()).map_err(|e| SigningError::Pem(e.to_string()))?;
+    let doc = pem::parse(text.trim()).map_err(|e| SigningError::Pem(pem_problem(&e)))?;
     if doc.tag() != expected {
         return Err(SigningError::PemLabel { expected, found: doc.tag().to_owned() });
     }

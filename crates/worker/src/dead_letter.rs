@@ -68,7 +68,7 @@ pub enum RestoreError {
 }
 
 /// Token runs at least this long are masked in undecodable bodies, as in details.
-const CREDENTIAL_LIKE: usize = 24;
+const CREDENTIAL_LIKE: usize = bunq_protocol::redact::CREDENTIAL_LIKE;
 const MASK: &[u8] = b"[redacted]";
 
 /// The body a dead letter may keep, and how its credential was handled.

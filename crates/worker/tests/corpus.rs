@@ -30,7 +30,7 @@ fn no_body_in_the_corpus_leaks_its_credential() {
             assert!(!kept.contains(&SECRET[..24]), "{} ({}): {kept:.200}", path.display(), credential.as_str());
             if credential == Credential::Sealed || credential == Credential::SealedBody {
                 let restored = dead_letter::restore(kept.as_bytes(), credential, sealer, Some("m-1"), 1 << 20).unwrap();
-                assert_eq!(restored.len() > 0, true);
+                assert!(!restored.is_empty());
             }
         }
         replayed += 1;
