@@ -1,1 +1,36 @@
-//! Shared test support (filled in below).
+//! What the worker's integration tests, fault tests, bench and demo share, written once.
+//!
+//! - [`services`]: the machine's RabbitMQ and Redis, the client key fixture, free ports.
+//! - [`names`]: queue, exchange and Redis key names unique to one test or run.
+//! - [`settings`]: the worker settings tests use (fast retries, relaxed limits), as
+//!   environment variables for a child process or as flags for an in-process worker.
+//! - [`fake`]: fake-bunq with its rate limits relaxed.
+//! - [`upstream`]: provision events published to the input exchange, as upstream does.
+//! - [`downstream`]: a queue on the output exchange, as downstream would have one.
+//! - [`ops`]: waiting for `/readyz`, reading `/metrics`.
+//! - [`cleanup`]: removing what a test created, also when it panics ([`Leftovers`]).
+//! - [`bodies`]: provision events as bunq sends them.
+//! - [`logging`]: test logging, quiet unless `TEST_LOG` is set, with production's filter.
+
+pub mod bodies;
+pub mod cleanup;
+pub mod downstream;
+pub mod fake;
+pub mod logging;
+pub mod names;
+pub mod ops;
+pub mod services;
+pub mod settings;
+pub mod upstream;
+
+pub use bodies::{expiry_in, future_expiry, provision_body, random_id, random_token, ready_body};
+pub use cleanup::{delete_keys, delete_topology, Cleanup, Leftovers};
+pub use downstream::capture_queue;
+pub use fake::{fake_allowing, relaxed_fake};
+pub use logging::init_test_logging;
+pub use names::TestNames;
+pub use services::{
+    amqp_vhost_url, connect_amqp, connect_redis, free_port, rabbitmqctl, AMQP_URL, CLIENT_KEY, REDIS_URL,
+};
+pub use settings::WorkerEnv;
+pub use upstream::{publish_input, ROUTING_KEY};

@@ -9,24 +9,24 @@
 //! 3. The repeat path (session already cached: no bunq call), against the same floor.
 //! 4. Worker memory: resident set when idle, and the peak during the runs.
 
-use bunq_session_worker::amqp::topology;
-use bunq_session_worker::config::ConnectionArgs;
-use fake_bunq::FakeConfig;
+use bunq_session_worker::amqp::topology::{self, Names};
 use futures_util::StreamExt;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions, QueueBindOptions, QueueDeleteOptions,
-};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Connection};
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+use test_support::{
+    capture_queue, connect_amqp, fake_allowing, free_port, ops, Cleanup, Leftovers, TestNames, WorkerEnv, AMQP_URL,
+    CLIENT_KEY,
+};
 
-const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-const REDIS_URL: &str = "redis://127.0.0.1:6379/0";
-const CLIENT_KEY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/client_key.pem");
 const BIN: &str = env!("CARGO_BIN_EXE_bunq-session-worker");
 const EVENTS: usize = 2000;
 const PREFETCH: u16 = 32;
+/// Neither fake-bunq nor the worker's limiter may be what is measured.
+const UNLIMITED: u32 = 1_000_000;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -36,65 +36,33 @@ async fn main() -> anyhow::Result<()> {
     );
     decode_benchmark();
 
-    let id = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let names = ConnectionArgs {
-        amqp_url: AMQP_URL.to_owned().into(),
-        input_exchange: format!("{id}.provisioning"),
-        input_queue: format!("{id}.provision-status"),
-        input_binding_key: "partner_user_provision.#".into(),
-        output_exchange: format!("{id}.sessions"),
-        output_routing_key: "session.ready".into(),
-        dead_letter_queue: format!("{id}.dead-letter"),
-        retry_queue: format!("{id}.retry"),
-    };
-    let connection = Connection::connect(AMQP_URL, ConnectionProperties::default()).await?;
+    let run = TestNames::new("bench");
+    let names = &run.topology;
+    let connection = connect_amqp(AMQP_URL).await?;
     let channel = connection.create_channel().await?;
     channel.confirm_select(ConfirmSelectOptions::default()).await?;
-    topology::declare(&channel, &names).await?;
-    let capture = format!("{id}.capture");
-    channel.queue_declare(capture.as_str().into(), Default::default(), FieldTable::default()).await?;
-    channel
-        .queue_bind(
-            capture.as_str().into(),
-            names.output_exchange.as_str().into(),
-            "#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    let (capture, floor_queue) = (run.queue("capture"), run.queue("floor"));
+    let leftovers = Leftovers::new(Cleanup::new(&run).queue(&capture).queue(&floor_queue));
+    topology::declare(&channel, names).await?;
+    capture_queue(&channel, names, &capture, Some("#")).await?;
 
     // Baseline first: the broker alone.
-    let floor = broker_floor(&connection, &format!("{id}.floor")).await?;
+    let floor = broker_floor(&connection, &floor_queue).await?;
 
-    let fake = fake_bunq::spawn(
-        tokio::net::TcpListener::bind("127.0.0.1:0").await?,
-        FakeConfig {
-            session_server_limit: (1_000_000, Duration::from_secs(1)),
-            other_post_limit: (1_000_000, Duration::from_secs(1)),
-            ..FakeConfig::default()
-        },
-    )
-    .await?;
-    let ops_port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let mut worker = tokio::process::Command::new(BIN)
-        .arg("run")
-        .env("AMQP_URL", AMQP_URL)
-        .env("REDIS_URL", REDIS_URL)
-        .env("BUNQ_BASE_URL", fake.base_url())
-        .env("BUNQ_CLIENT_PRIVATE_KEY_FILE", CLIENT_KEY)
-        .envs(names.as_env())
-        .env("REDIS_KEY_PREFIX", format!("{id}:"))
-        .env("OPS_ADDR", format!("127.0.0.1:{ops_port}"))
-        .env("PREFETCH", PREFETCH.to_string())
-        .env("RATE_LIMIT_SCOPE", "credential")
-        .env("RATE_LIMIT_SESSION_SERVER", "1000000/1s")
-        .env("RATE_LIMIT_OTHER_POST", "1000000/1s")
-        .env("LOG_FORMAT", "json")
-        .env("RUST_LOG", "error") // the dead-letter run would print a warning per event
-        .kill_on_drop(true)
-        .spawn()?;
+    let fake = fake_bunq::spawn(tokio::net::TcpListener::bind("127.0.0.1:0").await?, fake_allowing(UNLIMITED)).await?;
+    let ops_port = free_port();
+    let env = WorkerEnv::local(&fake.base_url(), CLIENT_KEY, &run)
+        .set("OPS_ADDR", format!("127.0.0.1:{ops_port}"))
+        .set("PREFETCH", PREFETCH.to_string())
+        .allowing(UNLIMITED)
+        .set("LOG_FORMAT", "json")
+        .set("RUST_LOG", "error"); // the dead-letter run would print a warning per event
+    let mut worker = tokio::process::Command::new(BIN).arg("run").envs(env.vars()).kill_on_drop(true).spawn()?;
     let pid = worker.id().expect("running");
-    wait_ready(ops_port).await?;
+    anyhow::ensure!(
+        ops::wait_ready(SocketAddr::from(([127, 0, 0, 1], ops_port)), Duration::from_secs(20)).await,
+        "worker not ready"
+    );
     let idle_rss = memory_kib(pid, "VmRSS")?;
 
     let bodies: Vec<(u64, Vec<u8>)> = (0..EVENTS as u64)
@@ -103,14 +71,14 @@ async fn main() -> anyhow::Result<()> {
             (id, bunq_session_worker::cli::publish::example_body(bunq_session_worker::cli::publish::Example::Ready, id))
         })
         .collect();
-    let fresh = run_through_worker(&channel, &connection, &names, &capture, &bodies, provision_id).await?;
-    let repeat = run_through_worker(&channel, &connection, &names, &capture, &bodies, provision_id).await?;
+    let fresh = run_through_worker(&channel, &connection, names, &capture, &bodies, provision_id).await?;
+    let repeat = run_through_worker(&channel, &connection, names, &capture, &bodies, provision_id).await?;
     // Undecodable bodies: each is moved to the dead-letter queue, its copy and its ack in
     // one transaction (group-committed).
     let malformed: Vec<(u64, Vec<u8>)> =
         (0..EVENTS as u64).map(|i| (i, format!("not json {i}").into_bytes())).collect();
     let dead =
-        run_through_worker(&channel, &connection, &names, &names.dead_letter_queue, &malformed, malformed_id).await?;
+        run_through_worker(&channel, &connection, names, &names.dead_letter_queue, &malformed, malformed_id).await?;
     let peak_rss = memory_kib(pid, "VmHWM")?;
 
     println!();
@@ -136,17 +104,7 @@ async fn main() -> anyhow::Result<()> {
 
     std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status()?;
     worker.wait().await?;
-    for queue in [&names.input_queue, &names.retry_queue, &names.dead_letter_queue, &capture] {
-        channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await?;
-    }
-    for exchange in [&names.input_exchange, &names.output_exchange] {
-        channel.exchange_delete(exchange.as_str().into(), Default::default()).await?;
-    }
-    let mut redis = bunq_session_worker::startup::redis_connection(&REDIS_URL.to_owned().into())?;
-    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{id}:*")).query_async(&mut redis).await?;
-    for chunk in keys.chunks(1000) {
-        let () = redis::cmd("DEL").arg(chunk).query_async(&mut redis).await?;
-    }
+    leftovers.clean().await?;
     fake.shutdown().await;
     Ok(())
 }
@@ -259,7 +217,7 @@ fn malformed_id(body: &[u8]) -> anyhow::Result<u64> {
 async fn run_through_worker(
     channel: &Channel,
     connection: &Connection,
-    names: &ConnectionArgs,
+    names: &Names,
     capture: &str,
     bodies: &[(u64, Vec<u8>)],
     id_of: fn(&[u8]) -> anyhow::Result<u64>,
@@ -305,17 +263,6 @@ async fn run_through_worker(
     latencies.sort();
     consumer_channel.close(200, "done".into()).await?;
     Ok(Run { per_second: bodies.len() as f64 / elapsed.as_secs_f64(), latencies })
-}
-
-async fn wait_ready(port: u16) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if reqwest::get(format!("http://127.0.0.1:{port}/readyz")).await.is_ok_and(|r| r.status().is_success()) {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    anyhow::bail!("worker not ready")
 }
 
 /// A field of /proc/PID/status in KiB (VmRSS now, VmHWM the peak).

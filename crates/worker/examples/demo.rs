@@ -5,23 +5,22 @@
 //! the session-ready events and the cached sessions (tokens masked), stops both with
 //! SIGTERM and removes what it created.
 
-use bunq_session_worker::amqp::topology;
 use bunq_protocol::signing::ClientKey;
+use bunq_session_worker::amqp::topology;
 use bunq_session_worker::cli::publish::{example_body, Example};
-use bunq_session_worker::config::ConnectionArgs;
 use bunq_session_worker::store::{Keys, Store};
-use lapin::options::{BasicAckOptions, BasicGetOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeleteOptions};
-use lapin::types::FieldTable;
-use lapin::{BasicProperties, Connection, ConnectionProperties};
+use lapin::options::{BasicAckOptions, BasicGetOptions};
+use lapin::BasicProperties;
 use secrecy::ExposeSecret;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
+use test_support::{
+    capture_queue, connect_amqp, connect_redis, publish_input, Cleanup, Leftovers, TestNames, WorkerEnv, AMQP_URL,
+    REDIS_URL,
+};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
-
-const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-const REDIS_URL: &str = "redis://127.0.0.1:6379/0";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -32,59 +31,31 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|| PathBuf::from("target/debug"));
     require_services().await?;
 
-    let run_id = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    let run = TestNames::new("demo");
+    let names = &run.topology;
     let work = tempfile::tempdir()?;
     let key_path = work.path().join("client_key.pem");
     std::fs::write(&key_path, ClientKey::generate()?.to_pkcs8_pem()?)?;
-    let names = ConnectionArgs {
-        amqp_url: AMQP_URL.to_owned().into(),
-        input_exchange: format!("demo-{run_id}.provisioning"),
-        input_queue: format!("demo-{run_id}.provision-status"),
-        input_binding_key: "partner_user_provision.#".into(),
-        output_exchange: format!("demo-{run_id}.sessions"),
-        output_routing_key: "session.ready".into(),
-        dead_letter_queue: format!("demo-{run_id}.dead-letter"),
-        retry_queue: format!("demo-{run_id}.retry"),
-    };
-    let prefix = format!("demo-{run_id}:");
 
     step("starting fake-bunq (the local stand-in for bunq's API)");
     let (mut fake, base_url) = start_fake(&bin_dir).await?;
     println!("    {base_url}");
 
     // Downstream's view: a queue on the output exchange, declared before anything is published.
-    let connection = Connection::connect(AMQP_URL, ConnectionProperties::default()).await?;
+    let connection = connect_amqp(AMQP_URL).await?;
     let channel = connection.create_channel().await?;
-    topology::declare(&channel, &names).await?;
-    let watch = format!("demo-{run_id}.notification-filter-setup");
-    channel.queue_declare(watch.as_str().into(), Default::default(), FieldTable::default()).await?;
-    channel
-        .queue_bind(
-            watch.as_str().into(),
-            names.output_exchange.as_str().into(),
-            "session.ready".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    let watch = run.queue("notification-filter-setup");
+    let leftovers = Leftovers::new(Cleanup::new(&run).queue(&watch));
+    topology::declare(&channel, names).await?;
+    capture_queue(&channel, names, &watch, Some("session.ready")).await?;
 
     step("starting bunq-session-worker");
-    let mut worker = Command::new(bin_dir.join("bunq-session-worker"))
-        .arg("run")
-        .env("AMQP_URL", AMQP_URL)
-        .env("REDIS_URL", REDIS_URL)
-        .env("BUNQ_BASE_URL", &base_url)
-        .env("BUNQ_CLIENT_PRIVATE_KEY_FILE", &key_path)
-        .envs(names.as_env())
-        .env("REDIS_KEY_PREFIX", &prefix)
-        .env("OPS_ADDR", "127.0.0.1:0")
-        // fake-bunq counts rate limits per device, as bunq's newer documentation does.
-        .env("RATE_LIMIT_SCOPE", "credential")
-        .env("LOG_FORMAT", "pretty")
-        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info,lapin=warn".into()))
-        .env("POD_NAME", format!("demo-{run_id}"))
-        .kill_on_drop(true)
-        .spawn()?;
+    // Production's timings, the demo's own key; logs for people.
+    let env = WorkerEnv::local(&base_url, &key_path, &run)
+        .set("LOG_FORMAT", "pretty")
+        .set("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info,lapin=warn".into()));
+    let mut worker =
+        Command::new(bin_dir.join("bunq-session-worker")).arg("run").envs(env.vars()).kill_on_drop(true).spawn()?;
 
     step("publishing provision events: 3 ready, 1 still onboarding, 1 malformed");
     let base = u64::from(rand::random::<u32>()) * 10;
@@ -96,16 +67,7 @@ async fn main() -> anyhow::Result<()> {
         example_body(Example::Malformed, base + 5),
     ];
     for body in &events {
-        channel
-            .basic_publish(
-                names.input_exchange.as_str().into(),
-                "partner_user_provision.updated".into(),
-                Default::default(),
-                body,
-                BasicProperties::default().with_delivery_mode(2),
-            )
-            .await?
-            .await?;
+        publish_input(&channel, names, body, BasicProperties::default()).await?;
     }
 
     step("session-ready events, as notification-filter setup receives them");
@@ -125,8 +87,8 @@ async fn main() -> anyhow::Result<()> {
     anyhow::ensure!(user_ids.len() == 3, "expected 3 session-ready events, got {}", user_ids.len());
 
     step("cached sessions in Redis (tokens masked here; the worker never logs them)");
-    let redis = bunq_session_worker::startup::redis_connection(&REDIS_URL.to_owned().into())?;
-    let store = Store::new(redis.clone(), Keys::new(&prefix), None);
+    let redis = connect_redis(REDIS_URL)?;
+    let store = Store::new(redis.clone(), Keys::new(&run.key_prefix), None);
     for user_id in &user_ids {
         let session = store.read_session(*user_id).await?.ok_or_else(|| anyhow::anyhow!("no session for {user_id}"))?;
         let ttl: i64 = redis::cmd("TTL").arg(store.keys().session(*user_id)).query_async(&mut redis.clone()).await?;
@@ -153,16 +115,7 @@ async fn main() -> anyhow::Result<()> {
     stop(&mut fake, "fake-bunq").await?;
 
     // Leave the broker and Redis as we found them.
-    for queue in [&names.input_queue, &names.retry_queue, &names.dead_letter_queue, &watch] {
-        channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await?;
-    }
-    for exchange in [&names.input_exchange, &names.output_exchange] {
-        channel.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()).await?;
-    }
-    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}*")).query_async(&mut redis.clone()).await?;
-    if !keys.is_empty() {
-        let () = redis::cmd("DEL").arg(&keys).query_async(&mut redis.clone()).await?;
-    }
+    leftovers.clean().await?;
     connection.close(200, "demo done".into()).await?;
     step("done: 3 sessions opened, cached and announced; 1 skipped; 1 dead-lettered");
     Ok(())

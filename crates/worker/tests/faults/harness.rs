@@ -4,23 +4,24 @@
 
 use bunq_session_worker::amqp::headers;
 use bunq_session_worker::amqp::topology;
-use bunq_session_worker::config::ConnectionArgs;
-use bunq_protocol::timestamp as bunq_time;
-use fake_bunq::{self, FakeConfig, FakeHandle};
 use bunq_session_worker::store::{Keys, Store};
-use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions};
+use fake_bunq::{self, FakeConfig, FakeHandle};
+use lapin::options::{BasicAckOptions, BasicGetOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Connection};
 use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
-use time::OffsetDateTime;
+use test_support::{
+    amqp_vhost_url, capture_queue, connect_amqp, connect_redis, expiry_in, free_port, future_expiry, init_test_logging,
+    ops, provision_body, publish_input, rabbitmqctl, random_token, ready_body, Cleanup, Leftovers, TestNames,
+    WorkerEnv,
+};
 use tokio::process::{Child, Command};
 
 const BIN: &str = env!("CARGO_BIN_EXE_bunq-session-worker");
-const CLIENT_KEY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/client_key.pem");
-pub const ROUTING_KEY: &str = "partner_user_provision.updated";
 
 /// What one input should end as.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,104 +40,46 @@ pub struct Input {
     pub expect: Expect,
 }
 
-pub fn rabbitmqctl(args: &[&str]) {
-    let output = std::process::Command::new("rabbitmqctl").args(args).output().expect("rabbitmqctl runs");
-    assert!(output.status.success(), "rabbitmqctl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 pub struct Env {
-    pub id: String,
+    pub names: TestNames,
     pub vhost: String,
     pub amqp_url: String,
     pub redis_url: String,
-    pub names: ConnectionArgs,
-    pub prefix: String,
     pub capture: String,
     pub fake: FakeHandle,
     pub store: Store,
     pub connection: Connection,
     pub channel: Channel,
     pub logs: tempfile::TempDir,
-    /// Worker settings beyond the defaults, as environment variables.
+    /// Worker settings beyond the harness's, as environment variables.
     pub worker_env: Vec<(String, String)>,
+    /// Deletes the test's vhost and keys, also if it panics before its teardown.
     leftovers: Leftovers,
-}
-
-/// Deletes the test's vhost and keys if it panics before its teardown.
-struct Leftovers {
-    vhost: String,
-    prefix: String,
-    redis_url: String,
-    armed: bool,
-}
-
-impl Drop for Leftovers {
-    fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        let _ = std::process::Command::new("rabbitmqctl").args(["delete_vhost", &self.vhost]).output();
-        if let Ok(mut redis) = redis::Client::open(self.redis_url.as_str()).and_then(|c| c.get_connection()) {
-            let keys: Vec<String> =
-                redis::cmd("KEYS").arg(format!("{}*", self.prefix)).query(&mut redis).unwrap_or_default();
-            if !keys.is_empty() {
-                let _: Result<(), _> = redis::cmd("DEL").arg(&keys).query(&mut redis);
-            }
-        }
-    }
 }
 
 impl Env {
     pub async fn new(fake: FakeConfig, redis_url: &str) -> Env {
-        let id = format!("flt-{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
-        let vhost = id.clone();
-        rabbitmqctl(&["add_vhost", &vhost]);
-        rabbitmqctl(&["set_permissions", "-p", &vhost, "guest", ".*", ".*", ".*"]);
-        let amqp_url = format!("amqp://guest:guest@127.0.0.1:5672/{vhost}");
-        let names = ConnectionArgs {
-            amqp_url: amqp_url.clone().into(),
-            input_exchange: "provisioning".into(),
-            input_queue: "bunq-session-worker.provision-status".into(),
-            input_binding_key: "partner_user_provision.#".into(),
-            output_exchange: "bunq.sessions".into(),
-            output_routing_key: "session.ready".into(),
-            dead_letter_queue: "bunq-session-worker.dead-letter".into(),
-            retry_queue: "bunq-session-worker.retry".into(),
-        };
+        init_test_logging();
+        let names = TestNames::new("flt");
+        let vhost = names.id.clone();
+        rabbitmqctl(&["add_vhost", &vhost]).unwrap();
+        let leftovers = Leftovers::new(Cleanup::new(&names).vhost(&vhost).redis_url(redis_url));
+        rabbitmqctl(&["set_permissions", "-p", &vhost, "guest", ".*", ".*", ".*"]).unwrap();
+        let amqp_url = amqp_vhost_url(&vhost);
         let fake = fake_bunq::spawn(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(), fake).await.unwrap();
-        let connection = Connection::connect(&amqp_url, ConnectionProperties::default()).await.unwrap();
+        let connection = connect_amqp(&amqp_url).await.unwrap();
         let channel = connection.create_channel().await.unwrap();
-        topology::declare(&channel, &names).await.unwrap();
+        topology::declare(&channel, &names.topology).await.unwrap();
         channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
-        let capture = "downstream.capture".to_owned();
-        channel.queue_declare(capture.as_str().into(), Default::default(), FieldTable::default()).await.unwrap();
-        channel
-            .queue_bind(
-                capture.as_str().into(),
-                "bunq.sessions".into(),
-                "#".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        let prefix = format!("{id}:");
-        let redis = bunq_session_worker::startup::redis_connection(&redis_url.to_owned().into()).unwrap();
-        let store = Store::new(redis, Keys::new(&prefix), None);
-        let leftovers =
-            Leftovers { vhost: vhost.clone(), prefix: prefix.clone(), redis_url: redis_url.to_owned(), armed: true };
+        let capture = names.queue("capture");
+        capture_queue(&channel, &names.topology, &capture, Some("#")).await.unwrap();
+        let store = Store::new(connect_redis(redis_url).unwrap(), Keys::new(&names.key_prefix), None);
         Env {
             leftovers,
-            id,
+            names,
             vhost,
             amqp_url,
             redis_url: redis_url.to_owned(),
-            names,
-            prefix,
             capture,
             fake,
             store,
@@ -152,36 +95,26 @@ impl Env {
         let ops_port = free_port();
         let log_path = self.logs.path().join(format!("{name}.log"));
         let log = std::fs::File::create(&log_path).unwrap();
+        let env = WorkerEnv::fast(&self.fake.base_url(), &self.names)
+            .set("AMQP_URL", &self.amqp_url)
+            .set("REDIS_URL", &self.redis_url)
+            // Known in advance: the test reads the worker's metrics.
+            .set("OPS_ADDR", format!("127.0.0.1:{ops_port}"))
+            .set("POD_NAME", format!("{}-{name}", self.names.id))
+            .set("LOG_FORMAT", "json")
+            .set("RUST_LOG", "info,lapin=warn")
+            // The fault tests' own tuning: a kill leaves at most two prefetches in flight;
+            // a hang costs one short request timeout; a killed worker's locks expire soon;
+            // a stream through many faults gets more attempts; SIGTERM drains within 10 s.
+            .set("PREFETCH", "16")
+            .set("BUNQ_REQUEST_TIMEOUT_MS", "1000")
+            .set("LOCK_TTL_MS", "12000")
+            .set("RETRY_MAX_INTERVAL_MS", "300")
+            .set("MAX_ATTEMPTS", "30")
+            .set("SHUTDOWN_TIMEOUT", "10s");
+        let env = self.worker_env.iter().fold(env, |env, (variable, value)| env.set(variable, value));
         let mut command = Command::new(BIN);
-        command
-            .arg("run")
-            .env_clear()
-            .env("AMQP_URL", &self.amqp_url)
-            .env("REDIS_URL", &self.redis_url)
-            .env("BUNQ_BASE_URL", self.fake.base_url())
-            .env("BUNQ_CLIENT_PRIVATE_KEY_FILE", CLIENT_KEY)
-            .env("REDIS_KEY_PREFIX", &self.prefix)
-            .env("OPS_ADDR", format!("127.0.0.1:{ops_port}"))
-            .env("POD_NAME", format!("{}-{name}", self.id))
-            .env("LOG_FORMAT", "json")
-            .env("RUST_LOG", "info,lapin=warn")
-            .env("PREFETCH", "16")
-            .env("RATE_LIMIT_SCOPE", "credential")
-            .env("RATE_LIMIT_SESSION_SERVER", "1000/1s")
-            .env("RATE_LIMIT_OTHER_POST", "1000/1s")
-            .env("RETRY_INITIAL_INTERVAL_MS", "20")
-            .env("RETRY_MAX_INTERVAL_MS", "300")
-            .env("RETRY_BUDGET_MS", "5000")
-            .env("RETRY_QUEUE_DELAY_MS", "200")
-            .env("RETRY_QUEUE_MAX_DELAY_MS", "1000")
-            .env("MAX_ATTEMPTS", "30")
-            .env("LOCK_TTL_MS", "12000")
-            .env("BUNQ_REQUEST_TIMEOUT_MS", "1000")
-            .env("SHUTDOWN_TIMEOUT", "10s")
-            .envs(self.worker_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .kill_on_drop(true);
+        command.arg("run").env_clear().envs(env.vars()).stdout(Stdio::null()).stderr(log).kill_on_drop(true);
         Worker { child: command.spawn().unwrap(), ops_port, log_path }
     }
 
@@ -192,16 +125,8 @@ impl Env {
     }
 
     pub async fn publish(&self, body: &[u8]) {
-        let properties = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_message_id(uuid::Uuid::new_v4().to_string().as_str().into());
-        let confirm = self
-            .channel
-            .basic_publish("provisioning".into(), ROUTING_KEY.into(), BasicPublishOptions::default(), body, properties)
-            .await
-            .unwrap()
-            .await
-            .unwrap();
+        let properties = BasicProperties::default().with_message_id(uuid::Uuid::new_v4().to_string().as_str().into());
+        let confirm = publish_input(&self.channel, &self.names.topology, body, properties).await.unwrap();
         assert!(confirm.is_ack());
     }
 
@@ -230,12 +155,12 @@ impl Env {
         let expected_dead = inputs.iter().filter(|i| matches!(i.expect, Expect::DeadLetter(_))).count();
         loop {
             self.drain(&self.capture, &mut events).await;
-            self.drain(&self.names.dead_letter_queue.clone(), &mut dead).await;
+            self.drain(&self.names.topology.dead_letter_queue.clone(), &mut dead).await;
             let announced: HashSet<u64> = events.iter().map(|(b, _)| event_field(b, "provision_id")).collect();
             let done = expected_sessions.is_subset(&announced) && dead.len() >= expected_dead;
             if done
-                && self.queue_empty(&self.names.input_queue).await
-                && self.queue_empty(&self.names.retry_queue).await
+                && self.queue_empty(&self.names.topology.input_queue).await
+                && self.queue_empty(&self.names.topology.retry_queue).await
             {
                 break;
             }
@@ -255,7 +180,7 @@ impl Env {
         // Late duplicates (redeliveries) are part of the ledger too.
         tokio::time::sleep(Duration::from_millis(500)).await;
         self.drain(&self.capture, &mut events).await;
-        self.drain(&self.names.dead_letter_queue.clone(), &mut dead).await;
+        self.drain(&self.names.topology.dead_letter_queue.clone(), &mut dead).await;
         self.check(inputs, &events, &dead).await
     }
 
@@ -338,18 +263,9 @@ impl Env {
         ledger
     }
 
-    pub async fn teardown(mut self) {
-        self.leftovers.armed = false;
+    pub async fn teardown(self) {
         let _ = self.connection.close(200, "teardown".into()).await;
-        rabbitmqctl(&["delete_vhost", &self.vhost]);
-        let mut redis = bunq_session_worker::startup::redis_connection(&self.redis_url.clone().into()).unwrap();
-        if let Ok(keys) =
-            redis::cmd("KEYS").arg(format!("{}*", self.prefix)).query_async::<Vec<String>>(&mut redis).await
-        {
-            if !keys.is_empty() {
-                let _: Result<(), _> = redis::cmd("DEL").arg(&keys).query_async(&mut redis).await;
-            }
-        }
+        self.leftovers.clean().await.unwrap();
         self.fake.shutdown().await;
     }
 }
@@ -395,22 +311,18 @@ pub struct Worker {
 }
 
 impl Worker {
+    fn ops_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.ops_port))
+    }
+
     pub async fn wait_ready(&self) {
-        let url = format!("http://127.0.0.1:{}/readyz", self.ops_port);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if reqwest::get(&url).await.is_ok_and(|r| r.status().is_success()) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        if !ops::wait_ready(self.ops_addr(), Duration::from_secs(20)).await {
+            panic!("worker not ready; log: {}", std::fs::read_to_string(&self.log_path).unwrap_or_default());
         }
-        panic!("worker not ready; log: {}", std::fs::read_to_string(&self.log_path).unwrap_or_default());
     }
 
     pub async fn metric(&self, name: &str) -> f64 {
-        let text =
-            reqwest::get(format!("http://127.0.0.1:{}/metrics", self.ops_port)).await.unwrap().text().await.unwrap();
-        text.lines().filter(|l| l.starts_with(name)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+        ops::metric_sum(&ops::metrics(self.ops_addr()).await.unwrap(), name)
     }
 
     pub fn signal(&self, signal: &str) {
@@ -441,32 +353,48 @@ pub async fn wait_for_announcements(worker: &Worker, count: f64, timeout: Durati
 /// token-less and duplicate events mixed in.
 pub fn mixed_stream(ready: usize) -> Vec<Input> {
     let base = u64::from(rand::random::<u32>()) * 1000;
-    let future = bunq_time::format(OffsetDateTime::now_utc() + time::Duration::hours(1));
-    let past = bunq_time::format(OffsetDateTime::now_utc() - time::Duration::minutes(5));
+    let future = future_expiry();
+    let past = expiry_in(time::Duration::minutes(-5));
     let mut inputs = Vec::new();
     for i in 0..ready as u64 {
         let id = base + i;
-        let token = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
-        let body = provision(id, "CREATED", "PENDING_PROCESS_USER_ONBOARDING", Some((&token, &future)));
+        let token = random_token();
+        let body = ready_body(id, &token);
         inputs.push(Input { body, expect: Expect::Session { provision_id: id, token } });
         match i % 8 {
             0 => inputs
                 .push(Input { body: format!("garbage {i}").into_bytes(), expect: Expect::DeadLetter("malformed") }),
             1 => inputs.push(Input {
-                body: provision(
+                body: provision_body(
                     base + 100_000 + i,
                     "CREATED",
                     "PENDING_PROCESS_USER_ONBOARDING",
-                    Some(("expired-token", &past)),
+                    Some("expired-token"),
+                    &past,
+                    true,
                 ),
                 expect: Expect::DeadLetter("credential_expired"),
             }),
             2 => inputs.push(Input {
-                body: provision(base + 200_000 + i, "CREATED", "PENDING_PROCESS_OAUTH_REQUEST", Some(("t", &future))),
+                body: provision_body(
+                    base + 200_000 + i,
+                    "CREATED",
+                    "PENDING_PROCESS_OAUTH_REQUEST",
+                    Some("t"),
+                    &future,
+                    true,
+                ),
                 expect: Expect::Skipped,
             }),
             3 => inputs.push(Input {
-                body: provision(base + 300_000 + i, "CREATED", "PENDING_PROCESS_USER_ONBOARDING", None),
+                body: provision_body(
+                    base + 300_000 + i,
+                    "CREATED",
+                    "PENDING_PROCESS_USER_ONBOARDING",
+                    None,
+                    &future,
+                    true,
+                ),
                 expect: Expect::Skipped,
             }),
             4 => {
@@ -480,21 +408,10 @@ pub fn mixed_stream(ready: usize) -> Vec<Input> {
     inputs
 }
 
-pub fn provision(id: u64, status: &str, sub_status: &str, credential: Option<(&str, &str)>) -> Vec<u8> {
-    let credential = credential.map(|(token, expiry)| {
-        serde_json::json!({"id": id + 7, "status": "PENDING_FIRST_USE", "expiry_time": expiry, "token_value": token})
-    });
-    serde_json::to_vec(&serde_json::json!({"NotificationUrl": {"category": "PARTNER_USER_PROVISION",
-        "event_type": "PARTNER_USER_PROVISION_PROCESS_UPDATED",
-        "object": {"PartnerUserProvision": {"id": id, "external_uuid": format!("ext-{id}"), "status": status,
-            "sub_status": sub_status, "credential": credential}}}}))
-    .unwrap()
-}
-
 impl Env {
     /// A new AMQP connection for the test itself, after the broker closed the old one.
     pub async fn reconnect(mut self) -> Env {
-        self.connection = Connection::connect(&self.amqp_url, ConnectionProperties::default()).await.unwrap();
+        self.connection = connect_amqp(&self.amqp_url).await.unwrap();
         self.channel = self.connection.create_channel().await.unwrap();
         self.channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
         self

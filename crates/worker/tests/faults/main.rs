@@ -9,18 +9,13 @@ mod harness;
 use fake_bunq::{EndpointMatch, FakeConfig, FaultAction, FaultRule, Faults, Trigger};
 use harness::*;
 use std::time::{Duration, Instant};
+use test_support::{future_expiry, provision_body, rabbitmqctl, relaxed_fake, REDIS_URL};
 
-const REDIS_URL: &str = "redis://127.0.0.1:6379/0";
 const SETTLE: Duration = Duration::from_secs(120);
 
 /// Real bunq's limits would make a 200-user test take hours; these tests are about faults.
 fn fake(latency_ms: u64) -> FakeConfig {
-    FakeConfig {
-        session_server_limit: (1000, Duration::from_secs(1)),
-        other_post_limit: (1000, Duration::from_secs(1)),
-        faults: Faults { latency_ms, ..Default::default() },
-        ..FakeConfig::default()
-    }
+    FakeConfig { faults: Faults { latency_ms, ..Default::default() }, ..relaxed_fake() }
 }
 
 #[tokio::test]
@@ -64,7 +59,7 @@ async fn broker_closing_all_connections_is_survived_by_the_same_process() {
     let announced = wait_for_announcements(&worker, 30.0, Duration::from_secs(60)).await;
     assert!(announced < 150.0, "the connections must close mid-stream ({announced} announced)");
     for round in 0..2 {
-        rabbitmqctl(&["close_all_connections", "--vhost", &env.vhost, &format!("fault test round {round}")]);
+        rabbitmqctl(&["close_all_connections", "--vhost", &env.vhost, &format!("fault test round {round}")]).unwrap();
         tokio::time::sleep(Duration::from_millis(700)).await;
     }
     // The test's own connection was closed too; the ledger needs a fresh one.
@@ -210,8 +205,7 @@ async fn sigterm_under_load_drains_in_time_and_loses_nothing() {
 async fn hostile_inputs_never_crash_the_worker() {
     let env = Env::new(fake(0), REDIS_URL).await;
     let mut inputs = mixed_stream(100);
-    let future =
-        bunq_protocol::timestamp::format(time::OffsetDateTime::now_utc() + time::Duration::hours(1));
+    let future = future_expiry();
     let mut seed = 7u64;
     for i in 0..40u64 {
         // Deterministic pseudo-random bytes.
@@ -234,11 +228,11 @@ async fn hostile_inputs_never_crash_the_worker() {
         (br#"{"PartnerUserProvision":{"id":9,"status":"CREATED","sub_status":"PENDING_PROCESS_USER_ONBOARDING","credential":{"token_value":42}}}"#.to_vec(), Expect::DeadLetter("malformed")),
         (br#"{"PartnerUserProvision":{"id":9,"status":"CREATED","sub_status":"PENDING_PROCESS_USER_ONBOARDING","credential":{"token_value":"x","expiry_time":"yesterday"}}}"#.to_vec(), Expect::DeadLetter("malformed")),
         ("\u{feff}{\"PartnerUserProvision\":{}}".as_bytes().to_vec(), Expect::DeadLetter("malformed")),
-        (provision(11, "SOMETHING_NEW", "PENDING_PROCESS_USER_ONBOARDING", Some(("t", &future))), Expect::Skipped),
-        (provision(12, "CREATED", "BRAND_NEW_SUB_STATUS", Some(("t", &future))), Expect::Skipped),
-        (provision(13, "CREATED", "PENDING_PROCESS_USER_ONBOARDING", None), Expect::Skipped),
-        (provision(14, "CREATED", "PENDING_PROCESS_USER_ONBOARDING", Some(("", &future))), Expect::Skipped),
-        (provision(15, "CREATED", "PENDING_PROCESS_USER_ONBOARDING", Some(("t", "2001-01-01 00:00:00.000000"))), Expect::DeadLetter("credential_expired")),
+        (provision_body(11, "SOMETHING_NEW", "PENDING_PROCESS_USER_ONBOARDING", Some("t"), &future, true), Expect::Skipped),
+        (provision_body(12, "CREATED", "BRAND_NEW_SUB_STATUS", Some("t"), &future, true), Expect::Skipped),
+        (provision_body(13, "CREATED", "PENDING_PROCESS_USER_ONBOARDING", None, &future, true), Expect::Skipped),
+        (provision_body(14, "CREATED", "PENDING_PROCESS_USER_ONBOARDING", Some(""), &future, true), Expect::Skipped),
+        (provision_body(15, "CREATED", "PENDING_PROCESS_USER_ONBOARDING", Some("t"), "2001-01-01 00:00:00.000000", true), Expect::DeadLetter("credential_expired")),
     ];
     inputs.extend(hostile.into_iter().map(|(body, expect)| Input { body, expect }));
     assert!(inputs.len() >= 200);

@@ -1,5 +1,6 @@
 use crate::helpers::*;
 use std::time::Duration;
+use test_support::{expiry_in, provision_body, random_id, random_token, ready_body};
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -47,8 +48,7 @@ async fn malformed_bodies_are_dead_lettered_with_a_reason_and_the_worker_keeps_g
 #[tokio::test]
 async fn expired_credential_is_dead_lettered_without_calling_bunq() {
     let app = spawn_app().await;
-    let past =
-        bunq_protocol::timestamp::format(time::OffsetDateTime::now_utc() - time::Duration::minutes(1));
+    let past = expiry_in(time::Duration::minutes(-1));
     let body =
         provision_body(random_id(), "CREATED", "PENDING_PROCESS_USER_ONBOARDING", Some(&random_token()), &past, true);
     app.publish(&body).await;

@@ -2,6 +2,7 @@ use crate::helpers::*;
 use fake_bunq::Endpoint;
 use std::collections::HashSet;
 use std::time::Duration;
+use test_support::{future_expiry, provision_body, random_id, random_token, ready_body, relaxed_fake};
 
 const WAIT: Duration = Duration::from_secs(15);
 

@@ -3,6 +3,7 @@
 use crate::helpers::*;
 use fake_bunq::CredentialState;
 use std::time::Duration;
+use test_support::{random_id, random_token, ready_body, AMQP_URL, CLIENT_KEY, REDIS_URL};
 
 const BIN: &str = env!("CARGO_BIN_EXE_bunq-session-worker");
 const WAIT: Duration = Duration::from_secs(15);
@@ -69,6 +70,7 @@ async fn check_names_the_dependency_that_fails() {
             .env("AMQP_URL", AMQP_URL)
             .env("REDIS_URL", redis_url)
             .env("BUNQ_BASE_URL", app.fake.base_url())
+            .env("BUNQ_ALLOW_INSECURE_HTTP", "true")
             .env("BUNQ_CLIENT_PRIVATE_KEY_FILE", CLIENT_KEY)
             .env("LOG_FORMAT", "pretty")
             .output()

@@ -1,36 +1,28 @@
 //! The real binary as a process: secrets in logs, configuration errors, SIGTERM.
 
-use crate::helpers::*;
-use lapin::{Connection, ConnectionProperties};
+use bunq_session_worker::amqp::topology;
+use bunq_session_worker::store::{Keys, Store};
 use secrecy::ExposeSecret;
 use std::process::Stdio;
 use std::time::Duration;
+use test_support::{
+    capture_queue, connect_amqp, connect_redis, publish_input, random_id, random_token, ready_body, relaxed_fake,
+    Cleanup, Leftovers, TestNames, WorkerEnv, AMQP_URL, CLIENT_KEY, REDIS_URL,
+};
 use tokio::io::AsyncReadExt;
 
 const BIN: &str = env!("CARGO_BIN_EXE_bunq-session-worker");
-
-fn flags_to_env(flags: &[String]) -> Vec<(String, String)> {
-    flags
-        .iter()
-        .map(|flag| {
-            let (name, value) = flag.trim_start_matches("--").split_once('=').expect("--name=value");
-            (name.replace('-', "_").to_uppercase(), value.to_owned())
-        })
-        .collect()
-}
 
 #[tokio::test]
 async fn no_secret_reaches_the_logs_or_the_published_event() {
     let fake =
         fake_bunq::spawn(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(), relaxed_fake()).await.unwrap();
-    let (id, name_flags) = unique_names();
-    let mut flags = base_flags(&fake.base_url());
-    flags.extend(name_flags);
-    let env = flags_to_env(&flags);
+    let names = TestNames::new("it");
+    let env = WorkerEnv::fast(&fake.base_url(), &names);
     let mut child = tokio::process::Command::new(BIN)
         .arg("run")
         .env_clear()
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .envs(env.vars())
         .env("LOG_FORMAT", "json")
         .env("RUST_LOG", "debug")
         .stdout(Stdio::null())
@@ -46,35 +38,15 @@ async fn no_secret_reaches_the_logs_or_the_published_event() {
     });
 
     // Observe the output with our own queue, the way downstream would.
-    let args = crate::helpers::settings_from_flags(&flags);
-    let connection = Connection::connect(AMQP_URL, ConnectionProperties::default()).await.unwrap();
+    let connection = connect_amqp(AMQP_URL).await.unwrap();
     let channel = connection.create_channel().await.unwrap();
-    bunq_session_worker::amqp::topology::declare(&channel, &args.connection).await.unwrap();
-    let capture = format!("{id}.capture");
-    let mut leftovers = Leftovers::new(&args.connection, std::slice::from_ref(&capture), &format!("{id}:"));
-    channel.queue_declare(capture.as_str().into(), Default::default(), Default::default()).await.unwrap();
-    channel
-        .queue_bind(
-            capture.as_str().into(),
-            args.connection.output_exchange.as_str().into(),
-            "#".into(),
-            Default::default(),
-            Default::default(),
-        )
-        .await
-        .unwrap();
+    topology::declare(&channel, &names.topology).await.unwrap();
+    let capture = names.queue("capture");
+    let leftovers = Leftovers::new(Cleanup::new(&names).queue(&capture));
+    capture_queue(&channel, &names.topology, &capture, Some("#")).await.unwrap();
     let token = random_token();
     let body = ready_body(random_id(), &token);
-    channel
-        .basic_publish(
-            args.connection.input_exchange.as_str().into(),
-            ROUTING_KEY.into(),
-            Default::default(),
-            &body,
-            Default::default(),
-        )
-        .await
-        .unwrap();
+    publish_input(&channel, &names.topology, &body, Default::default()).await.unwrap();
 
     let event_body = loop {
         if let Some(message) = channel.basic_get(capture.as_str().into(), Default::default()).await.unwrap() {
@@ -86,12 +58,7 @@ async fn no_secret_reaches_the_logs_or_the_published_event() {
     };
     let event: serde_json::Value = serde_json::from_slice(&event_body).unwrap();
     let user_id = event["user_id"].as_u64().unwrap();
-    let mut redis = redis_connection_for_tests();
-    let store = bunq_session_worker::store::Store::new(
-        redis.clone(),
-        bunq_session_worker::store::Keys::new(&format!("{id}:")),
-        None,
-    );
+    let store = Store::new(connect_redis(REDIS_URL).unwrap(), Keys::new(&names.key_prefix), None);
     let session = store.read_session(user_id).await.unwrap().expect("cached session");
 
     // SIGTERM: the worker drains and exits 0.
@@ -113,14 +80,8 @@ async fn no_secret_reaches_the_logs_or_the_published_event() {
         assert!(!event_text.contains(secret), "{name} appears in the session-ready event");
     }
 
-    let names = args.connection.clone();
-    cleanup(&connection, &names, &[capture], &format!("{id}:"), &mut redis).await;
-    leftovers.disarm();
+    leftovers.clean().await.unwrap();
     fake.shutdown().await;
-}
-
-fn redis_connection_for_tests() -> redis::aio::ConnectionManager {
-    bunq_session_worker::startup::redis_connection(&REDIS_URL.to_owned().into()).unwrap()
 }
 
 #[tokio::test]
@@ -137,6 +98,7 @@ async fn bad_configuration_stops_start_up_naming_the_variable() {
             .arg("run")
             .env_clear()
             .env("BUNQ_BASE_URL", "http://127.0.0.1:9/v1")
+            .env("BUNQ_ALLOW_INSECURE_HTTP", "true")
             .env("BUNQ_CLIENT_PRIVATE_KEY_FILE", CLIENT_KEY)
             .env("LOG_FORMAT", "pretty")
             .envs(overrides.iter().copied())

@@ -1,32 +1,27 @@
 //! The Redis-backed parts on the real Redis: the shared rate limiter, the provision
 //! lock, and tokens at rest.
 
-use crate::helpers::*;
-use bunq_session_worker::bunq::error::Endpoint;
+use bunq_protocol::Endpoint;
 use bunq_session_worker::metrics::Metrics;
 use bunq_session_worker::ratelimit::{Limit, RateLimitError, RateLimiter, Scope};
-use bunq_session_worker::startup::redis_connection;
 use bunq_session_worker::store::{Keys, Sealer, Session, Store};
 use secrecy::ExposeSecret;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use test_support::{connect_redis, delete_keys, TestNames, REDIS_URL};
 
 fn prefix() -> String {
-    format!("it-{}:", &uuid::Uuid::new_v4().simple().to_string()[..12])
+    TestNames::new("it").key_prefix
 }
 
 fn limiter(prefix: &str, session_server: &str) -> RateLimiter {
-    let conn = redis_connection(&REDIS_URL.to_owned().into()).unwrap();
+    let conn = connect_redis(REDIS_URL).unwrap();
     let limit = Limit::parse(session_server).unwrap();
     RateLimiter::new(conn, prefix, limit, Limit::parse("5/3s").unwrap(), Scope::Global, Arc::new(Metrics::new()))
 }
 
 async fn delete_prefix(prefix: &str) {
-    let mut conn = redis_connection(&REDIS_URL.to_owned().into()).unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}*")).query_async(&mut conn).await.unwrap();
-    if !keys.is_empty() {
-        let () = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await.unwrap();
-    }
+    delete_keys(&mut connect_redis(REDIS_URL).unwrap(), prefix).await.unwrap();
 }
 
 #[tokio::test]
@@ -60,7 +55,7 @@ async fn limiter_reserves_nothing_when_the_slot_is_too_far() {
         match limiter.acquire(Endpoint::SessionServer, 1, Duration::from_secs(1)).await {
             // The same wait both times: a refused call took no slot.
             Err(RateLimitError::NoSlot { wait, .. }) => {
-                assert!(wait > Duration::from_secs(9) && wait <= Duration::from_secs(10))
+                assert!(wait > Duration::from_secs(9) && wait <= Duration::from_secs(10));
             }
             other => panic!("expected NoSlot, got {other:?}"),
         }
@@ -85,7 +80,7 @@ async fn a_429_makes_every_replica_wait_bunqs_window() {
 #[tokio::test]
 async fn the_provision_lock_is_released_only_by_its_owner() {
     let prefix = prefix();
-    let store = Store::new(redis_connection(&REDIS_URL.to_owned().into()).unwrap(), Keys::new(&prefix), None);
+    let store = Store::new(connect_redis(REDIS_URL).unwrap(), Keys::new(&prefix), None);
     let ttl = Duration::from_secs(10);
     assert!(store.try_lock(7, "a", ttl).await.unwrap());
     assert!(!store.try_lock(7, "b", ttl).await.unwrap());
@@ -99,7 +94,7 @@ async fn the_provision_lock_is_released_only_by_its_owner() {
 #[tokio::test]
 async fn with_a_key_tokens_never_rest_in_plaintext() {
     let prefix = prefix();
-    let conn = redis_connection(&REDIS_URL.to_owned().into()).unwrap();
+    let conn = connect_redis(REDIS_URL).unwrap();
     let sealed = Store::new(conn.clone(), Keys::new(&prefix), Some(Arc::new(Sealer::new(&[3; 32]))));
     let now = time::OffsetDateTime::now_utc();
     let session = Session {

@@ -1,0 +1,39 @@
+//! The services every test talks to: this machine's RabbitMQ and Redis (started by
+//! `.ci/run` or by hand), and the client key fixture.
+
+use lapin::{Connection, ConnectionProperties};
+use redis::aio::ConnectionManager;
+
+/// The machine's RabbitMQ, default vhost.
+pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+/// The machine's Redis, database 0. Tests share it; each keeps to its own key prefix.
+pub const REDIS_URL: &str = "redis://127.0.0.1:6379/0";
+/// An RSA-2048 client key (PKCS#8) at the workspace root, so no test generates one.
+pub const CLIENT_KEY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/client_key.pem");
+
+/// The machine's RabbitMQ in `vhost` (see [`rabbitmqctl`] to create one).
+pub fn amqp_vhost_url(vhost: &str) -> String {
+    format!("amqp://guest:guest@127.0.0.1:5672/{vhost}")
+}
+
+pub async fn connect_amqp(url: &str) -> Result<Connection, lapin::Error> {
+    Connection::connect(url, ConnectionProperties::default()).await
+}
+
+/// A Redis connection as the worker makes it (reconnecting, with timeouts).
+pub fn connect_redis(url: &str) -> Result<ConnectionManager, redis::RedisError> {
+    bunq_session_worker::store::connect(&url.to_owned().into())
+}
+
+/// Runs `rabbitmqctl` (vhosts, closing connections); fails with its stderr.
+pub fn rabbitmqctl(args: &[&str]) -> anyhow::Result<()> {
+    let output = std::process::Command::new("rabbitmqctl").args(args).output()?;
+    anyhow::ensure!(output.status.success(), "rabbitmqctl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    Ok(())
+}
+
+/// A port free right now, for a child process whose port the test must know in advance.
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("an ephemeral port");
+    listener.local_addr().expect("a bound listener has an address").port()
+}
