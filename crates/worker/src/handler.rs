@@ -264,7 +264,7 @@ mod tests {
         let outcome = after_failure(&settings(), None, transient(Reason::BunqUnavailable, None), 5, NOW);
         match outcome {
             Outcome::DeadLetter { reason: Reason::RetriesExhausted, detail } => {
-                assert!(detail.contains("bunq_unavailable"), "{detail}")
+                assert!(detail.contains("bunq_unavailable"), "{detail}");
             }
             other => panic!("{other:?}"),
         }

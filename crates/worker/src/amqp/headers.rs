@@ -7,9 +7,6 @@ pub const ATTEMPTS: &str = "x-attempts";
 pub const DEAD_LETTER_REASON: &str = "x-dead-letter-reason";
 pub const DEAD_LETTER_DETAIL: &str = "x-dead-letter-detail";
 pub const RETRY_REASON: &str = "x-retry-reason";
-/// How a dead letter's credential was handled: `sealed`, `removed`, `sealed-body`,
-/// `redacted` or `absent` (see `crate::dead_letter`).
-pub const CREDENTIAL: &str = "x-credential";
 pub const RETRY_DETAIL: &str = "x-retry-detail";
 /// Where the message first arrived, so a replay can send it back the same way.
 pub const ORIGINAL_EXCHANGE: &str = "x-original-exchange";
