@@ -4,7 +4,7 @@ CARGO ?= cargo
 TEST_THREADS ?= 4
 
 .DEFAULT_GOAL := help
-.PHONY: help build demo test test-rust test-faults test-sdk test-helm lint audit fmt bench
+.PHONY: help build demo test test-rust test-faults test-sdk test-helm lint audit fmt bench fuzz
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -33,6 +33,12 @@ test-helm: ## The Helm chart, offline: lint, render, and its configuration accep
 
 bench: ## End-to-end throughput, latency and memory beside a broker baseline, in one run (release build)
 	$(CARGO) bench --locked -p bunq-session-worker --bench throughput
+
+FUZZ_SECONDS ?= 60
+fuzz: ## Fuzz event decoding and bunq answer parsing, FUZZ_SECONDS each (cargo-fuzz, nightly); new inputs go to target/fuzz-corpus
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	for t in event_decode bunq_response; do mkdir -p target/fuzz-corpus/$$t && \
+	  (cd fuzz && $(CARGO) +nightly fuzz run $$t ../target/fuzz-corpus/$$t corpus/$$t -- -max_total_time=$(FUZZ_SECONDS)) || exit 1; done
 
 lint: ## Formatting and clippy, as CI runs them
 	$(CARGO) fmt --all -- --check
