@@ -13,12 +13,17 @@ use crate::store::{Keys, Sealer, Store};
 use bunq_protocol::client::{BunqClient, CallObserver, ClientSettings};
 use bunq_protocol::signing::ClientKey;
 use clap::Args;
+use parse::{
+    load_client_key, load_sealer, parse_base_url, parse_permitted_ips, positive, require_amqp_name, require_url,
+};
 use redis::aio::ConnectionManager;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+
+mod parse;
 
 /// A setting that is missing or wrong. Always names the variable.
 #[derive(Debug, thiserror::Error)]
@@ -396,213 +401,5 @@ fn default_pod_name() -> String {
     std::env::var("HOSTNAME").unwrap_or_else(|_| "bunq-session-worker".to_owned())
 }
 
-fn positive(variable: &'static str, value: u64) -> Result<(), ConfigError> {
-    if value == 0 {
-        return Err(invalid(variable, "must be positive"));
-    }
-    Ok(())
-}
-
-/// Only the scheme is checked here; the URL itself is never echoed, it may hold a password.
-fn require_url(url: &SecretString, variable: &'static str, schemes: &[&str]) -> Result<(), ConfigError> {
-    let scheme = url.expose_secret().split_once("://").map(|(s, _)| s.to_ascii_lowercase());
-    match scheme {
-        Some(s) if schemes.contains(&s.as_str()) => Ok(()),
-        _ => Err(invalid(variable, format!("must be a URL with scheme {}", schemes.join(" or ")))),
-    }
-}
-
-fn require_amqp_name(variable: &'static str, value: &str) -> Result<(), ConfigError> {
-    if value.is_empty() || value.len() > 255 {
-        return Err(invalid(variable, "must be 1 to 255 bytes"));
-    }
-    if value.starts_with("amq.") {
-        return Err(invalid(variable, "names starting with `amq.` are reserved by RabbitMQ"));
-    }
-    Ok(())
-}
-
-/// The URL itself is never echoed: it may carry credentials in its user part.
-fn parse_base_url(value: Option<&str>, allow_insecure_http: bool) -> Result<String, ConfigError> {
-    const VARIABLE: &str = "BUNQ_BASE_URL";
-    let value = value.filter(|v| !v.trim().is_empty()).ok_or_else(|| {
-        invalid(VARIABLE, "is required, e.g. https://api.bunq.com/v1 or https://public-api.sandbox.bunq.com/v1")
-    })?;
-    let url = reqwest::Url::parse(value.trim()).map_err(|e| invalid(VARIABLE, format!("is not a URL: {e}")))?;
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(invalid(VARIABLE, "must not carry credentials"));
-    }
-    let loopback = match url.host() {
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        Some(url::Host::Domain(name)) => name == "localhost",
-        None => false,
-    };
-    match url.scheme() {
-        "https" => {}
-        "http" if loopback && allow_insecure_http => {}
-        "http" if loopback => {
-            return Err(invalid(
-                VARIABLE,
-                "uses http: allowed for a loopback stand-in only with BUNQ_ALLOW_INSECURE_HTTP=true",
-            ))
-        }
-        _ => return Err(invalid(VARIABLE, "must use https (http only for a stand-in on a loopback address)")),
-    }
-    if !url.path().trim_end_matches('/').ends_with("/v1") {
-        return Err(invalid(VARIABLE, "must end with the API version, /v1"));
-    }
-    Ok(url.as_str().trim_end_matches('/').to_owned())
-}
-
-/// `*`, or IPv4 addresses: bunq accepts no IPv6 here (docs/bunq-api.md §2.2).
-fn parse_permitted_ips(value: &str) -> Result<Vec<String>, ConfigError> {
-    const VARIABLE: &str = "BUNQ_PERMITTED_IPS";
-    let ips: Vec<String> = value.split(',').map(str::trim).filter(|ip| !ip.is_empty()).map(str::to_owned).collect();
-    if ips.is_empty() {
-        return Err(invalid(VARIABLE, "must list IPv4 addresses or be `*`"));
-    }
-    for ip in &ips {
-        if ip != "*" && ip.parse::<std::net::Ipv4Addr>().is_err() {
-            return Err(invalid(VARIABLE, "each entry must be an IPv4 address (bunq accepts no IPv6) or `*`"));
-        }
-    }
-    Ok(ips)
-}
-
-fn load_client_key(path: Option<&std::path::Path>) -> Result<ClientKey, ConfigError> {
-    const VARIABLE: &str = "BUNQ_CLIENT_PRIVATE_KEY_FILE";
-    let path =
-        path.ok_or_else(|| invalid(VARIABLE, "is required: a PEM file with an RSA-2048 private key (PKCS#8)"))?;
-    let text =
-        std::fs::read_to_string(path).map_err(|e| invalid(VARIABLE, format!("cannot read {}: {e}", path.display())))?;
-    ClientKey::from_pkcs8_pem(&text).map_err(|e| invalid(VARIABLE, format!("{}: {e}", path.display())))
-}
-
-fn load_sealer(current: Option<&std::path::Path>, old: &[PathBuf]) -> Result<Option<Arc<Sealer>>, ConfigError> {
-    const VARIABLE: &str = "SESSION_ENCRYPTION_KEY_FILE";
-    const OLD: &str = "SESSION_ENCRYPTION_OLD_KEY_FILES";
-    let read = |variable, path: &std::path::Path| {
-        std::fs::read(path).map_err(|e| invalid(variable, format!("cannot read {}: {e}", path.display())))
-    };
-    let Some(current) = current else {
-        if !old.is_empty() {
-            return Err(invalid(OLD, "needs SESSION_ENCRYPTION_KEY_FILE, the key that seals"));
-        }
-        return Ok(None);
-    };
-    let current_bytes = read(VARIABLE, current)?;
-    crate::seal::parse_key_file(&current_bytes)
-        .map_err(|p| invalid(VARIABLE, format!("{}: {p}", current.display())))?;
-    let old_bytes = old.iter().map(|path| read(OLD, path)).collect::<Result<Vec<_>, _>>()?;
-    let sealer = Sealer::from_key_files(&current_bytes, &old_bytes).map_err(|p| invalid(OLD, p))?;
-    Ok(Some(Arc::new(sealer)))
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: WorkerArgs,
-    }
-
-    /// Valid base flags, each replaced when `extra` sets it.
-    fn args(extra: &[&str]) -> WorkerArgs {
-        let key = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/client_key.pem");
-        let mut argv = vec!["worker"];
-        for (flag, value) in [
-            ("--bunq-base-url", "http://127.0.0.1:1/v1"),
-            ("--bunq-client-private-key-file", key),
-            ("--bunq-allow-insecure-http", "true"),
-        ] {
-            if !extra.contains(&flag) {
-                argv.extend([flag, value]);
-            }
-        }
-        argv.extend_from_slice(extra);
-        Cli::parse_from(argv).args
-    }
-
-    fn error_of(extra: &[&str]) -> ConfigError {
-        Settings::from_args(args(extra)).unwrap_err()
-    }
-
-    #[test]
-    fn defaults_validate() {
-        let settings = Settings::from_args(args(&[])).unwrap();
-        assert_eq!(settings.bunq.base_url, "http://127.0.0.1:1/v1");
-        assert_eq!(settings.amqp.prefetch, 16);
-    }
-
-    #[test]
-    fn each_bad_setting_names_its_variable() {
-        let cases: &[(&[&str], &str)] = &[
-            (&["--bunq-base-url", "https://api.bunq.com"], "BUNQ_BASE_URL"),
-            (&["--bunq-base-url", "ftp://x/v1"], "BUNQ_BASE_URL"),
-            (&["--bunq-base-url", "http://api.bunq.com/v1"], "BUNQ_BASE_URL"),
-            (&["--bunq-allow-insecure-http", "false"], "BUNQ_BASE_URL"),
-            (&["--bunq-base-url", "https://user:pw@api.bunq.com/v1"], "BUNQ_BASE_URL"),
-            (&["--bunq-permitted-ips", "::1"], "BUNQ_PERMITTED_IPS"),
-            (&["--bunq-permitted-ips", " , "], "BUNQ_PERMITTED_IPS"),
-            (&["--bunq-client-private-key-file", "/nonexistent.pem"], "BUNQ_CLIENT_PRIVATE_KEY_FILE"),
-            (&["--amqp-url", "http://x"], "AMQP_URL"),
-            (&["--redis-url", "mysql://x"], "REDIS_URL"),
-            (&["--prefetch", "0"], "PREFETCH"),
-            (&["--ops-addr", "nine"], "OPS_ADDR"),
-            (&["--session-ttl-margin-secs", "5"], "SESSION_TTL_MARGIN_SECS"),
-            (&["--rate-limit-session-server", "fast"], "RATE_LIMIT_SESSION_SERVER"),
-            (&["--rate-limit-scope", "planet"], "RATE_LIMIT_SCOPE"),
-            (&["--input-queue", "amq.x"], "INPUT_QUEUE"),
-            (&["--lock-ttl-ms", "1000"], "LOCK_TTL_MS"),
-            (&["--shutdown-timeout", "soon"], "SHUTDOWN_TIMEOUT"),
-        ];
-        for (extra, variable) in cases {
-            let err = error_of(extra);
-            assert_eq!(err.variable, *variable, "{extra:?} gave {err}");
-            assert!(err.to_string().contains(variable));
-        }
-    }
-
-    #[test]
-    fn missing_base_url_is_reported_not_defaulted() {
-        let key = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/client_key.pem");
-        let cli = Cli::parse_from(["worker", "--bunq-client-private-key-file", key]);
-        assert_eq!(Settings::from_args(cli.args).unwrap_err().variable, "BUNQ_BASE_URL");
-    }
-
-    #[test]
-    fn https_and_pinned_ips_are_accepted() {
-        let settings = Settings::from_args(args(&[
-            "--bunq-base-url",
-            "https://api.bunq.com/v1/",
-            "--bunq-permitted-ips",
-            "1.2.3.4, 5.6.7.8",
-        ]))
-        .unwrap();
-        assert_eq!(settings.bunq.base_url, "https://api.bunq.com/v1");
-        assert_eq!(settings.bunq.permitted_ips, ["1.2.3.4", "5.6.7.8"]);
-    }
-
-    #[test]
-    fn url_credentials_never_appear_in_the_error() {
-        let err = error_of(&["--bunq-base-url", "https://user:hunter2@api.bunq.com/v2"]);
-        assert!(!err.to_string().contains("hunter2"), "{err}");
-    }
-
-    #[test]
-    fn a_public_key_is_not_accepted_as_the_private_key() {
-        let public = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/client_key.pub.pem");
-        let err = error_of(&["--bunq-client-private-key-file", public]);
-        assert_eq!(err.variable, "BUNQ_CLIENT_PRIVATE_KEY_FILE");
-    }
-
-    #[test]
-    fn amqp_password_never_appears_in_the_error() {
-        let err = error_of(&["--amqp-url", "http://user:hunter2@host"]);
-        assert!(!err.to_string().contains("hunter2"));
-    }
-}
+mod tests;

@@ -1,0 +1,115 @@
+//! Checks of single settings: each names its variable on failure and never echoes a
+//! value that may carry a secret (URLs, key material).
+
+use super::{invalid, ConfigError};
+use crate::store::Sealer;
+use bunq_protocol::signing::ClientKey;
+use secrecy::{ExposeSecret, SecretString};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub(super) fn positive(variable: &'static str, value: u64) -> Result<(), ConfigError> {
+    if value == 0 {
+        return Err(invalid(variable, "must be positive"));
+    }
+    Ok(())
+}
+
+/// Only the scheme is checked here; the URL itself is never echoed, it may hold a password.
+pub(super) fn require_url(url: &SecretString, variable: &'static str, schemes: &[&str]) -> Result<(), ConfigError> {
+    let scheme = url.expose_secret().split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+    match scheme {
+        Some(s) if schemes.contains(&s.as_str()) => Ok(()),
+        _ => Err(invalid(variable, format!("must be a URL with scheme {}", schemes.join(" or ")))),
+    }
+}
+
+pub(super) fn require_amqp_name(variable: &'static str, value: &str) -> Result<(), ConfigError> {
+    if value.is_empty() || value.len() > 255 {
+        return Err(invalid(variable, "must be 1 to 255 bytes"));
+    }
+    if value.starts_with("amq.") {
+        return Err(invalid(variable, "names starting with `amq.` are reserved by RabbitMQ"));
+    }
+    Ok(())
+}
+
+/// The URL itself is never echoed: it may carry credentials in its user part.
+pub(super) fn parse_base_url(value: Option<&str>, allow_insecure_http: bool) -> Result<String, ConfigError> {
+    const VARIABLE: &str = "BUNQ_BASE_URL";
+    let value = value.filter(|v| !v.trim().is_empty()).ok_or_else(|| {
+        invalid(VARIABLE, "is required, e.g. https://api.bunq.com/v1 or https://public-api.sandbox.bunq.com/v1")
+    })?;
+    let url = reqwest::Url::parse(value.trim()).map_err(|e| invalid(VARIABLE, format!("is not a URL: {e}")))?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(invalid(VARIABLE, "must not carry credentials"));
+    }
+    let loopback = match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(name)) => name == "localhost",
+        None => false,
+    };
+    match url.scheme() {
+        "https" => {}
+        "http" if loopback && allow_insecure_http => {}
+        "http" if loopback => {
+            return Err(invalid(
+                VARIABLE,
+                "uses http: allowed for a loopback stand-in only with BUNQ_ALLOW_INSECURE_HTTP=true",
+            ))
+        }
+        _ => return Err(invalid(VARIABLE, "must use https (http only for a stand-in on a loopback address)")),
+    }
+    if !url.path().trim_end_matches('/').ends_with("/v1") {
+        return Err(invalid(VARIABLE, "must end with the API version, /v1"));
+    }
+    Ok(url.as_str().trim_end_matches('/').to_owned())
+}
+
+/// `*`, or IPv4 addresses: bunq accepts no IPv6 here (docs/bunq-api.md §2.2).
+pub(super) fn parse_permitted_ips(value: &str) -> Result<Vec<String>, ConfigError> {
+    const VARIABLE: &str = "BUNQ_PERMITTED_IPS";
+    let ips: Vec<String> = value.split(',').map(str::trim).filter(|ip| !ip.is_empty()).map(str::to_owned).collect();
+    if ips.is_empty() {
+        return Err(invalid(VARIABLE, "must list IPv4 addresses or be `*`"));
+    }
+    for ip in &ips {
+        if ip != "*" && ip.parse::<std::net::Ipv4Addr>().is_err() {
+            return Err(invalid(VARIABLE, "each entry must be an IPv4 address (bunq accepts no IPv6) or `*`"));
+        }
+    }
+    Ok(ips)
+}
+
+pub(super) fn load_client_key(path: Option<&std::path::Path>) -> Result<ClientKey, ConfigError> {
+    const VARIABLE: &str = "BUNQ_CLIENT_PRIVATE_KEY_FILE";
+    let path =
+        path.ok_or_else(|| invalid(VARIABLE, "is required: a PEM file with an RSA-2048 private key (PKCS#8)"))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| invalid(VARIABLE, format!("cannot read {}: {e}", path.display())))?;
+    ClientKey::from_pkcs8_pem(&text).map_err(|e| invalid(VARIABLE, format!("{}: {e}", path.display())))
+}
+
+pub(super) fn load_sealer(
+    current: Option<&std::path::Path>,
+    old: &[PathBuf],
+) -> Result<Option<Arc<Sealer>>, ConfigError> {
+    const VARIABLE: &str = "SESSION_ENCRYPTION_KEY_FILE";
+    const OLD: &str = "SESSION_ENCRYPTION_OLD_KEY_FILES";
+    let read = |variable, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| invalid(variable, format!("cannot read {}: {e}", path.display())))
+    };
+    let Some(current) = current else {
+        if !old.is_empty() {
+            return Err(invalid(OLD, "needs SESSION_ENCRYPTION_KEY_FILE, the key that seals"));
+        }
+        return Ok(None);
+    };
+    let current_bytes = read(VARIABLE, current)?;
+    crate::seal::parse_key_file(&current_bytes)
+        .map_err(|p| invalid(VARIABLE, format!("{}: {p}", current.display())))?;
+    let old_bytes = old.iter().map(|path| read(OLD, path)).collect::<Result<Vec<_>, _>>()?;
+    let sealer = Sealer::from_key_files(&current_bytes, &old_bytes).map_err(|p| invalid(OLD, p))?;
+    Ok(Some(Arc::new(sealer)))
+}

@@ -1,0 +1,106 @@
+//! Validation of every setting, through the flags clap parses.
+
+use super::*;
+use clap::Parser;
+
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    args: WorkerArgs,
+}
+
+/// Valid base flags, each replaced when `extra` sets it.
+fn args(extra: &[&str]) -> WorkerArgs {
+    let key = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/client_key.pem");
+    let mut argv = vec!["worker"];
+    for (flag, value) in [
+        ("--bunq-base-url", "http://127.0.0.1:1/v1"),
+        ("--bunq-client-private-key-file", key),
+        ("--bunq-allow-insecure-http", "true"),
+    ] {
+        if !extra.contains(&flag) {
+            argv.extend([flag, value]);
+        }
+    }
+    argv.extend_from_slice(extra);
+    Cli::parse_from(argv).args
+}
+
+fn error_of(extra: &[&str]) -> ConfigError {
+    Settings::from_args(args(extra)).unwrap_err()
+}
+
+#[test]
+fn defaults_validate() {
+    let settings = Settings::from_args(args(&[])).unwrap();
+    assert_eq!(settings.bunq.base_url, "http://127.0.0.1:1/v1");
+    assert_eq!(settings.amqp.prefetch, 16);
+}
+
+#[test]
+fn each_bad_setting_names_its_variable() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["--bunq-base-url", "https://api.bunq.com"], "BUNQ_BASE_URL"),
+        (&["--bunq-base-url", "ftp://x/v1"], "BUNQ_BASE_URL"),
+        (&["--bunq-base-url", "http://api.bunq.com/v1"], "BUNQ_BASE_URL"),
+        (&["--bunq-allow-insecure-http", "false"], "BUNQ_BASE_URL"),
+        (&["--bunq-base-url", "https://user:pw@api.bunq.com/v1"], "BUNQ_BASE_URL"),
+        (&["--bunq-permitted-ips", "::1"], "BUNQ_PERMITTED_IPS"),
+        (&["--bunq-permitted-ips", " , "], "BUNQ_PERMITTED_IPS"),
+        (&["--bunq-client-private-key-file", "/nonexistent.pem"], "BUNQ_CLIENT_PRIVATE_KEY_FILE"),
+        (&["--amqp-url", "http://x"], "AMQP_URL"),
+        (&["--redis-url", "mysql://x"], "REDIS_URL"),
+        (&["--prefetch", "0"], "PREFETCH"),
+        (&["--ops-addr", "nine"], "OPS_ADDR"),
+        (&["--session-ttl-margin-secs", "5"], "SESSION_TTL_MARGIN_SECS"),
+        (&["--rate-limit-session-server", "fast"], "RATE_LIMIT_SESSION_SERVER"),
+        (&["--rate-limit-scope", "planet"], "RATE_LIMIT_SCOPE"),
+        (&["--input-queue", "amq.x"], "INPUT_QUEUE"),
+        (&["--lock-ttl-ms", "1000"], "LOCK_TTL_MS"),
+        (&["--shutdown-timeout", "soon"], "SHUTDOWN_TIMEOUT"),
+    ];
+    for (extra, variable) in cases {
+        let err = error_of(extra);
+        assert_eq!(err.variable, *variable, "{extra:?} gave {err}");
+        assert!(err.to_string().contains(variable));
+    }
+}
+
+#[test]
+fn missing_base_url_is_reported_not_defaulted() {
+    let key = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/client_key.pem");
+    let cli = Cli::parse_from(["worker", "--bunq-client-private-key-file", key]);
+    assert_eq!(Settings::from_args(cli.args).unwrap_err().variable, "BUNQ_BASE_URL");
+}
+
+#[test]
+fn https_and_pinned_ips_are_accepted() {
+    let settings = Settings::from_args(args(&[
+        "--bunq-base-url",
+        "https://api.bunq.com/v1/",
+        "--bunq-permitted-ips",
+        "1.2.3.4, 5.6.7.8",
+    ]))
+    .unwrap();
+    assert_eq!(settings.bunq.base_url, "https://api.bunq.com/v1");
+    assert_eq!(settings.bunq.permitted_ips, ["1.2.3.4", "5.6.7.8"]);
+}
+
+#[test]
+fn url_credentials_never_appear_in_the_error() {
+    let err = error_of(&["--bunq-base-url", "https://user:hunter2@api.bunq.com/v2"]);
+    assert!(!err.to_string().contains("hunter2"), "{err}");
+}
+
+#[test]
+fn a_public_key_is_not_accepted_as_the_private_key() {
+    let public = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/client_key.pub.pem");
+    let err = error_of(&["--bunq-client-private-key-file", public]);
+    assert_eq!(err.variable, "BUNQ_CLIENT_PRIVATE_KEY_FILE");
+}
+
+#[test]
+fn amqp_password_never_appears_in_the_error() {
+    let err = error_of(&["--amqp-url", "http://user:hunter2@host"]);
+    assert!(!err.to_string().contains("hunter2"));
+}
