@@ -1,7 +1,7 @@
 //! Names unique to one test or run, so tests run in parallel against one broker and one
 //! Redis and a run never meets another's leftovers.
 
-use bunq_session_worker::amqp::topology::Names;
+use bunq_session_worker::amqp::topology::{Names, Retention};
 
 #[derive(Debug, Clone)]
 pub struct TestNames {
@@ -26,6 +26,7 @@ impl TestNames {
             output_routing_key: "session.ready".into(),
             dead_letter_queue: format!("{id}.dead-letter"),
             retry_queue: format!("{id}.retry"),
+            dead_letter_retention: Retention::DEFAULT,
         };
         Self { key_prefix: format!("{id}:"), id, topology }
     }

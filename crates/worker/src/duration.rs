@@ -1,16 +1,20 @@
-//! Human durations in settings: `500ms`, `30s`, `2m`; a bare number means seconds.
+//! Human durations in settings: `500ms`, `30s`, `2m`, `1h`, `14d`; a bare number means seconds.
 
 use std::time::Duration;
 
 pub fn parse(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let problem = || format!("`{text}` is not a duration like 500ms, 30s or 2m");
+    let problem = || format!("`{text}` is not a duration like 500ms, 30s, 2m, 1h or 14d");
     let (number, unit_ms) = if let Some(n) = text.strip_suffix("ms") {
         (n, 1)
     } else if let Some(n) = text.strip_suffix('s') {
         (n, 1_000)
     } else if let Some(n) = text.strip_suffix('m') {
         (n, 60_000)
+    } else if let Some(n) = text.strip_suffix('h') {
+        (n, 3_600_000)
+    } else if let Some(n) = text.strip_suffix('d') {
+        (n, 86_400_000)
     } else {
         (text, 1_000)
     };
@@ -28,7 +32,9 @@ mod tests {
         assert_eq!(parse("30s").unwrap(), Duration::from_secs(30));
         assert_eq!(parse(" 2m ").unwrap(), Duration::from_secs(120));
         assert_eq!(parse("45").unwrap(), Duration::from_secs(45));
-        for bad in ["", "s", "1h", "-1s", "1.5s", "99999999999999999999m"] {
+        assert_eq!(parse("1h").unwrap(), Duration::from_secs(3_600));
+        assert_eq!(parse("14d").unwrap(), Duration::from_secs(14 * 86_400));
+        for bad in ["", "s", "1w", "h", "-1s", "1.5s", "99999999999999999999m"] {
             assert!(parse(bad).is_err(), "{bad}");
         }
     }

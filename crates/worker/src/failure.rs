@@ -24,6 +24,10 @@ pub enum Reason {
     OutputUnroutable,
     LockBusy,
     RetriesExhausted,
+    /// Returned to the queue unsettled too often (the worker died or lost its connection
+    /// while handling it, again and again): taken out before RabbitMQ's delivery limit
+    /// would dead-letter it with its credential in the clear.
+    RedeliveredTooOften,
 }
 
 impl Reason {
@@ -42,6 +46,7 @@ impl Reason {
             Reason::OutputUnroutable => "output_unroutable",
             Reason::LockBusy => "lock_busy",
             Reason::RetriesExhausted => "retries_exhausted",
+            Reason::RedeliveredTooOften => "redelivered_too_often",
         }
     }
 }

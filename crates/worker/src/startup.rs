@@ -1,6 +1,6 @@
 //! Builds the worker from validated settings and runs it until told to stop.
 
-use crate::amqp::consume::DeliveryContext;
+use crate::amqp::consume::{DeadLetterPolicy, DeliveryContext};
 use crate::amqp::publish::{AmqpAnnouncer, PublishChannel};
 use crate::amqp::supervisor::Supervisor;
 use crate::config::Settings;
@@ -35,10 +35,14 @@ impl Worker {
             opener,
             store.clone(),
             Arc::new(announcer),
-            settings.handler,
+            settings.handler.clone(),
             settings.amqp.consumer_tag.clone(),
         );
-        let context = DeliveryContext::new(handler, settings.amqp.names.clone(), metrics.clone());
+        let dead_letters = DeadLetterPolicy {
+            sealer: settings.redis.sealer.clone(),
+            max_message_bytes: settings.handler.max_message_bytes,
+        };
+        let context = DeliveryContext::new(handler, settings.amqp.names.clone(), metrics.clone(), dead_letters);
         let supervisor = Supervisor::new(&settings.amqp, context, publish);
         let ops_listener = tokio::net::TcpListener::bind(settings.ops_addr)
             .await

@@ -4,8 +4,11 @@
 use super::headers::{self, number, text, with_headers};
 use super::settle::{Moved, Settlement, Settler};
 use super::topology::Names;
+use crate::dead_letter;
+use crate::failure::Reason;
 use crate::handler::{Handler, Incoming, Outcome};
 use crate::metrics::Metrics;
+use crate::seal::Sealer;
 use lapin::message::Delivery;
 use lapin::types::AMQPValue;
 use std::sync::Arc;
@@ -17,11 +20,26 @@ pub struct DeliveryContext {
     handler: Handler,
     names: Names,
     metrics: Arc<Metrics>,
+    dead_letters: DeadLetterPolicy,
+}
+
+/// Returns after which the worker dead-letters a message itself, before any handling:
+/// half of RabbitMQ's own delivery limit, whose dead letters keep the body as it came, so
+/// only the worker's (with the credential protected) are ever reached in practice.
+const REDELIVERY_LIMIT: u64 = super::topology::DELIVERY_LIMIT as u64 / 2;
+
+/// How dead letters keep their credential (see [`crate::dead_letter`]).
+#[derive(Debug, Clone)]
+pub struct DeadLetterPolicy {
+    /// Seals the credential when set; without it the credential is removed.
+    pub sealer: Option<Arc<Sealer>>,
+    /// The decode limit, so a body is recognised as a provision as the handler did.
+    pub max_message_bytes: usize,
 }
 
 impl DeliveryContext {
-    pub fn new(handler: Handler, names: Names, metrics: Arc<Metrics>) -> Arc<Self> {
-        Arc::new(Self { handler, names, metrics })
+    pub fn new(handler: Handler, names: Names, metrics: Arc<Metrics>, dead_letters: DeadLetterPolicy) -> Arc<Self> {
+        Arc::new(Self { handler, names, metrics, dead_letters })
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -47,8 +65,18 @@ impl DeliveryContext {
             provision_id = tracing::field::Empty,
         );
         async {
-            let incoming = Incoming { body: &delivery.data, attempt, correlation_id: correlation_id.as_deref() };
-            let outcome = self.handler.handle(incoming).await.redacted();
+            let returned = headers::delivery_count(&delivery.properties);
+            let outcome = if returned >= REDELIVERY_LIMIT {
+                Outcome::DeadLetter {
+                    reason: Reason::RedeliveredTooOften,
+                    detail: format!(
+                        "returned to the queue unsettled {returned} times: handling it kills or disconnects the worker; see the worker's logs at those times"
+                    ),
+                }
+            } else {
+                let incoming = Incoming { body: &delivery.data, attempt, correlation_id: correlation_id.as_deref() };
+                self.handler.handle(incoming).await.redacted()
+            };
             let (label, reason) = outcome.labels();
             log_outcome(&outcome);
             let delivery_tag = delivery.delivery_tag;
@@ -65,7 +93,8 @@ impl DeliveryContext {
     }
 
     /// Takes the delivery: a moved copy carries its body rather than a copy of it.
-    fn settlement(&self, delivery: Delivery, outcome: &Outcome, attempt: u32) -> Settlement {
+    fn settlement(&self, mut delivery: Delivery, outcome: &Outcome, attempt: u32) -> Settlement {
+        let mut body = None;
         let (queue, properties) = match outcome {
             Outcome::Announced { .. } | Outcome::Skipped(_) => return Settlement::Ack,
             Outcome::Retry { reason, detail, delay, counts_as_attempt } => {
@@ -82,8 +111,17 @@ impl DeliveryContext {
             }
             Outcome::DeadLetter { reason, detail } => {
                 let now = time::OffsetDateTime::now_utc().unix_timestamp();
+                let message_id = delivery.properties.message_id().as_ref().map(|m| m.as_str().to_owned());
+                let (kept, credential) = dead_letter::protect(
+                    std::mem::take(&mut delivery.data),
+                    self.dead_letters.sealer.as_deref(),
+                    message_id.as_deref(),
+                    self.dead_letters.max_message_bytes,
+                );
+                body = Some(kept);
                 let mut set = original_route(&delivery);
                 set.extend([
+                    (headers::CREDENTIAL, text(credential.as_str())),
                     (headers::DEAD_LETTER_REASON, text(reason.as_str())),
                     (headers::DEAD_LETTER_DETAIL, text(detail)),
                     (headers::ATTEMPTS, number(attempt)),
@@ -92,7 +130,8 @@ impl DeliveryContext {
                 (&self.names.dead_letter_queue, with_headers(&delivery.properties, &set))
             }
         };
-        Settlement::Move(Box::new(Moved { queue: queue.clone(), body: delivery.data, properties }))
+        let body = body.unwrap_or(delivery.data);
+        Settlement::Move(Box::new(Moved { queue: queue.clone(), body, properties }))
     }
 }
 

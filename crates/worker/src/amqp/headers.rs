@@ -7,7 +7,12 @@ pub const ATTEMPTS: &str = "x-attempts";
 pub const DEAD_LETTER_REASON: &str = "x-dead-letter-reason";
 pub const DEAD_LETTER_DETAIL: &str = "x-dead-letter-detail";
 pub const RETRY_REASON: &str = "x-retry-reason";
+/// How a dead letter's credential was handled: `sealed`, `removed`, `sealed-body`,
+/// `redacted` or `absent` (see `crate::dead_letter`).
+pub const CREDENTIAL: &str = "x-credential";
 pub const RETRY_DETAIL: &str = "x-retry-detail";
+/// Set by quorum queues: how often the message was returned unsettled.
+pub const DELIVERY_COUNT: &str = "x-delivery-count";
 /// Where the message first arrived, so a replay can send it back the same way.
 pub const ORIGINAL_EXCHANGE: &str = "x-original-exchange";
 pub const ORIGINAL_ROUTING_KEY: &str = "x-original-routing-key";
@@ -25,6 +30,11 @@ pub fn attempts(properties: &BasicProperties) -> u32 {
         .and_then(|h| h.inner().get(ATTEMPTS))
         .and_then(as_u64)
         .map_or(0, |n| n.min(u32::MAX as u64) as u32)
+}
+
+/// How often a quorum queue returned this message unsettled (`x-delivery-count`).
+pub fn delivery_count(properties: &BasicProperties) -> u64 {
+    properties.headers().as_ref().and_then(|h| h.inner().get(DELIVERY_COUNT)).and_then(as_u64).unwrap_or(0)
 }
 
 pub fn get_str(properties: &BasicProperties, name: &str) -> Option<String> {

@@ -4,6 +4,7 @@
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, ExchangeKind};
+use std::time::Duration;
 
 /// Redeliveries (crashes, nacks) before RabbitMQ itself dead-letters a message: a last
 /// line against a message that kills the worker every time, which our own attempt
@@ -20,6 +21,33 @@ pub struct Names {
     pub output_routing_key: String,
     pub dead_letter_queue: String,
     pub retry_queue: String,
+    /// Part of the dead-letter queue's declaration, so every process declares it alike.
+    pub dead_letter_retention: Retention,
+}
+
+/// How long the dead-letter queue keeps what it holds. A dead letter is for an operator to
+/// look at and replay; kept forever it becomes a store nobody curates, so it is bounded
+/// by age and by count (the oldest go first). `None`: no bound of that kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    pub max_age: Option<Duration>,
+    pub max_length: Option<u64>,
+}
+
+impl Retention {
+    /// RabbitMQ refuses a `x-message-ttl` above 2³² − 1 ms (about 49 days).
+    pub const MAX_AGE_LIMIT: Duration = Duration::from_millis(u32::MAX as u64);
+
+    /// 14 days and 100,000 messages: long enough to span holidays, small enough that the
+    /// queue stays a list someone reads.
+    pub const DEFAULT: Retention =
+        Retention { max_age: Some(Duration::from_secs(14 * 86_400)), max_length: Some(100_000) };
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
 }
 
 impl Names {
@@ -99,6 +127,16 @@ pub async fn declare(channel: &Channel, names: &Names) -> Result<(), lapin::Erro
 
     let mut dead_letter_args = FieldTable::default();
     dead_letter_args.insert("x-queue-type".into(), long_string("quorum"));
+    let retention = names.dead_letter_retention;
+    if let Some(max_age) = retention.max_age {
+        let ms = i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX);
+        dead_letter_args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ms));
+    }
+    if let Some(max_length) = retention.max_length {
+        dead_letter_args.insert("x-max-length".into(), AMQPValue::LongLongInt(max_length as i64));
+        // The oldest dead letter goes first: the newest is the one someone looks for.
+        dead_letter_args.insert("x-overflow".into(), long_string("drop-head"));
+    }
     channel.queue_declare(names.dead_letter_queue.as_str().into(), durable_queue, dead_letter_args).await?;
     Ok(())
 }

@@ -8,7 +8,9 @@
 use crate::amqp::headers;
 use crate::amqp::publish::PublishChannel;
 use crate::amqp::{connect, topology};
-use crate::config::ConnectionArgs;
+use crate::config::{ConnectionArgs, SealArgs};
+use crate::dead_letter::{self, Credential};
+use crate::seal::Sealer;
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use lapin::message::BasicGetMessage;
@@ -26,8 +28,9 @@ pub struct DeadLetterArgs {
 pub enum Action {
     /// List dead letters: reason, provision id, attempts, age, detail.
     List(ListArgs),
-    /// Send dead letters back to the exchange they first arrived on, with fresh attempts.
-    Replay(Selection),
+    /// Send dead letters back to the exchange they first arrived on, with fresh attempts,
+    /// their credential unsealed (needs the key that sealed it).
+    Replay(ReplayArgs),
 }
 
 /// Which dead letters a command works on.
@@ -41,6 +44,25 @@ pub struct Selection {
     /// At most this many messages.
     #[arg(long, default_value_t = 100)]
     pub limit: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    #[command(flatten)]
+    pub selection: Selection,
+    #[command(flatten)]
+    pub seal: SealArgs,
+    /// Bodies up to this size are recognised as provisions (as the worker's MAX_MESSAGE_BYTES).
+    #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 256 * 1024)]
+    pub max_message_bytes: usize,
+}
+
+/// What a replay did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Replayed {
+    pub replayed: u32,
+    /// Left in the queue: their credential was removed, or cannot be unsealed here.
+    pub kept: u32,
 }
 
 #[derive(Debug, Args)]
@@ -99,8 +121,20 @@ pub async fn run(args: DeadLetterArgs) -> anyhow::Result<()> {
             Ok(())
         }
         Action::Replay(args) => {
-            let replayed = replay(&args.connection, args.reason.as_deref(), args.limit).await?;
-            println!("replayed {replayed} message(s) from {}", args.connection.dead_letter_queue);
+            let sealer = args.seal.sealer()?;
+            let selection = &args.selection;
+            let report = replay(
+                &selection.connection,
+                selection.reason.as_deref(),
+                selection.limit,
+                sealer.as_deref(),
+                args.max_message_bytes,
+            )
+            .await?;
+            println!(
+                "replayed {} message(s) from {}; kept {} that cannot be replayed as they are",
+                report.replayed, selection.connection.dead_letter_queue, report.kept
+            );
             Ok(())
         }
     }
@@ -111,7 +145,7 @@ async fn open(names: &ConnectionArgs) -> anyhow::Result<(lapin::Connection, Chan
         .await
         .context("AMQP_URL: cannot connect to RabbitMQ")?;
     let channel = connection.create_channel().await?;
-    topology::declare(&channel, &names.names()).await.context("declaring the topology")?;
+    topology::declare(&channel, &names.names()?).await.context("declaring the topology")?;
     let queue = channel
         .queue_declare(
             names.dead_letter_queue.as_str().into(),
@@ -139,15 +173,21 @@ pub async fn list(names: &ConnectionArgs, reason: Option<&str>, limit: u32) -> a
 }
 
 /// Moves up to `limit` dead letters (matching `reason`) back to their original exchange.
-pub async fn replay(names: &ConnectionArgs, reason: Option<&str>, limit: u32) -> anyhow::Result<u32> {
+pub async fn replay(
+    names: &ConnectionArgs,
+    reason: Option<&str>,
+    limit: u32,
+    sealer: Option<&Sealer>,
+    max_message_bytes: usize,
+) -> anyhow::Result<Replayed> {
     let (connection, channel, count) = open(names).await?;
     let publish_channel = connection.create_channel().await?;
     publish_channel.confirm_select(ConfirmSelectOptions { nowait: false }).await?;
     let publish = PublishChannel::default();
     publish.set(Some(publish_channel));
-    let mut replayed = 0;
+    let mut report = Replayed::default();
     for _ in 0..count {
-        if replayed >= limit {
+        if report.replayed >= limit {
             break;
         }
         let Some(message) = get(&channel, names).await? else { break };
@@ -155,6 +195,26 @@ pub async fn replay(names: &ConnectionArgs, reason: Option<&str>, limit: u32) ->
             continue; // left unacked: returns to the queue on close
         }
         let properties = &message.delivery.properties;
+        // Written before credentials were protected: the body is as it arrived.
+        let credential = headers::get_str(properties, headers::CREDENTIAL)
+            .and_then(|c| Credential::parse(&c))
+            .unwrap_or(Credential::Absent);
+        let message_id = properties.message_id().as_ref().map(|m| m.as_str().to_owned());
+        let body = match dead_letter::restore(
+            &message.delivery.data,
+            credential,
+            sealer,
+            message_id.as_deref(),
+            max_message_bytes,
+        ) {
+            Ok(body) => body,
+            Err(e) => {
+                // Left unacked: it returns to the queue on close.
+                eprintln!("kept a dead letter (message id {}): {e}", message_id.as_deref().unwrap_or("none"));
+                report.kept += 1;
+                continue;
+            }
+        };
         let (exchange, routing_key) = match headers::get_str(properties, headers::ORIGINAL_EXCHANGE) {
             Some(exchange) if !exchange.is_empty() => {
                 (exchange, headers::get_str(properties, headers::ORIGINAL_ROUTING_KEY).unwrap_or_default())
@@ -170,6 +230,7 @@ pub async fn replay(names: &ConnectionArgs, reason: Option<&str>, limit: u32) ->
                 headers::DEAD_LETTER_REASON,
                 headers::DEAD_LETTER_DETAIL,
                 headers::DEAD_LETTERED_AT,
+                headers::CREDENTIAL,
                 headers::RETRY_REASON,
                 headers::RETRY_DETAIL,
                 "x-death",
@@ -181,14 +242,14 @@ pub async fn replay(names: &ConnectionArgs, reason: Option<&str>, limit: u32) ->
         );
         let fresh = headers::with_headers(&fresh, &[(headers::REPLAYS, AMQPValue::LongLongInt(replays as i64))]);
         publish
-            .publish(&exchange, &routing_key, &message.delivery.data, fresh)
+            .publish(&exchange, &routing_key, &body, fresh)
             .await
             .with_context(|| format!("replaying to exchange `{exchange}` with routing key `{routing_key}`"))?;
         message.ack(BasicAckOptions { multiple: false }).await.context("acking the replayed dead letter")?;
-        replayed += 1;
+        report.replayed += 1;
     }
     let _ = connection.close(200, "replayed".into()).await;
-    Ok(replayed)
+    Ok(report)
 }
 
 async fn get(channel: &Channel, names: &ConnectionArgs) -> anyhow::Result<Option<BasicGetMessage>> {

@@ -88,7 +88,7 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<()> {
         .context("AMQP_URL: cannot connect to RabbitMQ")?;
     let channel = connection.create_channel().await?;
     // Declaring the topology first means a demo can publish before the worker starts.
-    topology::declare(&channel, &args.connection.names()).await.context("declaring the topology")?;
+    topology::declare(&channel, &args.connection.names()?).await.context("declaring the topology")?;
     channel.confirm_select(ConfirmSelectOptions { nowait: false }).await?;
     let publish = crate::amqp::publish::PublishChannel::default();
     publish.set(Some(channel));

@@ -4,7 +4,7 @@
 //! settings, failing with an error that names the variable, so a bad deployment stops
 //! at start-up instead of misbehaving later.
 
-use crate::amqp::topology::Names;
+use crate::amqp::topology::{Names, Retention};
 use crate::handler::HandlerSettings;
 use crate::metrics::Metrics;
 use crate::ratelimit::{Limit, RateLimiter, Scope};
@@ -71,12 +71,24 @@ pub struct ConnectionArgs {
     /// Delay queue: no consumers, per-message TTL, dead-letters back into the input queue.
     #[arg(long, env = "RETRY_QUEUE", default_value = "bunq-session-worker.retry")]
     pub retry_queue: String,
+    /// Dead letters older than this are dropped (e.g. 14d, at most 49d; `0`: kept until replayed).
+    /// Part of the queue's declaration: every process must use the same value.
+    #[arg(long, env = "DEAD_LETTER_MAX_AGE", default_value = "14d")]
+    pub dead_letter_max_age: String,
+    /// At most this many dead letters, the oldest dropped first (`0`: no limit).
+    #[arg(long, env = "DEAD_LETTER_MAX_LENGTH", default_value_t = 100_000)]
+    pub dead_letter_max_length: u64,
 }
 
 impl ConnectionArgs {
-    /// The names these arguments give the topology.
-    pub fn names(&self) -> Names {
-        Names {
+    /// The topology these arguments name, validated.
+    pub fn names(&self) -> Result<Names, ConfigError> {
+        let max_age =
+            crate::duration::parse(&self.dead_letter_max_age).map_err(|p| invalid("DEAD_LETTER_MAX_AGE", p))?;
+        if max_age > Retention::MAX_AGE_LIMIT {
+            return Err(invalid("DEAD_LETTER_MAX_AGE", "must be at most 49d (RabbitMQ's limit for a queue's TTL)"));
+        }
+        let names = Names {
             input_exchange: self.input_exchange.clone(),
             input_queue: self.input_queue.clone(),
             input_binding_key: self.input_binding_key.clone(),
@@ -84,7 +96,15 @@ impl ConnectionArgs {
             output_routing_key: self.output_routing_key.clone(),
             dead_letter_queue: self.dead_letter_queue.clone(),
             retry_queue: self.retry_queue.clone(),
+            dead_letter_retention: Retention {
+                max_age: (!max_age.is_zero()).then_some(max_age),
+                max_length: (self.dead_letter_max_length > 0).then_some(self.dead_letter_max_length),
+            },
+        };
+        for (variable, value) in names.as_env() {
+            require_amqp_name(variable, value)?;
         }
+        Ok(names)
     }
 }
 
@@ -306,9 +326,7 @@ impl Settings {
         let client_key = load_client_key(args.bunq_client_private_key_file.as_deref())?;
         require_url(&args.connection.amqp_url, "AMQP_URL", &["amqp", "amqps"])?;
         let redis = args.store.settings()?;
-        for (variable, value) in args.connection.names().as_env() {
-            require_amqp_name(variable, value)?;
-        }
+        let names = args.connection.names()?;
         if args.connection.output_routing_key.is_empty() {
             return Err(invalid("OUTPUT_ROUTING_KEY", "must not be empty"));
         }
@@ -364,7 +382,7 @@ impl Settings {
             format!("{}.{}", args.pod_name.clone().unwrap_or_else(default_pod_name), uuid::Uuid::new_v4().simple());
         Ok(Self {
             amqp: AmqpSettings {
-                names: args.connection.names(),
+                names,
                 url: args.connection.amqp_url,
                 prefetch: args.prefetch,
                 consumer_tag,

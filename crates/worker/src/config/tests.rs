@@ -58,12 +58,26 @@ fn each_bad_setting_names_its_variable() {
         (&["--input-queue", "amq.x"], "INPUT_QUEUE"),
         (&["--lock-ttl-ms", "1000"], "LOCK_TTL_MS"),
         (&["--shutdown-timeout", "soon"], "SHUTDOWN_TIMEOUT"),
+        (&["--dead-letter-max-age", "60d"], "DEAD_LETTER_MAX_AGE"),
+        (&["--dead-letter-max-age", "forever"], "DEAD_LETTER_MAX_AGE"),
     ];
     for (extra, variable) in cases {
         let err = error_of(extra);
         assert_eq!(err.variable, *variable, "{extra:?} gave {err}");
         assert!(err.to_string().contains(variable));
     }
+}
+
+#[test]
+fn dead_letter_retention_is_bounded_by_default_and_zero_lifts_a_bound() {
+    let default = Settings::from_args(args(&[])).unwrap().amqp.names.dead_letter_retention;
+    assert_eq!(default, Retention::DEFAULT);
+    let unbounded = Settings::from_args(args(&["--dead-letter-max-age", "0", "--dead-letter-max-length", "0"]))
+        .unwrap()
+        .amqp
+        .names
+        .dead_letter_retention;
+    assert_eq!(unbounded, Retention { max_age: None, max_length: None });
 }
 
 #[test]

@@ -49,12 +49,15 @@ async fn malformed_bodies_are_dead_lettered_with_a_reason_and_the_worker_keeps_g
 async fn expired_credential_is_dead_lettered_without_calling_bunq() {
     let app = spawn_app().await;
     let past = expiry_in(time::Duration::minutes(-1));
-    let body =
-        provision_body(random_id(), "CREATED", "PENDING_PROCESS_USER_ONBOARDING", Some(&random_token()), &past, true);
+    let token = random_token();
+    let body = provision_body(random_id(), "CREATED", "PENDING_PROCESS_USER_ONBOARDING", Some(&token), &past, true);
     app.publish(&body).await;
 
     let (dead, properties) = app.next_dead_letter(WAIT).await.expect("dead letter");
-    assert_eq!(dead, body);
+    // Without an encryption key the credential is removed; the rest of the body stays.
+    assert_eq!(dead, bunq_session_worker::dead_letter::protect(body.clone(), None, None, 256 * 1024).0);
+    assert!(!String::from_utf8_lossy(&dead).contains(&token), "the dead letter keeps the token");
+    assert_eq!(header_str(&properties, "x-credential").as_deref(), Some("removed"));
     assert_eq!(header_str(&properties, "x-dead-letter-reason").as_deref(), Some("credential_expired"));
     assert!(header_str(&properties, "x-dead-letter-detail").unwrap().contains("token reset"));
     assert!(app.fake.calls().is_empty());
@@ -96,5 +99,39 @@ async fn a_dead_letter_queue_deleted_while_running_is_declared_again_and_keeps_t
     assert_eq!(header_str(&properties, "x-dead-letter-reason").as_deref(), Some("malformed"));
     app.wait_idle(WAIT).await;
     assert_eq!(app.ready_count(&app.names.input_queue.clone()).await, 0, "acked once the copy was safe");
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn the_dead_letter_queue_is_bounded_and_drops_its_oldest_first() {
+    let flags = vec!["--dead-letter-max-length=2".to_owned()];
+    let app = spawn_app_with(AppOptions { flags, ..Default::default() }).await;
+    for body in ["bad 1", "bad 2", "bad 3"] {
+        app.publish(body.as_bytes()).await;
+        app.wait_idle(WAIT).await;
+    }
+    assert_eq!(app.ready_count(&app.names.dead_letter_queue.clone()).await, 2);
+    let (oldest_kept, _) = app.next_dead_letter(WAIT).await.unwrap();
+    assert_eq!(oldest_kept, b"bad 2");
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn a_message_returned_too_often_is_dead_lettered_by_the_worker_with_its_credential_removed() {
+    let app = spawn_app().await;
+    let (id, token) = (random_id(), random_token());
+    // As a quorum queue marks a message returned unsettled 12 times (each time the worker
+    // died handling it): RabbitMQ's own limit (20) would dead-letter the body as it came.
+    let mut headers = lapin::types::FieldTable::default();
+    headers.insert("x-delivery-count".into(), lapin::types::AMQPValue::LongLongInt(12));
+    let properties = lapin::BasicProperties::default().with_message_id("m-returned".into()).with_headers(headers);
+    let confirm =
+        test_support::publish_input(app.channel(), &app.names, &ready_body(id, &token), properties).await.unwrap();
+    assert!(confirm.is_ack());
+    let (body, properties) = app.next_dead_letter(WAIT).await.expect("dead-lettered");
+    assert_eq!(header_str(&properties, "x-dead-letter-reason").as_deref(), Some("redelivered_too_often"));
+    assert_eq!(header_str(&properties, "x-credential").as_deref(), Some("removed"));
+    assert!(!String::from_utf8_lossy(&body).contains(&token));
+    assert!(app.fake.calls().is_empty(), "not handled: bunq never called");
     app.teardown().await;
 }

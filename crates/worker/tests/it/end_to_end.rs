@@ -139,14 +139,17 @@ async fn unroutable_session_ready_is_never_acked_away() {
     let app =
         spawn_app_with(AppOptions { bind_output: false, flags: vec!["--max-attempts=2".into()], ..Default::default() })
             .await;
-    let id = random_id();
-    let body = ready_body(id, &random_token());
+    let (id, token) = (random_id(), random_token());
+    let body = ready_body(id, &token);
     app.publish(&body).await;
 
     // Retried once through the retry queue, then dead-lettered with the cause: the input
     // is kept, never acked away while its announcement has nowhere to go.
     let (dead, properties) = app.next_dead_letter(WAIT).await.expect("dead letter");
-    assert_eq!(dead, body);
+    // Without an encryption key the credential is removed; the rest of the body stays.
+    assert_eq!(dead, bunq_session_worker::dead_letter::protect(body.clone(), None, None, 256 * 1024).0);
+    assert!(!String::from_utf8_lossy(&dead).contains(&token), "the dead letter keeps the token");
+    assert_eq!(header_str(&properties, "x-credential").as_deref(), Some("removed"));
     assert_eq!(header_str(&properties, "x-dead-letter-reason").as_deref(), Some("retries_exhausted"));
     let detail = header_str(&properties, "x-dead-letter-detail").unwrap();
     assert!(detail.contains("output_unroutable"), "{detail}");

@@ -102,6 +102,11 @@ impl TestApp {
         assert!(ops::wait_ready(self.ops_addr, Duration::from_secs(15)).await, "worker never became ready");
     }
 
+    /// The test's own channel (publisher confirms on).
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
     /// Publishes a body to the input exchange as an upstream would; returns its message id.
     pub async fn publish(&self, body: &[u8]) -> String {
         let message_id = uuid::Uuid::new_v4().to_string();

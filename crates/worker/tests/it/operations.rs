@@ -1,6 +1,8 @@
 //! The operator commands as processes: `dead-letters list|replay` and `check`.
 
 use crate::helpers::*;
+use bunq_session_worker::dead_letter::{self, Credential};
+use bunq_session_worker::seal::Sealer;
 use fake_bunq::CredentialState;
 use std::time::Duration;
 use test_support::{random_id, random_token, ready_body, AMQP_URL, CLIENT_KEY, REDIS_URL};
@@ -9,19 +11,36 @@ const BIN: &str = env!("CARGO_BIN_EXE_bunq-session-worker");
 const WAIT: Duration = Duration::from_secs(15);
 
 fn cli(app: &TestApp, args: &[&str]) -> std::process::Output {
+    cli_with(app, args, &[])
+}
+
+fn cli_with(app: &TestApp, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     std::process::Command::new(BIN)
         .args(args)
         .env_clear()
         .env("AMQP_URL", AMQP_URL)
         .envs(app.names.as_env())
+        .envs(env.iter().copied())
         .env("LOG_FORMAT", "pretty")
         .output()
         .unwrap()
 }
 
+/// A random 32-byte encryption key in a file of its own.
+fn key_file() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("session.key");
+    let key: [u8; 32] = std::array::from_fn(|_| rand::random::<u8>());
+    std::fs::write(&path, hex::encode(key)).unwrap();
+    (dir, path.to_str().unwrap().to_owned())
+}
+
 #[tokio::test]
 async fn dead_letters_are_listed_without_secrets_and_replayed_after_the_cause_is_fixed() {
-    let app = spawn_app().await;
+    // With a key, the dead letter's credential is sealed, and the replay unseals it.
+    let (_dir, key) = key_file();
+    let flags = vec![format!("--session-encryption-key-file={key}")];
+    let app = spawn_app_with(AppOptions { flags, ..Default::default() }).await;
     let (rejected_id, token) = (random_id(), random_token());
     app.fake.register_credential(&token, CredentialState::Rejected);
     app.publish(&ready_body(rejected_id, &token)).await;
@@ -45,7 +64,11 @@ async fn dead_letters_are_listed_without_secrets_and_replayed_after_the_cause_is
 
     // The partner fixed the credential: replay only that reason.
     app.fake.register_credential(&token, CredentialState::PendingFirstUse);
-    let replayed = cli(&app, &["dead-letters", "replay", "--reason", "rejected_by_bunq"]);
+    let replayed = cli_with(
+        &app,
+        &["dead-letters", "replay", "--reason", "rejected_by_bunq"],
+        &[("SESSION_ENCRYPTION_KEY_FILE", &key)],
+    );
     assert!(replayed.status.success(), "{}", String::from_utf8_lossy(&replayed.stderr));
     assert!(String::from_utf8_lossy(&replayed.stdout).contains("replayed 1 message"));
 
@@ -53,9 +76,36 @@ async fn dead_letters_are_listed_without_secrets_and_replayed_after_the_cause_is
     assert_eq!(event.provision_id, rejected_id);
     app.wait_idle(WAIT).await;
     let (left, properties) = app.next_dead_letter(WAIT).await.expect("the malformed one stays");
-    assert_eq!(left, b"not an event");
     assert_eq!(header_str(&properties, "x-dead-letter-reason").as_deref(), Some("malformed"));
+    // An undecodable body may hide a credential anywhere: with a key it is sealed whole.
+    assert_eq!(header_str(&properties, "x-credential").as_deref(), Some("sealed-body"));
+    assert!(!String::from_utf8_lossy(&left).contains("not an event"));
+    let sealer = Sealer::from_key_files(&std::fs::read(&key).unwrap(), &[]).unwrap();
+    let message_id = properties.message_id().as_ref().map(|m| m.as_str().to_owned());
+    let restored = dead_letter::restore(&left, Credential::SealedBody, Some(&sealer), message_id.as_deref(), 1 << 20);
+    assert_eq!(restored.unwrap(), b"not an event");
     assert!(app.next_dead_letter(Duration::from_millis(300)).await.is_none());
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn without_a_key_a_dead_letter_holds_no_token_and_waits_for_a_fresh_event() {
+    let app = spawn_app().await;
+    let (id, token) = (random_id(), random_token());
+    app.fake.register_credential(&token, CredentialState::Rejected);
+    app.publish(&ready_body(id, &token)).await;
+    app.wait_idle(WAIT).await;
+
+    let replayed = cli(&app, &["dead-letters", "replay"]);
+    assert!(replayed.status.success(), "{}", String::from_utf8_lossy(&replayed.stderr));
+    let stdout = String::from_utf8_lossy(&replayed.stdout);
+    assert!(stdout.contains("replayed 0 message(s)") && stdout.contains("kept 1"), "{stdout}");
+    assert!(String::from_utf8_lossy(&replayed.stderr).contains("publish a fresh event"));
+
+    let (body, properties) = app.next_dead_letter(WAIT).await.expect("kept in the queue");
+    assert!(!String::from_utf8_lossy(&body).contains(&token), "the dead letter keeps the token");
+    assert_eq!(header_str(&properties, "x-credential").as_deref(), Some("removed"));
+    assert_eq!(header_str(&properties, "x-dead-letter-reason").as_deref(), Some("rejected_by_bunq"));
     app.teardown().await;
 }
 
