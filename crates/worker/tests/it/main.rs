@@ -4,6 +4,7 @@
 mod bad_input;
 mod end_to_end;
 mod helpers;
+mod leaks;
 mod operations;
 mod process;
 mod redis_parts;
