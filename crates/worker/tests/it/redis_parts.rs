@@ -91,6 +91,73 @@ async fn the_provision_lock_is_released_only_by_its_owner() {
     delete_prefix(&prefix).await;
 }
 
+fn session_of(user_id: u64, token: &str) -> Session {
+    let now = time::OffsetDateTime::now_utc();
+    Session {
+        provision_id: user_id + 1,
+        external_uuid: None,
+        user_id,
+        granted_by_user_id: None,
+        session_id: user_id + 2,
+        session_token: format!("{token}-session").into(),
+        installation_token: format!("{token}-installation").into(),
+        server_public_key: "pem".into(),
+        created_at: now,
+        expires_at: now + time::Duration::hours(1),
+    }
+}
+
+#[tokio::test]
+async fn keys_rotate_records_are_resealed_with_the_new_key_and_the_old_key_can_then_go() {
+    let prefix = prefix();
+    let conn = connect_redis(REDIS_URL).unwrap();
+    let (old_key, new_key) = (hex::encode(rand::random::<[u8; 32]>()), hex::encode(rand::random::<[u8; 32]>()));
+    let store = |sealer: Option<Sealer>| Store::new(conn.clone(), Keys::new(&prefix), sealer.map(Arc::new));
+    let old = Sealer::from_key_files(old_key.as_bytes(), &[]).unwrap();
+    // As a replica configured with the new key and the old one among the old keys.
+    let rotated = || Some(Sealer::from_key_files(new_key.as_bytes(), &[old_key.clone().into_bytes()]).unwrap());
+    let new_id = rotated().unwrap().current_key_id().to_owned();
+    // One record from before any key, one sealed by the old key, one by the new.
+    store(None).cache_session(&session_of(1, "plain"), Duration::from_secs(300)).await.unwrap();
+    store(Some(old)).cache_session(&session_of(2, "old"), Duration::from_secs(300)).await.unwrap();
+    store(Some(Sealer::from_key_files(new_key.as_bytes(), &[]).unwrap()))
+        .cache_session(&session_of(3, "new"), Duration::from_secs(300))
+        .await
+        .unwrap();
+    let raw = |user_id: u64| {
+        let mut conn = conn.clone();
+        let key = format!("{prefix}session:{user_id}");
+        async move { redis::AsyncCommands::get::<_, String>(&mut conn, key).await.unwrap() }
+    };
+    assert!(raw(1).await.contains("plain-session"));
+
+    // The rotated configuration reads all three, then re-seals the two that need it.
+    for user_id in 1..=3 {
+        assert!(store(rotated()).read_session(user_id).await.unwrap().is_some());
+    }
+    let report = store(rotated()).reseal().await.unwrap();
+    assert_eq!((report.records, report.rewritten, report.skipped), (3, 2, 0));
+    for user_id in 1..=3 {
+        let record = raw(user_id).await;
+        assert!(!record.contains("-session") && !record.contains("-installation"), "{record}");
+        assert_eq!(record.matches(&format!("\"v2:{new_id}:")).count(), 2, "{record}");
+        let ttl: i64 =
+            redis::cmd("PTTL").arg(format!("{prefix}session:{user_id}")).query_async(&mut conn.clone()).await.unwrap();
+        assert!(ttl > 200_000, "the TTL was kept: {ttl}");
+    }
+    assert_eq!(store(rotated()).reseal().await.unwrap().rewritten, 0, "nothing left to do");
+
+    // The old key can go: the new key alone opens everything.
+    let new_only = store(Some(Sealer::from_key_files(new_key.as_bytes(), &[]).unwrap()));
+    let read = new_only.read_session(2).await.unwrap().unwrap();
+    assert_eq!(read.session_token.expose_secret(), "old-session");
+    // And the old key alone is told which key it lacks, not handed garbage.
+    let old_only = store(Some(Sealer::from_key_files(old_key.as_bytes(), &[]).unwrap()));
+    let error = old_only.read_session(2).await.unwrap_err().to_string();
+    assert!(error.contains(&new_id) && !error.contains("old-session"), "{error}");
+    delete_prefix(&prefix).await;
+}
+
 #[tokio::test]
 async fn with_a_key_tokens_never_rest_in_plaintext() {
     let prefix = prefix();
