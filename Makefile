@@ -4,7 +4,7 @@ CARGO ?= cargo
 TEST_THREADS ?= 4
 
 .DEFAULT_GOAL := help
-.PHONY: help build demo test test-rust test-faults test-sdk test-helm lint audit fmt bench fuzz
+.PHONY: help build demo test test-rust test-faults test-infra test-sdk test-helm lint audit fmt bench fuzz
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -15,7 +15,7 @@ build: ## Build the worker and fake-bunq
 demo: build ## Run the whole flow locally: fake-bunq, the worker, RabbitMQ and Redis
 	$(CARGO) run --locked --quiet -p bunq-session-worker --example demo -- --bin-dir "$$($(CARGO) metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug"
 
-test: test-rust test-faults test-sdk test-helm ## Run every test (needs RabbitMQ and Redis on localhost, rabbitmqctl, redis-server)
+test: test-rust test-faults test-infra test-sdk test-helm ## Run every test (needs RabbitMQ and Redis on localhost, rabbitmqctl, redis-server)
 
 test-rust: ## Unit, doc and integration tests of every crate
 	$(CARGO) test --locked -p bunq-protocol -p fake-bunq -p bsw-test-support -- --test-threads=$(TEST_THREADS)
@@ -24,6 +24,9 @@ test-rust: ## Unit, doc and integration tests of every crate
 
 test-faults: ## Fault tests: kill, broker disconnects, Redis restart, bunq faults, two replicas, SIGTERM, hostile input
 	$(CARGO) test --locked -p bunq-session-worker --test faults -- --test-threads=2 --nocapture
+
+test-infra: ## Infrastructure as users run it, on nodes the tests start themselves: TLS to RabbitMQ and Redis
+	$(CARGO) test --locked -p bunq-session-worker --test infra -- --test-threads=2
 
 test-sdk: ## bunq's official Python SDK opens a session against fake-bunq
 	tests/sdk/run.sh

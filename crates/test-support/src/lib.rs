@@ -18,6 +18,7 @@ pub mod downstream;
 pub mod fake;
 pub mod logging;
 pub mod names;
+pub mod nodes;
 pub mod ops;
 pub mod services;
 pub mod settings;

@@ -22,7 +22,7 @@ pub async fn connect_amqp(url: &str) -> Result<Connection, lapin::Error> {
 
 /// A Redis connection as the worker makes it (reconnecting, with timeouts).
 pub fn connect_redis(url: &str) -> Result<ConnectionManager, redis::RedisError> {
-    bunq_session_worker::store::connect(&url.to_owned().into())
+    bunq_session_worker::store::connect(&url.to_owned().into(), None)
 }
 
 /// Runs `rabbitmqctl` (vhosts, closing connections); fails with its stderr.

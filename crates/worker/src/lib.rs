@@ -36,3 +36,4 @@ pub(crate) mod session;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod tls;

@@ -8,7 +8,9 @@ use crate::handler::Handler;
 use crate::metrics::Metrics;
 use crate::ops::{self, OpsState};
 use crate::session::SessionOpener;
+use crate::tls;
 use anyhow::Context as _;
+use secrecy::ExposeSecret as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -23,6 +25,7 @@ impl Worker {
     /// Builds every part from its settings and binds the ops port; connects to nothing
     /// yet (RabbitMQ and Redis are reached lazily and supervised).
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        verify_tls(&settings).await?;
         let metrics = Arc::new(Metrics::new());
         let conn = settings.redis.connect()?;
         let store = settings.redis.store(conn.clone());
@@ -67,6 +70,21 @@ impl Worker {
         tracing::info!(event = "stopped");
         Ok(())
     }
+}
+
+/// A certificate that does not verify is a configuration error, not an outage: a TLS
+/// handshake with each node at start-up finds it and stops the worker naming the setting.
+/// A service that does not answer yet is left to the supervised reconnects.
+pub async fn verify_tls(settings: &Settings) -> anyhow::Result<()> {
+    if let Some(files) = settings.amqp.broker.tls() {
+        for url in settings.amqp.broker.tls_urls() {
+            tls::probe(url, 5671, files).await?;
+        }
+    }
+    if let Some(files) = &settings.redis.tls {
+        tls::probe(settings.redis.url.expose_secret(), 6379, files).await?;
+    }
+    Ok(())
 }
 
 /// Cancels `token` on SIGTERM or SIGINT: the process's one signal handler. Both are

@@ -6,6 +6,7 @@
 
 pub use crate::seal::Sealer;
 use crate::seal::{self, Context};
+use crate::tls::TlsFiles;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::AsyncCommands;
 use secrecy::{ExposeSecret, SecretString};
@@ -33,8 +34,20 @@ impl StoreError {
 
 /// A Redis connection that reconnects by itself; commands fail fast while Redis is
 /// away, so deliveries go to the retry queue instead of hanging.
-pub fn connect(url: &SecretString) -> Result<ConnectionManager, redis::RedisError> {
-    let client = redis::Client::open(url.expose_secret())?;
+pub fn connect(url: &SecretString, tls: Option<&TlsFiles>) -> Result<ConnectionManager, redis::RedisError> {
+    let client = match tls {
+        None => redis::Client::open(url.expose_secret())?,
+        Some(files) => redis::Client::build_with_tls(
+            url.expose_secret(),
+            redis::TlsCertificates {
+                client_tls: files.identity.as_ref().map(|identity| redis::ClientTlsConfig {
+                    client_cert: identity.cert_pem.clone(),
+                    client_key: identity.key_pem.clone(),
+                }),
+                root_cert: files.ca_pem.clone(),
+            },
+        )?,
+    };
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(2)))
         .set_response_timeout(Some(Duration::from_secs(2)))

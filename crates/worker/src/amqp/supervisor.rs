@@ -1,16 +1,16 @@
 //! Keeps the worker consuming: connect, declare, consume; on connection or channel loss,
 //! reconnect with backoff and resume, without a process restart (docs/architecture.md §6).
 
+use super::broker::Broker;
 use super::consume::DeliveryContext;
 use super::publish::PublishChannel;
 use super::settle::Settler;
+use super::topology;
 use super::topology::Names;
-use super::{connect, topology};
 use crate::config::AmqpSettings;
 use futures_util::StreamExt;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
-use secrecy::SecretString;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub struct Supervisor {
-    amqp_url: SecretString,
+    broker: Broker,
     names: Names,
     consumer_tag: String,
     prefetch: u16,
@@ -38,7 +38,7 @@ const RECONNECT_MAX: Duration = Duration::from_secs(15);
 impl Supervisor {
     pub fn new(settings: &AmqpSettings, context: Arc<DeliveryContext>, publish: PublishChannel) -> Self {
         Self {
-            amqp_url: settings.url.clone(),
+            broker: settings.broker.clone(),
             names: settings.names.clone(),
             consumer_tag: settings.consumer_tag.clone(),
             prefetch: settings.prefetch,
@@ -86,7 +86,10 @@ impl Supervisor {
         shutdown: &CancellationToken,
         permits: &Arc<Semaphore>,
     ) -> Result<(), lapin::Error> {
-        let connection = connect(&self.amqp_url, &self.consumer_tag).await?;
+        let (connection, node) = self.broker.connect(&self.consumer_tag).await?;
+        if self.broker.nodes() > 1 {
+            tracing::info!(event = "amqp_connected", node);
+        }
         self.context.metrics().amqp_connected();
         let setup = connection.create_channel().await?;
         topology::declare(&setup, &self.names).await?;

@@ -18,10 +18,20 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<bool> {
             return Ok(false);
         }
     };
+    let tls = report("tls", async {
+        crate::startup::verify_tls(&settings).await?;
+        Ok::<_, anyhow::Error>("certificates verify (or no TLS files are set)".to_owned())
+    })
+    .await;
     let amqp = report("rabbitmq", async {
-        let connection = crate::amqp::connect(&settings.amqp.url, "bunq-session-worker check").await?;
+        let (connection, node) = settings
+            .amqp
+            .broker
+            .connect("bunq-session-worker check")
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", bunq_protocol::redact::detail(&e.to_string())))?;
         let _ = connection.close(200, "check".into()).await;
-        Ok::<_, anyhow::Error>("connected (AMQP_URL)".to_owned())
+        Ok::<_, anyhow::Error>(format!("connected (AMQP_URL node {})", node + 1))
     })
     .await;
     let redis = report("redis", async {
@@ -36,7 +46,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<bool> {
         Ok(format!("HTTP {} from {} (BUNQ_BASE_URL)", response.status().as_u16(), settings.bunq.base_url))
     })
     .await;
-    Ok(amqp && redis && bunq)
+    Ok(tls && amqp && redis && bunq)
 }
 
 async fn report(name: &str, check: impl std::future::Future<Output = anyhow::Result<String>>) -> bool {

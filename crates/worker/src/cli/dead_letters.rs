@@ -7,7 +7,7 @@
 
 use crate::amqp::headers;
 use crate::amqp::publish::PublishChannel;
-use crate::amqp::{connect, topology};
+use crate::amqp::topology;
 use crate::config::{ConnectionArgs, SealArgs};
 use crate::dead_letter::{self, Credential};
 use crate::seal::Sealer;
@@ -141,7 +141,9 @@ pub async fn run(args: DeadLetterArgs) -> anyhow::Result<()> {
 }
 
 async fn open(names: &ConnectionArgs) -> anyhow::Result<(lapin::Connection, Channel, u32)> {
-    let connection = connect(&names.amqp_url, "bunq-session-worker dead-letters")
+    let (connection, _) = names
+        .broker()?
+        .connect("bunq-session-worker dead-letters")
         .await
         .context("AMQP_URL: cannot connect to RabbitMQ")?;
     let channel = connection.create_channel().await?;

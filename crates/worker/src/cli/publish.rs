@@ -1,6 +1,6 @@
 //! `publish`: sends provision events to the input exchange, for demos and operations.
 
-use crate::amqp::{connect, topology};
+use crate::amqp::topology;
 use crate::config::ConnectionArgs;
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
@@ -83,7 +83,10 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<()> {
         }
         (None, None) => anyhow::bail!("say what to publish: --file PATH (or - for stdin) or --example KIND"),
     };
-    let connection = connect(&args.connection.amqp_url, "bunq-session-worker publish")
+    let (connection, _) = args
+        .connection
+        .broker()?
+        .connect("bunq-session-worker publish")
         .await
         .context("AMQP_URL: cannot connect to RabbitMQ")?;
     let channel = connection.create_channel().await?;

@@ -4,12 +4,14 @@
 //! settings, failing with an error that names the variable, so a bad deployment stops
 //! at start-up instead of misbehaving later.
 
+use crate::amqp::broker::Broker;
 use crate::amqp::topology::{Names, Retention};
 use crate::handler::HandlerSettings;
 use crate::metrics::Metrics;
 use crate::ratelimit::{Limit, RateLimiter, Scope};
 use crate::retry::RetryPolicy;
 use crate::store::{Keys, Sealer, Store};
+use crate::tls::{self, TlsFiles};
 use bunq_protocol::client::{BunqClient, CallObserver, ClientSettings};
 use bunq_protocol::signing::ClientKey;
 use clap::Args;
@@ -17,7 +19,7 @@ use parse::{
     load_client_key, load_sealer, parse_base_url, parse_permitted_ips, positive, require_amqp_name, require_url,
 };
 use redis::aio::ConnectionManager;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -33,14 +35,15 @@ pub struct ConfigError {
     pub problem: String,
 }
 
-fn invalid(variable: &'static str, problem: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(variable: &'static str, problem: impl Into<String>) -> ConfigError {
     ConfigError { variable, problem: problem.into() }
 }
 
 /// Connection settings shared by every subcommand.
 #[derive(Debug, Clone, Args)]
 pub struct ConnectionArgs {
-    /// RabbitMQ URL, e.g. amqp://user:pass@host:5672/%2f
+    /// RabbitMQ URL, e.g. amqp://user:pass@host:5672/%2f; several, comma-separated, for the
+    /// nodes of a cluster (the first that answers is used, the next after a loss).
     // URLs may carry passwords: `--help` must not print what the environment holds.
     #[arg(
         long,
@@ -78,9 +81,47 @@ pub struct ConnectionArgs {
     /// At most this many dead letters, the oldest dropped first (`0`: no limit).
     #[arg(long, env = "DEAD_LETTER_MAX_LENGTH", default_value_t = 100_000)]
     pub dead_letter_max_length: u64,
+    /// PEM file of the CA(s) that sign the broker's certificate (`amqps://`), beside the system's roots.
+    #[arg(long, env = "AMQP_TLS_CA_FILE")]
+    pub amqp_tls_ca_file: Option<PathBuf>,
+    /// PEM client certificate (chain) for mutual TLS with the broker; needs AMQP_TLS_KEY_FILE.
+    #[arg(long, env = "AMQP_TLS_CERT_FILE")]
+    pub amqp_tls_cert_file: Option<PathBuf>,
+    /// PEM private key of AMQP_TLS_CERT_FILE.
+    #[arg(long, env = "AMQP_TLS_KEY_FILE")]
+    pub amqp_tls_key_file: Option<PathBuf>,
 }
 
 impl ConnectionArgs {
+    /// The broker nodes and TLS files, validated. The URLs are never echoed: they may
+    /// hold a password.
+    pub fn broker(&self) -> Result<Broker, ConfigError> {
+        let urls: Vec<SecretString> = self
+            .amqp_url
+            .expose_secret()
+            .split(',')
+            .map(str::trim)
+            .filter(|url| !url.is_empty())
+            .map(|url| SecretString::from(url.to_owned()))
+            .collect();
+        if urls.is_empty() {
+            return Err(invalid("AMQP_URL", "must hold at least one amqp:// or amqps:// URL"));
+        }
+        for url in &urls {
+            require_url(url, "AMQP_URL", &["amqp", "amqps"])?;
+        }
+        let tls = TlsFiles::load(
+            self.amqp_tls_ca_file.as_deref(),
+            self.amqp_tls_cert_file.as_deref(),
+            self.amqp_tls_key_file.as_deref(),
+            tls::AMQP,
+        )?;
+        if tls.is_some() && !urls.iter().any(|url| url.expose_secret().starts_with("amqps://")) {
+            return Err(invalid("AMQP_TLS_CA_FILE", "TLS files are set, but no AMQP_URL is amqps://"));
+        }
+        Ok(Broker::new(urls, tls))
+    }
+
     /// The topology these arguments name, validated.
     pub fn names(&self) -> Result<Names, ConfigError> {
         let max_age =
@@ -123,6 +164,15 @@ pub struct StoreArgs {
     /// Prefix of every Redis key this worker writes.
     #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "bsw:")]
     pub redis_key_prefix: String,
+    /// PEM file of the CA(s) that sign Redis's certificate (`rediss://`), instead of the system's roots.
+    #[arg(long, env = "REDIS_TLS_CA_FILE")]
+    pub redis_tls_ca_file: Option<PathBuf>,
+    /// PEM client certificate for mutual TLS with Redis; needs REDIS_TLS_KEY_FILE.
+    #[arg(long, env = "REDIS_TLS_CERT_FILE")]
+    pub redis_tls_cert_file: Option<PathBuf>,
+    /// PEM private key of REDIS_TLS_CERT_FILE.
+    #[arg(long, env = "REDIS_TLS_KEY_FILE")]
+    pub redis_tls_key_file: Option<PathBuf>,
     #[command(flatten)]
     pub seal: SealArgs,
 }
@@ -152,7 +202,16 @@ impl StoreArgs {
     pub fn settings(self) -> Result<RedisSettings, ConfigError> {
         require_url(&self.redis_url, "REDIS_URL", &["redis", "rediss", "redis+unix", "unix"])?;
         let sealer = self.seal.sealer()?;
-        Ok(RedisSettings { url: self.redis_url, key_prefix: self.redis_key_prefix, sealer })
+        let tls = TlsFiles::load(
+            self.redis_tls_ca_file.as_deref(),
+            self.redis_tls_cert_file.as_deref(),
+            self.redis_tls_key_file.as_deref(),
+            tls::REDIS,
+        )?;
+        if tls.is_some() && !self.redis_url.expose_secret().starts_with("rediss://") {
+            return Err(invalid("REDIS_TLS_CA_FILE", "TLS files are set, but REDIS_URL is not rediss://"));
+        }
+        Ok(RedisSettings { url: self.redis_url, key_prefix: self.redis_key_prefix, sealer, tls: tls.map(Arc::new) })
     }
 }
 
@@ -252,7 +311,7 @@ pub struct Settings {
 
 #[derive(Debug, Clone)]
 pub struct AmqpSettings {
-    pub url: SecretString,
+    pub broker: Broker,
     pub names: Names,
     pub prefetch: u16,
     /// Names this replica's connection and consumer: the pod name plus a random suffix.
@@ -267,12 +326,14 @@ pub struct RedisSettings {
     pub key_prefix: String,
     /// Seals tokens at rest when a key is configured.
     pub sealer: Option<Arc<Sealer>>,
+    pub tls: Option<Arc<TlsFiles>>,
 }
 
 impl RedisSettings {
     /// A connection that reconnects by itself (see [`crate::store::connect`]).
     pub fn connect(&self) -> Result<ConnectionManager, ConfigError> {
-        crate::store::connect(&self.url).map_err(|_| invalid("REDIS_URL", "is not a valid Redis URL"))
+        crate::store::connect(&self.url, self.tls.as_deref())
+            .map_err(|_| invalid("REDIS_URL", "is not a valid Redis URL (or its TLS files cannot be used)"))
     }
 
     /// The session store on `conn`, under this prefix, sealing when a key is set.
@@ -324,7 +385,7 @@ impl Settings {
         let base_url = parse_base_url(args.bunq_base_url.as_deref(), args.bunq_allow_insecure_http)?;
         let permitted_ips = parse_permitted_ips(&args.bunq_permitted_ips)?;
         let client_key = load_client_key(args.bunq_client_private_key_file.as_deref())?;
-        require_url(&args.connection.amqp_url, "AMQP_URL", &["amqp", "amqps"])?;
+        let broker = args.connection.broker()?;
         let redis = args.store.settings()?;
         let names = args.connection.names()?;
         if args.connection.output_routing_key.is_empty() {
@@ -381,13 +442,7 @@ impl Settings {
         let consumer_tag =
             format!("{}.{}", args.pod_name.clone().unwrap_or_else(default_pod_name), uuid::Uuid::new_v4().simple());
         Ok(Self {
-            amqp: AmqpSettings {
-                names,
-                url: args.connection.amqp_url,
-                prefetch: args.prefetch,
-                consumer_tag,
-                shutdown_timeout,
-            },
+            amqp: AmqpSettings { names, broker, prefetch: args.prefetch, consumer_tag, shutdown_timeout },
             redis,
             bunq: BunqSettings {
                 base_url,

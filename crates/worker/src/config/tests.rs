@@ -59,6 +59,12 @@ fn each_bad_setting_names_its_variable() {
         (&["--lock-ttl-ms", "1000"], "LOCK_TTL_MS"),
         (&["--shutdown-timeout", "soon"], "SHUTDOWN_TIMEOUT"),
         (&["--dead-letter-max-age", "60d"], "DEAD_LETTER_MAX_AGE"),
+        (&["--amqp-url", "amqp://a:5672/%2f, http://b"], "AMQP_URL"),
+        (&["--amqp-url", " , "], "AMQP_URL"),
+        (&["--amqp-tls-cert-file", "/nonexistent.pem"], "AMQP_TLS_KEY_FILE"),
+        (&["--amqp-tls-ca-file", "/nonexistent.pem"], "AMQP_TLS_CA_FILE"),
+        (&["--redis-tls-key-file", "/nonexistent.pem"], "REDIS_TLS_CERT_FILE"),
+        (&["--redis-tls-ca-file", "/nonexistent.pem"], "REDIS_TLS_CA_FILE"),
         (&["--dead-letter-max-age", "forever"], "DEAD_LETTER_MAX_AGE"),
     ];
     for (extra, variable) in cases {
@@ -78,6 +84,21 @@ fn dead_letter_retention_is_bounded_by_default_and_zero_lifts_a_bound() {
         .names
         .dead_letter_retention;
     assert_eq!(unbounded, Retention { max_age: None, max_length: None });
+}
+
+#[test]
+fn several_broker_urls_are_accepted_and_tls_files_need_a_tls_url() {
+    let settings = Settings::from_args(args(&["--amqp-url", "amqp://a:5672/%2f,amqps://b:5671/%2f"])).unwrap();
+    assert_eq!(settings.amqp.broker.nodes(), 2);
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    // Any PEM certificate block will do for the check of the URL's scheme.
+    std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\nMAMCAQE=\n-----END CERTIFICATE-----\n").unwrap();
+    let ca = ca.to_str().unwrap();
+    assert_eq!(error_of(&["--amqp-tls-ca-file", ca]).variable, "AMQP_TLS_CA_FILE");
+    assert_eq!(error_of(&["--redis-tls-ca-file", ca]).variable, "REDIS_TLS_CA_FILE");
+    let tls = Settings::from_args(args(&["--amqp-tls-ca-file", ca, "--amqp-url", "amqps://b:5671/%2f"])).unwrap();
+    assert!(tls.amqp.broker.tls().is_some());
 }
 
 #[test]
