@@ -92,6 +92,14 @@ impl From<&StoreError> for Failure {
         let reason = match err {
             StoreError::Redis(_) => Reason::RedisUnavailable,
             StoreError::Corrupt { .. } => Reason::CorruptState,
+            // The new holder finishes the job; this delivery comes back and finds it done.
+            StoreError::LockLost { .. } => {
+                return Failure {
+                    reason: Reason::LockBusy,
+                    detail: err.to_string(),
+                    retry: Retry::Transient { after: None },
+                }
+            }
         };
         Failure { reason, detail: err.to_string(), retry: err.retry() }
     }

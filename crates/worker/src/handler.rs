@@ -6,7 +6,7 @@ use crate::decide::{decide, Decision, ReadyProvision, SkipReason};
 use crate::event::{self, SessionReady, SESSION_READY_EVENT_TYPE};
 use crate::failure::{Failure, Reason, Retry};
 use crate::session::SessionOpener;
-use crate::store::{Session, Store};
+use crate::store::{credential_tag, Claim, Session, Store};
 use std::sync::Arc;
 use std::time::Duration;
 use time::OffsetDateTime;
@@ -124,8 +124,9 @@ impl Handler {
 
     async fn act(&self, ready: &ReadyProvision, correlation_id: Option<&str>) -> Result<Outcome, Failure> {
         let id = ready.provision_id;
+        let credential = credential_tag(ready.credential_id, &ready.token_value);
         // Cheap path first: a redelivery or duplicate finds the session and re-announces it.
-        let handshake = self.store.load_handshake(id).await?;
+        let handshake = self.store.load_handshake(id, &credential).await?;
         if let Some(session) = self.usable(&handshake.session) {
             return self.announce(session, true, correlation_id).await;
         }
@@ -139,7 +140,14 @@ impl Handler {
                 counts_as_attempt: false,
             });
         }
-        let result = self.open_locked(ready).await;
+        let claim = Claim { provision_id: id, credential, owner };
+        // Renewed while the handshake runs, however long bunq takes; the writes are
+        // fenced by it in case a renewal is missed.
+        let result = tokio::select! {
+            result = self.open_locked(ready, &claim) => result,
+            never = self.keep_lock(&claim) => match never {},
+        };
+        let owner = claim.owner;
         if let Err(e) = self.store.unlock(id, &owner).await {
             // The lock expires on its own; a late release only delays a duplicate.
             tracing::warn!(event = "unlock_failed", provision_id = id, error = %e);
@@ -148,13 +156,27 @@ impl Handler {
         self.announce(session, reused, correlation_id).await
     }
 
-    async fn open_locked(&self, ready: &ReadyProvision) -> Result<(Session, bool), Failure> {
+    async fn open_locked(&self, ready: &ReadyProvision, claim: &Claim) -> Result<(Session, bool), Failure> {
         // Re-read under the lock: another replica may have finished while we waited.
-        let handshake = self.store.load_handshake(ready.provision_id).await?;
+        let handshake = self.store.load_handshake(ready.provision_id, &claim.credential).await?;
         if let Some(session) = self.usable(&handshake.session) {
             return Ok((session, true));
         }
-        Ok((self.opener.open(ready, handshake).await?, false))
+        Ok((self.opener.open(ready, handshake, claim).await?, false))
+    }
+
+    /// Extends the lock every third of its TTL, forever: the caller stops it by finishing.
+    async fn keep_lock(&self, claim: &Claim) -> std::convert::Infallible {
+        let ttl = self.settings.lock_ttl;
+        loop {
+            tokio::time::sleep(ttl / 3).await;
+            match self.store.extend_lock(claim, ttl).await {
+                Ok(true) => {}
+                // The fenced writes will refuse; nothing to do but say so.
+                Ok(false) => tracing::warn!(event = "lock_lost", provision_id = claim.provision_id),
+                Err(e) => tracing::warn!(event = "lock_extend_failed", provision_id = claim.provision_id, error = %e),
+            }
+        }
     }
 
     fn usable(&self, session: &Option<Session>) -> Option<Session> {

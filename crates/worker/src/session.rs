@@ -6,7 +6,7 @@ use crate::decide::ReadyProvision;
 use crate::failure::{Failure, Retry};
 use crate::ratelimit::{RateLimitError, RateLimiter};
 use crate::retry::{run_with_retries, RetryPolicy};
-use crate::store::{Handshake, Session, Store, StoreError};
+use crate::store::{Claim, Handshake, Session, Store, StoreError};
 use bunq_protocol::client::{BunqClient, Installation};
 use bunq_protocol::error::{BunqError, Endpoint};
 use bunq_protocol::signing::PublicKey;
@@ -84,7 +84,12 @@ impl SessionOpener {
 
     /// Runs the missing steps of the handshake and makes the new session durable.
     /// The caller holds the provision's lock.
-    pub async fn open(&self, provision: &ReadyProvision, mut handshake: Handshake) -> Result<Session, Failure> {
+    pub async fn open(
+        &self,
+        provision: &ReadyProvision,
+        mut handshake: Handshake,
+        claim: &Claim,
+    ) -> Result<Session, Failure> {
         let deadline = Instant::now() + self.retry.budget;
         let id = provision.provision_id;
         let secret = &provision.token_value;
@@ -100,7 +105,7 @@ impl SessionOpener {
                 let installation =
                     self.step(Endpoint::Installation, id, deadline, || self.client.create_installation()).await?;
                 handshake.installation = Some((installation.token.clone(), installation.server_key.pem().to_owned()));
-                self.save(id, &handshake).await?;
+                self.save(claim, &handshake).await?;
                 installation
             }
         };
@@ -110,7 +115,7 @@ impl SessionOpener {
                 .step(Endpoint::DeviceServer, id, deadline, || self.client.create_device_server(&installation, secret))
                 .await?;
             handshake.device_id = Some(device_id);
-            self.save(id, &handshake).await?;
+            self.save(claim, &handshake).await?;
         }
 
         let opened = self
@@ -136,7 +141,7 @@ impl SessionOpener {
         let on_retry = |e: &StoreError, wait: Duration| {
             tracing::warn!(event = "commit_retry", provision_id = id, wait_ms = wait.as_millis() as u64, error = %e);
         };
-        let commit = || self.store.commit_session(&handshake, &session, ttl);
+        let commit = || self.store.commit_session(claim, &handshake, &session, ttl);
         run_with_retries(&self.retry, commit, StoreError::retry, on_retry).await.map_err(Failure::from)?;
         tracing::info!(
             event = "session_opened",
@@ -179,7 +184,7 @@ impl SessionOpener {
             .map_err(|e| Failure::from(&e))
     }
 
-    async fn save(&self, provision_id: u64, handshake: &Handshake) -> Result<(), Failure> {
-        self.store.save_handshake(provision_id, handshake, HANDSHAKE_TTL).await.map_err(Failure::from)
+    async fn save(&self, claim: &Claim, handshake: &Handshake) -> Result<(), Failure> {
+        self.store.save_handshake(claim, handshake, HANDSHAKE_TTL).await.map_err(Failure::from)
     }
 }

@@ -56,7 +56,7 @@ fn each_bad_setting_names_its_variable() {
         (&["--rate-limit-session-server", "fast"], "RATE_LIMIT_SESSION_SERVER"),
         (&["--rate-limit-scope", "planet"], "RATE_LIMIT_SCOPE"),
         (&["--input-queue", "amq.x"], "INPUT_QUEUE"),
-        (&["--lock-ttl-ms", "1000"], "LOCK_TTL_MS"),
+        (&["--lock-ttl-ms", "999"], "LOCK_TTL_MS"),
         (&["--shutdown-timeout", "soon"], "SHUTDOWN_TIMEOUT"),
         (&["--dead-letter-max-age", "60d"], "DEAD_LETTER_MAX_AGE"),
         (&["--amqp-url", "amqp://a:5672/%2f, http://b"], "AMQP_URL"),

@@ -249,13 +249,8 @@ impl Env {
                         .get(provision_id)
                         .unwrap_or_else(|| panic!("provision {provision_id}: never announced"));
                     assert_eq!(ids.len(), 1, "provision {provision_id}: announced with several event ids {ids:?}");
-                    let handshake = self.store.load_handshake(*provision_id).await.unwrap();
-                    let session =
-                        handshake.session.unwrap_or_else(|| panic!("provision {provision_id}: no session recorded"));
-                    assert!(
-                        self.store.read_session(session.user_id).await.unwrap().is_some(),
-                        "provision {provision_id}: not cached"
-                    );
+                    let session = self.store.session_of_provision(*provision_id).await.unwrap();
+                    assert!(session.is_some(), "provision {provision_id}: no session recorded and cached");
                     let opened = self.fake.sessions_created_for(token);
                     assert!(opened >= 1, "provision {provision_id}: fake-bunq opened no session");
                     ledger.sessions += 1;

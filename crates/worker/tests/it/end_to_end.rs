@@ -247,3 +247,52 @@ async fn waiting_for_the_shared_rate_limit_spends_no_attempts() {
     assert!(metrics.contains(r#"outcome="retried",reason="throttled""#), "{metrics}");
     app.teardown().await;
 }
+
+#[tokio::test]
+async fn a_handshake_outlasting_the_lock_ttl_still_opens_one_session() {
+    // Each bunq answer takes 600 ms: the handshake takes about 1.8 s, the lock lives 1 s.
+    // Duplicates come back through the retry queue every 200 ms meanwhile.
+    let app = spawn_app_with(AppOptions { flags: vec!["--lock-ttl-ms=1000".into()], ..Default::default() }).await;
+    app.fake.set_faults(fake_bunq::Faults { latency_ms: 600, ..Default::default() });
+    let (id, token) = (random_id(), random_token());
+    let body = ready_body(id, &token);
+    for _ in 0..3 {
+        app.publish(&body).await;
+    }
+    let mut event_ids = HashSet::new();
+    for _ in 0..3 {
+        event_ids.insert(app.next_event(WAIT).await.expect("an event per delivery").0.event_id);
+    }
+    assert_eq!(event_ids.len(), 1);
+    assert_eq!(app.fake.sessions_created_for(&token), 1, "the lock was renewed, not taken over");
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn a_token_reset_starts_a_fresh_handshake_instead_of_reusing_the_old_device() {
+    let app = spawn_app_with(AppOptions { flags: vec!["--max-attempts=1".into()], ..Default::default() }).await;
+    let id = random_id();
+    let (old, new) = (random_token(), random_token());
+    // The old credential gets through installation and device-server, then session-server
+    // fails until the delivery is dead-lettered: its progress stays in Redis.
+    let failing = fake_bunq::FaultRule {
+        endpoint: fake_bunq::EndpointMatch::SessionServer,
+        action: fake_bunq::FaultAction::Http503,
+        trigger: fake_bunq::Trigger::Probability(1.0),
+    };
+    app.fake.set_faults(fake_bunq::Faults { rules: vec![failing], ..Default::default() });
+    app.publish(&ready_body(id, &old)).await;
+    app.next_dead_letter(WAIT).await.expect("dead-lettered while bunq fails");
+    app.fake.set_faults(fake_bunq::Faults::default());
+
+    // The partner resets the token: same provision, new secret (and credential id).
+    let reset = provision_body(id, "CREATED", "PENDING_PROCESS_USER_ONBOARDING", Some(&new), &future_expiry(), true);
+    let reset =
+        String::from_utf8(reset).unwrap().replace(&format!("\"id\":{}", id + 500), &format!("\"id\":{}", id + 501));
+    app.publish(reset.as_bytes()).await;
+    app.next_event(WAIT).await.expect("the new credential opens a session");
+    let device_calls = app.fake.calls().iter().filter(|c| c.endpoint == Endpoint::DeviceServer).count();
+    assert_eq!(device_calls, 2, "the new secret registered its own device");
+    assert_eq!(app.fake.sessions_created_for(&new), 1);
+    app.teardown().await;
+}

@@ -4,7 +4,7 @@
 use bunq_protocol::Endpoint;
 use bunq_session_worker::metrics::Metrics;
 use bunq_session_worker::ratelimit::{Limit, RateLimitError, RateLimiter, Scope};
-use bunq_session_worker::store::{Keys, Sealer, Session, Store};
+use bunq_session_worker::store::{Claim, Handshake, Keys, Sealer, Session, Store, StoreError};
 use secrecy::ExposeSecret;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -88,6 +88,32 @@ async fn the_provision_lock_is_released_only_by_its_owner() {
     assert!(!store.try_lock(7, "c", ttl).await.unwrap(), "a non-owner released the lock");
     store.unlock(7, "a").await.unwrap();
     assert!(store.try_lock(7, "c", ttl).await.unwrap());
+    delete_prefix(&prefix).await;
+}
+
+#[tokio::test]
+async fn a_holder_that_lost_the_lock_records_nothing_and_the_new_holder_keeps_its_work() {
+    let prefix = prefix();
+    let store = Store::new(connect_redis(REDIS_URL).unwrap(), Keys::new(&prefix), None);
+    let claim = |owner: &str| Claim { provision_id: 7, credential: "9:ab".into(), owner: owner.into() };
+    let (stale, fresh) = (claim("stale"), claim("fresh"));
+    assert!(store.try_lock(7, &stale.owner, Duration::from_millis(200)).await.unwrap());
+    assert!(store.extend_lock(&stale, Duration::from_millis(200)).await.unwrap(), "the holder extends its own lock");
+    tokio::time::sleep(Duration::from_millis(300)).await; // paused past the TTL
+    assert!(store.try_lock(7, &fresh.owner, Duration::from_secs(10)).await.unwrap());
+    let progress = |device_id| Handshake { device_id: Some(device_id), ..Default::default() };
+    store.save_handshake(&fresh, &progress(2), Duration::from_secs(60)).await.unwrap();
+
+    let lost = store.save_handshake(&stale, &progress(1), Duration::from_secs(60)).await.unwrap_err();
+    assert!(matches!(lost, StoreError::LockLost { provision_id: 7 }), "{lost}");
+    let session = session_of(1364, "stale");
+    assert!(matches!(
+        store.commit_session(&stale, &progress(1), &session, Duration::from_secs(60)).await,
+        Err(StoreError::LockLost { .. })
+    ));
+    assert!(!store.extend_lock(&stale, Duration::from_secs(10)).await.unwrap(), "nor extends it");
+    assert_eq!(store.load_handshake(7, "9:ab").await.unwrap().device_id, Some(2), "the new holder's progress stays");
+    assert!(store.read_session(1364).await.unwrap().is_none());
     delete_prefix(&prefix).await;
 }
 

@@ -20,6 +20,10 @@ pub enum StoreError {
     Redis(#[from] redis::RedisError),
     #[error("stored record `{key}` is unreadable: {problem}")]
     Corrupt { key: String, problem: String },
+    #[error(
+        "the lock of provision {provision_id} passed to another delivery while this one worked; it finishes the job"
+    )]
+    LockLost { provision_id: u64 },
 }
 
 impl StoreError {
@@ -28,6 +32,9 @@ impl StoreError {
         match self {
             StoreError::Redis(_) => bunq_protocol::Retry::Transient { after: None },
             StoreError::Corrupt { .. } => bunq_protocol::Retry::Permanent,
+            // Retrying the write cannot win the lock back; the delivery as a whole can wait
+            // for the new holder (see `Failure::from`).
+            StoreError::LockLost { .. } => bunq_protocol::Retry::Permanent,
         }
     }
 }
@@ -74,9 +81,12 @@ impl Keys {
     pub fn provision(&self, provision_id: u64) -> String {
         format!("{}provision:{{{provision_id}}}", self.prefix)
     }
-    /// Handshake progress, so a retry does not repeat installation or device-server.
-    pub fn handshake(&self, provision_id: u64) -> String {
-        format!("{}handshake:{{{provision_id}}}", self.prefix)
+    /// Handshake progress of one credential of a provision, so a retry does not repeat
+    /// installation or device-server, and a token reset (a new credential) starts afresh
+    /// instead of reusing a device registered with the old secret. `credential` is
+    /// [`credential_tag`].
+    pub fn handshake(&self, provision_id: u64, credential: &str) -> String {
+        format!("{}handshake:{{{provision_id}}}:{credential}", self.prefix)
     }
     fn handshake_prefix(&self) -> String {
         format!("{}handshake:", self.prefix)
@@ -136,20 +146,18 @@ pub struct Handshake {
     pub session: Option<Session>,
 }
 
+mod lock;
+mod reseal;
+
+pub use lock::{credential_tag, Claim};
+pub use reseal::Resealed;
+
 #[derive(Clone)]
 pub struct Store {
     conn: ConnectionManager,
     keys: Keys,
     sealer: Option<std::sync::Arc<Sealer>>,
 }
-
-/// Releases the lock only if we still own it: an expired lock may belong to someone else now.
-/// Built once: a `Script` hashes its source, and EVALSHA then avoids resending it.
-static UNLOCK: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
-    redis::Script::new(
-        r#"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end"#,
-    )
-});
 
 impl Store {
     pub fn new(conn: ConnectionManager, keys: Keys, sealer: Option<std::sync::Arc<Sealer>>) -> Self {
@@ -166,8 +174,8 @@ impl Store {
         Ok(())
     }
 
-    pub async fn load_handshake(&self, provision_id: u64) -> Result<Handshake, StoreError> {
-        let key = self.keys.handshake(provision_id);
+    pub async fn load_handshake(&self, provision_id: u64, credential: &str) -> Result<Handshake, StoreError> {
+        let key = self.keys.handshake(provision_id, credential);
         Ok(self.read_record(key, |stored| self.open_handshake(provision_id, stored)).await?.unwrap_or_default())
     }
 
@@ -187,41 +195,42 @@ impl Store {
             .map_err(|problem| StoreError::Corrupt { key, problem })
     }
 
-    /// Records progress before the session exists.
-    pub async fn save_handshake(
-        &self,
-        provision_id: u64,
-        handshake: &Handshake,
-        ttl: Duration,
-    ) -> Result<(), StoreError> {
-        let stored = self.seal_handshake(provision_id, handshake);
+    /// Records progress before the session exists, if `claim` still holds the lock.
+    pub async fn save_handshake(&self, claim: &Claim, handshake: &Handshake, ttl: Duration) -> Result<(), StoreError> {
+        let stored = self.seal_handshake(claim.provision_id, handshake);
         let body = serde_json::to_vec(&stored).expect("records serialise");
-        let mut conn = self.conn.clone();
-        let () = conn.set_ex(self.keys.handshake(provision_id), body, ttl.as_secs().max(1)).await?;
-        Ok(())
+        let key = self.keys.handshake(claim.provision_id, &claim.credential);
+        self.fenced_set(claim, &[(key, body, ttl)]).await
     }
 
     /// Makes a new session durable: handshake (with the session) and the provision
-    /// index atomically, then the user-keyed cache entry.
+    /// index atomically and only while `claim` holds the lock, then the user-keyed cache
+    /// entry.
     pub async fn commit_session(
         &self,
+        claim: &Claim,
         handshake: &Handshake,
         session: &Session,
         ttl: Duration,
     ) -> Result<(), StoreError> {
-        let ttl_secs = ttl.as_secs().max(1);
         let stored =
-            serde_json::to_vec(&self.seal_handshake(session.provision_id, handshake)).expect("records serialise");
-        let mut conn = self.conn.clone();
-        let () = redis::pipe()
-            .atomic()
-            .set_ex(self.keys.handshake(session.provision_id), stored, ttl_secs)
-            .ignore()
-            .set_ex(self.keys.provision(session.provision_id), session.user_id, ttl_secs)
-            .ignore()
-            .query_async(&mut conn)
-            .await?;
+            serde_json::to_vec(&self.seal_handshake(claim.provision_id, handshake)).expect("records serialise");
+        let writes = [
+            (self.keys.handshake(claim.provision_id, &claim.credential), stored, ttl),
+            (self.keys.provision(claim.provision_id), session.user_id.to_string().into_bytes(), ttl),
+        ];
+        self.fenced_set(claim, &writes).await?;
         self.cache_session(session, ttl).await
+    }
+
+    /// The session a provision's last commit recorded, through the provision index.
+    pub async fn session_of_provision(&self, provision_id: u64) -> Result<Option<Session>, StoreError> {
+        let mut conn = self.conn.clone();
+        let user_id: Option<u64> = conn.get(self.keys.provision(provision_id)).await?;
+        match user_id {
+            Some(user_id) => self.read_session(user_id).await,
+            None => Ok(None),
+        }
     }
 
     /// Writes `session:{user_id}`. Idempotent: redeliveries call it to repair a cache
@@ -236,97 +245,6 @@ impl Store {
     /// Reads a cached session by user id (downstream's view; used by tests and tools).
     pub async fn read_session(&self, user_id: u64) -> Result<Option<Session>, StoreError> {
         self.read_record(self.keys.session(user_id), |stored| self.open_session(stored)).await
-    }
-
-    /// `SET NX PX`: true when this owner now holds the provision.
-    pub async fn try_lock(&self, provision_id: u64, owner: &str, ttl: Duration) -> Result<bool, StoreError> {
-        let mut conn = self.conn.clone();
-        let set: Option<String> = redis::cmd("SET")
-            .arg(self.keys.lock(provision_id))
-            .arg(owner)
-            .arg("NX")
-            .arg("PX")
-            .arg(ttl.as_millis() as u64)
-            .query_async(&mut conn)
-            .await?;
-        Ok(set.is_some())
-    }
-
-    pub async fn unlock(&self, provision_id: u64, owner: &str) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
-        let _: i64 = UNLOCK.key(self.keys.lock(provision_id)).arg(owner).invoke_async(&mut conn).await?;
-        Ok(())
-    }
-
-    /// Rewrites every session and handshake record under the prefix whose tokens are not
-    /// sealed by the current key (plaintext, or an old key), keeping each record's TTL.
-    /// Safe beside running workers: a record they changed meanwhile is left alone.
-    pub async fn reseal(&self) -> Result<Resealed, StoreError> {
-        let sealer = self.sealer.as_ref().ok_or_else(|| StoreError::Corrupt {
-            key: self.keys.prefix.clone(),
-            problem: "no SESSION_ENCRYPTION_KEY_FILE: nothing to seal with".to_owned(),
-        })?;
-        let mut report = Resealed::default();
-        let mut conn = self.conn.clone();
-        for kind in ["session:", "handshake:"] {
-            let pattern = format!("{}{kind}*", glob_escape(&self.keys.prefix));
-            let mut cursor = 0u64;
-            loop {
-                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(500)
-                    .query_async(&mut conn)
-                    .await?;
-                for key in keys {
-                    let raw: Option<Vec<u8>> = conn.get(&key).await?;
-                    let Some(raw) = raw else { continue };
-                    report.records += 1;
-                    let Some(sealed) = self.resealed(&key, &raw, sealer)? else { continue };
-                    let replaced: i64 = REPLACE.key(&key).arg(&raw).arg(sealed).invoke_async(&mut conn).await?;
-                    if replaced == 1 {
-                        report.rewritten += 1;
-                    } else {
-                        report.skipped += 1;
-                    }
-                }
-                if next == 0 {
-                    break;
-                }
-                cursor = next;
-            }
-        }
-        Ok(report)
-    }
-
-    /// The record sealed by the current key, or `None` when it already is.
-    fn resealed(&self, key: &str, raw: &[u8], sealer: &Sealer) -> Result<Option<Vec<u8>>, StoreError> {
-        let corrupt = |problem: String| StoreError::Corrupt { key: key.to_owned(), problem };
-        let current = |token: &String| sealer.is_current(token);
-        let body = if let Some(provision_id) = key.strip_prefix(&self.keys.handshake_prefix()) {
-            let provision_id: u64 =
-                provision_id.trim_matches(['{', '}']).parse().map_err(|_| corrupt("not a provision key".into()))?;
-            let stored: StoredHandshake = serde_json::from_slice(raw).map_err(|e| corrupt(record_error(&e)))?;
-            let tokens = stored
-                .installation_token
-                .iter()
-                .chain(stored.session.iter().flat_map(|s| [&s.session_token, &s.installation_token]));
-            if tokens.into_iter().all(current) {
-                return Ok(None);
-            }
-            let open = self.open_handshake(provision_id, stored).map_err(corrupt)?;
-            serde_json::to_vec(&self.seal_handshake(provision_id, &open))
-        } else {
-            let stored: StoredSession = serde_json::from_slice(raw).map_err(|e| corrupt(record_error(&e)))?;
-            if current(&stored.session_token) && current(&stored.installation_token) {
-                return Ok(None);
-            }
-            let open = self.open_session(stored).map_err(corrupt)?;
-            serde_json::to_vec(&self.seal_session(&open))
-        };
-        Ok(Some(body.expect("records serialise")))
     }
 
     /// How long `session:{user_id}` has left, for inspection tools.
@@ -411,42 +329,12 @@ impl Store {
     }
 }
 
-/// What a re-seal run found.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Resealed {
-    /// Session and handshake records read.
-    pub records: u64,
-    /// Records rewritten because a token was plaintext or sealed by an old key.
-    pub rewritten: u64,
-    /// Records that changed (a worker wrote them) between the read and the write: left
-    /// as they are, since the worker sealed them with the current key.
-    pub skipped: u64,
-}
-
-/// Replaces a record only if it still holds what was read, keeping its TTL.
-static REPLACE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
-    redis::Script::new(
-        r#"if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL') return 1 else return 0 end"#,
-    )
-});
-
 /// A record that does not parse is described by shape, never by content: it holds tokens.
 fn record_error(err: &serde_json::Error) -> String {
     bunq_protocol::redact::json_error(
         err,
         &["session_token", "installation_token", "user_id", "provision_id", "session_id"],
     )
-}
-
-/// `prefix` as a SCAN pattern that matches itself literally.
-fn glob_escape(prefix: &str) -> String {
-    prefix.chars().fold(String::new(), |mut out, c| {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-        out
-    })
 }
 
 /// Sealed fields of a session record belong to its user; of a handshake record, to its
@@ -466,7 +354,7 @@ mod tests {
     #[test]
     fn keys_share_a_hash_tag_per_provision() {
         let keys = Keys::new("bsw:");
-        assert_eq!(keys.handshake(7), "bsw:handshake:{7}");
+        assert_eq!(keys.handshake(7, "9:ab12"), "bsw:handshake:{7}:9:ab12");
         assert_eq!(keys.provision(7), "bsw:provision:{7}");
         assert_eq!(keys.lock(7), "bsw:lock:provision:{7}");
         assert_eq!(keys.session(1364), "bsw:session:1364");
