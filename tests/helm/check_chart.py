@@ -164,6 +164,17 @@ class Chart(unittest.TestCase):
                 first = check.stdout.splitlines()[0] if check.stdout else check.stderr
                 self.assertEqual(first.split(), ["config", "ok"], check.stdout + check.stderr)
 
+    def test_the_default_image_is_what_make_image_tags(self):
+        chart = yaml.safe_load((Path(ARGS.chart) / "Chart.yaml").read_text())
+        cargo = (Path(ARGS.chart) / ".." / ".." / "Cargo.toml").read_text()
+        version = re.search(r'^version = "([^"]+)"', cargo, re.M).group(1)
+        self.assertEqual(chart["appVersion"], version, "appVersion follows the workspace version")
+        default = self.renders[0]
+        self.assertEqual(default.container["image"], f"localhost/bunq-session-worker:{version}")
+        security = default.container["securityContext"]
+        self.assertTrue(security["readOnlyRootFilesystem"])
+        self.assertEqual(default.pod["securityContext"]["runAsUser"], 65532, "the image's user")
+
     def test_the_grace_period_outlasts_the_drain(self):
         for rendered in self.renders:
             with self.subTest(values=rendered.path.name):
