@@ -59,7 +59,7 @@ impl Outcome {
 }
 
 /// A delivery as the handler sees it.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 pub struct Incoming<'a> {
     pub body: &'a [u8],
     /// 1 for the first delivery; counted by the worker through the retry queue.

@@ -29,6 +29,7 @@ pub(crate) mod failure;
 pub(crate) mod handler;
 pub mod metrics;
 pub(crate) mod ops;
+pub mod outage;
 pub mod ratelimit;
 pub(crate) mod retry;
 pub mod seal;

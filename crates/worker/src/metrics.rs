@@ -39,6 +39,8 @@ pub struct Metrics {
     settle_failures: Counter,
     settle_batch: Histogram,
     amqp_connections: Counter,
+    redis_up: Gauge,
+    held_for_redis: Counter,
 }
 
 impl Default for Metrics {
@@ -88,6 +90,14 @@ impl Metrics {
             "AMQP connections opened (more than one means reconnects)",
             amqp_connections.clone(),
         );
+        let redis_up = Gauge::default();
+        registry.register("redis_up", "1 while Redis answers; 0 while deliveries are held for it", redis_up.clone());
+        let held_for_redis = Counter::default();
+        registry.register(
+            "held_for_redis",
+            "Waits for Redis to answer again: deliveries and writes held in the worker, no attempt spent",
+            held_for_redis.clone(),
+        );
         Self {
             registry,
             deliveries,
@@ -99,6 +109,8 @@ impl Metrics {
             settle_failures,
             settle_batch,
             amqp_connections,
+            redis_up,
+            held_for_redis,
         }
     }
 
@@ -121,6 +133,14 @@ impl Metrics {
 
     pub fn observe_settle_batch(&self, settlements: usize) {
         self.settle_batch.observe(settlements as f64);
+    }
+
+    pub fn redis_up(&self, up: bool) {
+        self.redis_up.set(i64::from(up));
+    }
+
+    pub fn held_for_redis(&self) {
+        self.held_for_redis.inc();
     }
 
     pub fn amqp_connected(&self) {

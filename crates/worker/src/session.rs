@@ -4,12 +4,14 @@
 
 use crate::decide::ReadyProvision;
 use crate::failure::{Failure, Retry};
+use crate::outage::RedisGate;
 use crate::ratelimit::{RateLimitError, RateLimiter};
 use crate::retry::{run_with_retries, RetryPolicy};
 use crate::store::{Claim, Handshake, Session, Store, StoreError};
 use bunq_protocol::client::{BunqClient, Installation};
 use bunq_protocol::error::{BunqError, Endpoint};
 use bunq_protocol::signing::PublicKey;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 
@@ -25,6 +27,7 @@ pub struct SessionOpener {
     retry: RetryPolicy,
     /// Subtracted from bunq's session timeout for the cache TTL.
     ttl_margin: Duration,
+    gate: Arc<RedisGate>,
 }
 
 /// One step's error, for the retry loop.
@@ -67,8 +70,9 @@ impl SessionOpener {
         limiter: RateLimiter,
         retry: RetryPolicy,
         ttl_margin: Duration,
+        gate: Arc<RedisGate>,
     ) -> Self {
-        Self { client, store, limiter, retry, ttl_margin }
+        Self { client, store, limiter, retry, ttl_margin, gate }
     }
 
     /// Whether a stored session is still worth announcing.
@@ -136,13 +140,9 @@ impl SessionOpener {
         };
         handshake.session = Some(session.clone());
         let ttl = self.cache_ttl(&session, now);
-        // bunq has opened the session: recording it gets a budget of its own, because
-        // giving up here means the next attempt opens a second session.
-        let on_retry = |e: &StoreError, wait: Duration| {
-            tracing::warn!(event = "commit_retry", provision_id = id, wait_ms = wait.as_millis() as u64, error = %e);
-        };
-        let commit = || self.store.commit_session(claim, &handshake, &session, ttl);
-        run_with_retries(&self.retry, commit, StoreError::retry, on_retry).await.map_err(Failure::from)?;
+        // bunq has opened the session: giving up on recording it means the next attempt
+        // opens a second one.
+        self.durably(id, || self.store.commit_session(claim, &handshake, &session, ttl)).await?;
         tracing::info!(
             event = "session_opened",
             user_id = session.user_id,
@@ -185,6 +185,31 @@ impl SessionOpener {
     }
 
     async fn save(&self, claim: &Claim, handshake: &Handshake) -> Result<(), Failure> {
-        self.store.save_handshake(claim, handshake, HANDSHAKE_TTL).await.map_err(Failure::from)
+        self.durably(claim.provision_id, || self.store.save_handshake(claim, handshake, HANDSHAKE_TTL)).await
+    }
+
+    /// Writes what bunq has already handed out. Retried with backoff, and while Redis is
+    /// away held until it answers, never given up (doing the step again would ask bunq a
+    /// second time), except at shutdown.
+    async fn durably<F, Fut>(&self, provision_id: u64, mut write: F) -> Result<(), Failure>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<(), StoreError>>,
+    {
+        let on_retry = |e: &StoreError, wait: Duration| {
+            tracing::warn!(event = "write_retry", provision_id, wait_ms = wait.as_millis() as u64, error = %e);
+        };
+        loop {
+            match run_with_retries(&self.retry, &mut write, StoreError::retry, on_retry).await {
+                Ok(()) => return Ok(()),
+                Err(StoreError::Redis(e)) => {
+                    self.gate.report_down();
+                    if !self.gate.wait_up().await {
+                        return Err(Failure::from(StoreError::Redis(e)));
+                    }
+                }
+                Err(e) => return Err(Failure::from(e)),
+            }
+        }
     }
 }

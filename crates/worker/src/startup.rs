@@ -7,6 +7,7 @@ use crate::config::Settings;
 use crate::handler::Handler;
 use crate::metrics::Metrics;
 use crate::ops::{self, OpsState};
+use crate::outage::RedisGate;
 use crate::session::SessionOpener;
 use crate::tls;
 use anyhow::Context as _;
@@ -29,9 +30,17 @@ impl Worker {
         let metrics = Arc::new(Metrics::new());
         let conn = settings.redis.connect()?;
         let store = settings.redis.store(conn.clone());
+        let gate = RedisGate::new(store.clone(), metrics.clone());
         let limiter = settings.rate_limits.limiter(conn, &settings.redis.key_prefix, metrics.clone());
         let client = settings.bunq.client(metrics.clone()).context("building the HTTP client for bunq")?;
-        let opener = SessionOpener::new(client, store.clone(), limiter, settings.retry, settings.session_ttl_margin);
+        let opener = SessionOpener::new(
+            client,
+            store.clone(),
+            limiter,
+            settings.retry,
+            settings.session_ttl_margin,
+            gate.clone(),
+        );
         let publish = PublishChannel::default();
         let announcer = AmqpAnnouncer::new(publish.clone(), &settings.amqp.names);
         let handler = Handler::new(
@@ -45,7 +54,7 @@ impl Worker {
             sealer: settings.redis.sealer.clone(),
             max_message_bytes: settings.handler.max_message_bytes,
         };
-        let context = DeliveryContext::new(handler, settings.amqp.names.clone(), metrics.clone(), dead_letters);
+        let context = DeliveryContext::new(handler, settings.amqp.names.clone(), metrics.clone(), dead_letters, gate);
         let supervisor = Supervisor::new(&settings.amqp, context, publish);
         let ops_listener = tokio::net::TcpListener::bind(settings.ops_addr)
             .await

@@ -8,6 +8,7 @@ use crate::dead_letter;
 use crate::failure::Reason;
 use crate::handler::{Handler, Incoming, Outcome};
 use crate::metrics::Metrics;
+use crate::outage::RedisGate;
 use crate::seal::Sealer;
 use lapin::message::Delivery;
 use lapin::types::AMQPValue;
@@ -21,6 +22,7 @@ pub struct DeliveryContext {
     names: Names,
     metrics: Arc<Metrics>,
     dead_letters: DeadLetterPolicy,
+    gate: Arc<RedisGate>,
 }
 
 /// Returns after which the worker dead-letters a message itself, before any handling:
@@ -38,8 +40,18 @@ pub struct DeadLetterPolicy {
 }
 
 impl DeliveryContext {
-    pub fn new(handler: Handler, names: Names, metrics: Arc<Metrics>, dead_letters: DeadLetterPolicy) -> Arc<Self> {
-        Arc::new(Self { handler, names, metrics, dead_letters })
+    pub fn new(
+        handler: Handler,
+        names: Names,
+        metrics: Arc<Metrics>,
+        dead_letters: DeadLetterPolicy,
+        gate: Arc<RedisGate>,
+    ) -> Arc<Self> {
+        Arc::new(Self { handler, names, metrics, dead_letters, gate })
+    }
+
+    pub fn gate(&self) -> &Arc<RedisGate> {
+        &self.gate
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -75,7 +87,13 @@ impl DeliveryContext {
                 }
             } else {
                 let incoming = Incoming { body: &delivery.data, attempt, correlation_id: correlation_id.as_deref() };
-                self.handler.handle(incoming).await.redacted()
+                let Some(outcome) = self.handle_holding_for_redis(incoming).await else {
+                    // Shutdown while held: left unsettled, it returns to the queue with
+                    // no attempt spent.
+                    tracing::info!(event = "released_for_redis");
+                    return;
+                };
+                outcome
             };
             let (label, reason) = outcome.labels();
             log_outcome(&outcome);
@@ -90,6 +108,23 @@ impl DeliveryContext {
         }
         .instrument(span)
         .await;
+    }
+
+    /// Handles the delivery; while Redis is away it is held and handled again once Redis
+    /// answers, instead of going round the retry queue (see [`crate::outage`]). `None`:
+    /// the worker shut down while it was held.
+    async fn handle_holding_for_redis(&self, incoming: Incoming<'_>) -> Option<Outcome> {
+        loop {
+            let outcome = self.handler.handle(incoming).await.redacted();
+            if !matches!(outcome, Outcome::Retry { reason: Reason::RedisUnavailable, .. }) {
+                return Some(outcome);
+            }
+            tracing::warn!(event = "held_for_redis");
+            self.gate.report_down();
+            if !self.gate.wait_up().await {
+                return None;
+            }
+        }
     }
 
     /// Takes the delivery: a moved copy carries its body rather than a copy of it.

@@ -127,11 +127,20 @@ impl Supervisor {
         self.consuming.store(true, Ordering::SeqCst);
         tracing::info!(event = "consuming", queue = %self.names.input_queue, consumer_tag = %self.consumer_tag, prefetch = self.prefetch);
 
+        let gate = self.context.gate().clone();
         loop {
             let permit = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
             };
+            // No new work while Redis is away: what is in hand is held, the rest stays in
+            // the queue for replicas that can reach Redis.
+            if !gate.is_up() {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = gate.wait_up() => {}
+                }
+            }
             let next = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 next = consumer.next() => next,
@@ -155,8 +164,10 @@ impl Supervisor {
         }
 
         // Stop new deliveries; what is prefetched but unstarted returns to the queue
-        // when the channel closes, which happens after the drain.
+        // when the channel closes, which happens after the drain. Deliveries held for
+        // Redis let go now, unsettled.
         self.consuming.store(false, Ordering::SeqCst);
+        gate.close();
         if let Err(e) =
             consume.basic_cancel(self.consumer_tag.as_str().into(), BasicCancelOptions { nowait: false }).await
         {

@@ -324,7 +324,7 @@ pub struct Worker {
 }
 
 impl Worker {
-    fn ops_addr(&self) -> SocketAddr {
+    pub fn ops_addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.ops_port))
     }
 
@@ -436,16 +436,16 @@ impl Env {
 pub struct OwnRedis {
     port: u16,
     dir: tempfile::TempDir,
-    child: std::process::Child,
+    /// `None` while stopped.
+    child: Option<std::process::Child>,
 }
 
 impl OwnRedis {
     pub async fn start() -> OwnRedis {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
-        let child = Self::spawn(port, &dir);
-        let redis = OwnRedis { port, dir, child };
-        redis.wait_up().await;
+        let mut redis = OwnRedis { port, dir, child: None };
+        redis.resume().await;
         redis
     }
 
@@ -472,18 +472,32 @@ impl OwnRedis {
 
     /// Shuts Redis down, leaves it down for `down`, starts it again on the same port and data.
     pub async fn restart(mut self, down: Duration) -> OwnRedis {
-        let _ = std::process::Command::new("redis-cli").args(["-p", &self.port.to_string(), "shutdown"]).output();
-        let _ = self.child.wait();
+        self.stop();
         tokio::time::sleep(down).await;
-        self.child = Self::spawn(self.port, &self.dir);
-        self.wait_up().await;
+        self.resume().await;
         self
+    }
+
+    /// Shuts Redis down; its data stays on disk (append-only file, fsync always).
+    pub fn stop(&mut self) {
+        let _ = std::process::Command::new("redis-cli").args(["-p", &self.port.to_string(), "shutdown"]).output();
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it (again) on the same port and data.
+    pub async fn resume(&mut self) {
+        self.child = Some(Self::spawn(self.port, &self.dir));
+        self.wait_up().await;
     }
 }
 
 impl Drop for OwnRedis {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }

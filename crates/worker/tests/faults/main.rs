@@ -246,3 +246,50 @@ async fn hostile_inputs_never_crash_the_worker() {
     assert!(worker.is_running() && worker.child.id() == pid, "the worker crashed");
     env.teardown().await;
 }
+
+/// How long Redis stays away in the outage scenario: 10 minutes by default, as an
+/// operator's bad night would have it (`REDIS_OUTAGE_SECS` shortens it for a quick run).
+fn redis_outage() -> Duration {
+    Duration::from_secs(std::env::var("REDIS_OUTAGE_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(600))
+}
+
+#[tokio::test]
+async fn a_long_redis_outage_under_load_spends_no_attempt_and_no_bunq_call() {
+    let mut redis = OwnRedis::start().await;
+    let env = Env::new(fake(40), &redis.url()).await;
+    let inputs = mixed_stream(200);
+    let mut worker = env.start_worker("only");
+    worker.wait_ready().await;
+    env.publish_all(&inputs).await;
+    let announced = wait_for_announcements(&worker, 30.0, Duration::from_secs(60)).await;
+    assert!(announced < 180.0, "Redis must go away mid-stream ({announced} announced)");
+
+    redis.stop();
+    let outage = redis_outage();
+    let calls_before = env.fake.calls().len();
+    // With the retry settings of these tests (200 ms doubling to 1 s, 10 attempts), a
+    // delivery sent round the retry queue would be dead-lettered within seconds.
+    // In-process retries (RETRY_BUDGET_MS, 5 s here) run out first, then deliveries are held.
+    let look = Duration::from_secs(20).min(outage);
+    tokio::time::sleep(look).await;
+    let ready = test_support::ops::wait_ready(worker.ops_addr(), Duration::from_millis(500)).await;
+    assert!(!ready, "ready while Redis is away");
+    let held = worker.metric("bunq_session_worker_held_for_redis_total").await;
+    let log = std::fs::read_to_string(&worker.log_path).unwrap_or_default();
+    let tail: String = log.lines().rev().take(15).collect::<Vec<_>>().join("\n");
+    assert!(held >= 1.0, "nothing held for Redis; the log ends:\n{tail}");
+    tokio::time::sleep(outage.saturating_sub(look)).await;
+    let calls_during = env.fake.calls().len() - calls_before;
+    redis.resume().await;
+
+    let ledger = env.settle_and_check(&inputs, SETTLE).await;
+    ledger.print("redis_outage");
+    println!("redis_outage: {} s away, {calls_during} bunq calls while away", outage.as_secs());
+    assert!(worker.is_running(), "recovered without a restart");
+    assert_eq!(ledger.dead_by_reason.get("retries_exhausted"), None, "{ledger:?}");
+    assert_eq!(ledger.extra_sessions_at_bunq, 0, "{ledger:?}");
+    // Calls already under way when Redis went finish; nothing new starts without the budget.
+    assert!(calls_during <= 16, "{calls_during} bunq calls while the shared budget was unreachable");
+    env.teardown().await;
+    drop(redis);
+}
