@@ -148,6 +148,16 @@ impl RabbitNode {
         Self::start(port, &config)
     }
 
+    /// A node with a plain AMQP listener.
+    pub fn start_plain() -> Self {
+        let port = free_port();
+        Self::start(port, &format!("listeners.tcp.default = {port}\n"))
+    }
+
+    pub fn amqp_url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
     fn start(port: u16, config: &str) -> Self {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let name = format!("bsw-{}@localhost", &uuid::Uuid::new_v4().simple().to_string()[..8]);

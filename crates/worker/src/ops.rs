@@ -17,12 +17,13 @@ use tokio_util::sync::CancellationToken;
 pub struct OpsState {
     metrics: Arc<Metrics>,
     consuming: Arc<AtomicBool>,
+    blocked: Arc<AtomicBool>,
     store: Store,
 }
 
 impl OpsState {
-    pub fn new(metrics: Arc<Metrics>, consuming: Arc<AtomicBool>, store: Store) -> Self {
-        Self { metrics, consuming, store }
+    pub fn new(metrics: Arc<Metrics>, consuming: Arc<AtomicBool>, blocked: Arc<AtomicBool>, store: Store) -> Self {
+        Self { metrics, consuming, blocked, store }
     }
 }
 
@@ -41,6 +42,9 @@ async fn metrics(State(state): State<OpsState>) -> impl IntoResponse {
 async fn readyz(State(state): State<OpsState>) -> (StatusCode, String) {
     if !state.consuming.load(Ordering::SeqCst) {
         return (StatusCode::SERVICE_UNAVAILABLE, "not consuming from RabbitMQ".into());
+    }
+    if state.blocked.load(Ordering::SeqCst) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "RabbitMQ blocks publishing (memory or disk alarm)".into());
     }
     match tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await {
         Ok(Ok(())) => (StatusCode::OK, "ready".into()),

@@ -59,7 +59,7 @@ impl Worker {
         let ops_listener = tokio::net::TcpListener::bind(settings.ops_addr)
             .await
             .with_context(|| format!("OPS_ADDR: cannot listen on {}", settings.ops_addr))?;
-        let ops_state = OpsState::new(metrics, supervisor.consuming(), store);
+        let ops_state = OpsState::new(metrics, supervisor.consuming(), supervisor.blocked(), store);
         Ok(Self { supervisor, ops_listener, ops_state })
     }
 

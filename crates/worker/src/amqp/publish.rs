@@ -20,7 +20,13 @@ pub enum PublishError {
     Nacked,
     #[error("RabbitMQ did not confirm the message: {0}")]
     Amqp(#[from] lapin::Error),
+    #[error("RabbitMQ did not confirm the message within {} s (a memory or disk alarm blocks publishers?)", CONFIRM_TIMEOUT.as_secs())]
+    TimedOut,
 }
+
+/// How long a publish may wait for its confirm. A broker under a memory or disk alarm
+/// blocks publishers without a word to them; this turns that into a retry, not a hang.
+pub const CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The current confirm-mode channel, replaced on reconnect.
 #[derive(Clone, Default)]
@@ -53,8 +59,11 @@ impl PublishChannel {
             mandatory: true,  // unroutable is an error, not a silent loss
             immediate: false, // unsupported by RabbitMQ
         };
-        let confirm =
-            channel.basic_publish(exchange.into(), routing_key.into(), options, body, properties).await?.await?;
+        let confirm = tokio::time::timeout(CONFIRM_TIMEOUT, async {
+            channel.basic_publish(exchange.into(), routing_key.into(), options, body, properties).await?.await
+        })
+        .await
+        .map_err(|_| PublishError::TimedOut)??;
         match confirm {
             Confirmation::Ack(None) => Ok(()),
             Confirmation::Ack(Some(_returned)) => {

@@ -47,7 +47,14 @@ pub enum SettleError {
     ChannelGone,
     #[error("RabbitMQ did not commit the settlement: {0}")]
     Amqp(#[from] lapin::Error),
+    #[error("RabbitMQ did not commit the settlement within {} s; the channel is closed and its deliveries return to the queue", COMMIT_TIMEOUT.as_secs())]
+    TimedOut,
 }
+
+/// How long one transaction may take to commit. Past it the channel's state is unknown
+/// (a blocked broker, a stuck link): it is closed, so its deliveries return to the queue
+/// and the supervisor starts a fresh connection.
+const COMMIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The handle delivery tasks settle through; one per consume channel.
 #[derive(Clone)]
@@ -95,7 +102,14 @@ impl Committer {
     async fn run(self, mut receiver: mpsc::Receiver<Request>) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
-            let result = self.commit(&batch).await;
+            let result = match tokio::time::timeout(COMMIT_TIMEOUT, self.commit(&batch)).await {
+                Ok(result) => result,
+                Err(_) => {
+                    tracing::warn!(event = "commit_timed_out", settlements = batch.len());
+                    let _ = self.channel.close(406, "settlement commit timed out".into()).await;
+                    Err(SettleError::TimedOut)
+                }
+            };
             self.metrics.observe_settle_batch(batch.len());
             for request in batch.drain(..) {
                 let _ = request.done.send(result.clone());

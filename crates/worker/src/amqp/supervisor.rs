@@ -27,6 +27,9 @@ pub struct Supervisor {
     publish: PublishChannel,
     /// True while consuming; `/readyz` reads it.
     consuming: Arc<AtomicBool>,
+    /// True while the broker blocks this connection (`connection.blocked`: a memory or
+    /// disk alarm); `/readyz` reads it.
+    blocked: Arc<AtomicBool>,
     tracker: TaskTracker,
     /// How long in-flight deliveries may take to finish on shutdown.
     drain_timeout: Duration,
@@ -45,6 +48,7 @@ impl Supervisor {
             context,
             publish,
             consuming: Arc::new(AtomicBool::new(false)),
+            blocked: Arc::new(AtomicBool::new(false)),
             tracker: TaskTracker::new(),
             drain_timeout: settings.shutdown_timeout,
         }
@@ -53,6 +57,11 @@ impl Supervisor {
     /// True while consuming, for readiness.
     pub fn consuming(&self) -> Arc<AtomicBool> {
         self.consuming.clone()
+    }
+
+    /// True while the broker blocks the connection, for readiness.
+    pub fn blocked(&self) -> Arc<AtomicBool> {
+        self.blocked.clone()
     }
 
     /// Runs until `shutdown` is cancelled. In-flight deliveries are left in the tracker
@@ -91,6 +100,8 @@ impl Supervisor {
             tracing::info!(event = "amqp_connected", node);
         }
         self.context.metrics().amqp_connected();
+        self.blocked.store(false, Ordering::SeqCst);
+        tokio::spawn(watch_blocked(connection.events_listener(), self.blocked.clone()));
         let setup = connection.create_channel().await?;
         topology::declare(&setup, &self.names).await?;
         let _ = setup.close(200, "topology declared".into()).await;
@@ -134,12 +145,22 @@ impl Supervisor {
                 permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
             };
             // No new work while Redis is away: what is in hand is held, the rest stays in
-            // the queue for replicas that can reach Redis.
+            // the queue for replicas that can reach Redis. Nor while the broker blocks our
+            // publishes: nothing could be announced or settled.
             if !gate.is_up() {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = gate.wait_up() => {}
                 }
+            }
+            while self.blocked.load(Ordering::SeqCst) {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
+            }
+            if shutdown.is_cancelled() {
+                break;
             }
             let next = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -198,6 +219,25 @@ impl Supervisor {
         let _ = consume.close(200, "shutting down".into()).await;
         if let Err(e) = connection.close(200, "shutting down".into()).await {
             tracing::warn!(event = "close_failed", error = %e);
+        }
+    }
+}
+
+/// Follows `connection.blocked` / `connection.unblocked` for one connection's life.
+async fn watch_blocked(events: impl futures_util::Stream<Item = lapin::Event> + Send, blocked: Arc<AtomicBool>) {
+    use futures_util::StreamExt as _;
+    let mut events = std::pin::pin!(events);
+    while let Some(event) = events.next().await {
+        match event {
+            lapin::Event::ConnectionBlocked(reason) => {
+                tracing::warn!(event = "amqp_blocked", reason = %bunq_protocol::redact::detail(&reason));
+                blocked.store(true, Ordering::SeqCst);
+            }
+            lapin::Event::ConnectionUnblocked => {
+                tracing::info!(event = "amqp_unblocked");
+                blocked.store(false, Ordering::SeqCst);
+            }
+            _ => {}
         }
     }
 }

@@ -2,4 +2,5 @@
 //! itself (own ports, data directories and certificates), stopped by PID when the test
 //! ends: TLS to RabbitMQ and Redis.
 
+mod alarm;
 mod tls;
