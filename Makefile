@@ -4,7 +4,7 @@ CARGO ?= cargo
 TEST_THREADS ?= 4
 
 .DEFAULT_GOAL := help
-.PHONY: help build demo image test test-rust test-faults test-infra test-image test-sdk test-helm lint audit fmt bench fuzz
+.PHONY: help build demo image test test-rust test-faults test-infra test-cluster test-image test-sdk test-helm lint audit fmt bench fuzz
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -30,6 +30,9 @@ test-infra: ## Infrastructure as users run it, on nodes the tests start themselv
 
 test-image: ## The image from `make image`, unpacked and run with chroot: user, no shell, --version, check (needs root and podman)
 	tests/image/run.sh
+
+test-cluster: ## 3-node RabbitMQ cluster losing the worker's node and the queue leader (not in `make test`: flaky on RabbitMQ 3.10.8)
+	$(CARGO) test --locked -p bunq-session-worker --test faults a_rabbitmq_cluster -- --ignored --nocapture
 
 test-sdk: ## bunq's official Python SDK opens a session against fake-bunq
 	tests/sdk/run.sh

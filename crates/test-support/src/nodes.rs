@@ -145,20 +145,51 @@ impl RabbitNode {
             path("server.pem"),
             path("server.key"),
         );
-        Self::start(port, &config)
+        Self::start(port, &config, None)
     }
 
     /// A node with a plain AMQP listener.
     pub fn start_plain() -> Self {
         let port = free_port();
-        Self::start(port, &format!("listeners.tcp.default = {port}\n"))
+        Self::start(port, &format!("listeners.tcp.default = {port}\n"), None)
+    }
+
+    /// `size` nodes with plain listeners joined into one cluster (one Erlang cookie,
+    /// `rabbitmqctl join_cluster` to the first), booted at once.
+    pub fn start_cluster(size: usize) -> Vec<Self> {
+        let cookie = uuid::Uuid::new_v4().simple().to_string();
+        let nodes: Vec<Self> = (0..size)
+            .map(|_| {
+                let port = free_port();
+                Self::start(port, &format!("listeners.tcp.default = {port}\n"), Some(&cookie))
+            })
+            .collect();
+        for node in &nodes {
+            node.wait();
+        }
+        for node in &nodes[1..] {
+            for args in [&["stop_app"][..], &["join_cluster", &nodes[0].name], &["start_app"]] {
+                node.ctl(args).unwrap_or_else(|e| panic!("{}: {e}", node.name));
+            }
+        }
+        for node in &nodes {
+            node.ctl(&["await_startup", "--timeout", "60"]).unwrap();
+        }
+        nodes
+    }
+
+    /// Kills the node's VM (SIGKILL), as a crashed host would; the data directory stays.
+    pub fn kill(&self) {
+        if let Some(pid) = self.pid() {
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).stderr(Stdio::null()).status();
+        }
     }
 
     pub fn amqp_url(&self) -> String {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
     }
 
-    fn start(port: u16, config: &str) -> Self {
+    fn start(port: u16, config: &str, cookie: Option<&str>) -> Self {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let name = format!("bsw-{}@localhost", &uuid::Uuid::new_v4().simple().to_string()[..8]);
         let root = dir.path();
@@ -168,6 +199,12 @@ impl RabbitNode {
         std::fs::write(root.join("rabbitmq.conf"), config).expect("writable temporary directory");
         std::fs::write(root.join("enabled_plugins"), "[].\n").expect("writable temporary directory");
         std::fs::write(root.join("rabbitmq-env.conf"), "").expect("writable temporary directory");
+        if let Some(cookie) = cookie {
+            use std::os::unix::fs::PermissionsExt as _;
+            let path = root.join("home").join(".erlang.cookie");
+            std::fs::write(&path, cookie).expect("writable temporary directory");
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400)).expect("chmod the cookie");
+        }
         let status = Command::new("/usr/lib/rabbitmq/bin/rabbitmq-server")
             .arg("-detached")
             .envs(Self::env(root, &name))
@@ -230,7 +267,7 @@ impl Drop for RabbitNode {
             }
         };
         if let Some(pid) = pid {
-            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).stderr(Stdio::null()).status();
             let gone = Instant::now() + Duration::from_secs(10);
             while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < gone {
                 std::thread::sleep(Duration::from_millis(100));

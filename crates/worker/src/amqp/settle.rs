@@ -1,35 +1,36 @@
-//! Settling deliveries: a delivery's copy (to the retry or dead-letter queue) and the ack
-//! of the original are committed in one AMQP transaction, so a crash between the two
-//! can neither lose the message nor leave two copies of it.
+//! Settling deliveries: a delivery's copy (to the retry or dead-letter queue) is
+//! published on a confirm-mode channel, and the original is acked only once the broker
+//! has confirmed the copy. A crash between the two leaves both (the redelivery is
+//! handled idempotently, or is a second identical dead letter); no order of failures
+//! leaves neither.
 //!
-//! RabbitMQ applies a transaction's publishes and acks only on `tx.commit`: a process
-//! killed before the commit leaves the original unacked (redelivered) and no copy; one
-//! killed after it leaves the copy and no original. Transactions are not atomic across
-//! queues if the *broker* fails mid-commit (rabbitmq.com/docs/semantics); that case is
-//! at-least-once, as everything else here.
+//! Transactions looked like the tool for this and are not: RabbitMQ's `tx` is not atomic
+//! across queues (rabbitmq.com/docs/semantics), and when a cluster node holding the
+//! queues' leaders died mid-stream, committed transactions had applied their acks but
+//! not their publishes: dead letters vanished. A publisher confirm for a quorum queue
+//! means a majority of its members has the message.
 //!
-//! The consume channel is in transaction mode, so every ack on it needs a commit. One
-//! task per channel gathers the settlements waiting at that moment into one commit
-//! (group commit): a busy worker pays one round trip per batch, not per delivery.
+//! One task per channel gathers the settlements waiting at that moment (group commit):
+//! their copies are published together and confirmed together, so a busy worker pays
+//! one confirm round trip per batch, not per delivery.
 
 use super::headers;
 use super::topology;
 use super::topology::Names;
 use crate::metrics::Metrics;
-use lapin::message::BasicReturnMessage;
-use lapin::options::{BasicAckOptions, BasicPublishOptions};
-use lapin::{BasicProperties, Channel};
+use lapin::options::{BasicAckOptions, BasicPublishOptions, ConfirmSelectOptions};
+use lapin::{BasicProperties, Channel, Confirmation, PublisherConfirm};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
-/// Settlements committed together at most; bounds one commit's size and latency.
+/// Settlements confirmed together at most; bounds one batch's size and latency.
 const MAX_BATCH: usize = 256;
 
 /// How a delivery leaves the input queue.
 pub enum Settlement {
     /// Done with (announced or skipped).
     Ack,
-    /// Moved: the copy is published and the original acked in the same transaction.
+    /// Moved: the copy is published and confirmed, then the original acked.
     Move(Box<Moved>),
 }
 
@@ -40,20 +41,24 @@ pub struct Moved {
     pub properties: BasicProperties,
 }
 
-/// Why a settlement did not commit. The delivery stays unacked, so RabbitMQ redelivers it.
+/// Why a settlement did not complete. The delivery stays unacked, so RabbitMQ redelivers it.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SettleError {
     #[error("the consume channel is gone")]
     ChannelGone,
-    #[error("RabbitMQ did not commit the settlement: {0}")]
+    #[error("RabbitMQ did not take the settlement: {0}")]
     Amqp(#[from] lapin::Error),
-    #[error("RabbitMQ did not commit the settlement within {} s; the channel is closed and its deliveries return to the queue", COMMIT_TIMEOUT.as_secs())]
+    #[error("RabbitMQ refused the copy (nack)")]
+    Nacked,
+    #[error("the copy's queue `{0}` does not exist, even after declaring the topology again")]
+    Unroutable(String),
+    #[error("RabbitMQ did not confirm the settlement within {} s; the channel is closed and its deliveries return to the queue", COMMIT_TIMEOUT.as_secs())]
     TimedOut,
 }
 
-/// How long one transaction may take to commit. Past it the channel's state is unknown
-/// (a blocked broker, a stuck link): it is closed, so its deliveries return to the queue
-/// and the supervisor starts a fresh connection.
+/// How long one batch may take to be confirmed. Past it the channels' state is unknown
+/// (a blocked broker, a stuck link): the consume channel is closed, so its deliveries
+/// return to the queue and the supervisor starts a fresh connection.
 const COMMIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The handle delivery tasks settle through; one per consume channel.
@@ -69,21 +74,23 @@ struct Request {
 }
 
 impl Settler {
-    /// Puts `channel` (the one deliveries arrive on) in transaction mode and starts its
-    /// commit task, which ends when the last handle is dropped.
+    /// Starts the settling task for `channel` (the one deliveries arrive on), publishing
+    /// copies on `copies`, which it puts in confirm mode. The task ends when the last
+    /// handle is dropped.
     pub async fn start(
         channel: Channel,
+        copies: Channel,
         names: Names,
         metrics: Arc<Metrics>,
         capacity: usize,
     ) -> Result<Self, lapin::Error> {
-        channel.tx_select().await?;
+        copies.confirm_select(ConfirmSelectOptions { nowait: false }).await?;
         let (requests, receiver) = mpsc::channel(capacity.max(1));
-        tokio::spawn(Committer { channel, names, metrics }.run(receiver));
+        tokio::spawn(Committer { channel, copies, names, metrics }.run(receiver));
         Ok(Self { requests })
     }
 
-    /// Returns once the settlement is committed (`Ok`) or known not to be (`Err`).
+    /// Returns once the settlement is done (`Ok`) or known not to be (`Err`).
     pub async fn settle(&self, delivery_tag: u64, settlement: Settlement) -> Result<(), SettleError> {
         let (done, committed) = oneshot::channel();
         let request = Request { delivery_tag, settlement, done };
@@ -93,7 +100,10 @@ impl Settler {
 }
 
 struct Committer {
+    /// The consume channel: acks.
     channel: Channel,
+    /// Confirm mode: the copies.
+    copies: Channel,
     names: Names,
     metrics: Arc<Metrics>,
 }
@@ -102,88 +112,90 @@ impl Committer {
     async fn run(self, mut receiver: mpsc::Receiver<Request>) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
-            let result = match tokio::time::timeout(COMMIT_TIMEOUT, self.commit(&batch)).await {
-                Ok(result) => result,
+            let results = match tokio::time::timeout(COMMIT_TIMEOUT, self.settle(&batch)).await {
+                Ok(results) => results,
                 Err(_) => {
                     tracing::warn!(event = "commit_timed_out", settlements = batch.len());
-                    let _ = self.channel.close(406, "settlement commit timed out".into()).await;
-                    Err(SettleError::TimedOut)
+                    let _ = self.channel.close(406, "settlement confirm timed out".into()).await;
+                    vec![Err(SettleError::TimedOut); batch.len()]
                 }
             };
             self.metrics.observe_settle_batch(batch.len());
-            for request in batch.drain(..) {
-                let _ = request.done.send(result.clone());
+            for (request, result) in batch.drain(..).zip(results) {
+                let _ = request.done.send(result);
             }
         }
     }
 
-    async fn commit(&self, batch: &[Request]) -> Result<(), SettleError> {
+    /// Publishes the batch's copies, waits for their confirms, then acks the originals
+    /// whose copy (if any) the broker took. One result per request, in order.
+    async fn settle(&self, batch: &[Request]) -> Vec<Result<(), SettleError>> {
+        let mut pending = Vec::with_capacity(batch.len());
         for request in batch {
-            if let Settlement::Move(copy) = &request.settlement {
-                self.publish(&copy.queue, &copy.body, copy.properties.clone()).await?;
-            }
-            self.channel.basic_ack(request.delivery_tag, BasicAckOptions { multiple: false }).await?;
+            let confirm = match &request.settlement {
+                Settlement::Ack => None,
+                Settlement::Move(copy) => Some(self.publish(copy).await),
+            };
+            pending.push(confirm);
         }
-        self.channel.tx_commit().await?;
-        self.recover_returned().await;
-        Ok(())
+        let mut results = Vec::with_capacity(batch.len());
+        for (request, confirm) in batch.iter().zip(pending) {
+            let copied = match (confirm, &request.settlement) {
+                (None, _) => Ok(()),
+                (Some(published), Settlement::Move(copy)) => self.confirmed(published, copy).await,
+                (Some(_), Settlement::Ack) => unreachable!("only moves publish"),
+            };
+            let result = match copied {
+                Ok(()) => self
+                    .channel
+                    .basic_ack(request.delivery_tag, BasicAckOptions { multiple: false })
+                    .await
+                    .map_err(SettleError::from),
+                Err(e) => Err(e),
+            };
+            results.push(result);
+        }
+        results
     }
 
-    async fn publish(&self, queue: &str, body: &[u8], properties: BasicProperties) -> Result<(), lapin::Error> {
+    async fn publish(&self, copy: &Moved) -> Result<PublisherConfirm, lapin::Error> {
         let options = BasicPublishOptions {
             mandatory: true,  // a missing queue comes back to us rather than vanishing
             immediate: false, // unsupported by RabbitMQ
         };
-        // No confirm in transaction mode: the commit is the broker taking responsibility.
-        self.channel.basic_publish("".into(), queue.into(), options, body, properties).await?;
-        Ok(())
+        self.copies
+            .basic_publish("".into(), copy.queue.as_str().into(), options, &copy.body, copy.properties.clone())
+            .await
     }
 
-    /// A copy comes back only if its queue was deleted while the worker ran; its
-    /// original is already acked. Declare the topology again and put the copy back.
-    async fn recover_returned(&self) {
-        let mut returned = self.returned().await;
-        for attempt in 1..=3 {
-            if returned.is_empty() {
-                return;
+    /// Waits for one copy's confirm. A copy that comes back unroutable (its queue was
+    /// deleted while the worker ran) is published once more after declaring the topology.
+    async fn confirmed(
+        &self,
+        published: Result<PublisherConfirm, lapin::Error>,
+        copy: &Moved,
+    ) -> Result<(), SettleError> {
+        match published?.await? {
+            Confirmation::Ack(None) => Ok(()),
+            Confirmation::Nack(_) => Err(SettleError::Nacked),
+            Confirmation::Ack(Some(_returned)) => {
+                tracing::warn!(event = "moved_copy_returned", queue = %copy.queue, "redeclaring the topology");
+                topology::declare(&self.copies, &self.names).await?;
+                match self.publish(copy).await?.await? {
+                    Confirmation::Ack(None) => Ok(()),
+                    Confirmation::Nack(_) => Err(SettleError::Nacked),
+                    _ => {
+                        self.metrics.settle_failed();
+                        tracing::error!(
+                            event = "moved_copy_unroutable",
+                            queue = %copy.queue,
+                            reason = headers::get_str(&copy.properties, headers::DEAD_LETTER_REASON),
+                        );
+                        Err(SettleError::Unroutable(copy.queue.clone()))
+                    }
+                }
             }
-            tracing::warn!(event = "moved_copy_returned", count = returned.len(), attempt, "redeclaring the topology");
-            if let Err(e) = self.put_back(&returned).await {
-                self.lost(&returned, &e.to_string());
-                return;
-            }
-            returned = self.returned().await;
-        }
-        self.lost(&returned, "still unroutable after redeclaring the topology");
-    }
-
-    /// The copies the broker returned since the last call. In transaction mode there is
-    /// nothing to confirm: `wait_for_confirms` only drains them.
-    async fn returned(&self) -> Vec<BasicReturnMessage> {
-        self.channel.wait_for_confirms().await.unwrap_or_else(|e| {
-            tracing::error!(event = "settle_returns_unknown", error = %e);
-            Vec::new()
-        })
-    }
-
-    async fn put_back(&self, returned: &[BasicReturnMessage]) -> Result<(), lapin::Error> {
-        topology::declare(&self.channel, &self.names).await?;
-        for message in returned {
-            self.publish(message.routing_key.as_str(), &message.data, message.properties.clone()).await?;
-        }
-        self.channel.tx_commit().await
-    }
-
-    fn lost(&self, messages: &[BasicReturnMessage], why: &str) {
-        for message in messages {
-            self.metrics.settle_failed();
-            tracing::error!(
-                event = "moved_copy_lost",
-                queue = %message.routing_key,
-                message_id = message.properties.message_id().as_ref().map(|s| s.as_str()),
-                reason = headers::get_str(&message.properties, headers::DEAD_LETTER_REASON),
-                why,
-            );
+            Confirmation::NotRequested => unreachable!("the copies channel is in confirm mode"),
         }
     }
 }

@@ -114,9 +114,11 @@ impl Supervisor {
         // Prefetch equals the deliveries processed at once: the broker never hands a
         // replica more than it is working on, so the rest stay with idle replicas.
         consume.basic_qos(self.prefetch, BasicQosOptions { global: false }).await?;
-        // Acks and moves on this channel commit through its settler (see `settle`).
+        // Acks on this channel go through its settler, after the copies' confirms (see `settle`).
+        let copies = connection.create_channel().await?;
         let settler = Settler::start(
             consume.clone(),
+            copies,
             self.names.clone(),
             self.context.metrics().clone(),
             usize::from(self.prefetch),

@@ -91,6 +91,42 @@ impl Env {
         }
     }
 
+    /// On a cluster of the test's own: the topology declared through the first node (so
+    /// the queues' leaders start there), the test's own connection on the last, and the
+    /// workers given every node (`AMQP_URL` with comma-separated URLs).
+    pub async fn on_cluster(fake: FakeConfig, redis_url: &str, urls: &[String]) -> Env {
+        init_test_logging();
+        let names = TestNames::new("flt");
+        // The broker objects go with the cluster's nodes; the keys are the test's to remove.
+        let leftovers = Leftovers::new(Cleanup::new(&names).redis_url(redis_url));
+        let fake = fake_bunq::spawn(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(), fake).await.unwrap();
+        let first = connect_amqp(&urls[0]).await.unwrap();
+        let setup = first.create_channel().await.unwrap();
+        topology::declare(&setup, &names.topology).await.unwrap();
+        let _ = first.close(200, "declared".into()).await;
+        let connection = connect_amqp(urls.last().unwrap()).await.unwrap();
+        let channel = connection.create_channel().await.unwrap();
+        // The capture queue (classic, on the node it is declared on) lives on a node that stays.
+        let capture = names.queue("capture");
+        capture_queue(&channel, &names.topology, &capture, Some("#")).await.unwrap();
+        channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+        let store = Store::new(connect_redis(redis_url).unwrap(), Keys::new(&names.key_prefix), None);
+        Env {
+            leftovers,
+            names,
+            vhost: "/".to_owned(),
+            amqp_url: urls.join(","),
+            redis_url: redis_url.to_owned(),
+            capture,
+            fake,
+            store,
+            connection,
+            channel,
+            logs: tempfile::tempdir().unwrap(),
+            worker_env: Vec::new(),
+        }
+    }
+
     /// Starts `bunq-session-worker run` as a process; its logs go to a file per start.
     pub fn start_worker(&self, name: &str) -> Worker {
         let ops_port = free_port();
