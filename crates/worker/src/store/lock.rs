@@ -1,8 +1,8 @@
 //! The provision lock: one delivery at a time runs a provision's handshake. The holder
 //! renews it while it works ([`Store::extend_lock`]), and every write of handshake
-//! progress or of the session is fenced by it ([`Store::fenced_set`]): a holder that lost
-//! the lock (a pause longer than its TTL) can no longer record anything, so a second
-//! holder never finds its own progress overwritten by a stale one.
+//! progress or of the session is fenced by it ([`Store::fenced_set`]): a holder whose lock
+//! passed to another (a pause longer than its TTL) can no longer record anything, so the
+//! new holder never finds its progress overwritten by a stale one.
 
 use super::{Store, StoreError};
 use secrecy::{ExposeSecret, SecretString};
@@ -41,11 +41,15 @@ static EXTEND: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| 
 });
 
 /// KEYS[1] the lock, ARGV[1] its owner; then for each further key a value and a TTL in
-/// seconds. Writes all of them only while the owner holds the lock. Every key carries the
-/// provision's hash tag, so the script runs on one Redis Cluster node.
+/// seconds. Writes all of them unless another owner holds the lock. A lock that expired
+/// with nobody taking it over (Redis was away longer than its TTL, so nobody could renew
+/// it or take it) does not stop the write: nobody else is working on the provision, and
+/// dropping what bunq already handed out would only make the next attempt ask again.
+/// Every key carries the provision's hash tag, so the script runs on one Redis Cluster node.
 static FENCED_SET: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
     redis::Script::new(
-        r#"if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+        r#"local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return 0 end
 for i = 2, #KEYS do
   redis.call('SET', KEYS[i], ARGV[2 * i - 2], 'EX', ARGV[2 * i - 1])
 end

@@ -114,6 +114,12 @@ async fn a_holder_that_lost_the_lock_records_nothing_and_the_new_holder_keeps_it
     assert!(!store.extend_lock(&stale, Duration::from_secs(10)).await.unwrap(), "nor extends it");
     assert_eq!(store.load_handshake(7, "9:ab").await.unwrap().device_id, Some(2), "the new holder's progress stays");
     assert!(store.read_session(1364).await.unwrap().is_none());
+
+    // A lock that merely expired, nobody holding it since (Redis was away): the holder
+    // still records what bunq handed out.
+    store.unlock(7, &fresh.owner).await.unwrap();
+    store.commit_session(&stale, &progress(1), &session, Duration::from_secs(60)).await.unwrap();
+    assert!(store.read_session(1364).await.unwrap().is_some());
     delete_prefix(&prefix).await;
 }
 
