@@ -86,7 +86,7 @@ async fn main() -> anyhow::Result<()> {
     floor.print("baseline: broker publish→consume→ack");
     fresh.print("worker, new sessions (3 signed bunq calls)");
     repeat.print("worker, cached sessions (no bunq call)");
-    dead.print("worker, malformed → dead letter (tx move)");
+    dead.print("worker, malformed → dead letter (confirm)");
     println!(
         "\nnew-session throughput is {:.1}% of the broker floor; cached path {:.1}%; dead-letter path {:.1}%",
         100.0 * fresh.per_second / floor.per_second,
