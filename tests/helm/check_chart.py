@@ -84,6 +84,18 @@ def seconds(duration):
     return int(match.group(1))
 
 
+def test_certificate():
+    """A self-signed certificate and its key (PEM files), made once."""
+    cert, key = Path(ARGS.tmp) / "tls-cert.pem", Path(ARGS.tmp) / "tls-key.pem"
+    if not cert.exists():
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+             "-days", "1", "-subj", "/CN=chart-test"],
+            check=True, capture_output=True,
+        )
+    return str(cert), str(key)
+
+
 class Rendered:
     """One values file's render: the objects and the container the worker runs in."""
 
@@ -157,12 +169,34 @@ class Chart(unittest.TestCase):
                     key = Path(ARGS.tmp) / "session_encryption.key"
                     key.write_bytes(os.urandom(32))
                     env["SESSION_ENCRYPTION_KEY_FILE"] = str(key)
+                # TLS files as the Secrets would project them, and TLS URLs to go with them.
+                for service, scheme in (("AMQP", "amqps"), ("REDIS", "rediss")):
+                    if f"{service}_TLS_CA_FILE" in env or f"{service}_TLS_CERT_FILE" in env:
+                        cert, key = test_certificate()
+                        for suffix, path in (("CA", cert), ("CERT", cert), ("KEY", key)):
+                            if f"{service}_TLS_{suffix}_FILE" in env:
+                                env[f"{service}_TLS_{suffix}_FILE"] = path
+                        url = f"{service}_URL"
+                        env[url] = env[url].replace(scheme[:-1] + "://", scheme + "://", 1)
                 env["POD_NAME"] = "release-bunq-session-worker-0"
                 check = subprocess.run(
                     [ARGS.worker, "check"], env=env, capture_output=True, text=True, timeout=60
                 )
                 first = check.stdout.splitlines()[0] if check.stdout else check.stderr
                 self.assertEqual(first.split(), ["config", "ok"], check.stdout + check.stderr)
+
+    def test_tls_files_come_from_secrets_and_are_configured_where_they_are_mounted(self):
+        full = self.renders[-1]
+        mounts = {m["name"]: m for m in full.container["volumeMounts"]}
+        sources = full.pod["volumes"][[v["name"] for v in full.pod["volumes"]].index("keys")]["projected"]["sources"]
+        projected = {item["path"]: s["secret"]["name"] for s in sources for item in s["secret"]["items"]}
+        for variable, secret in (("AMQP_TLS_CA_FILE", "rabbitmq-client-tls"), ("AMQP_TLS_CERT_FILE", "rabbitmq-client-tls"),
+                                 ("AMQP_TLS_KEY_FILE", "rabbitmq-client-tls"), ("REDIS_TLS_CA_FILE", "redis-tls")):
+            path = Path(full.config[variable])
+            self.assertEqual(str(path.parent), mounts["keys"]["mountPath"], variable)
+            self.assertEqual(projected[path.name], secret, variable)
+        self.assertNotIn("REDIS_TLS_CERT_FILE", full.config, "certKey empty: no client certificate")
+        self.assertNotIn("AMQP_TLS_CA_FILE", self.renders[0].config, "no TLS files by default")
 
     def test_the_default_image_is_what_make_image_tags(self):
         chart = yaml.safe_load((Path(ARGS.chart) / "Chart.yaml").read_text())
