@@ -43,17 +43,16 @@ impl Worker {
         );
         let publish = PublishChannel::default();
         let announcer = AmqpAnnouncer::new(publish.clone(), &settings.amqp.names);
+        // The dead-letter policy recognises provisions with the handler's own decode limit.
+        let max_message_bytes = settings.handler.max_message_bytes;
         let handler = Handler::new(
             opener,
             store.clone(),
             Arc::new(announcer),
-            settings.handler.clone(),
+            settings.handler,
             settings.amqp.consumer_tag.clone(),
         );
-        let dead_letters = DeadLetterPolicy {
-            sealer: settings.redis.sealer.clone(),
-            max_message_bytes: settings.handler.max_message_bytes,
-        };
+        let dead_letters = DeadLetterPolicy { sealer: settings.redis.sealer.clone(), max_message_bytes };
         let context = DeliveryContext::new(handler, settings.amqp.names.clone(), metrics.clone(), dead_letters, gate);
         let supervisor = Supervisor::new(&settings.amqp, context, publish);
         let ops_listener = tokio::net::TcpListener::bind(settings.ops_addr)

@@ -29,11 +29,6 @@ impl Broker {
         self.tls.as_deref()
     }
 
-    /// Whether any node is reached over TLS (`amqps://`).
-    pub fn uses_tls(&self) -> bool {
-        self.urls.iter().any(|url| url.expose_secret().starts_with("amqps://"))
-    }
-
     /// The `amqps://` URLs, for the start-up TLS check. They may hold a password.
     pub(crate) fn tls_urls(&self) -> impl Iterator<Item = &str> {
         self.urls.iter().map(|url| url.expose_secret()).filter(|url| url.starts_with("amqps://"))

@@ -132,18 +132,17 @@ impl Committer {
     async fn settle(&self, batch: &[Request]) -> Vec<Result<(), SettleError>> {
         let mut pending = Vec::with_capacity(batch.len());
         for request in batch {
-            let confirm = match &request.settlement {
+            let published = match &request.settlement {
                 Settlement::Ack => None,
-                Settlement::Move(copy) => Some(self.publish(copy).await),
+                Settlement::Move(copy) => Some((self.publish(copy).await, copy)),
             };
-            pending.push(confirm);
+            pending.push(published);
         }
         let mut results = Vec::with_capacity(batch.len());
-        for (request, confirm) in batch.iter().zip(pending) {
-            let copied = match (confirm, &request.settlement) {
-                (None, _) => Ok(()),
-                (Some(published), Settlement::Move(copy)) => self.confirmed(published, copy).await,
-                (Some(_), Settlement::Ack) => unreachable!("only moves publish"),
+        for (request, published) in batch.iter().zip(pending) {
+            let copied = match published {
+                None => Ok(()),
+                Some((published, copy)) => self.confirmed(published, copy).await,
             };
             let result = match copied {
                 Ok(()) => self
