@@ -153,8 +153,10 @@ class Chart(unittest.TestCase):
             with self.subTest(values=rendered.path.name):
                 unknown = rendered.own_variables() - known
                 self.assertEqual(unknown, set(), "the worker would ignore these")
-                for required in ("AMQP_URL", "REDIS_URL", "BUNQ_BASE_URL", "BUNQ_CLIENT_PRIVATE_KEY_FILE"):
+                for required in ("AMQP_URL", "BUNQ_BASE_URL", "BUNQ_CLIENT_PRIVATE_KEY_FILE"):
                     self.assertIn(required, rendered.own_variables())
+                redis = {"REDIS_URL", "REDIS_CLUSTER_URLS"} & rendered.own_variables()
+                self.assertEqual(len(redis), 1, f"exactly one of REDIS_URL and REDIS_CLUSTER_URLS: {redis}")
 
     def test_the_rendered_configuration_passes_the_workers_validation(self):
         for rendered in self.renders:
@@ -163,7 +165,8 @@ class Chart(unittest.TestCase):
                 env.update({k: str(v) for k, v in rendered.config.items()})
                 # Secrets and mounted files as a cluster would provide them.
                 env["AMQP_URL"] = "amqp://user:password@rabbitmq:5672/%2f"
-                env.setdefault("REDIS_URL", "redis://redis:6379/0")
+                if "REDIS_CLUSTER_URLS" not in env:
+                    env.setdefault("REDIS_URL", "redis://redis:6379/0")
                 env["BUNQ_CLIENT_PRIVATE_KEY_FILE"] = ARGS.client_key
                 if "SESSION_ENCRYPTION_KEY_FILE" in env:
                     key = Path(ARGS.tmp) / "session_encryption.key"
@@ -176,8 +179,9 @@ class Chart(unittest.TestCase):
                         for suffix, path in (("CA", cert), ("CERT", cert), ("KEY", key)):
                             if f"{service}_TLS_{suffix}_FILE" in env:
                                 env[f"{service}_TLS_{suffix}_FILE"] = path
-                        url = f"{service}_URL"
-                        env[url] = env[url].replace(scheme[:-1] + "://", scheme + "://", 1)
+                        for url in (f"{service}_URL", f"{service}_CLUSTER_URLS"):
+                            if url in env:
+                                env[url] = env[url].replace(scheme[:-1] + "://", scheme + "://")
                 env["POD_NAME"] = "release-bunq-session-worker-0"
                 check = subprocess.run(
                     [ARGS.worker, "check"], env=env, capture_output=True, text=True, timeout=60
@@ -249,6 +253,15 @@ class Chart(unittest.TestCase):
                     self.assertNotRegex(str(value), r"://[^/@]*:[^/@]*@", "credentials in a ConfigMap")
         with self.assertRaisesRegex(helm_python.HelmError, "redis.url looks like it carries credentials"):
             render(merge(self.minimal, {"redis": {"url": "redis://:hunter2@redis:6379/0"}}))
+        with self.assertRaisesRegex(helm_python.HelmError, "redis.clusterUrls looks like it carries credentials"):
+            render(merge(self.minimal, {"redis": {"url": "", "clusterUrls": "redis://:hunter2@r0:6379"}}))
+        with self.assertRaisesRegex(helm_python.HelmError, "set only one of redis.url, redis.clusterUrls"):
+            render(merge(self.minimal, {"redis": {"clusterUrls": "redis://r0:6379"}}))
+        # A Secret with seed nodes feeds REDIS_CLUSTER_URLS.
+        objects = render(merge(self.minimal, {"redis": {"url": "", "existingSecret": "seeds", "cluster": True}}))
+        (container,) = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"]
+        (seeds,) = [e for e in container["env"] if e["name"] == "REDIS_CLUSTER_URLS"]
+        self.assertEqual(seeds["valueFrom"]["secretKeyRef"]["name"], "seeds")
 
     def test_missing_required_values_stop_the_render_naming_them(self):
         for name, blank in REQUIRED.items():

@@ -5,9 +5,9 @@
 use crate::names::TestNames;
 use crate::services::{connect_amqp, connect_redis, rabbitmqctl, AMQP_URL, REDIS_URL};
 use bunq_session_worker::amqp::topology::Names;
+use bunq_session_worker::store::Redis;
 use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use lapin::Connection;
-use redis::aio::ConnectionManager;
 
 /// Deletes the worker's queues and exchanges under `names`, and `extra_queues`. Each
 /// delete may fail on its own (a test may have deleted a queue already): that is no
@@ -29,11 +29,15 @@ pub async fn delete_topology(
     Ok(())
 }
 
-/// Deletes every Redis key starting with `prefix`, in chunks (a bench run leaves thousands).
-pub async fn delete_keys(redis: &mut ConnectionManager, prefix: &str) -> Result<(), redis::RedisError> {
-    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}*")).query_async(redis).await?;
-    for chunk in keys.chunks(1000) {
-        let () = redis::cmd("DEL").arg(chunk).query_async(redis).await?;
+/// Deletes every Redis key starting with `prefix`, batch by batch (a bench run leaves
+/// thousands), on one server or every primary of a cluster (where the client splits a
+/// DEL by slot).
+pub async fn delete_keys(redis: &mut Redis, prefix: &str) -> Result<(), redis::RedisError> {
+    let mut scan = redis.scan(&format!("{prefix}*")).await?;
+    while let Some(keys) = scan.next_batch().await? {
+        if !keys.is_empty() {
+            let _: i64 = redis::cmd("DEL").arg(&keys).query_async(redis).await?;
+        }
     }
     Ok(())
 }

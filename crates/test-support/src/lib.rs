@@ -13,6 +13,7 @@
 //! - [`logging`]: test logging, quiet unless `TEST_LOG` is set, with production's filter.
 
 pub mod bodies;
+pub mod budget;
 pub mod cleanup;
 pub mod downstream;
 pub mod fake;
@@ -31,7 +32,8 @@ pub use fake::{fake_allowing, relaxed_fake};
 pub use logging::init_test_logging;
 pub use names::TestNames;
 pub use services::{
-    amqp_vhost_url, connect_amqp, connect_redis, free_port, rabbitmqctl, AMQP_URL, CLIENT_KEY, REDIS_URL,
+    amqp_vhost_url, connect_amqp, connect_redis, connect_redis_cluster, free_port, rabbitmqctl, AMQP_URL, CLIENT_KEY,
+    REDIS_URL,
 };
 pub use settings::WorkerEnv;
 pub use upstream::{publish_input, ROUTING_KEY};

@@ -124,6 +124,173 @@ impl Drop for RedisNode {
     }
 }
 
+/// A Redis Cluster of the test's own: `primaries` primaries with one replica each, on
+/// ports of their own (client and explicit cluster-bus ports), joined with
+/// `redis-cli --cluster create`, a node timeout of one second so a killed primary's
+/// replica takes over within about two. No persistence: a replica holds the data.
+pub struct RedisCluster {
+    nodes: Vec<ClusterNode>,
+    _dir: TempDir,
+}
+
+struct ClusterNode {
+    port: u16,
+    child: Option<Child>,
+}
+
+/// A node's line of CLUSTER NODES.
+#[derive(Debug, Clone)]
+pub struct ClusterMember {
+    pub id: String,
+    pub port: u16,
+    pub primary: bool,
+    pub failed: bool,
+    /// The primary's id, for a replica.
+    pub replica_of: Option<String>,
+    /// Slot ranges a primary serves.
+    pub slots: Vec<std::ops::RangeInclusive<u16>>,
+}
+
+impl RedisCluster {
+    pub fn start(primaries: usize) -> Self {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let nodes: Vec<ClusterNode> = (0..primaries * 2)
+            .map(|i| {
+                let (port, bus) = (free_port(), free_port());
+                let data = dir.path().join(format!("node-{i}"));
+                std::fs::create_dir_all(&data).expect("writable temporary directory");
+                let child = Command::new("redis-server")
+                    .args(["--port", &port.to_string(), "--cluster-port", &bus.to_string(), "--bind", "127.0.0.1"])
+                    .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"])
+                    // A replica syncs at once (the default waits 5 s for more replicas)
+                    // and may always take over, however long it has been cut off.
+                    .args(["--repl-diskless-sync-delay", "0", "--cluster-replica-validity-factor", "0"])
+                    .args(["--cluster-config-file", "nodes.conf", "--save", "", "--appendonly", "no"])
+                    .args(["--dir", data.to_str().expect("UTF-8 path")])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("redis-server is installed");
+                ClusterNode { port, child: Some(child) }
+            })
+            .collect();
+        let cluster = Self { nodes, _dir: dir };
+        for node in &cluster.nodes {
+            assert!(wait_for_port(node.port, Duration::from_secs(20)), "cluster node {} never listened", node.port);
+        }
+        let addresses: Vec<String> = cluster.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let output = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .expect("redis-cli is installed");
+        assert!(output.status.success(), "redis-cli --cluster create: {}", String::from_utf8_lossy(&output.stdout));
+        cluster.wait_healthy(Duration::from_secs(30));
+        cluster
+    }
+
+    /// Seed URLs: every node, as `REDIS_CLUSTER_URLS` would list them.
+    pub fn seeds(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| format!("redis://127.0.0.1:{}", n.port)).collect()
+    }
+
+    /// CLUSTER NODES as a live node sees it.
+    pub fn members(&self) -> Vec<ClusterMember> {
+        let text = self.ask(&["cluster", "nodes"]);
+        text.lines()
+            .filter_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let port = fields.get(1)?.split(['@', ':']).nth(1)?.parse().ok()?;
+                let flags = fields.get(2)?;
+                Some(ClusterMember {
+                    id: fields[0].to_owned(),
+                    port,
+                    primary: flags.contains("master"),
+                    failed: flags.contains("fail") && !flags.contains("fail?"),
+                    replica_of: fields.get(3).filter(|p| **p != "-").map(|p| (*p).to_owned()),
+                    // `start-end` or a single slot; importing/migrating entries (`[…]`) are not served.
+                    slots: fields
+                        .iter()
+                        .skip(8)
+                        .filter(|f| !f.starts_with('['))
+                        .filter_map(|f| {
+                            let (start, end) = f.split_once('-').unwrap_or((f, f));
+                            Some(start.parse().ok()?..=end.parse().ok()?)
+                        })
+                        .collect(),
+                })
+            })
+            .collect()
+    }
+
+    /// The port of the primary that serves `key` now.
+    pub fn primary_of(&self, key: &str) -> u16 {
+        let slot: u16 = self.ask(&["cluster", "keyslot", key]).trim().parse().expect("a slot number");
+        let members = self.members();
+        let owner = members.iter().find(|m| m.primary && !m.failed && m.slots.iter().any(|r| r.contains(&slot)));
+        owner.unwrap_or_else(|| panic!("no primary serves slot {slot}: {members:?}")).port
+    }
+
+    /// How many keys the node on `port` holds.
+    pub fn dbsize(&self, port: u16) -> u64 {
+        cli(port, &["dbsize"]).and_then(|n| n.trim().parse().ok()).expect("the node answers DBSIZE")
+    }
+
+    /// SIGKILLs the node on `port`, as a crashed host would.
+    pub fn kill(&mut self, port: u16) {
+        if let Some(node) = self.nodes.iter_mut().find(|n| n.port == port) {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+
+    /// Waits until every slot is served (`cluster_state:ok` on every live node) and every
+    /// live replica has synced with its primary (a replica that never synced cannot take over).
+    pub fn wait_healthy(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let ok = self.nodes.iter().filter(|n| n.child.is_some()).all(|n| {
+                let info = cli(n.port, &["info", "replication"]).unwrap_or_default();
+                let synced = info.contains("role:master") || info.contains("master_link_status:up");
+                synced && cli(n.port, &["cluster", "info"]).is_some_and(|info| info.contains("cluster_state:ok"))
+            });
+            if ok {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the cluster is not healthy after {timeout:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Asks the first live node.
+    fn ask(&self, args: &[&str]) -> String {
+        self.nodes
+            .iter()
+            .filter(|n| n.child.is_some())
+            .find_map(|n| cli(n.port, args))
+            .expect("a live cluster node answers")
+    }
+}
+
+fn cli(port: u16, args: &[&str]) -> Option<String> {
+    let output = Command::new("redis-cli").args(["-p", &port.to_string()]).args(args).output().ok()?;
+    output.status.success().then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
 /// A RabbitMQ node of the test's own: its own node name, ports, data directory, Erlang
 /// cookie (`HOME`) and no plugins; started detached as Debian's wrappers cannot (they
 /// switch user and cookie), stopped by the PID it writes.

@@ -1,8 +1,8 @@
 //! The services every test talks to: this machine's RabbitMQ and Redis (started by
 //! `.ci/run` or by hand), and the client key fixture.
 
+use bunq_session_worker::store::{self, Redis, Target};
 use lapin::{Connection, ConnectionProperties};
-use redis::aio::ConnectionManager;
 
 /// The machine's RabbitMQ, default vhost.
 pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -21,8 +21,13 @@ pub async fn connect_amqp(url: &str) -> Result<Connection, lapin::Error> {
 }
 
 /// A Redis connection as the worker makes it (reconnecting, with timeouts).
-pub fn connect_redis(url: &str) -> Result<ConnectionManager, redis::RedisError> {
-    bunq_session_worker::store::connect(&url.to_owned().into(), None)
+pub fn connect_redis(url: &str) -> Result<Redis, redis::RedisError> {
+    store::connect(&Target::Single(url.to_owned().into()), None)
+}
+
+/// A Redis Cluster connection as the worker makes it, from seed nodes.
+pub fn connect_redis_cluster(seeds: &[String]) -> Result<Redis, redis::RedisError> {
+    store::connect(&Target::Cluster(seeds.iter().map(|url| url.clone().into()).collect()), None)
 }
 
 /// Runs `rabbitmqctl` (vhosts, closing connections); fails with its stderr.

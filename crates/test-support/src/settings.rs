@@ -67,6 +67,17 @@ impl WorkerEnv {
         self
     }
 
+    /// Leaves `variable` unset.
+    pub fn unset(mut self, variable: &str) -> Self {
+        self.vars.retain(|(v, _)| v != variable);
+        self
+    }
+
+    /// Redis Cluster from these seed nodes instead of the machine's Redis.
+    pub fn on_redis_cluster(self, seeds: &[String]) -> Self {
+        self.unset("REDIS_URL").set("REDIS_CLUSTER_URLS", seeds.join(","))
+    }
+
     /// Sets the variable behind a flag given as `--name=value`, e.g. `--max-attempts=2`.
     pub fn set_flag(self, flag: &str) -> Self {
         let (name, value) = flag.strip_prefix("--").and_then(|f| f.split_once('=')).expect("a flag as --name=value");
@@ -95,6 +106,18 @@ impl WorkerEnv {
     pub fn args(&self) -> WorkerArgs {
         let argv = std::iter::once("worker".to_owned()).chain(self.flags());
         Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("test flags do not parse: {e}")).args
+    }
+
+    /// `BIN run` with exactly these variables, stderr to `stderr`; killed when dropped.
+    pub fn spawn(&self, bin: &str, stderr: std::process::Stdio) -> tokio::process::Child {
+        tokio::process::Command::new(bin)
+            .arg("run")
+            .env_clear()
+            .envs(self.vars())
+            .stderr(stderr)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the worker binary runs")
     }
 
     /// Validated as the binary validates them at start-up.

@@ -7,8 +7,8 @@
 //! order and no replica polls.
 
 use crate::metrics::Metrics;
+use crate::store::Redis;
 use bunq_protocol::error::Endpoint;
-use redis::aio::ConnectionManager;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -115,7 +115,7 @@ return 0
 
 #[derive(Clone)]
 pub struct RateLimiter {
-    conn: ConnectionManager,
+    conn: Redis,
     prefix: String,
     session_server: Limit,
     other_post: Limit,
@@ -127,7 +127,7 @@ pub struct RateLimiter {
 
 impl RateLimiter {
     pub fn new(
-        conn: ConnectionManager,
+        conn: impl Into<Redis>,
         prefix: &str,
         session_server: Limit,
         other_post: Limit,
@@ -135,7 +135,7 @@ impl RateLimiter {
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
-            conn,
+            conn: conn.into(),
             prefix: prefix.to_owned(),
             session_server,
             other_post,

@@ -90,7 +90,9 @@ pub async fn verify_tls(settings: &Settings) -> anyhow::Result<()> {
         }
     }
     if let Some(files) = &settings.redis.tls {
-        tls::probe(settings.redis.url.expose_secret(), 6379, files).await?;
+        for url in settings.redis.target.urls() {
+            tls::probe(url.expose_secret(), 6379, files).await?;
+        }
     }
     Ok(())
 }

@@ -124,14 +124,18 @@ Fail early, at render time, on values that would only fail at start-up
 {{- if not .Values.amqp.existingSecret }}
 {{- fail "amqp.existingSecret is required: the name of a Secret holding AMQP_URL (it contains credentials)" }}
 {{- end }}
-{{- if and .Values.redis.url .Values.redis.existingSecret }}
-{{- fail "set only one of redis.url and redis.existingSecret" }}
+{{- $redisSources := compact (list .Values.redis.url .Values.redis.clusterUrls .Values.redis.existingSecret) }}
+{{- if gt (len $redisSources) 1 }}
+{{- fail "set only one of redis.url, redis.clusterUrls and redis.existingSecret" }}
 {{- end }}
-{{- if not (or .Values.redis.url .Values.redis.existingSecret) }}
-{{- fail "one of redis.url (no credentials) or redis.existingSecret is required" }}
+{{- if eq (len $redisSources) 0 }}
+{{- fail "one of redis.url or redis.clusterUrls (no credentials) or redis.existingSecret is required" }}
 {{- end }}
 {{- if contains "@" .Values.redis.url }}
 {{- fail "redis.url looks like it carries credentials ('@'); it would land in a ConfigMap. Put it in a Secret and set redis.existingSecret" }}
+{{- end }}
+{{- if contains "@" .Values.redis.clusterUrls }}
+{{- fail "redis.clusterUrls looks like it carries credentials ('@'); it would land in a ConfigMap. Put it in a Secret and set redis.existingSecret with redis.cluster" }}
 {{- end }}
 {{- if not (has .Values.bunq.rateLimitScope (list "global" "credential")) }}
 {{- fail "bunq.rateLimitScope must be 'global' or 'credential'" }}

@@ -36,8 +36,9 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<bool> {
     .await;
     let redis = report("redis", async {
         let mut conn = settings.redis.connect()?;
+        // On a cluster PING goes to every primary: ok means every slot can be served.
         let pong: String = redis::cmd("PING").query_async(&mut conn).await?;
-        Ok(format!("{pong} (REDIS_URL)"))
+        Ok(format!("{pong} ({})", settings.redis.target.variable()))
     })
     .await;
     let bunq = report("bunq", async {

@@ -10,15 +10,15 @@ use crate::handler::HandlerSettings;
 use crate::metrics::Metrics;
 use crate::ratelimit::{Limit, RateLimiter, Scope};
 use crate::retry::RetryPolicy;
-use crate::store::{Keys, Sealer, Store};
+use crate::store::{Keys, Redis, Sealer, Store, Target};
 use crate::tls::{self, TlsFiles};
 use bunq_protocol::client::{BunqClient, CallObserver, ClientSettings};
 use bunq_protocol::signing::ClientKey;
 use clap::Args;
 use parse::{
-    load_client_key, load_sealer, parse_base_url, parse_permitted_ips, positive, require_amqp_name, require_url,
+    load_client_key, load_sealer, parse_base_url, parse_permitted_ips, parse_redis_target, positive, require_amqp_name,
+    require_url, split_urls,
 };
-use redis::aio::ConnectionManager;
 use secrecy::{ExposeSecret, SecretString};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -96,14 +96,7 @@ impl ConnectionArgs {
     /// The broker nodes and TLS files, validated. The URLs are never echoed: they may
     /// hold a password.
     pub fn broker(&self) -> Result<Broker, ConfigError> {
-        let urls: Vec<SecretString> = self
-            .amqp_url
-            .expose_secret()
-            .split(',')
-            .map(str::trim)
-            .filter(|url| !url.is_empty())
-            .map(|url| SecretString::from(url.to_owned()))
-            .collect();
+        let urls = split_urls(&self.amqp_url);
         if urls.is_empty() {
             return Err(invalid("AMQP_URL", "must hold at least one amqp:// or amqps:// URL"));
         }
@@ -152,15 +145,12 @@ impl ConnectionArgs {
 /// Where sessions are stored and how they are sealed: `run`, `check` and `session` read it.
 #[derive(Debug, Clone, Args)]
 pub struct StoreArgs {
-    /// Redis URL, e.g. redis://127.0.0.1:6379/0
-    #[arg(
-        long,
-        env = "REDIS_URL",
-        default_value = "redis://127.0.0.1:6379/0",
-        hide_default_value = true,
-        hide_env_values = true
-    )]
-    pub redis_url: SecretString,
+    /// Redis URL, e.g. redis://127.0.0.1:6379/0 (the default), or rediss:// for TLS.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<SecretString>,
+    /// Redis Cluster seed nodes, comma-separated redis:// or rediss:// URLs; instead of REDIS_URL.
+    #[arg(long, env = "REDIS_CLUSTER_URLS", hide_env_values = true)]
+    pub redis_cluster_urls: Option<SecretString>,
     /// Prefix of every Redis key this worker writes.
     #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "bsw:")]
     pub redis_key_prefix: String,
@@ -200,7 +190,7 @@ impl SealArgs {
 impl StoreArgs {
     /// Validates the Redis URL and loads the keys.
     pub fn settings(self) -> Result<RedisSettings, ConfigError> {
-        require_url(&self.redis_url, "REDIS_URL", &["redis", "rediss", "redis+unix", "unix"])?;
+        let target = parse_redis_target(self.redis_url.as_ref(), self.redis_cluster_urls.as_ref())?;
         let sealer = self.seal.sealer()?;
         let tls = TlsFiles::load(
             self.redis_tls_ca_file.as_deref(),
@@ -208,10 +198,11 @@ impl StoreArgs {
             self.redis_tls_key_file.as_deref(),
             tls::REDIS,
         )?;
-        if tls.is_some() && !self.redis_url.expose_secret().starts_with("rediss://") {
-            return Err(invalid("REDIS_TLS_CA_FILE", "TLS files are set, but REDIS_URL is not rediss://"));
+        if tls.is_some() && !target.urls().iter().all(|url| url.expose_secret().starts_with("rediss://")) {
+            let message = format!("TLS files are set, but {} is not rediss://", target.variable());
+            return Err(invalid("REDIS_TLS_CA_FILE", message));
         }
-        Ok(RedisSettings { url: self.redis_url, key_prefix: self.redis_key_prefix, sealer, tls: tls.map(Arc::new) })
+        Ok(RedisSettings { target, key_prefix: self.redis_key_prefix, sealer, tls: tls.map(Arc::new) })
     }
 }
 
@@ -323,7 +314,7 @@ pub struct AmqpSettings {
 
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
-    pub url: SecretString,
+    pub target: Target,
     pub key_prefix: String,
     /// Seals tokens at rest when a key is configured.
     pub sealer: Option<Arc<Sealer>>,
@@ -332,13 +323,14 @@ pub struct RedisSettings {
 
 impl RedisSettings {
     /// A connection that reconnects by itself (see [`crate::store::connect`]).
-    pub fn connect(&self) -> Result<ConnectionManager, ConfigError> {
-        crate::store::connect(&self.url, self.tls.as_deref())
-            .map_err(|_| invalid("REDIS_URL", "is not a valid Redis URL (or its TLS files cannot be used)"))
+    pub fn connect(&self) -> Result<Redis, ConfigError> {
+        crate::store::connect(&self.target, self.tls.as_deref()).map_err(|_| {
+            invalid(self.target.variable(), "is not usable (a bad URL, mixed credentials, or unusable TLS files)")
+        })
     }
 
     /// The session store on `conn`, under this prefix, sealing when a key is set.
-    pub fn store(&self, conn: ConnectionManager) -> Store {
+    pub fn store(&self, conn: Redis) -> Store {
         Store::new(conn, Keys::new(&self.key_prefix), self.sealer.clone())
     }
 }
@@ -376,7 +368,7 @@ pub struct RateLimits {
 
 impl RateLimits {
     /// The limiter every replica with the same Redis and prefix shares.
-    pub fn limiter(&self, conn: ConnectionManager, key_prefix: &str, metrics: Arc<Metrics>) -> RateLimiter {
+    pub fn limiter(&self, conn: Redis, key_prefix: &str, metrics: Arc<Metrics>) -> RateLimiter {
         RateLimiter::new(conn, key_prefix, self.session_server, self.other_post, self.scope, metrics)
     }
 }

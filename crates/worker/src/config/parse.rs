@@ -2,7 +2,7 @@
 //! value that may carry a secret (URLs, key material).
 
 use super::{invalid, ConfigError};
-use crate::store::Sealer;
+use crate::store::{Sealer, Target};
 use bunq_protocol::signing::ClientKey;
 use secrecy::{ExposeSecret, SecretString};
 use std::path::PathBuf;
@@ -21,6 +21,60 @@ pub(super) fn require_url(url: &SecretString, variable: &'static str, schemes: &
     match scheme {
         Some(s) if schemes.contains(&s.as_str()) => Ok(()),
         _ => Err(invalid(variable, format!("must be a URL with scheme {}", schemes.join(" or ")))),
+    }
+}
+
+/// A comma-separated list of URLs, each kept secret (it may hold a password); blanks dropped.
+pub(super) fn split_urls(list: &SecretString) -> Vec<SecretString> {
+    list.expose_secret()
+        .split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .map(|url| SecretString::from(url.to_owned()))
+        .collect()
+}
+
+/// Where Redis is: `REDIS_URL` (default `redis://127.0.0.1:6379/0`) or the seed nodes of
+/// `REDIS_CLUSTER_URLS`, never both: they select different clients, and silently
+/// preferring one would leave the operator's other setting unused.
+pub(super) fn parse_redis_target(
+    url: Option<&SecretString>,
+    cluster_urls: Option<&SecretString>,
+) -> Result<Target, ConfigError> {
+    const CLUSTER: &str = "REDIS_CLUSTER_URLS";
+    let set = |value: Option<&SecretString>| value.filter(|v| !v.expose_secret().trim().is_empty()).cloned();
+    match (set(url), set(cluster_urls)) {
+        (Some(_), Some(_)) => Err(invalid(
+            CLUSTER,
+            "and REDIS_URL are both set: set REDIS_CLUSTER_URLS for Redis Cluster or REDIS_URL for one server, not both",
+        )),
+        (Some(url), None) => {
+            require_url(&url, "REDIS_URL", &["redis", "rediss", "redis+unix", "unix"])?;
+            Ok(Target::Single(url))
+        }
+        (None, None) => Ok(Target::Single(SecretString::from("redis://127.0.0.1:6379/0"))),
+        (None, Some(list)) => {
+            let urls = split_urls(&list);
+            if urls.is_empty() {
+                return Err(invalid(CLUSTER, "must hold at least one redis:// or rediss:// URL"));
+            }
+            for url in &urls {
+                require_url(url, CLUSTER, &["redis", "rediss"])?;
+                let parsed = url::Url::parse(url.expose_secret())
+                    .map_err(|_| invalid(CLUSTER, "holds a URL that does not parse"))?;
+                if parsed.host_str().is_none_or(str::is_empty) {
+                    return Err(invalid(CLUSTER, "holds a URL without a host"));
+                }
+                if !matches!(parsed.path(), "" | "/" | "/0") {
+                    return Err(invalid(CLUSTER, "names a database: Redis Cluster has only database 0"));
+                }
+            }
+            let tls = |u: &SecretString| u.expose_secret().to_ascii_lowercase().starts_with("rediss://");
+            if urls.iter().any(tls) && !urls.iter().all(tls) {
+                return Err(invalid(CLUSTER, "mixes redis:// and rediss://: a cluster speaks TLS on every node or none"));
+            }
+            Ok(Target::Cluster(urls))
+        }
     }
 }
 

@@ -66,12 +66,37 @@ fn each_bad_setting_names_its_variable() {
         (&["--redis-tls-key-file", "/nonexistent.pem"], "REDIS_TLS_CERT_FILE"),
         (&["--redis-tls-ca-file", "/nonexistent.pem"], "REDIS_TLS_CA_FILE"),
         (&["--dead-letter-max-age", "forever"], "DEAD_LETTER_MAX_AGE"),
+        (&["--redis-url", "redis://a:6379", "--redis-cluster-urls", "redis://b:6379"], "REDIS_CLUSTER_URLS"),
+        (&["--redis-cluster-urls", "redis://a:7000,unix:///tmp/r.sock"], "REDIS_CLUSTER_URLS"),
+        (&["--redis-cluster-urls", "redis://a:7000/2"], "REDIS_CLUSTER_URLS"),
+        (&["--redis-cluster-urls", "redis://a:7000,rediss://b:7001"], "REDIS_CLUSTER_URLS"),
+        (&["--redis-cluster-urls", " , "], "REDIS_CLUSTER_URLS"),
+        (&["--redis-cluster-urls", "redis://:7000"], "REDIS_CLUSTER_URLS"),
     ];
     for (extra, variable) in cases {
         let err = error_of(extra);
         assert_eq!(err.variable, *variable, "{extra:?} gave {err}");
         assert!(err.to_string().contains(variable));
     }
+}
+
+#[test]
+fn redis_is_one_server_by_default_or_a_cluster_of_seed_nodes() {
+    let single = Settings::from_args(args(&[])).unwrap().redis.target;
+    assert!(matches!(&single, Target::Single(url) if url.expose_secret() == "redis://127.0.0.1:6379/0"));
+    let seeds = "redis://:pw@10.0.0.1:7000, redis://:pw@10.0.0.2:7000/0,";
+    let cluster = Settings::from_args(args(&["--redis-cluster-urls", seeds])).unwrap().redis.target;
+    let Target::Cluster(urls) = &cluster else { panic!("not a cluster: {cluster:?}") };
+    let urls: Vec<&str> = urls.iter().map(|u| u.expose_secret()).collect();
+    assert_eq!(urls, ["redis://:pw@10.0.0.1:7000", "redis://:pw@10.0.0.2:7000/0"]);
+    assert_eq!(cluster.variable(), "REDIS_CLUSTER_URLS");
+    // Both set is refused whatever the values, and no password is echoed.
+    let err = error_of(&["--redis-url", "redis://:hunter2@a:6379", "--redis-cluster-urls", seeds]);
+    assert!(
+        err.to_string().contains("REDIS_URL")
+            && !err.to_string().contains("hunter2")
+            && !err.to_string().contains("pw@")
+    );
 }
 
 #[test]

@@ -2,12 +2,10 @@
 //! handshake progress and idempotency index, and the per-provision lock.
 //!
 //! Keys one operation writes together share a hash tag (`{provision_id}`), so the same
-//! commands run on Redis Cluster.
+//! commands run on Redis Cluster (see [`conn`]).
 
 pub use crate::seal::Sealer;
 use crate::seal::{self, Context};
-use crate::tls::TlsFiles;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::AsyncCommands;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -37,30 +35,6 @@ impl StoreError {
             StoreError::LockLost { .. } => bunq_protocol::Retry::Permanent,
         }
     }
-}
-
-/// A Redis connection that reconnects by itself; commands fail fast while Redis is
-/// away, so deliveries go to the retry queue instead of hanging.
-pub fn connect(url: &SecretString, tls: Option<&TlsFiles>) -> Result<ConnectionManager, redis::RedisError> {
-    let client = match tls {
-        None => redis::Client::open(url.expose_secret())?,
-        Some(files) => redis::Client::build_with_tls(
-            url.expose_secret(),
-            redis::TlsCertificates {
-                client_tls: files.identity.as_ref().map(|identity| redis::ClientTlsConfig {
-                    client_cert: identity.cert_pem.clone(),
-                    client_key: identity.key_pem.clone(),
-                }),
-                root_cert: files.ca_pem.clone(),
-            },
-        )?,
-    };
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(2)))
-        .set_response_timeout(Some(Duration::from_secs(2)))
-        .set_number_of_retries(2)
-        .set_max_delay(Duration::from_secs(2));
-    ConnectionManager::new_lazy_with_config(client, config)
 }
 
 /// Key names under the configured prefix.
@@ -146,22 +120,25 @@ pub struct Handshake {
     pub session: Option<Session>,
 }
 
+mod conn;
 mod lock;
 mod reseal;
+
+pub use conn::{connect, Redis, Target};
 
 pub use lock::{credential_tag, Claim};
 pub use reseal::Resealed;
 
 #[derive(Clone)]
 pub struct Store {
-    conn: ConnectionManager,
+    conn: Redis,
     keys: Keys,
     sealer: Option<std::sync::Arc<Sealer>>,
 }
 
 impl Store {
-    pub fn new(conn: ConnectionManager, keys: Keys, sealer: Option<std::sync::Arc<Sealer>>) -> Self {
-        Self { conn, keys, sealer }
+    pub fn new(conn: impl Into<Redis>, keys: Keys, sealer: Option<std::sync::Arc<Sealer>>) -> Self {
+        Self { conn: conn.into(), keys, sealer }
     }
 
     pub fn keys(&self) -> &Keys {

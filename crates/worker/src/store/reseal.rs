@@ -35,16 +35,8 @@ impl Store {
         let mut conn = self.conn.clone();
         for kind in ["session:", "handshake:"] {
             let pattern = format!("{}{kind}*", glob_escape(&self.keys.prefix));
-            let mut cursor = 0u64;
-            loop {
-                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(500)
-                    .query_async(&mut conn)
-                    .await?;
+            let mut scan = self.conn.scan(&pattern).await?;
+            while let Some(keys) = scan.next_batch().await? {
                 for key in keys {
                     let raw: Option<Vec<u8>> = conn.get(&key).await?;
                     let Some(raw) = raw else { continue };
@@ -57,10 +49,6 @@ impl Store {
                         report.skipped += 1;
                     }
                 }
-                if next == 0 {
-                    break;
-                }
-                cursor = next;
             }
         }
         Ok(report)

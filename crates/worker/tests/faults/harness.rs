@@ -16,9 +16,9 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 use test_support::{
-    amqp_vhost_url, capture_queue, connect_amqp, connect_redis, expiry_in, free_port, future_expiry, init_test_logging,
-    ops, provision_body, publish_input, rabbitmqctl, random_token, ready_body, Cleanup, Leftovers, TestNames,
-    WorkerEnv,
+    amqp_vhost_url, capture_queue, connect_amqp, connect_redis, connect_redis_cluster, expiry_in, free_port,
+    future_expiry, init_test_logging, ops, provision_body, publish_input, rabbitmqctl, random_token, ready_body,
+    Cleanup, Leftovers, TestNames, WorkerEnv,
 };
 use tokio::process::{Child, Command};
 
@@ -41,11 +41,44 @@ pub struct Input {
     pub expect: Expect,
 }
 
+/// The Redis the workers of a test use.
+#[derive(Debug, Clone)]
+pub enum RedisAt {
+    Url(String),
+    /// Seed nodes of a Redis Cluster.
+    Cluster(Vec<String>),
+}
+
+impl RedisAt {
+    fn store(&self, names: &TestNames) -> Store {
+        let conn = match self {
+            RedisAt::Url(url) => connect_redis(url),
+            RedisAt::Cluster(seeds) => connect_redis_cluster(seeds),
+        };
+        Store::new(conn.unwrap(), Keys::new(&names.key_prefix), None)
+    }
+
+    fn configure(&self, env: WorkerEnv) -> WorkerEnv {
+        match self {
+            RedisAt::Url(url) => env.set("REDIS_URL", url),
+            RedisAt::Cluster(seeds) => env.on_redis_cluster(seeds),
+        }
+    }
+
+    /// Where the test's keys are deleted; a cluster's go with its nodes.
+    fn cleanup(&self, cleanup: Cleanup) -> Cleanup {
+        match self {
+            RedisAt::Url(url) => cleanup.redis_url(url),
+            RedisAt::Cluster(_) => cleanup,
+        }
+    }
+}
+
 pub struct Env {
     pub names: TestNames,
     pub vhost: String,
     pub amqp_url: String,
-    pub redis_url: String,
+    pub redis: RedisAt,
     pub capture: String,
     pub fake: FakeHandle,
     pub store: Store,
@@ -60,11 +93,16 @@ pub struct Env {
 
 impl Env {
     pub async fn new(fake: FakeConfig, redis_url: &str) -> Env {
+        Self::on_redis(fake, RedisAt::Url(redis_url.to_owned())).await
+    }
+
+    /// In a vhost of the test's own on this machine's RabbitMQ, with `redis`.
+    pub async fn on_redis(fake: FakeConfig, redis: RedisAt) -> Env {
         init_test_logging();
         let names = TestNames::new("flt");
         let vhost = names.id.clone();
         rabbitmqctl(&["add_vhost", &vhost]).unwrap();
-        let leftovers = Leftovers::new(Cleanup::new(&names).vhost(&vhost).redis_url(redis_url));
+        let leftovers = Leftovers::new(redis.cleanup(Cleanup::new(&names).vhost(&vhost)));
         rabbitmqctl(&["set_permissions", "-p", &vhost, "guest", ".*", ".*", ".*"]).unwrap();
         let amqp_url = amqp_vhost_url(&vhost);
         let fake = fake_bunq::spawn(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(), fake).await.unwrap();
@@ -74,19 +112,19 @@ impl Env {
         channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
         let capture = names.queue("capture");
         capture_queue(&channel, &names.topology, &capture, Some("#")).await.unwrap();
-        let store = Store::new(connect_redis(redis_url).unwrap(), Keys::new(&names.key_prefix), None);
+        let store = redis.store(&names);
         Env {
             leftovers,
             names,
             vhost,
             amqp_url,
-            redis_url: redis_url.to_owned(),
+            redis,
             capture,
             fake,
             store,
             connection,
             channel,
-            logs: tempfile::tempdir().unwrap(),
+            logs: logs_dir(),
             worker_env: Vec::new(),
         }
     }
@@ -110,19 +148,20 @@ impl Env {
         let capture = names.queue("capture");
         capture_queue(&channel, &names.topology, &capture, Some("#")).await.unwrap();
         channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
-        let store = Store::new(connect_redis(redis_url).unwrap(), Keys::new(&names.key_prefix), None);
+        let redis = RedisAt::Url(redis_url.to_owned());
+        let store = redis.store(&names);
         Env {
             leftovers,
             names,
             vhost: "/".to_owned(),
             amqp_url: urls.join(","),
-            redis_url: redis_url.to_owned(),
+            redis,
             capture,
             fake,
             store,
             connection,
             channel,
-            logs: tempfile::tempdir().unwrap(),
+            logs: logs_dir(),
             worker_env: Vec::new(),
         }
     }
@@ -132,9 +171,10 @@ impl Env {
         let ops_port = free_port();
         let log_path = self.logs.path().join(format!("{name}.log"));
         let log = std::fs::File::create(&log_path).unwrap();
-        let env = WorkerEnv::fast(&self.fake.base_url(), &self.names)
+        let env = self
+            .redis
+            .configure(WorkerEnv::fast(&self.fake.base_url(), &self.names))
             .set("AMQP_URL", &self.amqp_url)
-            .set("REDIS_URL", &self.redis_url)
             // Known in advance: the test reads the worker's metrics.
             .set("OPS_ADDR", format!("127.0.0.1:{ops_port}"))
             .set("POD_NAME", format!("{}-{name}", self.names.id))
@@ -317,6 +357,13 @@ impl Env {
         self.leftovers.clean().await.unwrap();
         self.fake.shutdown().await;
     }
+}
+
+/// Where the workers' logs go: removed with the test, kept with `KEEP_TEST_LOGS=1` to
+/// read after a failure.
+fn logs_dir() -> tempfile::TempDir {
+    let keep = std::env::var_os("KEEP_TEST_LOGS").is_some_and(|v| v == "1");
+    tempfile::Builder::new().prefix("bsw-logs-").disable_cleanup(keep).tempdir().unwrap()
 }
 
 /// What a fault run produced.

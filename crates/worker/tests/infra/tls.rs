@@ -62,14 +62,7 @@ impl Nodes {
 }
 
 async fn start_up_error(env: &WorkerEnv) -> String {
-    let mut child = tokio::process::Command::new(BIN)
-        .arg("run")
-        .env_clear()
-        .envs(env.vars())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = env.spawn(BIN, std::process::Stdio::piped());
     let mut stderr = child.stderr.take().unwrap();
     let read = tokio::spawn(async move {
         let mut text = String::new();
@@ -104,14 +97,7 @@ async fn the_whole_flow_runs_over_mutual_tls_and_a_certificate_that_does_not_ver
     let capture = names.queue("capture");
     capture_queue(&channel, &names.topology, &capture, Some("#")).await.unwrap();
 
-    let mut worker = tokio::process::Command::new(BIN)
-        .arg("run")
-        .env_clear()
-        .envs(env.vars())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut worker = env.spawn(BIN, std::process::Stdio::null());
     let (id, token) = (random_id(), random_token());
     publish_input(&channel, &names.topology, &ready_body(id, &token), Default::default()).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -124,7 +110,8 @@ async fn the_whole_flow_runs_over_mutual_tls_and_a_certificate_that_does_not_ver
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(event["provision_id"], id);
-    let conn = store::connect(&nodes.redis.url().into(), nodes.tls_files(tls::REDIS).as_ref()).unwrap();
+    let target = store::Target::Single(nodes.redis.url().into());
+    let conn = store::connect(&target, nodes.tls_files(tls::REDIS).as_ref()).unwrap();
     let cached = Store::new(conn, Keys::new(&names.key_prefix), None)
         .read_session(event["user_id"].as_u64().unwrap())
         .await

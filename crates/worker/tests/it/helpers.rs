@@ -5,12 +5,12 @@
 use bunq_session_worker::amqp::topology::{self, Names};
 use bunq_session_worker::event::SessionReady;
 use bunq_session_worker::startup::Worker;
+use bunq_session_worker::store::Redis;
 use bunq_session_worker::store::Store;
 use fake_bunq::{self, FakeConfig, FakeHandle};
 use lapin::options::{BasicAckOptions, BasicGetOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection};
-use redis::aio::ConnectionManager;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use test_support::{
@@ -41,7 +41,7 @@ pub struct TestApp {
     pub capture_queue: String,
     pub fake: FakeHandle,
     pub store: Store,
-    pub redis: ConnectionManager,
+    pub redis: Redis,
     pub ops_addr: SocketAddr,
     connection: Connection,
     channel: Channel,
