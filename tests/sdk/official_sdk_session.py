@@ -15,6 +15,8 @@ import urllib.request
 
 from bunq.sdk.context.api_context import ApiContext
 from bunq.sdk.context.api_environment_type import ApiEnvironmentType
+from bunq.sdk.http.api_client import ApiClient
+from bunq.sdk.exception.api_exception import ApiException
 from bunq.sdk.exception.bad_request_exception import BadRequestException
 from bunq.sdk.exception.too_many_requests_exception import TooManyRequestsException
 
@@ -82,7 +84,22 @@ def main() -> int:
     else:
         raise AssertionError("expired credential was accepted")
 
+    # Closing the session: DELETE /session/0 through the SDK's own client (its
+    # `close_session` raises NameError: it never imports `Session`), signed and
+    # authenticated as the SDK does it, with the session token.
+    ApiClient(again).delete("session/0", {})
     calls = admin(base_url, "GET", "/_fake/calls")
+    deletes = [c for c in calls if c["endpoint"] == "session"]
+    assert len(deletes) == 1 and deletes[0]["method"] == "DELETE" and deletes[0]["status"] == 200, deletes
+    assert deletes[0]["signature_valid"] is not False, deletes
+    # The token no longer authenticates.
+    try:
+        ApiClient(again).delete("session/0", {})
+    except ApiException as error:
+        assert "Insufficient authentication" in str(error), str(error)
+    else:
+        raise AssertionError("an ended session still authenticated")
+
     signed = [c for c in calls
               if c["endpoint"] in ("device-server", "session-server") and c["status"] == 200]
     assert signed and all(c["signature_valid"] for c in signed), signed

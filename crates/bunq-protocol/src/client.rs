@@ -1,4 +1,5 @@
-//! The bunq HTTP client: one method per handshake call, each a single attempt.
+//! The bunq HTTP client: one method per handshake call and one to end a session, each a
+//! single attempt.
 //! Retries, rate limits and persistence are the caller's.
 
 use crate::error::{rate_limit_window, BunqError, Endpoint};
@@ -148,6 +149,29 @@ impl BunqClient {
         read_session_server(&bytes)
     }
 
+    /// `DELETE /session/0`: ends the session `session_token` authenticates ("the current
+    /// session": bunq's SDKs send the dummy id 0). Signed over the empty body, as bunq's
+    /// Python SDK does; the answer is verified with the installation's `server_key`.
+    pub async fn end_session(&self, session_token: &SecretString, server_key: &PublicKey) -> Result<(), BunqError> {
+        let endpoint = Endpoint::Session;
+        let url = format!("{}/{}/0", self.settings.base_url, endpoint.path());
+        let mut auth = HeaderValue::from_str(session_token.expose_secret())
+            .map_err(|_| unexpected(endpoint, "session token is not a valid header value".into()))?;
+        auth.set_sensitive(true);
+        let signature = self.key.sign(b"").map_err(|e| unexpected(endpoint, e.to_string()))?;
+        let request = self
+            .http
+            .delete(url)
+            .header(HEADER_REQUEST_ID, uuid::Uuid::new_v4().to_string())
+            .header(HEADER_AUTH, auth)
+            .header(HEADER_SIGNATURE, signature);
+        let started = Instant::now();
+        let result = self.exchange(endpoint, request, Some(server_key)).await.map(drop);
+        let status = result.as_ref().map_or_else(BunqError::status_label, |_| "200");
+        self.observer.observe(endpoint, status, started.elapsed());
+        result
+    }
+
     /// One signed attempt with a fresh request id (bunq rejects a reused one).
     async fn post(
         &self,
@@ -166,7 +190,7 @@ impl BunqClient {
             request = request.header(HEADER_AUTH, auth).header(HEADER_SIGNATURE, signature);
         }
         let started = Instant::now();
-        let result = self.exchange(endpoint, request.body(body), installation).await;
+        let result = self.exchange(endpoint, request.body(body), installation.map(|i| &i.server_key)).await;
         let status = result.as_ref().map_or_else(BunqError::status_label, |_| "200");
         self.observer.observe(endpoint, status, started.elapsed());
         result
@@ -176,7 +200,7 @@ impl BunqClient {
         &self,
         endpoint: Endpoint,
         request: reqwest::RequestBuilder,
-        installation: Option<&Installation>,
+        server_key: Option<&PublicKey>,
     ) -> Result<Bytes, BunqError> {
         let transport = |source: reqwest::Error| {
             if source.is_timeout() {
@@ -197,9 +221,9 @@ impl BunqClient {
         // unsigned (docs/bunq-api.md §4.2), but an unsigned error is then not known to be
         // bunq's: a proxy, WAF or captive portal answers 403/407/408 too. So it is
         // transient, and any wait it names is ignored.
-        if let Some(installation) = installation {
+        if let Some(server_key) = server_key {
             match signature {
-                Some(signature) if installation.server_key.verify(&bytes, &signature).is_err() => {
+                Some(signature) if server_key.verify(&bytes, &signature).is_err() => {
                     return Err(BunqError::BadSignature { endpoint, problem: "does not verify" });
                 }
                 Some(_) => {}

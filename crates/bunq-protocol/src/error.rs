@@ -12,6 +12,8 @@ pub enum Endpoint {
     DeviceServer,
     /// `POST /v1/session-server`: opens a session.
     SessionServer,
+    /// `DELETE /v1/session/{id}`: ends the session that authenticates the call.
+    Session,
 }
 
 impl Endpoint {
@@ -21,7 +23,21 @@ impl Endpoint {
             Endpoint::Installation => "installation",
             Endpoint::DeviceServer => "device-server",
             Endpoint::SessionServer => "session-server",
+            Endpoint::Session => "session",
         }
+    }
+
+    /// The HTTP method of the call.
+    pub fn method(self) -> &'static str {
+        match self {
+            Endpoint::Session => "DELETE",
+            _ => "POST",
+        }
+    }
+
+    /// Method and path, as errors name the call: `POST /session-server`.
+    pub fn call(self) -> String {
+        format!("{} /{}", self.method(), self.path())
     }
 }
 
@@ -36,7 +52,7 @@ impl std::fmt::Display for Endpoint {
 #[derive(Debug, thiserror::Error)]
 pub enum BunqError {
     /// No connection, or it broke before a whole answer arrived.
-    #[error("POST /{endpoint}: could not reach bunq: {source}")]
+    #[error("{call}: could not reach bunq: {source}", call = .endpoint.call())]
     Transport {
         /// The call.
         endpoint: Endpoint,
@@ -45,13 +61,13 @@ pub enum BunqError {
         source: reqwest::Error,
     },
     /// No whole answer within the request timeout.
-    #[error("POST /{endpoint}: no answer within the request timeout")]
+    #[error("{call}: no answer within the request timeout", call = .endpoint.call())]
     Timeout {
         /// The call.
         endpoint: Endpoint,
     },
     /// bunq answered with an error status other than 429.
-    #[error("POST /{endpoint}: bunq answered {status}: {description} (response id {response_id})")]
+    #[error("{call}: bunq answered {status}: {description} (response id {response_id})", call = .endpoint.call())]
     Api {
         /// The call.
         endpoint: Endpoint,
@@ -63,7 +79,7 @@ pub enum BunqError {
         response_id: String,
     },
     /// bunq answered 429.
-    #[error("POST /{endpoint}: rate limited by bunq: {description} (response id {response_id})")]
+    #[error("{call}: rate limited by bunq: {description} (response id {response_id})", call = .endpoint.call())]
     RateLimited {
         /// The call.
         endpoint: Endpoint,
@@ -76,7 +92,7 @@ pub enum BunqError {
     },
     /// An error status without `X-Bunq-Server-Signature` after installation: possibly a
     /// proxy or firewall speaking, not bunq, so never a reason to give up.
-    #[error("POST /{endpoint}: unsigned {status} answer (response id {response_id}); not known to be bunq's")]
+    #[error("{call}: unsigned {status} answer (response id {response_id}); not known to be bunq's", call = .endpoint.call())]
     Unsigned {
         /// The call.
         endpoint: Endpoint,
@@ -86,7 +102,7 @@ pub enum BunqError {
         response_id: String,
     },
     /// The answer's `X-Bunq-Server-Signature` is missing or wrong: not bunq speaking.
-    #[error("POST /{endpoint}: response signature {problem}; not trusting the response")]
+    #[error("{call}: response signature {problem}; not trusting the response", call = .endpoint.call())]
     BadSignature {
         /// The call.
         endpoint: Endpoint,
@@ -94,7 +110,7 @@ pub enum BunqError {
         problem: &'static str,
     },
     /// A verified 2xx whose body is not the documented shape.
-    #[error("POST /{endpoint}: unexpected response body: {detail}")]
+    #[error("{call}: unexpected response body: {detail}", call = .endpoint.call())]
     UnexpectedResponse {
         /// The call.
         endpoint: Endpoint,

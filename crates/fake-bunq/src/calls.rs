@@ -22,6 +22,8 @@ pub struct RecordedCall {
     pub installation_id: Option<u64>,
     /// A short SHA-256 prefix of the body's `secret`, never the secret.
     pub secret_hash: Option<String>,
+    /// The session a `DELETE /session/{id}` ended (or tried to), once authenticated.
+    pub session_id: Option<u64>,
     /// The injected fault, if one fired.
     pub fault: Option<FaultAction>,
     /// The client's address as seen by the fake.

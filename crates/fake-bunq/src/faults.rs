@@ -16,6 +16,8 @@ pub enum Endpoint {
     Installation,
     DeviceServer,
     SessionServer,
+    /// `DELETE /v1/session/{id}`.
+    Session,
     /// Any other `/v1` path (answered 404/405).
     Other,
 }
@@ -26,6 +28,7 @@ impl Endpoint {
             Endpoint::Installation => "installation",
             Endpoint::DeviceServer => "device-server",
             Endpoint::SessionServer => "session-server",
+            Endpoint::Session => "session",
             Endpoint::Other => "other",
         }
     }

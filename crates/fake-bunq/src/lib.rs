@@ -138,7 +138,7 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl App {
     fn new(config: FakeConfig, server_key: ClientKey) -> Self {
         let faults = FaultInjector::new(config.faults.clone(), config.seed);
-        let state = BunqState::new(config.credential_ttl);
+        let state = BunqState::new(config.credential_ttl, Duration::from_secs(config.session_timeout_secs));
         Self {
             config,
             server_key,
@@ -228,6 +228,11 @@ impl FakeHandle {
 
     pub fn sessions_created_for(&self, secret: &str) -> usize {
         lock(&self.app.state).sessions_created_for(SecretDigest::of(secret))
+    }
+
+    /// Ids of the sessions ended with `DELETE /v1/session/{id}`, in order.
+    pub fn ended_sessions(&self) -> Vec<u64> {
+        lock(&self.app.state).ended_sessions().to_vec()
     }
 
     pub fn credential_state(&self, secret: &str) -> Option<CredentialState> {

@@ -3,7 +3,8 @@
 //! 1. fault decision (+ latency); faults that replace the answer stop here;
 //! 2. `User-Agent` present;
 //! 3. rate limit;
-//! 4. installation token known (device-server, session-server);
+//! 4. installation token known (device-server, session-server), or a live session token
+//!    (`DELETE /session/{id}`);
 //! 5. `X-Bunq-Client-Signature` present and valid over the exact body bytes;
 //! 6. `X-Bunq-Client-Request-Id` not reused on this installation;
 //! 7. body validation and the endpoint's effect;
@@ -23,7 +24,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::Response;
-use axum::routing::post;
+use axum::routing::{delete, post};
 use axum::Router;
 use bunq_protocol::signing::PublicKey;
 use serde_json::Value;
@@ -40,6 +41,7 @@ pub const HEADER_SERVER_SIGNATURE: &str = "x-bunq-server-signature";
 pub(crate) fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/v1/{endpoint}", post(bunq_endpoint))
+        .route("/v1/session/{id}", delete(end_session))
         .nest("/_fake", admin::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -62,7 +64,29 @@ async fn bunq_endpoint(
         "session-server" => Endpoint::SessionServer,
         _ => return answer_error(app, conn, method, headers, BunqError::NotFound),
     };
-    handle(app, endpoint, conn, method, headers, body).await
+    handle(app, Call { endpoint, item: None }, conn, method, headers, body).await
+}
+
+/// An endpoint and the item id in its path (`DELETE /session/{id}`).
+#[derive(Clone, Copy)]
+struct Call {
+    endpoint: Endpoint,
+    item: Option<u64>,
+}
+
+/// `DELETE /v1/session/{id}`: authenticated by the session token, not the installation's.
+async fn end_session(
+    State(app): State<Arc<App>>,
+    ConnectInfo(conn): ConnectInfo<Conn>,
+    Path(id): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Ok(id) = id.parse::<u64>() else {
+        return answer_error(app, conn, method, headers, BunqError::NotFound);
+    };
+    handle(app, Call { endpoint: Endpoint::Session, item: Some(id) }, conn, method, headers, body).await
 }
 
 async fn not_found(
@@ -134,19 +158,14 @@ fn new_record(endpoint: Endpoint, conn: &Conn, method: &Method, headers: &Header
         status: None,
         installation_id: None,
         secret_hash: None,
+        session_id: None,
         fault: None,
         peer: conn.peer.to_string(),
     }
 }
 
-async fn handle(
-    app: Arc<App>,
-    endpoint: Endpoint,
-    conn: Conn,
-    method: Method,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+async fn handle(app: Arc<App>, call: Call, conn: Conn, method: Method, headers: HeaderMap, body: Bytes) -> Response {
+    let endpoint = call.endpoint;
     let mut record = new_record(endpoint, &conn, &method, &headers);
     let (latency_ms, fault) = {
         let mut faults = lock(&app.faults);
@@ -194,7 +213,7 @@ async fn handle(
         }
     };
 
-    let reply = match process(&app, endpoint, &conn, &headers, &body, &mut record) {
+    let reply = match process(&app, call, &conn, &headers, &body, &mut record) {
         Ok(reply) => reply,
         Err(error) => Reply::error(&error),
     };
@@ -216,12 +235,13 @@ fn rate_limited(limit: Limit) -> BunqError {
 /// Steps 2–7 of the pipeline.
 fn process(
     app: &App,
-    endpoint: Endpoint,
+    call: Call,
     conn: &Conn,
     headers: &HeaderMap,
     body: &[u8],
     record: &mut RecordedCall,
 ) -> Result<Reply, BunqError> {
+    let endpoint = call.endpoint;
     if header_str(headers, header::USER_AGENT.as_str()).is_none_or(|ua| ua.trim().is_empty()) {
         return Err(BunqError::MissingUserAgent);
     }
@@ -241,8 +261,38 @@ fn process(
                 session_server_effect(app, token, digest)
             }
         }
+        Endpoint::Session => end_session_effect(app, headers, body, call.item.unwrap_or(0), record),
         Endpoint::Other => Err(BunqError::NotFound),
     }
+}
+
+/// `DELETE /session/{id}` with the session's own token. Signing a call without a body is
+/// optional at bunq (the Python SDK signs the empty body, others do not); a signature
+/// that is sent must verify.
+fn end_session_effect(
+    app: &App,
+    headers: &HeaderMap,
+    body: &[u8],
+    id: u64,
+    record: &mut RecordedCall,
+) -> Result<Reply, BunqError> {
+    let token = header_str(headers, HEADER_AUTHENTICATION);
+    let (session_id, installation_token, auth) = lock(&app.state).authenticate_session(token)?;
+    record.installation_id = Some(auth.installation_id);
+    record.session_id = Some(session_id);
+    if let Some(signature) = header_str(headers, HEADER_CLIENT_SIGNATURE) {
+        let valid = auth.client_key.verify(body, signature).is_ok();
+        record.signature_valid = Some(valid);
+        if !valid {
+            return Err(BunqError::SignatureInvalid);
+        }
+    }
+    let mut state = lock(&app.state);
+    if let Some(request_id) = &record.request_id {
+        state.claim_request_id(&installation_token, request_id)?;
+    }
+    state.end_session(token.unwrap_or_default(), id)?;
+    Ok(Reply::ok(wire::envelope_body(Vec::new())))
 }
 
 /// Who shares a rate-limit budget (see [`RateLimitScope`]).

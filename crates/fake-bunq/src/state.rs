@@ -77,6 +77,16 @@ pub struct NewSession {
     pub users: UserIds,
 }
 
+/// A session bunq handed out: valid until `session_timeout` after it opened, or until
+/// `DELETE /session` ended it.
+#[derive(Debug)]
+struct LiveSession {
+    id: u64,
+    installation_token: String,
+    expires: Instant,
+    ended: bool,
+}
+
 /// The installation a token authenticated as.
 #[derive(Debug, Clone)]
 pub struct Authenticated {
@@ -92,22 +102,31 @@ pub struct BunqState {
     installations: HashMap<String, Installation>,
     credentials: HashMap<SecretDigest, Credential>,
     sessions_per_secret: HashMap<SecretDigest, usize>,
+    /// Keyed by session token.
+    live_sessions: HashMap<String, LiveSession>,
+    /// Sessions ended by `DELETE /session`, by id.
+    ended_sessions: Vec<u64>,
     devices: usize,
     sessions: usize,
     credential_ttl: Option<Duration>,
+    session_timeout: Duration,
 }
 
 impl Default for BunqState {
     fn default() -> Self {
-        Self::new(None)
+        Self::new(None, Duration::from_secs(604_800))
     }
 }
 
 impl BunqState {
-    /// `credential_ttl`: how long a never-used credential stays usable (`None`: forever).
-    pub fn new(credential_ttl: Option<Duration>) -> Self {
+    /// `credential_ttl`: how long a never-used credential stays usable (`None`: forever);
+    /// `session_timeout`: how long a session authenticates (bunq's auto-logout).
+    pub fn new(credential_ttl: Option<Duration>, session_timeout: Duration) -> Self {
         Self {
             credential_ttl,
+            session_timeout,
+            live_sessions: HashMap::new(),
+            ended_sessions: Vec::new(),
             // Ids below 100 are left for fixed objects such as the partner company.
             next_id: 100,
             installations: HashMap::new(),
@@ -230,7 +249,49 @@ impl BunqState {
         let id = self.next_id();
         *self.sessions_per_secret.entry(secret).or_default() += 1;
         self.sessions += 1;
-        Ok(NewSession { id, token: new_token(), created: OffsetDateTime::now_utc(), users })
+        let session_token = new_token();
+        let live = LiveSession {
+            id,
+            installation_token: token.to_owned(),
+            expires: Instant::now() + self.session_timeout,
+            ended: false,
+        };
+        self.live_sessions.insert(session_token.clone(), live);
+        Ok(NewSession { id, token: session_token, created: OffsetDateTime::now_utc(), users })
+    }
+
+    /// Resolves a session token to its session id and the installation's client key:
+    /// bunq answers 403 `Insufficient authentication.` for a token it does not know, one
+    /// past its `session_timeout`, or one whose session was ended.
+    /// Also returns the installation's token, which request ids are claimed on.
+    pub fn authenticate_session(&self, token: Option<&str>) -> Result<(u64, String, Authenticated), BunqError> {
+        let session = token
+            .and_then(|t| self.live_sessions.get(t))
+            .filter(|s| !s.ended && Instant::now() < s.expires)
+            .ok_or(BunqError::InsufficientAuthentication)?;
+        let installation =
+            self.installations.get(&session.installation_token).ok_or(BunqError::InsufficientAuthentication)?;
+        let auth = Authenticated { installation_id: installation.id, client_key: installation.client_key.clone() };
+        Ok((session.id, session.installation_token.clone(), auth))
+    }
+
+    /// `DELETE /session/{id}`: ends the session `token` authenticates. `id` is that
+    /// session's id or 0 ("the current session", as bunq's SDKs send it).
+    pub fn end_session(&mut self, token: &str, id: u64) -> Result<u64, BunqError> {
+        let (current, _, _) = self.authenticate_session(Some(token))?;
+        if id != 0 && id != current {
+            return Err(BunqError::NotFound);
+        }
+        if let Some(session) = self.live_sessions.get_mut(token) {
+            session.ended = true;
+        }
+        self.ended_sessions.push(current);
+        Ok(current)
+    }
+
+    /// Ids of the sessions `DELETE /session` ended, in order.
+    pub fn ended_sessions(&self) -> &[u64] {
+        &self.ended_sessions
     }
 
     pub fn sessions_created_for(&self, secret: SecretDigest) -> usize {
@@ -320,7 +381,7 @@ mod tests {
 
     #[test]
     fn pending_credential_expires_after_ttl_but_active_one_does_not() {
-        let mut state = BunqState::new(Some(Duration::ZERO));
+        let mut state = BunqState::new(Some(Duration::ZERO), Duration::from_secs(60));
         let token = installed(&mut state);
         let secret = SecretDigest::of("slow");
         assert_eq!(state.register_device(&token, secret).unwrap_err(), BunqError::CredentialsIncorrect);
@@ -330,6 +391,32 @@ mod tests {
         state.register_credential(used, CredentialState::Active);
         state.register_device(&token, used).unwrap();
         state.open_session(&token, used, true).unwrap();
+    }
+
+    #[test]
+    fn a_session_authenticates_until_its_timeout_or_until_it_is_ended() {
+        let secret = SecretDigest::of("s");
+        let mut short = BunqState::new(None, Duration::ZERO);
+        let token = installed(&mut short);
+        short.register_device(&token, secret).unwrap();
+        let expired = short.open_session(&token, secret, true).unwrap();
+        assert_eq!(
+            short.authenticate_session(Some(&expired.token)).unwrap_err(),
+            BunqError::InsufficientAuthentication
+        );
+
+        let mut state = BunqState::default();
+        let token = installed(&mut state);
+        state.register_device(&token, secret).unwrap();
+        let session = state.open_session(&token, secret, true).unwrap();
+        let (id, installation_token, _) = state.authenticate_session(Some(&session.token)).unwrap();
+        assert_eq!((id, installation_token.as_str()), (session.id, token.as_str()));
+        // The installation token is no session token, and another session's id is not ours.
+        assert!(state.authenticate_session(Some(&token)).is_err());
+        assert_eq!(state.end_session(&session.token, session.id + 1000).unwrap_err(), BunqError::NotFound);
+        assert_eq!(state.end_session(&session.token, 0), Ok(session.id));
+        assert_eq!(state.ended_sessions(), &[session.id]);
+        assert_eq!(state.end_session(&session.token, 0).unwrap_err(), BunqError::InsufficientAuthentication);
     }
 
     #[test]

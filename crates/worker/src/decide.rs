@@ -8,6 +8,8 @@ const READY_SUB_STATUS: &str = "PENDING_PROCESS_USER_ONBOARDING";
 /// Sources disagree on the main status at the ready point (docs/bunq-api.md §8.1), so both count.
 const READY_STATUSES: [&str; 2] = ["CREATED", "ACTIVE"];
 const EXPIRED_CREDENTIAL_STATUS: &str = "EXPIRED";
+/// The partner ended the relation: whatever the sub-status, the session must go.
+const CLOSED_STATUSES: [&str; 2] = ["CANCELLED", "CLOSED"];
 
 /// What to do with a decoded provision.
 #[derive(Debug)]
@@ -18,6 +20,15 @@ pub enum Decision {
     Skip(SkipReason),
     /// Ready, but the credential can no longer open a session: only a token reset helps.
     CredentialExpired { expired_at: Option<OffsetDateTime> },
+    /// `CANCELLED` or `CLOSED`: close the provision's session.
+    Close(ClosedProvision),
+}
+
+/// A provision the partner cancelled or closed.
+#[derive(Debug, Clone)]
+pub struct ClosedProvision {
+    pub provision_id: u64,
+    pub external_uuid: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,6 +37,9 @@ pub enum SkipReason {
     NotReady,
     /// Ready, but the event carries no `credential.token_value` (e.g. already used).
     NoCredentialToken,
+    /// The provision was closed before or while its session was opened: nothing may be
+    /// announced for it any more.
+    ProvisionClosed,
 }
 
 impl SkipReason {
@@ -33,6 +47,7 @@ impl SkipReason {
         match self {
             SkipReason::NotReady => "not_ready",
             SkipReason::NoCredentialToken => "no_credential_token",
+            SkipReason::ProvisionClosed => "provision_closed",
         }
     }
 }
@@ -48,6 +63,9 @@ pub struct ReadyProvision {
 }
 
 pub fn decide(provision: Provision, now: OffsetDateTime) -> Decision {
+    if CLOSED_STATUSES.contains(&provision.status.as_str()) {
+        return Decision::Close(ClosedProvision { provision_id: provision.id, external_uuid: provision.external_uuid });
+    }
     if provision.sub_status != READY_SUB_STATUS || !READY_STATUSES.contains(&provision.status.as_str()) {
         return Decision::Skip(SkipReason::NotReady);
     }
@@ -97,13 +115,18 @@ mod tests {
 
     #[test]
     fn skips_other_states() {
-        for (status, sub) in [
-            ("CREATED", "PENDING_PROCESS_USER"),
-            ("CANCELLED", READY_SUB_STATUS),
-            ("ACTIVE", "NONE"),
-            ("SOMETHING_NEW", "ALSO_NEW"),
-        ] {
+        for (status, sub) in [("CREATED", "PENDING_PROCESS_USER"), ("ACTIVE", "NONE"), ("SOMETHING_NEW", "ALSO_NEW")] {
             assert!(matches!(decide(provision(status, sub, GOOD), NOW), Decision::Skip(SkipReason::NotReady)));
+        }
+    }
+
+    #[test]
+    fn cancelled_or_closed_closes_whatever_the_sub_status_and_credential() {
+        for (status, sub, credential) in
+            [("CANCELLED", READY_SUB_STATUS, GOOD), ("CLOSED", "NONE", ""), ("CLOSED", "PENDING_PROCESS_USER", GOOD)]
+        {
+            let decision = decide(provision(status, sub, credential), NOW);
+            assert!(matches!(decision, Decision::Close(ClosedProvision { provision_id: 7, .. })), "{status}/{sub}");
         }
     }
 

@@ -129,6 +129,33 @@ pub fn event_id(provision_id: u64, session_id: u64) -> uuid::Uuid {
     uuid::Uuid::new_v5(&EVENT_ID_NAMESPACE, format!("{provision_id}:{session_id}").as_bytes())
 }
 
+/// Published when a provision's session is closed (docs/contracts.md §1.4): deleted from
+/// the cache and ended at bunq. No token field, like [`SessionReady`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionClosed {
+    pub event_id: uuid::Uuid,
+    pub event_type: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub occurred_at: OffsetDateTime,
+    pub provision_id: u64,
+    pub external_uuid: Option<String>,
+    pub user_id: u64,
+    pub session_id: u64,
+    /// Why: `provision_closed` (the partner cancelled or closed the provision).
+    pub reason: String,
+}
+
+pub const SESSION_CLOSED_EVENT_TYPE: &str = "bunq.session.closed";
+/// The routing key of [`SessionClosed`] on the output exchange.
+pub const SESSION_CLOSED_ROUTING_KEY: &str = "session.closed";
+/// [`SessionClosed::reason`] for a provision the partner cancelled or closed.
+pub const CLOSED_BY_PROVISION: &str = "provision_closed";
+
+/// Deterministic too, and distinct from the session's ready event.
+pub fn closed_event_id(provision_id: u64, session_id: u64) -> uuid::Uuid {
+    uuid::Uuid::new_v5(&EVENT_ID_NAMESPACE, format!("{provision_id}:{session_id}:closed").as_bytes())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -242,6 +269,8 @@ mod tests {
 
     #[test]
     fn event_id_is_deterministic_per_session() {
+        assert_eq!(closed_event_id(7, 2173), closed_event_id(7, 2173));
+        assert_ne!(closed_event_id(7, 2173), event_id(7, 2173));
         assert_eq!(event_id(7, 2173), event_id(7, 2173));
         assert_ne!(event_id(7, 2173), event_id(7, 2174));
         assert_ne!(event_id(7, 2173), event_id(8, 2173));

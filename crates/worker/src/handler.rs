@@ -1,9 +1,10 @@
 //! One delivery, start to outcome: decode → decide → reuse a cached session or open one
-//! → announce. Knows nothing of AMQP: the consumer turns the [`Outcome`] into an ack,
-//! a retry or a dead letter.
+//! → announce, or close it (`close.rs`). Knows nothing of AMQP: the consumer turns the
+//! [`Outcome`] into an ack, a retry or a dead letter.
 
+use crate::close::Closer;
 use crate::decide::{decide, Decision, ReadyProvision, SkipReason};
-use crate::event::{self, SessionReady, SESSION_READY_EVENT_TYPE};
+use crate::event::{self, SessionClosed, SessionReady, SESSION_READY_EVENT_TYPE};
 use crate::failure::{Failure, Reason, Retry};
 use crate::session::SessionOpener;
 use crate::store::{credential_tag, Claim, Session, Store};
@@ -16,6 +17,8 @@ use time::OffsetDateTime;
 pub trait Announcer: Send + Sync {
     /// Returns once the broker has confirmed the event.
     async fn announce(&self, event: &SessionReady, correlation_id: Option<&str>) -> Result<(), Failure>;
+    /// The same for a closed session.
+    async fn announce_closed(&self, event: &SessionClosed, correlation_id: Option<&str>) -> Result<(), Failure>;
 }
 
 /// What became of a delivery. Decided without side effects on the input message.
@@ -25,6 +28,8 @@ pub enum Outcome {
     Announced { event: Box<SessionReady>, reused: bool },
     /// Not for this worker.
     Skipped(SkipReason),
+    /// The provision's session was closed and announced so; `None` when it had none.
+    Closed { event: Option<Box<SessionClosed>> },
     /// Try again later through the retry queue.
     Retry { reason: Reason, detail: String, delay: Duration, counts_as_attempt: bool },
     /// Never going to work as is.
@@ -52,6 +57,8 @@ impl Outcome {
             Outcome::Announced { reused: false, .. } => ("announced", "new_session"),
             Outcome::Announced { reused: true, .. } => ("announced", "cached_session"),
             Outcome::Skipped(reason) => ("skipped", reason.as_str()),
+            Outcome::Closed { event: Some(_) } => ("closed", event::CLOSED_BY_PROVISION),
+            Outcome::Closed { event: None } => ("closed", "no_session"),
             Outcome::Retry { reason, .. } => ("retried", reason.as_str()),
             Outcome::DeadLetter { reason, .. } => ("dead_lettered", reason.as_str()),
         }
@@ -80,6 +87,7 @@ pub struct Handler {
     opener: SessionOpener,
     store: Store,
     announcer: Arc<dyn Announcer>,
+    closer: Closer,
     settings: HandlerSettings,
     /// Lock owner prefix (the consumer tag): who holds a provision is visible in Redis.
     owner: String,
@@ -93,7 +101,15 @@ impl Handler {
         settings: HandlerSettings,
         owner: String,
     ) -> Self {
-        Self { opener, store, announcer, settings, owner }
+        let closer = Closer {
+            opener: opener.clone(),
+            store: store.clone(),
+            announcer: announcer.clone(),
+            lock_ttl: settings.lock_ttl,
+            owner: owner.clone(),
+            busy_delay: settings.retry_queue_delay,
+        };
+        Self { opener, store, announcer, closer, settings, owner }
     }
 
     pub async fn handle(&self, incoming: Incoming<'_>) -> Outcome {
@@ -117,66 +133,53 @@ impl Handler {
             },
             Decision::Act(ready) => match self.act(&ready, incoming.correlation_id).await {
                 Ok(outcome) => outcome,
-                Err(failure) => self.after_failure(&ready, failure, incoming.attempt),
+                Err(failure) => self.after_failure(ready.credential_expires_at, failure, incoming.attempt),
+            },
+            Decision::Close(closed) => match self.closer.close(&closed, incoming.correlation_id).await {
+                Ok(outcome) => outcome,
+                Err(failure) => self.after_failure(None, failure, incoming.attempt),
             },
         }
     }
 
+    /// Everything under the provision's lock, announcing included: a close takes the
+    /// same lock after marking the provision closed, so once the marker is set no
+    /// announcement can slip out after the close's (see `close.rs`).
     async fn act(&self, ready: &ReadyProvision, correlation_id: Option<&str>) -> Result<Outcome, Failure> {
         let id = ready.provision_id;
-        let credential = credential_tag(ready.credential_id, &ready.token_value);
-        // Cheap path first: a redelivery or duplicate finds the session and re-announces it.
-        let handshake = self.store.load_handshake(id, &credential).await?;
-        if let Some(session) = self.usable(&handshake.session) {
-            return self.announce(session, true, correlation_id).await;
+        if self.store.is_closed(id).await? {
+            return Ok(Outcome::Skipped(SkipReason::ProvisionClosed));
         }
-
-        let owner = format!("{}:{}", self.owner, uuid::Uuid::new_v4().simple());
-        if !self.store.try_lock(id, &owner, self.settings.lock_ttl).await? {
-            return Ok(Outcome::Retry {
+        let credential = credential_tag(ready.credential_id, &ready.token_value);
+        let work = |claim| self.act_locked(ready, claim, correlation_id);
+        match self.store.with_lock(id, credential, &self.owner, self.settings.lock_ttl, work).await? {
+            Some(outcome) => outcome,
+            None => Ok(Outcome::Retry {
                 reason: Reason::LockBusy,
                 detail: format!("provision {id} is being processed by another delivery"),
                 delay: self.settings.retry_queue_delay,
                 counts_as_attempt: false,
-            });
+            }),
         }
-        let claim = Claim { provision_id: id, credential, owner };
-        // Renewed while the handshake runs, however long bunq takes; the writes are
-        // fenced by it in case a renewal is missed.
-        let result = tokio::select! {
-            result = self.open_locked(ready, &claim) => result,
-            never = self.keep_lock(&claim) => match never {},
-        };
-        let owner = claim.owner;
-        if let Err(e) = self.store.unlock(id, &owner).await {
-            // The lock expires on its own; a late release only delays a duplicate.
-            tracing::warn!(event = "unlock_failed", provision_id = id, error = %e);
-        }
-        let (session, reused) = result?;
-        self.announce(session, reused, correlation_id).await
     }
 
-    async fn open_locked(&self, ready: &ReadyProvision, claim: &Claim) -> Result<(Session, bool), Failure> {
-        // Re-read under the lock: another replica may have finished while we waited.
+    async fn act_locked(
+        &self,
+        ready: &ReadyProvision,
+        claim: Claim,
+        correlation_id: Option<&str>,
+    ) -> Result<Outcome, Failure> {
+        // A redelivery or duplicate finds the session and re-announces it.
         let handshake = self.store.load_handshake(ready.provision_id, &claim.credential).await?;
-        if let Some(session) = self.usable(&handshake.session) {
-            return Ok((session, true));
+        let (session, reused) = match self.usable(&handshake.session) {
+            Some(session) => (session, true),
+            None => (self.opener.open(ready, handshake, &claim).await?, false),
+        };
+        if self.store.is_closed(ready.provision_id).await? {
+            // Closed while we opened: the close, waiting for this lock, ends the session.
+            return Ok(Outcome::Skipped(SkipReason::ProvisionClosed));
         }
-        Ok((self.opener.open(ready, handshake, claim).await?, false))
-    }
-
-    /// Extends the lock every third of its TTL, forever: the caller stops it by finishing.
-    async fn keep_lock(&self, claim: &Claim) -> std::convert::Infallible {
-        let ttl = self.settings.lock_ttl;
-        loop {
-            tokio::time::sleep(ttl / 3).await;
-            match self.store.extend_lock(claim, ttl).await {
-                Ok(true) => {}
-                // The fenced writes will refuse; nothing to do but say so.
-                Ok(false) => tracing::warn!(event = "lock_lost", provision_id = claim.provision_id),
-                Err(e) => tracing::warn!(event = "lock_extend_failed", provision_id = claim.provision_id, error = %e),
-            }
-        }
+        self.announce(session, reused, correlation_id).await
     }
 
     fn usable(&self, session: &Option<Session>) -> Option<Session> {
@@ -207,8 +210,8 @@ impl Handler {
         Ok(Outcome::Announced { event: Box::new(event), reused })
     }
 
-    fn after_failure(&self, ready: &ReadyProvision, failure: Failure, attempt: u32) -> Outcome {
-        after_failure(&self.settings, ready.credential_expires_at, failure, attempt, OffsetDateTime::now_utc())
+    fn after_failure(&self, credential_expires_at: Option<OffsetDateTime>, failure: Failure, attempt: u32) -> Outcome {
+        after_failure(&self.settings, credential_expires_at, failure, attempt, OffsetDateTime::now_utc())
     }
 }
 

@@ -20,6 +20,7 @@
 
 pub mod amqp;
 pub mod cli;
+pub mod close;
 pub mod config;
 pub mod dead_letter;
 pub mod decide;

@@ -149,7 +149,8 @@ impl RateLimiter {
     fn key(&self, endpoint: Endpoint, provision_id: u64) -> String {
         let class = match endpoint {
             Endpoint::SessionServer => "session-server",
-            Endpoint::Installation | Endpoint::DeviceServer => "post",
+            // Ending a session is rare and shares the smaller calls' budget.
+            Endpoint::Installation | Endpoint::DeviceServer | Endpoint::Session => "post",
         };
         match self.scope {
             Scope::Global => format!("{}ratelimit:{class}:{{global}}", self.prefix),
@@ -160,7 +161,7 @@ impl RateLimiter {
     fn limit(&self, endpoint: Endpoint) -> Limit {
         match endpoint {
             Endpoint::SessionServer => self.session_server,
-            Endpoint::Installation | Endpoint::DeviceServer => self.other_post,
+            Endpoint::Installation | Endpoint::DeviceServer | Endpoint::Session => self.other_post,
         }
     }
 

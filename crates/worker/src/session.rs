@@ -152,6 +152,24 @@ impl SessionOpener {
         Ok(session)
     }
 
+    /// Ends `session` at bunq (`DELETE /session/0` with the session's own token),
+    /// rate-limited and retried like a handshake step. True when bunq ended it; false when
+    /// bunq refused with a 4xx, i.e. the session had already expired or been ended: gone
+    /// either way.
+    pub async fn end(&self, session: &Session) -> Result<bool, Failure> {
+        let server_key = PublicKey::from_pem(&session.server_public_key)
+            .map_err(|e| Failure::permanent(crate::failure::Reason::CorruptState, format!("stored server key: {e}")))?;
+        let deadline = Instant::now() + self.retry.budget;
+        let call = || async {
+            match self.client.end_session(&session.session_token, &server_key).await {
+                Ok(()) => Ok(true),
+                Err(BunqError::Api { status: 400..=499, .. }) => Ok(false),
+                Err(e) => Err(e),
+            }
+        };
+        self.step(Endpoint::Session, session.provision_id, deadline, call).await
+    }
+
     /// One rate-limited, retried bunq call.
     async fn step<T, F, Fut>(
         &self,

@@ -131,7 +131,7 @@ impl DeliveryContext {
     fn settlement(&self, mut delivery: Delivery, outcome: &Outcome, attempt: u32) -> Settlement {
         let mut body = None;
         let (queue, properties) = match outcome {
-            Outcome::Announced { .. } | Outcome::Skipped(_) => return Settlement::Ack,
+            Outcome::Announced { .. } | Outcome::Skipped(_) | Outcome::Closed { .. } => return Settlement::Ack,
             Outcome::Retry { reason, detail, delay, counts_as_attempt } => {
                 let attempts = if *counts_as_attempt { attempt } else { attempt - 1 };
                 let mut set = original_route(&delivery);
@@ -208,6 +208,14 @@ fn log_outcome(outcome: &Outcome) {
             reused,
         ),
         Outcome::Skipped(reason) => tracing::info!(event = "skipped", reason = reason.as_str()),
+        Outcome::Closed { event: Some(event) } => tracing::info!(
+            event = "session_closed",
+            event_id = %event.event_id,
+            user_id = event.user_id,
+            session_id = event.session_id,
+            reason = event.reason.as_str(),
+        ),
+        Outcome::Closed { event: None } => tracing::info!(event = "closed_without_session"),
         Outcome::Retry { reason, detail, delay, .. } => {
             tracing::warn!(event = "retry_scheduled", reason = reason.as_str(), %detail, delay_ms = delay.as_millis() as u64);
         }

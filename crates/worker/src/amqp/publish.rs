@@ -1,8 +1,8 @@
-//! Publishing session-ready events with publisher confirms. (Retries and dead letters
+//! Publishing session-ready and session-closed events with publisher confirms. (Retries and dead letters
 //! are moves on the consume channel, committed in transactions: see [`super::settle`].)
 
 use super::topology::Names;
-use crate::event::SessionReady;
+use crate::event::{SessionClosed, SessionReady, SESSION_CLOSED_ROUTING_KEY};
 use crate::failure::{Failure, Reason};
 use crate::handler::Announcer;
 use lapin::options::BasicPublishOptions;
@@ -88,23 +88,43 @@ impl AmqpAnnouncer {
     }
 }
 
-#[async_trait::async_trait]
-impl Announcer for AmqpAnnouncer {
-    async fn announce(&self, event: &SessionReady, correlation_id: Option<&str>) -> Result<(), Failure> {
-        let body = serde_json::to_vec(event).expect("events serialise");
+impl AmqpAnnouncer {
+    /// One persistent JSON event, its id as `message_id` and its type as `type`.
+    async fn publish_event(
+        &self,
+        routing_key: &str,
+        body: Vec<u8>,
+        (event_id, event_type, occurred_at): (uuid::Uuid, &str, time::OffsetDateTime),
+        correlation_id: Option<&str>,
+    ) -> Result<(), Failure> {
         let mut properties = BasicProperties::default()
             .with_content_type("application/json".into())
             .with_delivery_mode(2) // persistent
-            .with_message_id(event.event_id.to_string().into())
-            .with_type(event.event_type.as_str().into())
-            .with_timestamp(event.occurred_at.unix_timestamp().max(0) as u64)
+            .with_message_id(event_id.to_string().into())
+            .with_type(event_type.into())
+            .with_timestamp(occurred_at.unix_timestamp().max(0) as u64)
             .with_app_id("bunq-session-worker".into());
         if let Some(correlation_id) = correlation_id {
             properties = properties.with_correlation_id(correlation_id.into());
         }
-        self.channel.publish(&self.exchange, &self.routing_key, &body, properties).await.map_err(|e| match e {
+        self.channel.publish(&self.exchange, routing_key, &body, properties).await.map_err(|e| match e {
             PublishError::Unroutable { .. } => Failure::transient(Reason::OutputUnroutable, e.to_string()),
             _ => Failure::transient(Reason::PublishFailed, e.to_string()),
         })
+    }
+}
+
+#[async_trait::async_trait]
+impl Announcer for AmqpAnnouncer {
+    async fn announce(&self, event: &SessionReady, correlation_id: Option<&str>) -> Result<(), Failure> {
+        let body = serde_json::to_vec(event).expect("events serialise");
+        let meta = (event.event_id, event.event_type.as_str(), event.occurred_at);
+        self.publish_event(&self.routing_key, body, meta, correlation_id).await
+    }
+
+    async fn announce_closed(&self, event: &SessionClosed, correlation_id: Option<&str>) -> Result<(), Failure> {
+        let body = serde_json::to_vec(event).expect("events serialise");
+        let meta = (event.event_id, event.event_type.as_str(), event.occurred_at);
+        self.publish_event(SESSION_CLOSED_ROUTING_KEY, body, meta, correlation_id).await
     }
 }

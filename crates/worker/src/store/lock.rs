@@ -58,6 +58,52 @@ return 1"#,
 });
 
 impl Store {
+    /// Runs `work` holding the provision's lock, renewed every third of `ttl` for as long
+    /// as it runs, and releases it after. `None` when another delivery holds the lock.
+    /// The lock's owner is `owner_prefix` (the consumer tag) plus a per-call suffix.
+    pub async fn with_lock<T, F, Fut>(
+        &self,
+        provision_id: u64,
+        credential: String,
+        owner_prefix: &str,
+        ttl: Duration,
+        work: F,
+    ) -> Result<Option<T>, StoreError>
+    where
+        F: FnOnce(Claim) -> Fut,
+        Fut: std::future::Future<Output = T>,
+    {
+        let owner = format!("{owner_prefix}:{}", uuid::Uuid::new_v4().simple());
+        if !self.try_lock(provision_id, &owner, ttl).await? {
+            return Ok(None);
+        }
+        let claim = Claim { provision_id, credential, owner };
+        // Renewed however long the work takes (bunq may be slow); the writes are fenced
+        // by it in case a renewal is missed.
+        let result = tokio::select! {
+            result = work(claim.clone()) => result,
+            never = self.keep_lock(&claim, ttl) => match never {},
+        };
+        if let Err(e) = self.unlock(provision_id, &claim.owner).await {
+            // The lock expires on its own; a late release only delays the next holder.
+            tracing::warn!(event = "unlock_failed", provision_id, error = %e);
+        }
+        Ok(Some(result))
+    }
+
+    /// Extends the lock every third of its TTL, forever: the caller stops it by finishing.
+    async fn keep_lock(&self, claim: &Claim, ttl: Duration) -> std::convert::Infallible {
+        loop {
+            tokio::time::sleep(ttl / 3).await;
+            match self.extend_lock(claim, ttl).await {
+                Ok(true) => {}
+                // The fenced writes will refuse; nothing to do but say so.
+                Ok(false) => tracing::warn!(event = "lock_lost", provision_id = claim.provision_id),
+                Err(e) => tracing::warn!(event = "lock_extend_failed", provision_id = claim.provision_id, error = %e),
+            }
+        }
+    }
+
     /// `SET NX PX`: true when this owner now holds the provision.
     pub async fn try_lock(&self, provision_id: u64, owner: &str, ttl: Duration) -> Result<bool, StoreError> {
         let mut conn = self.conn.clone();

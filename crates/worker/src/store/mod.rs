@@ -62,6 +62,15 @@ impl Keys {
     pub fn handshake(&self, provision_id: u64, credential: &str) -> String {
         format!("{}handshake:{{{provision_id}}}:{credential}", self.prefix)
     }
+    /// Every credential tag of a provision that has handshake progress: what a close
+    /// deletes.
+    pub fn handshakes(&self, provision_id: u64) -> String {
+        format!("{}handshakes:{{{provision_id}}}", self.prefix)
+    }
+    /// Set when the provision is cancelled or closed: no session is announced for it after.
+    pub fn closed(&self, provision_id: u64) -> String {
+        format!("{}closed:{{{provision_id}}}", self.prefix)
+    }
     fn handshake_prefix(&self) -> String {
         format!("{}handshake:", self.prefix)
     }
@@ -120,6 +129,7 @@ pub struct Handshake {
     pub session: Option<Session>,
 }
 
+mod close;
 mod conn;
 mod lock;
 mod reseal;
@@ -177,6 +187,7 @@ impl Store {
         let stored = self.seal_handshake(claim.provision_id, handshake);
         let body = serde_json::to_vec(&stored).expect("records serialise");
         let key = self.keys.handshake(claim.provision_id, &claim.credential);
+        self.index_handshake(claim, ttl).await?;
         self.fenced_set(claim, &[(key, body, ttl)]).await
     }
 
@@ -196,6 +207,7 @@ impl Store {
             (self.keys.handshake(claim.provision_id, &claim.credential), stored, ttl),
             (self.keys.provision(claim.provision_id), session.user_id.to_string().into_bytes(), ttl),
         ];
+        self.index_handshake(claim, ttl).await?;
         self.fenced_set(claim, &writes).await?;
         self.cache_session(session, ttl).await
     }

@@ -89,10 +89,12 @@ async fn provisions_in_other_states_are_acked_and_skipped_without_calling_bunq()
     assert_eq!(app.ready_count(&app.names.dead_letter_queue.clone()).await, 0);
     let metrics = app.metrics().await;
     assert!(
-        metrics.contains(r#"bunq_session_worker_deliveries_total{outcome="skipped",reason="not_ready"} 4"#),
+        metrics.contains(r#"bunq_session_worker_deliveries_total{outcome="skipped",reason="not_ready"} 3"#),
         "{metrics}"
     );
     assert!(metrics.contains(r#"outcome="skipped",reason="no_credential_token"} 1"#), "{metrics}");
+    // CANCELLED closes, here a provision with no session.
+    assert!(metrics.contains(r#"outcome="closed",reason="no_session"} 1"#), "{metrics}");
     app.teardown().await;
 }
 

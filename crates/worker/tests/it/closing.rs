@@ -1,0 +1,127 @@
+//! A provision the partner cancels or closes: its session is ended at bunq with its own
+//! token, purged from Redis and announced closed; a close with no session is only
+//! counted; a close racing the open wins.
+
+use crate::helpers::*;
+use bunq_session_worker::event::closed_event_id;
+use fake_bunq::{Endpoint, FakeConfig, Faults};
+use std::time::Duration;
+use test_support::{future_expiry, provision_body, random_id, random_token, ready_body, relaxed_fake};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+fn close_body(id: u64, status: &str) -> Vec<u8> {
+    provision_body(id, status, "NONE", None, &future_expiry(), true)
+}
+
+/// The next event on the capture queue, as JSON.
+async fn next_json(app: &TestApp, timeout: Duration) -> Option<serde_json::Value> {
+    let (body, _) = app.take(&app.capture_queue, timeout).await?;
+    Some(serde_json::from_slice(&body).expect("events are JSON"))
+}
+
+/// Keys the worker still holds for the test beside the closed markers and the rate-limit
+/// logs (which hold no secret and expire with their window).
+async fn keys_left(app: &TestApp) -> Vec<String> {
+    let mut scan = app.redis.scan(&format!("{}*", app.prefix)).await.unwrap();
+    let mut keys = Vec::new();
+    let kept = [format!("{}closed:", app.prefix), format!("{}ratelimit:", app.prefix)];
+    while let Some(batch) = scan.next_batch().await.unwrap() {
+        keys.extend(batch.into_iter().filter(|k| !kept.iter().any(|p| k.starts_with(p.as_str()))));
+    }
+    keys
+}
+
+#[tokio::test]
+async fn cancelled_and_closed_provisions_end_the_session_purge_it_and_announce_it_closed() {
+    let app = spawn_app().await;
+    for status in ["CANCELLED", "CLOSED"] {
+        let (id, token) = (random_id(), random_token());
+        app.publish(&ready_body(id, &token)).await;
+        let (ready, _) = app.next_event(WAIT).await.expect("session-ready");
+
+        app.publish(&close_body(id, status)).await;
+        let closed = next_json(&app, WAIT).await.expect("session-closed");
+        assert_eq!(closed["event_type"], "bunq.session.closed");
+        assert_eq!(closed["reason"], "provision_closed");
+        assert_eq!(closed["provision_id"], id);
+        assert_eq!(closed["external_uuid"], format!("ext-{id}"));
+        assert_eq!(
+            (closed["user_id"].as_u64(), closed["session_id"].as_u64()),
+            (Some(ready.user_id), Some(ready.session_id))
+        );
+        assert_eq!(closed["event_id"], closed_event_id(id, ready.session_id).to_string());
+        assert!(closed.get("session_token").is_none() && closed.get("cache_key").is_none());
+
+        // Ended at bunq by a DELETE the session's own token authenticated, signed.
+        let deletes: Vec<_> = app.fake.calls().into_iter().filter(|c| c.endpoint == Endpoint::Session).collect();
+        let delete = deletes.last().expect("a DELETE /session");
+        assert_eq!(
+            (delete.method.as_str(), delete.status, delete.session_id),
+            ("DELETE", Some(200), Some(ready.session_id))
+        );
+        assert_eq!(delete.signature_valid, Some(true));
+        assert!(app.fake.ended_sessions().contains(&ready.session_id));
+
+        // Nothing of it is left in Redis, and a late ready event opens nothing.
+        assert!(app.store.read_session(ready.user_id).await.unwrap().is_none(), "still cached");
+        app.wait_idle(WAIT).await;
+        assert_eq!(keys_left(&app).await, Vec::<String>::new());
+        app.publish(&ready_body(id, &token)).await;
+        app.wait_idle(WAIT).await;
+        assert!(next_json(&app, Duration::from_millis(300)).await.is_none(), "announced after its close");
+        assert_eq!(app.fake.sessions_created_for(&token), 1);
+    }
+    let metrics = app.metrics().await;
+    assert!(metrics.contains(r#"deliveries_total{outcome="closed",reason="provision_closed"} 2"#), "{metrics}");
+    assert!(metrics.contains(r#"deliveries_total{outcome="skipped",reason="provision_closed"} 2"#), "{metrics}");
+    assert!(metrics.contains(r#"bunq_requests_total{endpoint="session",status="200"} 2"#), "{metrics}");
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn a_close_without_a_session_is_acked_and_counted_and_nothing_else() {
+    let app = spawn_app().await;
+    app.publish(&close_body(random_id(), "CLOSED")).await;
+    app.wait_idle(WAIT).await;
+    assert!(app.fake.calls().is_empty(), "bunq was called: {:?}", app.fake.calls());
+    assert!(next_json(&app, Duration::from_millis(300)).await.is_none());
+    assert_eq!(app.ready_count(&app.names.dead_letter_queue.clone()).await, 0);
+    let metrics = app.metrics().await;
+    assert!(metrics.contains(r#"deliveries_total{outcome="closed",reason="no_session"} 1"#), "{metrics}");
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn a_close_arriving_while_the_session_opens_wins() {
+    // Each bunq answer takes 300 ms: the close arrives while the handshake runs.
+    let fake = FakeConfig { faults: Faults { latency_ms: 300, ..Default::default() }, ..relaxed_fake() };
+    let app = spawn_app_with(AppOptions { fake, ..Default::default() }).await;
+    let (id, token) = (random_id(), random_token());
+    app.publish(&ready_body(id, &token)).await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    app.publish(&close_body(id, "CANCELLED")).await;
+
+    let mut events = Vec::new();
+    while let Some(event) = next_json(&app, Duration::from_secs(10)).await {
+        let closed = event["event_type"] == "bunq.session.closed";
+        events.push(event);
+        if closed {
+            break;
+        }
+    }
+    app.wait_idle(WAIT).await;
+    while let Some(event) = next_json(&app, Duration::from_millis(500)).await {
+        events.push(event);
+    }
+    let types: Vec<&str> = events.iter().map(|e| e["event_type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["bunq.session.closed"], "the open announced although its provision closed");
+    // The session bunq opened meanwhile was ended, and nothing is cached.
+    assert_eq!(app.fake.sessions_created_for(&token), 1);
+    assert_eq!(app.fake.ended_sessions(), vec![events[0]["session_id"].as_u64().unwrap()]);
+    assert_eq!(keys_left(&app).await, Vec::<String>::new());
+    // The race happened: the open finished after the close had marked the provision.
+    let metrics = app.metrics().await;
+    assert!(metrics.contains(r#"outcome="skipped",reason="provision_closed"} 1"#), "{metrics}");
+    app.teardown().await;
+}
