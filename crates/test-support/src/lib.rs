@@ -36,4 +36,4 @@ pub use services::{
     REDIS_URL,
 };
 pub use settings::WorkerEnv;
-pub use upstream::{publish_input, ROUTING_KEY};
+pub use upstream::{publish_input, publish_invalidation, publish_to_input, ROUTING_KEY};

@@ -22,6 +22,7 @@ impl TestNames {
             input_queue: format!("{id}.provision-status"),
             // The binding and routing keys are the production defaults: not shared state.
             input_binding_key: "partner_user_provision.#".into(),
+            invalidation_binding_key: Some("session.invalid".into()),
             output_exchange: format!("{id}.sessions"),
             output_routing_key: "session.ready".into(),
             dead_letter_queue: format!("{id}.dead-letter"),

@@ -1,12 +1,12 @@
-//! Closing a provision the partner cancelled or closed. The closed marker goes first, so
+//! Closing a session: its provision was cancelled or closed, or downstream reported the
+//! session dead (`session.invalid`). For a closed provision a marker goes first, so
 //! nothing is announced for the provision from then on; then, holding the provision's
 //! lock (an open under way finishes first and, seeing the marker, announces nothing),
 //! the session is ended at bunq, `bunq.session.closed` is published, and the provision's
 //! records are purged. Published before the purge: a close cut short between the two is
 //! redone by the redelivery, with the same event id.
 
-use crate::decide::ClosedProvision;
-use crate::event::{closed_event_id, SessionClosed, CLOSED_BY_PROVISION, SESSION_CLOSED_EVENT_TYPE};
+use crate::event::{closed_event_id, SessionClosed, CLOSED_AS_INVALID, CLOSED_BY_PROVISION, SESSION_CLOSED_EVENT_TYPE};
 use crate::failure::{Failure, Reason};
 use crate::handler::{Announcer, Outcome};
 use crate::session::SessionOpener;
@@ -14,6 +14,33 @@ use crate::store::Store;
 use std::sync::Arc;
 use std::time::Duration;
 use time::OffsetDateTime;
+
+/// Why a session is closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The partner cancelled or closed the provision: closed for good (marker set).
+    ProvisionClosed,
+    /// Downstream reported the session dead and there is no credential to renew it with.
+    /// The provision stays open: a later event with a usable credential opens a new one.
+    Invalidated,
+}
+
+impl CloseReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::ProvisionClosed => CLOSED_BY_PROVISION,
+            CloseReason::Invalidated => CLOSED_AS_INVALID,
+        }
+    }
+}
+
+/// What to close.
+#[derive(Debug, Clone)]
+pub struct CloseRequest {
+    pub provision_id: u64,
+    pub external_uuid: Option<String>,
+    pub reason: CloseReason,
+}
 
 pub struct Closer {
     pub(crate) opener: SessionOpener,
@@ -27,9 +54,11 @@ pub struct Closer {
 }
 
 impl Closer {
-    pub async fn close(&self, closed: &ClosedProvision, correlation_id: Option<&str>) -> Result<Outcome, Failure> {
+    pub async fn close(&self, closed: &CloseRequest, correlation_id: Option<&str>) -> Result<Outcome, Failure> {
         let id = closed.provision_id;
-        self.store.mark_closed(id).await?;
+        if closed.reason == CloseReason::ProvisionClosed {
+            self.store.mark_closed(id).await?;
+        }
         let work = |_claim| self.close_locked(closed, correlation_id);
         match self.store.with_lock(id, "close".to_owned(), &self.owner, self.lock_ttl, work).await? {
             Some(outcome) => outcome,
@@ -42,12 +71,12 @@ impl Closer {
         }
     }
 
-    async fn close_locked(&self, closed: &ClosedProvision, correlation_id: Option<&str>) -> Result<Outcome, Failure> {
+    async fn close_locked(&self, closed: &CloseRequest, correlation_id: Option<&str>) -> Result<Outcome, Failure> {
         let id = closed.provision_id;
         let Some(session) = self.store.session_to_close(id).await? else {
             // An unfinished handshake's progress goes too: it holds an installation token.
             self.store.purge_provision(id).await?;
-            return Ok(Outcome::Closed { event: None });
+            return Ok(Outcome::Closed { reason: closed.reason, event: None });
         };
         // Best effort: a session bunq does not end now lapses at its timeout, and nothing
         // here serves it any more. Waiting for bunq would keep the session cached.
@@ -66,10 +95,10 @@ impl Closer {
             external_uuid: closed.external_uuid.clone().or_else(|| session.external_uuid.clone()),
             user_id: session.user_id,
             session_id: session.session_id,
-            reason: CLOSED_BY_PROVISION.to_owned(),
+            reason: closed.reason.as_str().to_owned(),
         };
         self.announcer.announce_closed(&event, correlation_id).await?;
         self.store.purge_provision(id).await?;
-        Ok(Outcome::Closed { event: Some(Box::new(event)) })
+        Ok(Outcome::Closed { reason: closed.reason, event: Some(Box::new(event)) })
     }
 }

@@ -40,6 +40,9 @@ pub enum SkipReason {
     /// The provision was closed before or while its session was opened: nothing may be
     /// announced for it any more.
     ProvisionClosed,
+    /// A `session.invalid` naming a session the cache no longer holds: downstream reads
+    /// the cache again and finds the newer one.
+    StaleInvalidation,
 }
 
 impl SkipReason {
@@ -48,6 +51,7 @@ impl SkipReason {
             SkipReason::NotReady => "not_ready",
             SkipReason::NoCredentialToken => "no_credential_token",
             SkipReason::ProvisionClosed => "provision_closed",
+            SkipReason::StaleInvalidation => "stale_invalidation",
         }
     }
 }

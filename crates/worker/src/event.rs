@@ -20,6 +20,8 @@ pub enum DecodeError {
     NoProvision,
     #[error("body has both a `NotificationUrl` and a `PartnerUserProvision`; send one")]
     Ambiguous,
+    #[error(r#"body is not a session.invalid message ({{"user_id": …, "session_id": …}}): {0}"#)]
+    Invalidation(String),
 }
 
 /// bunq's `PartnerUserProvision`, only the fields the worker uses; others are ignored.
@@ -129,6 +131,31 @@ pub fn event_id(provision_id: u64, session_id: u64) -> uuid::Uuid {
     uuid::Uuid::new_v5(&EVENT_ID_NAMESPACE, format!("{provision_id}:{session_id}").as_bytes())
 }
 
+/// Downstream's word that a cached session no longer works (bunq answered 401/403), on
+/// the input exchange with routing key `session.invalid` (docs/contracts.md §1.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct Invalidation {
+    pub user_id: u64,
+    pub session_id: u64,
+}
+
+/// Decodes an invalidation; errors name the problem, never a value (the body is
+/// downstream's, and could hold anything).
+pub fn decode_invalidation(body: &[u8], max_bytes: usize) -> Result<Invalidation, DecodeError> {
+    if body.is_empty() {
+        return Err(DecodeError::Empty);
+    }
+    if body.len() > max_bytes {
+        return Err(DecodeError::TooLarge { size: body.len(), limit: max_bytes });
+    }
+    // serde would take `[user_id, session_id]` for the struct too; the contract is an object.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(DecodeError::Invalidation("not a JSON object".to_owned()));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| DecodeError::Invalidation(bunq_protocol::redact::json_error(&e, &["user_id", "session_id"])))
+}
+
 /// Published when a provision's session is closed (docs/contracts.md §1.4): deleted from
 /// the cache and ended at bunq. No token field, like [`SessionReady`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -141,7 +168,8 @@ pub struct SessionClosed {
     pub external_uuid: Option<String>,
     pub user_id: u64,
     pub session_id: u64,
-    /// Why: `provision_closed` (the partner cancelled or closed the provision).
+    /// Why: `provision_closed` (the partner cancelled or closed the provision) or
+    /// `invalidated` (downstream reported it dead and no credential is held to renew it).
     pub reason: String,
 }
 
@@ -150,6 +178,8 @@ pub const SESSION_CLOSED_EVENT_TYPE: &str = "bunq.session.closed";
 pub const SESSION_CLOSED_ROUTING_KEY: &str = "session.closed";
 /// [`SessionClosed::reason`] for a provision the partner cancelled or closed.
 pub const CLOSED_BY_PROVISION: &str = "provision_closed";
+/// [`SessionClosed::reason`] for a session downstream reported dead.
+pub const CLOSED_AS_INVALID: &str = "invalidated";
 
 /// Deterministic too, and distinct from the session's ready event.
 pub fn closed_event_id(provision_id: u64, session_id: u64) -> uuid::Uuid {
@@ -265,6 +295,17 @@ mod tests {
             assert!(!err.contains(SECRET) && !err.contains(&SECRET[..16]), "{shape}: {err}");
             assert!(err.len() <= 256, "{shape}: {} bytes", err.len());
         }
+    }
+
+    #[test]
+    fn invalidations_decode_or_say_what_is_wrong_without_quoting() {
+        let ok = decode_invalidation(br#"{"user_id":1364,"session_id":2173,"extra":1}"#, 1024).unwrap();
+        assert_eq!(ok, Invalidation { user_id: 1364, session_id: 2173 });
+        for body in [&br#"{"user_id":"secret-ish","session_id":1}"#[..], br#"{"user_id":1}"#, b"", b"[1,2]"] {
+            let err = decode_invalidation(body, 1024).unwrap_err().to_string();
+            assert!(!err.contains("secret-ish"), "{err}");
+        }
+        assert!(matches!(decode_invalidation(&[b' '; 2048], 1024), Err(DecodeError::TooLarge { .. })));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! → announce, or close it (`close.rs`). Knows nothing of AMQP: the consumer turns the
 //! [`Outcome`] into an ack, a retry or a dead letter.
 
-use crate::close::Closer;
+use crate::close::{CloseReason, CloseRequest, Closer};
 use crate::decide::{decide, Decision, ReadyProvision, SkipReason};
 use crate::event::{self, SessionClosed, SessionReady, SESSION_READY_EVENT_TYPE};
 use crate::failure::{Failure, Reason, Retry};
@@ -28,8 +28,8 @@ pub enum Outcome {
     Announced { event: Box<SessionReady>, reused: bool },
     /// Not for this worker.
     Skipped(SkipReason),
-    /// The provision's session was closed and announced so; `None` when it had none.
-    Closed { event: Option<Box<SessionClosed>> },
+    /// The session was closed and announced so; `None` when there was none.
+    Closed { reason: CloseReason, event: Option<Box<SessionClosed>> },
     /// Try again later through the retry queue.
     Retry { reason: Reason, detail: String, delay: Duration, counts_as_attempt: bool },
     /// Never going to work as is.
@@ -57,8 +57,8 @@ impl Outcome {
             Outcome::Announced { reused: false, .. } => ("announced", "new_session"),
             Outcome::Announced { reused: true, .. } => ("announced", "cached_session"),
             Outcome::Skipped(reason) => ("skipped", reason.as_str()),
-            Outcome::Closed { event: Some(_) } => ("closed", event::CLOSED_BY_PROVISION),
-            Outcome::Closed { event: None } => ("closed", "no_session"),
+            Outcome::Closed { reason, event: Some(_) } => ("closed", reason.as_str()),
+            Outcome::Closed { event: None, .. } => ("closed", "no_session"),
             Outcome::Retry { reason, .. } => ("retried", reason.as_str()),
             Outcome::DeadLetter { reason, .. } => ("dead_lettered", reason.as_str()),
         }
@@ -72,6 +72,9 @@ pub struct Incoming<'a> {
     /// 1 for the first delivery; counted by the worker through the retry queue.
     pub attempt: u32,
     pub correlation_id: Option<&'a str>,
+    /// The routing key it was first published with (also after a trip through the retry
+    /// queue): tells a `session.invalid` message from a provision event.
+    pub routing_key: &'a str,
 }
 
 #[derive(Debug, Clone)]
@@ -81,6 +84,8 @@ pub struct HandlerSettings {
     pub retry_queue_delay: Duration,
     pub retry_queue_max_delay: Duration,
     pub lock_ttl: Duration,
+    /// Routing key of downstream's invalidations, when bound.
+    pub invalidation_routing_key: Option<String>,
 }
 
 pub struct Handler {
@@ -113,6 +118,9 @@ impl Handler {
     }
 
     pub async fn handle(&self, incoming: Incoming<'_>) -> Outcome {
+        if self.settings.invalidation_routing_key.as_deref() == Some(incoming.routing_key) {
+            return self.handle_invalidation(incoming).await;
+        }
         let provision = match event::decode(incoming.body, self.settings.max_message_bytes) {
             Ok(provision) => provision,
             Err(e) => return Outcome::DeadLetter { reason: Reason::Malformed, detail: e.to_string() },
@@ -135,10 +143,49 @@ impl Handler {
                 Ok(outcome) => outcome,
                 Err(failure) => self.after_failure(ready.credential_expires_at, failure, incoming.attempt),
             },
-            Decision::Close(closed) => match self.closer.close(&closed, incoming.correlation_id).await {
-                Ok(outcome) => outcome,
-                Err(failure) => self.after_failure(None, failure, incoming.attempt),
-            },
+            Decision::Close(closed) => {
+                let request = CloseRequest {
+                    provision_id: closed.provision_id,
+                    external_uuid: closed.external_uuid,
+                    reason: CloseReason::ProvisionClosed,
+                };
+                self.close(&request, incoming).await
+            }
+        }
+    }
+
+    /// Downstream says a cached session no longer works. Without a credential to renew it
+    /// (the worker keeps none), the session is closed `invalidated`; the provision stays
+    /// open, so a later event with a usable credential opens a new one. A `session_id`
+    /// other than the cached one is stale: the cache already holds a newer session.
+    async fn handle_invalidation(&self, incoming: Incoming<'_>) -> Outcome {
+        let invalidation = match event::decode_invalidation(incoming.body, self.settings.max_message_bytes) {
+            Ok(invalidation) => invalidation,
+            Err(e) => return Outcome::DeadLetter { reason: Reason::Malformed, detail: e.to_string() },
+        };
+        let session = match self.store.read_session(invalidation.user_id).await {
+            Ok(session) => session,
+            Err(e) => return self.after_failure(None, Failure::from(e), incoming.attempt),
+        };
+        let Some(session) = session else {
+            return Outcome::Closed { reason: CloseReason::Invalidated, event: None };
+        };
+        tracing::Span::current().record("provision_id", session.provision_id);
+        if session.session_id != invalidation.session_id {
+            return Outcome::Skipped(SkipReason::StaleInvalidation);
+        }
+        let request = CloseRequest {
+            provision_id: session.provision_id,
+            external_uuid: session.external_uuid,
+            reason: CloseReason::Invalidated,
+        };
+        self.close(&request, incoming).await
+    }
+
+    async fn close(&self, request: &CloseRequest, incoming: Incoming<'_>) -> Outcome {
+        match self.closer.close(request, incoming.correlation_id).await {
+            Ok(outcome) => outcome,
+            Err(failure) => self.after_failure(None, failure, incoming.attempt),
         }
     }
 
@@ -267,6 +314,7 @@ mod tests {
             retry_queue_delay: Duration::from_secs(5),
             retry_queue_max_delay: Duration::from_secs(60),
             lock_ttl: Duration::from_secs(60),
+            invalidation_routing_key: None,
         }
     }
 

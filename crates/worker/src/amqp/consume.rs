@@ -86,7 +86,14 @@ impl DeliveryContext {
                     ),
                 }
             } else {
-                let incoming = Incoming { body: &delivery.data, attempt, correlation_id: correlation_id.as_deref() };
+                let routing_key = headers::get_str(&delivery.properties, headers::ORIGINAL_ROUTING_KEY)
+                    .unwrap_or_else(|| delivery.routing_key.as_str().to_owned());
+                let incoming = Incoming {
+                    body: &delivery.data,
+                    attempt,
+                    correlation_id: correlation_id.as_deref(),
+                    routing_key: &routing_key,
+                };
                 let Some(outcome) = self.handle_holding_for_redis(incoming).await else {
                     // Shutdown while held: left unsettled, it returns to the queue with
                     // no attempt spent.
@@ -208,14 +215,16 @@ fn log_outcome(outcome: &Outcome) {
             reused,
         ),
         Outcome::Skipped(reason) => tracing::info!(event = "skipped", reason = reason.as_str()),
-        Outcome::Closed { event: Some(event) } => tracing::info!(
+        Outcome::Closed { event: Some(event), .. } => tracing::info!(
             event = "session_closed",
             event_id = %event.event_id,
             user_id = event.user_id,
             session_id = event.session_id,
             reason = event.reason.as_str(),
         ),
-        Outcome::Closed { event: None } => tracing::info!(event = "closed_without_session"),
+        Outcome::Closed { event: None, reason } => {
+            tracing::info!(event = "closed_without_session", reason = reason.as_str());
+        }
         Outcome::Retry { reason, detail, delay, .. } => {
             tracing::warn!(event = "retry_scheduled", reason = reason.as_str(), %detail, delay_ms = delay.as_millis() as u64);
         }

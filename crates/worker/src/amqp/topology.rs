@@ -17,6 +17,9 @@ pub struct Names {
     pub input_exchange: String,
     pub input_queue: String,
     pub input_binding_key: String,
+    /// Second binding of the input queue: downstream's "this session is dead"
+    /// (`session.invalid`); `None` leaves it unbound.
+    pub invalidation_binding_key: Option<String>,
     pub output_exchange: String,
     pub output_routing_key: String,
     pub dead_letter_queue: String,
@@ -115,6 +118,17 @@ pub async fn declare(channel: &Channel, names: &Names) -> Result<(), lapin::Erro
             FieldTable::default(),
         )
         .await?;
+    if let Some(key) = &names.invalidation_binding_key {
+        channel
+            .queue_bind(
+                names.input_queue.as_str().into(),
+                names.input_exchange.as_str().into(),
+                key.as_str().into(),
+                QueueBindOptions { nowait: false },
+                FieldTable::default(),
+            )
+            .await?;
+    }
 
     // Retry: nobody consumes it; a message waits its per-message TTL, then RabbitMQ
     // dead-letters it back into the input queue. Delayed retry without a hot loop.

@@ -62,6 +62,10 @@ pub struct ConnectionArgs {
     /// Binding from the input exchange to the input queue.
     #[arg(long, env = "INPUT_BINDING_KEY", default_value = "partner_user_provision.#")]
     pub input_binding_key: String,
+    /// Second binding of the input queue, for downstream's `{"user_id", "session_id"}`
+    /// "this session is dead" messages; empty: not bound.
+    #[arg(long, env = "INVALIDATION_BINDING_KEY", default_value = "session.invalid")]
+    pub invalidation_binding_key: String,
     /// Exchange session-ready events are published to (topic).
     #[arg(long, env = "OUTPUT_EXCHANGE", default_value = "bunq.sessions")]
     pub output_exchange: String,
@@ -126,6 +130,7 @@ impl ConnectionArgs {
             input_exchange: self.input_exchange.clone(),
             input_queue: self.input_queue.clone(),
             input_binding_key: self.input_binding_key.clone(),
+            invalidation_binding_key: Some(self.invalidation_binding_key.trim().to_owned()).filter(|k| !k.is_empty()),
             output_exchange: self.output_exchange.clone(),
             output_routing_key: self.output_routing_key.clone(),
             dead_letter_queue: self.dead_letter_queue.clone(),
@@ -137,6 +142,10 @@ impl ConnectionArgs {
         };
         for (variable, value) in names.as_env() {
             require_amqp_name(variable, value)?;
+        }
+        if names.invalidation_binding_key.as_deref().is_some_and(|k| k.contains(['*', '#'])) {
+            // The worker tells invalidations by their routing key: it must be one key.
+            return Err(invalid("INVALIDATION_BINDING_KEY", "must be a routing key, without `*` or `#`"));
         }
         Ok(names)
     }
@@ -381,6 +390,7 @@ impl Settings {
         let broker = args.connection.broker()?;
         let redis = args.store.settings()?;
         let names = args.connection.names()?;
+        let invalidation_routing_key = names.invalidation_binding_key.clone();
         if args.connection.output_routing_key.is_empty() {
             return Err(invalid("OUTPUT_ROUTING_KEY", "must not be empty"));
         }
@@ -452,6 +462,7 @@ impl Settings {
                 retry_queue_delay: Duration::from_millis(args.retry_queue_delay_ms),
                 retry_queue_max_delay: Duration::from_millis(args.retry_queue_max_delay_ms),
                 lock_ttl: Duration::from_millis(args.lock_ttl_ms),
+                invalidation_routing_key,
             },
             session_ttl_margin: Duration::from_secs(args.session_ttl_margin_secs),
             ops_addr,

@@ -72,6 +72,7 @@ fn each_bad_setting_names_its_variable() {
         (&["--redis-cluster-urls", "redis://a:7000,rediss://b:7001"], "REDIS_CLUSTER_URLS"),
         (&["--redis-cluster-urls", " , "], "REDIS_CLUSTER_URLS"),
         (&["--redis-cluster-urls", "redis://:7000"], "REDIS_CLUSTER_URLS"),
+        (&["--invalidation-binding-key", "session.#"], "INVALIDATION_BINDING_KEY"),
     ];
     for (extra, variable) in cases {
         let err = error_of(extra);

@@ -1,12 +1,16 @@
 //! A provision the partner cancels or closes: its session is ended at bunq with its own
 //! token, purged from Redis and announced closed; a close with no session is only
-//! counted; a close racing the open wins.
+//! counted; a close racing the open wins. Downstream's `session.invalid` closes the
+//! session it names (`invalidated`), unless the cache already holds a newer one.
 
 use crate::helpers::*;
 use bunq_session_worker::event::closed_event_id;
 use fake_bunq::{Endpoint, FakeConfig, Faults};
 use std::time::Duration;
-use test_support::{future_expiry, provision_body, random_id, random_token, ready_body, relaxed_fake};
+use test_support::{
+    future_expiry, provision_body, publish_invalidation, publish_to_input, random_id, random_token, ready_body,
+    relaxed_fake,
+};
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -123,5 +127,43 @@ async fn a_close_arriving_while_the_session_opens_wins() {
     // The race happened: the open finished after the close had marked the provision.
     let metrics = app.metrics().await;
     assert!(metrics.contains(r#"outcome="skipped",reason="provision_closed"} 1"#), "{metrics}");
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn session_invalid_closes_the_named_session_and_ignores_a_stale_one() {
+    let app = spawn_app().await;
+    let (id, token) = (random_id(), random_token());
+    app.publish(&ready_body(id, &token)).await;
+    let (ready, _) = app.next_event(WAIT).await.expect("session-ready");
+    let confirm = |c: lapin::Confirmation| assert!(c.is_ack() && c.take_message().is_none());
+
+    // A session the cache no longer holds: nothing happens to the cached one.
+    confirm(publish_invalidation(app.channel(), &app.names, ready.user_id, ready.session_id + 1).await.unwrap());
+    app.wait_idle(WAIT).await;
+    assert!(next_json(&app, Duration::from_millis(300)).await.is_none());
+    assert!(app.store.read_session(ready.user_id).await.unwrap().is_some(), "a stale report closed the session");
+
+    // The cached session: ended at bunq, announced closed `invalidated`, purged.
+    confirm(publish_invalidation(app.channel(), &app.names, ready.user_id, ready.session_id).await.unwrap());
+    let closed = next_json(&app, WAIT).await.expect("session-closed");
+    assert_eq!((closed["reason"].as_str(), closed["provision_id"].as_u64()), (Some("invalidated"), Some(id)));
+    assert_eq!(closed["session_id"], ready.session_id);
+    assert_eq!(app.fake.ended_sessions(), vec![ready.session_id]);
+    assert!(app.store.read_session(ready.user_id).await.unwrap().is_none(), "still cached");
+    // The provision itself stays open: a later event with a usable credential may open again.
+    assert!(!app.store.is_closed(id).await.unwrap());
+
+    // No session for the user: counted; not a report at all: dead-lettered as malformed.
+    confirm(publish_invalidation(app.channel(), &app.names, ready.user_id, ready.session_id).await.unwrap());
+    let garbage = br#"{"user_id":"x"}"#;
+    confirm(publish_to_input(app.channel(), &app.names, "session.invalid", garbage, Default::default()).await.unwrap());
+    let (_, properties) = app.next_dead_letter(WAIT).await.expect("a dead letter");
+    assert_eq!(header_str(&properties, "x-dead-letter-reason").as_deref(), Some("malformed"));
+    app.wait_idle(WAIT).await;
+    let metrics = app.metrics().await;
+    assert!(metrics.contains(r#"outcome="skipped",reason="stale_invalidation"} 1"#), "{metrics}");
+    assert!(metrics.contains(r#"outcome="closed",reason="invalidated"} 1"#), "{metrics}");
+    assert!(metrics.contains(r#"outcome="closed",reason="no_session"} 1"#), "{metrics}");
     app.teardown().await;
 }
