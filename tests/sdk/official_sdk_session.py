@@ -15,6 +15,8 @@ import urllib.request
 
 from bunq.sdk.context.api_context import ApiContext
 from bunq.sdk.context.api_environment_type import ApiEnvironmentType
+from bunq.sdk.context.bunq_context import BunqContext
+from bunq.sdk.context.user_context import UserContext
 from bunq.sdk.http.api_client import ApiClient
 from bunq.sdk.exception.api_exception import ApiException
 from bunq.sdk.exception.bad_request_exception import BadRequestException
@@ -36,6 +38,34 @@ def admin(base_url: str, method: str, path: str, body=None):
     with urllib.request.urlopen(request, timeout=10) as response:
         raw = response.read()
         return json.loads(raw) if raw else None
+
+
+WANTED = [("USER_ONBOARDING", "https://partner.example/hooks/onboarding"),
+          ("PAYMENT", "https://partner.example/hooks/payment")]
+
+
+def notification_filters_through_the_sdk(context: ApiContext):
+    """Sets WANTED (replace-all) and lists what bunq holds, as the SDK's user."""
+    # The released SDK's list-response helper imports two names its generated modules
+    # no longer define; they are the same classes under their new names.
+    from bunq.sdk.model.generated import endpoint, object_
+    endpoint.NotificationFilterUrlUser = endpoint.NotificationFilterUrlApiObject
+    object_.NotificationFilterUrl = object_.NotificationFilterUrlObject
+    from bunq.sdk.model.core.notification_filter_url_user_internal import NotificationFilterUrlUserInternal
+    # BunqContext.load_api_context would also read the user's monetary accounts, which a
+    # freshly provisioned user of the stand-in does not have; the user id is all we need.
+    BunqContext._api_context = context
+    BunqContext._user_context = UserContext(context.session_context.user_id,
+                                            context.session_context.get_user_reference())
+    created = NotificationFilterUrlUserInternal.create_with_list_response(
+        [object_.NotificationFilterUrlObject(category, target) for category, target in WANTED])
+    assert [(f.category, f.notification_target) for f in created.value] == WANTED, created.value
+    # `NotificationFilterUrlApiObject.list()` reads each element as the wrapper class,
+    # which has no `category`; the SDK's own GET and element parser read them right.
+    path = f"user/{context.session_context.user_id}/notification-filter-url"
+    listed = object_.NotificationFilterUrlObject._from_json_list(ApiClient(context).get(path, {}, {}),
+                                                                  "NotificationFilterUrl")
+    return listed.value
 
 
 def main() -> int:
@@ -83,6 +113,15 @@ def main() -> int:
         assert "User credentials are incorrect" in str(error), str(error)
     else:
         raise AssertionError("expired credential was accepted")
+
+    # The session's purpose: the provisioned user's notification filters, set and listed
+    # with the SDK's own calls (NotificationFilterUrlUserInternal.create_with_list_response,
+    # then a GET through its client), authenticated with the session and signed.
+    filters = notification_filters_through_the_sdk(again)
+    assert [(f.category, f.notification_target) for f in filters] == WANTED, filters
+    calls = admin(base_url, "GET", "/_fake/calls")
+    posts = [c for c in calls if c["endpoint"] == "notification-filter-url" and c["method"] == "POST"]
+    assert len(posts) == 1 and posts[0]["status"] == 200 and posts[0]["signature_valid"] is True, posts
 
     # Closing the session: DELETE /session/0 through the SDK's own client (its
     # `close_session` raises NameError: it never imports `Session`), signed and

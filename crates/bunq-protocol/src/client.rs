@@ -46,6 +46,29 @@ pub struct OpenedSession {
     pub session_timeout: Duration,
 }
 
+/// A provisioned user's session, as downstream services call bunq with it: the cached
+/// session's token, the `UserApiKey.id` it acts for, and bunq's key from the installation
+/// (to verify the answers).
+#[derive(Debug, Clone, Copy)]
+pub struct UserSession<'a> {
+    /// `UserApiKey.id`: the `{userId}` of the calls.
+    pub user_id: u64,
+    /// The session token, `X-Bunq-Client-Authentication`.
+    pub session_token: &'a SecretString,
+    /// bunq's key from the installation the session was opened on.
+    pub server_key: &'a PublicKey,
+}
+
+/// A URL notification filter (docs/bunq-api.md §8.3): bunq calls `notification_target`
+/// (https) for events of `category`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NotificationFilter {
+    /// e.g. `USER_ONBOARDING`, `PAYMENT`, `CARD_TRANSACTION_SUCCESSFUL`.
+    pub category: String,
+    /// The https URL bunq calls.
+    pub notification_target: String,
+}
+
 /// How to reach bunq and what to tell it about ourselves.
 #[derive(Debug, Clone)]
 pub struct ClientSettings {
@@ -59,6 +82,20 @@ pub struct ClientSettings {
     pub request_timeout: Duration,
     /// bunq requires a `User-Agent`.
     pub user_agent: String,
+}
+
+impl ClientSettings {
+    /// For a downstream service that only calls bunq as users with cached sessions: it
+    /// registers no device, so the device fields stay empty.
+    pub fn downstream(base_url: &str, user_agent: &str, request_timeout: Duration) -> Self {
+        Self {
+            base_url: base_url.to_owned(),
+            device_description: String::new(),
+            permitted_ips: Vec::new(),
+            request_timeout,
+            user_agent: user_agent.to_owned(),
+        }
+    }
 }
 
 /// Told the outcome of every call: how the worker keeps its bunq metrics without this
@@ -153,20 +190,60 @@ impl BunqClient {
     /// session": bunq's SDKs send the dummy id 0). Signed over the empty body, as bunq's
     /// Python SDK does; the answer is verified with the installation's `server_key`.
     pub async fn end_session(&self, session_token: &SecretString, server_key: &PublicKey) -> Result<(), BunqError> {
-        let endpoint = Endpoint::Session;
-        let url = format!("{}/{}/0", self.settings.base_url, endpoint.path());
+        let url = format!("{}/session/0", self.settings.base_url);
+        self.as_session(Endpoint::Session, url, Vec::new(), session_token, server_key).await.map(drop)
+    }
+
+    /// `POST /user/{userId}/notification-filter-url`: replaces **all** of the user's URL
+    /// filters with `filters` (bunq's replace-all: to add one, send the old ones too; an
+    /// empty list clears them) and returns what bunq now holds.
+    pub async fn set_notification_filters(
+        &self,
+        user: UserSession<'_>,
+        filters: &[NotificationFilter],
+    ) -> Result<Vec<NotificationFilter>, BunqError> {
+        let endpoint = Endpoint::NotificationFilterUrl;
+        let url = format!("{}/user/{}/notification-filter-url", self.settings.base_url, user.user_id);
+        let body = serde_json::to_vec(&serde_json::json!({ "notification_filters": filters }))
+            .expect("a JSON value always serialises");
+        let bytes = self.as_session(endpoint, url, body, user.session_token, user.server_key).await?;
+        read_filters(endpoint, &bytes)
+    }
+
+    /// `GET /user/{userId}/notification-filter-url`: the user's URL filters.
+    pub async fn notification_filters(&self, user: UserSession<'_>) -> Result<Vec<NotificationFilter>, BunqError> {
+        let endpoint = Endpoint::NotificationFilterUrlList;
+        let url = format!("{}/user/{}/notification-filter-url", self.settings.base_url, user.user_id);
+        let bytes = self.as_session(endpoint, url, Vec::new(), user.session_token, user.server_key).await?;
+        read_filters(endpoint, &bytes)
+    }
+
+    /// One call authenticated by a session token, signed over `body` (the empty body for
+    /// DELETE and GET, as bunq's Python SDK signs them), its answer verified.
+    async fn as_session(
+        &self,
+        endpoint: Endpoint,
+        url: String,
+        body: Vec<u8>,
+        session_token: &SecretString,
+        server_key: &PublicKey,
+    ) -> Result<Bytes, BunqError> {
         let mut auth = HeaderValue::from_str(session_token.expose_secret())
             .map_err(|_| unexpected(endpoint, "session token is not a valid header value".into()))?;
         auth.set_sensitive(true);
-        let signature = self.key.sign(b"").map_err(|e| unexpected(endpoint, e.to_string()))?;
-        let request = self
+        let signature = self.key.sign(&body).map_err(|e| unexpected(endpoint, e.to_string()))?;
+        let method = reqwest::Method::from_bytes(endpoint.method().as_bytes()).expect("a valid HTTP method");
+        let mut request = self
             .http
-            .delete(url)
+            .request(method, url)
             .header(HEADER_REQUEST_ID, uuid::Uuid::new_v4().to_string())
             .header(HEADER_AUTH, auth)
             .header(HEADER_SIGNATURE, signature);
+        if !body.is_empty() {
+            request = request.body(body);
+        }
         let started = Instant::now();
-        let result = self.exchange(endpoint, request, Some(server_key)).await.map(drop);
+        let result = self.exchange(endpoint, request, Some(server_key)).await;
         let status = result.as_ref().map_or_else(BunqError::status_label, |_| "200");
         self.observer.observe(endpoint, status, started.elapsed());
         result
@@ -272,6 +349,15 @@ pub fn read_device_server(bytes: &[u8]) -> Result<u64, BunqError> {
 pub fn read_session_server(bytes: &[u8]) -> Result<OpenedSession, BunqError> {
     let endpoint = Endpoint::SessionServer;
     parse_session(&parse(endpoint, bytes)?).map_err(|d| unexpected(endpoint, d))
+}
+
+/// Reads a verified notification-filter answer: `Response` elements wrapped as
+/// `NotificationFilterUrl` (bunq's list form; other elements, such as `Id`, are skipped).
+pub fn read_filters(endpoint: Endpoint, bytes: &[u8]) -> Result<Vec<NotificationFilter>, BunqError> {
+    let body = parse(endpoint, bytes)?;
+    body.all("NotificationFilterUrl")
+        .map(|value| NotificationFilter::deserialize_value(value).map_err(|d| unexpected(endpoint, d)))
+        .collect()
 }
 
 fn unexpected(endpoint: Endpoint, detail: String) -> BunqError {

@@ -14,6 +14,10 @@ pub enum Endpoint {
     SessionServer,
     /// `DELETE /v1/session/{id}`: ends the session that authenticates the call.
     Session,
+    /// `POST /v1/user/{userId}/notification-filter-url`: replaces the user's URL filters.
+    NotificationFilterUrl,
+    /// `GET /v1/user/{userId}/notification-filter-url`: lists them.
+    NotificationFilterUrlList,
 }
 
 impl Endpoint {
@@ -24,6 +28,7 @@ impl Endpoint {
             Endpoint::DeviceServer => "device-server",
             Endpoint::SessionServer => "session-server",
             Endpoint::Session => "session",
+            Endpoint::NotificationFilterUrl | Endpoint::NotificationFilterUrlList => "notification-filter-url",
         }
     }
 
@@ -31,6 +36,7 @@ impl Endpoint {
     pub fn method(self) -> &'static str {
         match self {
             Endpoint::Session => "DELETE",
+            Endpoint::NotificationFilterUrlList => "GET",
             _ => "POST",
         }
     }

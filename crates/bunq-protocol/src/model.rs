@@ -23,6 +23,11 @@ impl ResponseBody {
         T::deserialize(value).map_err(|e| format!("`{name}`: {}", crate::redact::json_error(&e, FIELDS)))
     }
 
+    /// Every element wrapped under `name`, in order.
+    pub fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
+        self.response.iter().filter_map(move |element| element.get(name))
+    }
+
     /// The first element wrapped under any of `names`, with the name found.
     pub fn first_of(&self, names: &[&'static str]) -> Option<(&'static str, &Value)> {
         self.response.iter().find_map(|element| names.iter().find_map(|n| element.get(*n).map(|v| (*n, v))))

@@ -18,6 +18,8 @@ pub enum Endpoint {
     SessionServer,
     /// `DELETE /v1/session/{id}`.
     Session,
+    /// `POST`/`GET /v1/user/{userId}/notification-filter-url`.
+    NotificationFilterUrl,
     /// Any other `/v1` path (answered 404/405).
     Other,
 }
@@ -29,6 +31,7 @@ impl Endpoint {
             Endpoint::DeviceServer => "device-server",
             Endpoint::SessionServer => "session-server",
             Endpoint::Session => "session",
+            Endpoint::NotificationFilterUrl => "notification-filter-url",
             Endpoint::Other => "other",
         }
     }

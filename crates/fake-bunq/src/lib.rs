@@ -49,6 +49,7 @@ pub mod calls;
 pub mod conn;
 pub mod errors;
 pub mod faults;
+pub mod filters;
 pub mod ratelimit;
 pub mod responses;
 pub mod routes;
@@ -228,6 +229,11 @@ impl FakeHandle {
 
     pub fn sessions_created_for(&self, secret: &str) -> usize {
         lock(&self.app.state).sessions_created_for(SecretDigest::of(secret))
+    }
+
+    /// The URL notification filters `user_id` has set, in order.
+    pub fn notification_filters(&self, user_id: u64) -> Vec<filters::Filter> {
+        lock(&self.app.state).filters(user_id)
     }
 
     /// Ids of the sessions ended with `DELETE /v1/session/{id}`, in order.

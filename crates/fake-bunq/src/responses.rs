@@ -8,11 +8,21 @@
 pub use bunq_protocol::timestamp::format as bunq_timestamp;
 use serde::Serialize;
 
-/// `{"Response":[…]}`.
+/// `{"Response":[…]}`, with `Pagination` for a listing.
 #[derive(Debug, Serialize)]
 pub struct Envelope {
     #[serde(rename = "Response")]
     pub response: Vec<Item>,
+    #[serde(rename = "Pagination", skip_serializing_if = "Option::is_none")]
+    pub pagination: Option<Pagination>,
+}
+
+/// A listing's links to more pages: the fake's lists are always one page.
+#[derive(Debug, Serialize)]
+pub struct Pagination {
+    pub future_url: Option<String>,
+    pub newer_url: Option<String>,
+    pub older_url: Option<String>,
 }
 
 /// One element of `Response`: an object with a single key naming its type.
@@ -23,6 +33,7 @@ pub enum Item {
     ServerPublicKey(ServerPublicKeyObject),
     // Boxed: much larger than the other variants.
     UserApiKey(Box<UserApiKeyObject>),
+    NotificationFilterUrl(crate::filters::Filter),
 }
 
 #[derive(Debug, Serialize)]
@@ -100,7 +111,13 @@ pub fn error_body(description: &str) -> Vec<u8> {
 
 /// Serialises a success envelope.
 pub fn envelope_body(items: Vec<Item>) -> Vec<u8> {
-    to_bytes(&Envelope { response: items })
+    to_bytes(&Envelope { response: items, pagination: None })
+}
+
+/// Serialises a one-page listing.
+pub fn listing_body(items: Vec<Item>) -> Vec<u8> {
+    let pagination = Pagination { future_url: None, newer_url: None, older_url: None };
+    to_bytes(&Envelope { response: items, pagination: Some(pagination) })
 }
 
 fn to_bytes<T: Serialize>(value: &T) -> Vec<u8> {

@@ -42,6 +42,7 @@ pub(crate) fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/v1/{endpoint}", post(bunq_endpoint))
         .route("/v1/session/{id}", delete(end_session))
+        .route("/v1/user/{user_id}/notification-filter-url", post(notification_filters).get(notification_filters))
         .nest("/_fake", admin::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -64,14 +65,16 @@ async fn bunq_endpoint(
         "session-server" => Endpoint::SessionServer,
         _ => return answer_error(app, conn, method, headers, BunqError::NotFound),
     };
-    handle(app, Call { endpoint, item: None }, conn, method, headers, body).await
+    handle(app, Call { endpoint, item: None, read: false }, conn, method, headers, body).await
 }
 
-/// An endpoint and the item id in its path (`DELETE /session/{id}`).
+/// An endpoint, the id in its path (`DELETE /session/{id}`, `/user/{userId}/…`), and
+/// whether it is a read (GET).
 #[derive(Clone, Copy)]
 struct Call {
     endpoint: Endpoint,
     item: Option<u64>,
+    read: bool,
 }
 
 /// `DELETE /v1/session/{id}`: authenticated by the session token, not the installation's.
@@ -86,7 +89,23 @@ async fn end_session(
     let Ok(id) = id.parse::<u64>() else {
         return answer_error(app, conn, method, headers, BunqError::NotFound);
     };
-    handle(app, Call { endpoint: Endpoint::Session, item: Some(id) }, conn, method, headers, body).await
+    handle(app, Call { endpoint: Endpoint::Session, item: Some(id), read: false }, conn, method, headers, body).await
+}
+
+/// `POST`/`GET /v1/user/{userId}/notification-filter-url`, with the user's session token.
+async fn notification_filters(
+    State(app): State<Arc<App>>,
+    ConnectInfo(conn): ConnectInfo<Conn>,
+    Path(user_id): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Ok(user_id) = user_id.parse::<u64>() else {
+        return answer_error(app, conn, method, headers, BunqError::NotFound);
+    };
+    let call = Call { endpoint: Endpoint::NotificationFilterUrl, item: Some(user_id), read: method == Method::GET };
+    handle(app, call, conn, method, headers, body).await
 }
 
 async fn not_found(
@@ -262,13 +281,12 @@ fn process(
             }
         }
         Endpoint::Session => end_session_effect(app, headers, body, call.item.unwrap_or(0), record),
+        Endpoint::NotificationFilterUrl => filters_effect(app, call, headers, body, record),
         Endpoint::Other => Err(BunqError::NotFound),
     }
 }
 
-/// `DELETE /session/{id}` with the session's own token. Signing a call without a body is
-/// optional at bunq (the Python SDK signs the empty body, others do not); a signature
-/// that is sent must verify.
+/// `DELETE /session/{id}` with the session's own token.
 fn end_session_effect(
     app: &App,
     headers: &HeaderMap,
@@ -276,23 +294,69 @@ fn end_session_effect(
     id: u64,
     record: &mut RecordedCall,
 ) -> Result<Reply, BunqError> {
-    let token = header_str(headers, HEADER_AUTHENTICATION);
-    let (session_id, installation_token, auth) = lock(&app.state).authenticate_session(token)?;
-    record.installation_id = Some(auth.installation_id);
-    record.session_id = Some(session_id);
-    if let Some(signature) = header_str(headers, HEADER_CLIENT_SIGNATURE) {
-        let valid = auth.client_key.verify(body, signature).is_ok();
-        record.signature_valid = Some(valid);
-        if !valid {
-            return Err(BunqError::SignatureInvalid);
-        }
-    }
-    let mut state = lock(&app.state);
-    if let Some(request_id) = &record.request_id {
-        state.claim_request_id(&installation_token, request_id)?;
-    }
-    state.end_session(token.unwrap_or_default(), id)?;
+    authenticate_session(app, headers, body, false, record)?;
+    let token = header_str(headers, HEADER_AUTHENTICATION).unwrap_or_default();
+    lock(&app.state).end_session(token, id)?;
     Ok(Reply::ok(wire::envelope_body(Vec::new())))
+}
+
+/// `/user/{userId}/notification-filter-url`: as that user's session only. A POST
+/// replaces every filter (bunq's replace-all) and answers the new list; a GET lists.
+fn filters_effect(
+    app: &App,
+    call: Call,
+    headers: &HeaderMap,
+    body: &[u8],
+    record: &mut RecordedCall,
+) -> Result<Reply, BunqError> {
+    let session = authenticate_session(app, headers, body, !call.read, record)?;
+    let user_id = call.item.unwrap_or(0);
+    if session.user_id != user_id {
+        return Err(BunqError::InsufficientAuthentication);
+    }
+    let filters = if call.read {
+        lock(&app.state).filters(user_id)
+    } else {
+        let requested = crate::filters::parse(&parse_object(body)?)?;
+        lock(&app.state).set_filters(user_id, requested)
+    };
+    let items = filters.into_iter().map(Item::NotificationFilterUrl).collect();
+    Ok(Reply::ok(if call.read { wire::listing_body(items) } else { wire::envelope_body(items) }))
+}
+
+/// A call authenticated by a session token: the session must be live (not past its
+/// timeout, not ended). A signature is checked when sent, and required when `signed`
+/// (calls with a body; bunq leaves signing a body-less call optional: the Python SDK
+/// signs the empty body, others do not). Claims the request id on the installation.
+fn authenticate_session(
+    app: &App,
+    headers: &HeaderMap,
+    body: &[u8],
+    signed: bool,
+    record: &mut RecordedCall,
+) -> Result<crate::state::SessionAuth, BunqError> {
+    let token = header_str(headers, HEADER_AUTHENTICATION);
+    let session = lock(&app.state).authenticate_session(token)?;
+    record.installation_id = Some(session.installation.installation_id);
+    record.session_id = Some(session.session_id);
+    match header_str(headers, HEADER_CLIENT_SIGNATURE) {
+        Some(signature) => {
+            let valid = session.installation.client_key.verify(body, signature).is_ok();
+            record.signature_valid = Some(valid);
+            if !valid {
+                return Err(BunqError::SignatureInvalid);
+            }
+        }
+        None if signed => {
+            record.signature_valid = Some(false);
+            return Err(BunqError::SignatureRequired);
+        }
+        None => {}
+    }
+    if let Some(request_id) = &record.request_id {
+        lock(&app.state).claim_request_id(&session.installation_token, request_id)?;
+    }
+    Ok(session)
 }
 
 /// Who shares a rate-limit budget (see [`RateLimitScope`]).

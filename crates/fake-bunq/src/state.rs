@@ -82,9 +82,21 @@ pub struct NewSession {
 #[derive(Debug)]
 struct LiveSession {
     id: u64,
+    /// `UserApiKey.id`: the `{userId}` the session may act for.
+    user_id: u64,
     installation_token: String,
     expires: Instant,
     ended: bool,
+}
+
+/// What a session token authenticated as.
+#[derive(Debug, Clone)]
+pub struct SessionAuth {
+    pub session_id: u64,
+    pub user_id: u64,
+    /// The installation's token, which request ids are claimed on.
+    pub installation_token: String,
+    pub installation: Authenticated,
 }
 
 /// The installation a token authenticated as.
@@ -106,6 +118,8 @@ pub struct BunqState {
     live_sessions: HashMap<String, LiveSession>,
     /// Sessions ended by `DELETE /session`, by id.
     ended_sessions: Vec<u64>,
+    /// URL notification filters by user id.
+    filters: HashMap<u64, Vec<crate::filters::Filter>>,
     devices: usize,
     sessions: usize,
     credential_ttl: Option<Duration>,
@@ -127,6 +141,7 @@ impl BunqState {
             session_timeout,
             live_sessions: HashMap::new(),
             ended_sessions: Vec::new(),
+            filters: HashMap::new(),
             // Ids below 100 are left for fixed objects such as the partner company.
             next_id: 100,
             installations: HashMap::new(),
@@ -252,6 +267,7 @@ impl BunqState {
         let session_token = new_token();
         let live = LiveSession {
             id,
+            user_id: users.user_api_key_id,
             installation_token: token.to_owned(),
             expires: Instant::now() + self.session_timeout,
             ended: false,
@@ -263,22 +279,28 @@ impl BunqState {
     /// Resolves a session token to its session id and the installation's client key:
     /// bunq answers 403 `Insufficient authentication.` for a token it does not know, one
     /// past its `session_timeout`, or one whose session was ended.
-    /// Also returns the installation's token, which request ids are claimed on.
-    pub fn authenticate_session(&self, token: Option<&str>) -> Result<(u64, String, Authenticated), BunqError> {
+    pub fn authenticate_session(&self, token: Option<&str>) -> Result<SessionAuth, BunqError> {
         let session = token
             .and_then(|t| self.live_sessions.get(t))
             .filter(|s| !s.ended && Instant::now() < s.expires)
             .ok_or(BunqError::InsufficientAuthentication)?;
         let installation =
             self.installations.get(&session.installation_token).ok_or(BunqError::InsufficientAuthentication)?;
-        let auth = Authenticated { installation_id: installation.id, client_key: installation.client_key.clone() };
-        Ok((session.id, session.installation_token.clone(), auth))
+        Ok(SessionAuth {
+            session_id: session.id,
+            user_id: session.user_id,
+            installation_token: session.installation_token.clone(),
+            installation: Authenticated {
+                installation_id: installation.id,
+                client_key: installation.client_key.clone(),
+            },
+        })
     }
 
     /// `DELETE /session/{id}`: ends the session `token` authenticates. `id` is that
     /// session's id or 0 ("the current session", as bunq's SDKs send it).
     pub fn end_session(&mut self, token: &str, id: u64) -> Result<u64, BunqError> {
-        let (current, _, _) = self.authenticate_session(Some(token))?;
+        let current = self.authenticate_session(Some(token))?.session_id;
         if id != 0 && id != current {
             return Err(BunqError::NotFound);
         }
@@ -287,6 +309,34 @@ impl BunqState {
         }
         self.ended_sessions.push(current);
         Ok(current)
+    }
+
+    /// Replaces all of `user_id`'s URL notification filters (bunq's replace-all POST).
+    pub fn set_filters(
+        &mut self,
+        user_id: u64,
+        requested: Vec<crate::filters::Requested>,
+    ) -> Vec<crate::filters::Filter> {
+        let now = crate::responses::bunq_timestamp(OffsetDateTime::now_utc());
+        let filters: Vec<_> = requested
+            .into_iter()
+            .map(|r| crate::filters::Filter {
+                id: self.next_id(),
+                created: now.clone(),
+                updated: now.clone(),
+                category: r.category,
+                all_user_id: Vec::new(),
+                all_monetary_account_id: Vec::new(),
+                all_verification_type: r.all_verification_type,
+                notification_target: r.notification_target,
+            })
+            .collect();
+        self.filters.insert(user_id, filters.clone());
+        filters
+    }
+
+    pub fn filters(&self, user_id: u64) -> Vec<crate::filters::Filter> {
+        self.filters.get(&user_id).cloned().unwrap_or_default()
     }
 
     /// Ids of the sessions `DELETE /session` ended, in order.
@@ -409,8 +459,9 @@ mod tests {
         let token = installed(&mut state);
         state.register_device(&token, secret).unwrap();
         let session = state.open_session(&token, secret, true).unwrap();
-        let (id, installation_token, _) = state.authenticate_session(Some(&session.token)).unwrap();
-        assert_eq!((id, installation_token.as_str()), (session.id, token.as_str()));
+        let auth = state.authenticate_session(Some(&session.token)).unwrap();
+        assert_eq!((auth.session_id, auth.installation_token.as_str()), (session.id, token.as_str()));
+        assert_eq!(auth.user_id, session.users.user_api_key_id);
         // The installation token is no session token, and another session's id is not ours.
         assert!(state.authenticate_session(Some(&token)).is_err());
         assert_eq!(state.end_session(&session.token, session.id + 1000).unwrap_err(), BunqError::NotFound);

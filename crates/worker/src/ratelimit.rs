@@ -149,8 +149,9 @@ impl RateLimiter {
     fn key(&self, endpoint: Endpoint, provision_id: u64) -> String {
         let class = match endpoint {
             Endpoint::SessionServer => "session-server",
-            // Ending a session is rare and shares the smaller calls' budget.
-            Endpoint::Installation | Endpoint::DeviceServer | Endpoint::Session => "post",
+            // Every other call (ending a session is the only other the worker makes)
+            // shares the smaller calls' budget.
+            _ => "post",
         };
         match self.scope {
             Scope::Global => format!("{}ratelimit:{class}:{{global}}", self.prefix),
@@ -161,7 +162,7 @@ impl RateLimiter {
     fn limit(&self, endpoint: Endpoint) -> Limit {
         match endpoint {
             Endpoint::SessionServer => self.session_server,
-            Endpoint::Installation | Endpoint::DeviceServer | Endpoint::Session => self.other_post,
+            _ => self.other_post,
         }
     }
 

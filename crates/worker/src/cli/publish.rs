@@ -38,6 +38,8 @@ pub enum Example {
     Expired,
     /// Not JSON: dead-lettered as malformed.
     Malformed,
+    /// The partner cancelled the provision: its session is closed.
+    Cancelled,
 }
 
 /// An example body. The id and token are random so runs do not collide.
@@ -48,6 +50,7 @@ pub fn example_body(kind: Example, provision_id: u64) -> Vec<u8> {
         Example::NotReady => ("CREATED", "PENDING_PROCESS_OAUTH_REQUEST", now + time::Duration::hours(1)),
         Example::Expired => ("CREATED", "PENDING_PROCESS_USER_ONBOARDING", now - time::Duration::minutes(5)),
         Example::Malformed => return b"this is not a provision event".to_vec(),
+        Example::Cancelled => ("CANCELLED", "NONE", now),
     };
     let mut token = [0u8; 32];
     aws_lc_rs::rand::fill(&mut token).expect("system randomness is available");
@@ -63,12 +66,12 @@ pub fn example_body(kind: Example, provision_id: u64) -> Vec<u8> {
             "status": status,
             "sub_status": sub_status,
             "action_required": "USER",
-            "credential": {
+            "credential": (kind != Example::Cancelled).then(|| serde_json::json!({
                 "id": provision_id + 1_000_000,
                 "status": "PENDING_FIRST_USE",
                 "expiry_time": bunq_protocol::timestamp::format(expiry),
                 "token_value": hex::encode(token),
-            }
+            }))
         }}
     }});
     serde_json::to_vec(&body).expect("JSON values serialise")

@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod closing;
+mod downstream;
 mod end_to_end;
 mod helpers;
 mod leaks;

@@ -2,8 +2,13 @@
 //!
 //! Starts `fake-bunq` and `bunq-session-worker run` as processes against the local
 //! RabbitMQ and Redis, publishes provision events (ready, not ready, malformed), shows
-//! the session-ready events and the cached sessions (tokens masked), stops both with
-//! SIGTERM and removes what it created.
+//! the session-ready events and the cached sessions (tokens masked); a downstream
+//! (`downstream.rs`) sets each user's notification filters with the cached session, and
+//! the demo prints what the stand-in holds; then the partner cancels one provision and
+//! the demo shows the session-closed event and the emptied cache. Stops both processes
+//! with SIGTERM and removes what it created.
+
+mod downstream;
 
 use bunq_protocol::signing::ClientKey;
 use bunq_session_worker::amqp::topology;
@@ -35,7 +40,8 @@ async fn main() -> anyhow::Result<()> {
     let names = &run.topology;
     let work = tempfile::tempdir()?;
     let key_path = work.path().join("client_key.pem");
-    std::fs::write(&key_path, ClientKey::generate()?.to_pkcs8_pem()?)?;
+    let pem = ClientKey::generate()?.to_pkcs8_pem()?;
+    std::fs::write(&key_path, &pem)?;
 
     step("starting fake-bunq (the local stand-in for bunq's API)");
     let (mut fake, base_url) = start_fake(&bin_dir).await?;
@@ -45,9 +51,11 @@ async fn main() -> anyhow::Result<()> {
     let connection = connect_amqp(AMQP_URL).await?;
     let channel = connection.create_channel().await?;
     let watch = run.queue("notification-filter-setup");
-    let leftovers = Leftovers::new(Cleanup::new(&run).queue(&watch));
+    let closed_watch = run.queue("session-closed");
+    let leftovers = Leftovers::new(Cleanup::new(&run).queue(&watch).queue(&closed_watch));
     topology::declare(&channel, names).await?;
     capture_queue(&channel, names, &watch, Some("session.ready")).await?;
+    capture_queue(&channel, names, &closed_watch, Some("session.closed")).await?;
 
     step("starting bunq-session-worker");
     // Production's timings, the demo's own key; logs for people.
@@ -71,20 +79,21 @@ async fn main() -> anyhow::Result<()> {
     }
 
     step("session-ready events, as notification-filter setup receives them");
-    let mut user_ids = Vec::new();
+    let mut ready_events = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while user_ids.len() < 3 && Instant::now() < deadline {
+    while ready_events.len() < 3 && Instant::now() < deadline {
         match channel.basic_get(watch.as_str().into(), BasicGetOptions { no_ack: false }).await? {
             Some(message) => {
                 message.ack(BasicAckOptions::default()).await?;
                 let event: serde_json::Value = serde_json::from_slice(&message.delivery.data)?;
                 println!("    {}", serde_json::to_string(&event)?);
-                user_ids.push(event["user_id"].as_u64().unwrap_or_default());
+                ready_events.push(event);
             }
             None => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
-    anyhow::ensure!(user_ids.len() == 3, "expected 3 session-ready events, got {}", user_ids.len());
+    anyhow::ensure!(ready_events.len() == 3, "expected 3 session-ready events, got {}", ready_events.len());
+    let user_ids: Vec<u64> = ready_events.iter().map(|e| e["user_id"].as_u64().unwrap_or_default()).collect();
 
     step("cached sessions in Redis (tokens masked here; the worker never logs them)");
     let redis = connect_redis(REDIS_URL)?;
@@ -102,6 +111,27 @@ async fn main() -> anyhow::Result<()> {
         );
     }
 
+    step("downstream sets each user's notification filters with the cached session; the stand-in now holds");
+    let downstream = downstream::Downstream::new(&base_url, ClientKey::from_pkcs8_pem(&pem)?, store.clone())?;
+    for event in &ready_events {
+        let filters = downstream.on_session_ready(event).await?;
+        anyhow::ensure!(filters == downstream::wanted(), "the stand-in holds other filters: {filters:?}");
+        let listed: Vec<String> =
+            filters.iter().map(|f| format!("{} -> {}", f.category, f.notification_target)).collect();
+        println!("    user {}: {}", event["user_id"], listed.join(", "));
+    }
+
+    step("the partner cancels one provision: the worker ends its session and announces it closed");
+    let cancelled = &ready_events[0];
+    let provision_id = cancelled["provision_id"].as_u64().unwrap_or_default();
+    publish_input(&channel, names, &example_body(Example::Cancelled, provision_id), BasicProperties::default()).await?;
+    let closed = wait_for_body(&channel, &closed_watch, Duration::from_secs(20)).await?;
+    println!("    {}", serde_json::to_string(&closed)?);
+    let user_id = cancelled["user_id"].as_u64().unwrap_or_default();
+    let cached = store.read_session(user_id).await?;
+    anyhow::ensure!(cached.is_none(), "the cancelled provision's session is still cached");
+    println!("    {}: empty (the session is gone from the cache)", store.keys().session(user_id));
+
     step("dead letters (kept with a reason, never dropped)");
     let dead = wait_for_message(&channel, &names.dead_letter_queue, Duration::from_secs(10)).await?;
     println!(
@@ -117,7 +147,7 @@ async fn main() -> anyhow::Result<()> {
     // Leave the broker and Redis as we found them.
     leftovers.clean().await?;
     connection.close(200, "demo done".into()).await?;
-    step("done: 3 sessions opened, cached and announced; 1 skipped; 1 dead-lettered");
+    step("done: 3 sessions opened, cached and announced, their notification filters set; 1 closed; 1 skipped; 1 dead-lettered");
     Ok(())
 }
 
@@ -161,6 +191,18 @@ async fn wait_for_message(channel: &lapin::Channel, queue: &str, timeout: Durati
         if let Some(message) = channel.basic_get(queue.into(), BasicGetOptions { no_ack: false }).await? {
             message.ack(BasicAckOptions::default()).await?;
             return Ok(message.delivery.properties.clone());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "nothing arrived on {queue}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn wait_for_body(channel: &lapin::Channel, queue: &str, timeout: Duration) -> anyhow::Result<serde_json::Value> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(message) = channel.basic_get(queue.into(), BasicGetOptions { no_ack: false }).await? {
+            message.ack(BasicAckOptions::default()).await?;
+            return Ok(serde_json::from_slice(&message.delivery.data)?);
         }
         anyhow::ensure!(Instant::now() < deadline, "nothing arrived on {queue}");
         tokio::time::sleep(Duration::from_millis(100)).await;
