@@ -2,7 +2,7 @@
 //! its outcome says. The ack is the last step; nothing is acked before its outcome is safe.
 
 use super::headers::{self, number, text, with_headers};
-use super::settle::{Moved, Settlement, Settler};
+use super::settle::{Moved, SettleError, Settlement, Settler};
 use super::topology::Names;
 use crate::dead_letter;
 use crate::failure::Reason;
@@ -29,6 +29,11 @@ pub struct DeliveryContext {
 /// half of RabbitMQ's own delivery limit, whose dead letters keep the body as it came, so
 /// only the worker's (with the credential protected) are ever reached in practice.
 const REDELIVERY_LIMIT: u64 = super::topology::DELIVERY_LIMIT as u64 / 2;
+
+/// How long a delivery whose move failed waits before it goes back to the queue: long
+/// enough that a queue electing a new leader is not hammered (each return counts towards
+/// `REDELIVERY_LIMIT`), short against a session's life.
+const REQUEUE_PAUSE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// How dead letters keep their credential (see [`crate::dead_letter`]).
 #[derive(Debug, Clone)]
@@ -108,8 +113,17 @@ impl DeliveryContext {
             let settlement = self.settlement(delivery, &outcome, attempt);
             if let Err(e) = settler.settle(delivery_tag, settlement).await {
                 self.metrics.settle_failed();
-                // Not acked: RabbitMQ redelivers it, and the cached session makes that cheap.
                 tracing::warn!(event = "settle_failed", outcome = label, error = %e);
+                if matches!(e, SettleError::Nacked | SettleError::Unroutable(_)) {
+                    // The channel lives, so nothing would return the delivery to the queue:
+                    // after a pause (a queue electing its leader refuses copies for a
+                    // moment) it goes back, and is handled again; the cached session makes
+                    // that cheap.
+                    tokio::time::sleep(REQUEUE_PAUSE).await;
+                    if let Err(e) = settler.settle(delivery_tag, Settlement::Requeue).await {
+                        tracing::warn!(event = "requeue_failed", error = %e);
+                    }
+                }
             }
             self.metrics.observe_delivery(label, reason, started.elapsed());
         }

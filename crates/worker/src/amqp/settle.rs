@@ -18,7 +18,7 @@ use super::headers;
 use super::topology;
 use super::topology::Names;
 use crate::metrics::Metrics;
-use lapin::options::{BasicAckOptions, BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::{BasicAckOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Confirmation, PublisherConfirm};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
@@ -32,6 +32,9 @@ pub enum Settlement {
     Ack,
     /// Moved: the copy is published and confirmed, then the original acked.
     Move(Box<Moved>),
+    /// Back to the queue (`basic.nack` with requeue), for a delivery whose move failed on a
+    /// live channel: left unacked it would hold a prefetch slot until the channel closed.
+    Requeue,
 }
 
 /// A delivery's copy for another queue, published through the default exchange.
@@ -41,7 +44,8 @@ pub struct Moved {
     pub properties: BasicProperties,
 }
 
-/// Why a settlement did not complete. The delivery stays unacked, so RabbitMQ redelivers it.
+/// Why a settlement did not complete. The delivery is still the broker's: requeued by the
+/// consumer (see `consume.rs`), or returned when its channel closes.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SettleError {
     #[error("the consume channel is gone")]
@@ -133,7 +137,7 @@ impl Committer {
         let mut pending = Vec::with_capacity(batch.len());
         for request in batch {
             let published = match &request.settlement {
-                Settlement::Ack => None,
+                Settlement::Ack | Settlement::Requeue => None,
                 Settlement::Move(copy) => Some((self.publish(copy).await, copy)),
             };
             pending.push(published);
@@ -144,13 +148,18 @@ impl Committer {
                 None => Ok(()),
                 Some((published, copy)) => self.confirmed(published, copy).await,
             };
-            let result = match copied {
-                Ok(()) => self
+            let result = match (copied, &request.settlement) {
+                (Ok(()), Settlement::Requeue) => self
+                    .channel
+                    .basic_nack(request.delivery_tag, BasicNackOptions { multiple: false, requeue: true })
+                    .await
+                    .map_err(SettleError::from),
+                (Ok(()), _) => self
                     .channel
                     .basic_ack(request.delivery_tag, BasicAckOptions { multiple: false })
                     .await
                     .map_err(SettleError::from),
-                Err(e) => Err(e),
+                (Err(e), _) => Err(e),
             };
             results.push(result);
         }

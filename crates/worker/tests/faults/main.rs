@@ -295,9 +295,11 @@ async fn a_long_redis_outage_under_load_spends_no_attempt_and_no_bunq_call() {
     drop(redis);
 }
 
-/// Not in `make test`: on this machine's RabbitMQ 3.10.8 about one run in three ends with
-/// inputs missing after the leader's node is killed (the failover itself takes under a
-/// second every time). Run it with `make test-cluster`; see the README's known limits.
+/// Not in `make test`: on this machine's RabbitMQ 3.10.8 about one run in six still ends
+/// with inputs left over after the leader's node is killed: the broker nacks every copy
+/// to the retry queue for minutes (a quorum queue that does not recover its leader; see
+/// the README's known limits). The failover itself takes under a second every time. Run it
+/// with `make test-cluster`.
 #[tokio::test]
 #[ignore = "flaky on RabbitMQ 3.10.8: see the doc comment"]
 async fn a_rabbitmq_cluster_losing_the_workers_node_and_the_queue_leader_loses_nothing() {
@@ -307,9 +309,12 @@ async fn a_rabbitmq_cluster_losing_the_workers_node_and_the_queue_leader_loses_n
     let inputs = mixed_stream(200);
     let mut worker = env.start_worker("only");
     worker.wait_ready().await;
-    env.publish_all(&inputs).await;
+    // Half before the kill, half after (through the test's own node, which stays), so the
+    // node goes mid-stream however fast the worker is.
+    let (before, after) = inputs.split_at(inputs.len() / 2);
+    env.publish_all(before).await;
     let announced = wait_for_announcements(&worker, 40.0, Duration::from_secs(60)).await;
-    assert!(announced < 200.0, "the node must go mid-stream ({announced} announced)");
+    assert!(announced < 160.0, "the node must go mid-stream ({announced} announced)");
 
     // The worker connects to the first node that answers, the first; the queues were
     // declared there, so their leaders start there too.
@@ -318,16 +323,20 @@ async fn a_rabbitmq_cluster_losing_the_workers_node_and_the_queue_leader_loses_n
     assert!(input_leader.contains(&nodes[0].name), "the input queue's leader is elsewhere: {input_leader}");
     let killed = Instant::now();
     nodes[0].kill();
-    let deadline = killed + Duration::from_secs(60);
-    loop {
-        let reconnected = worker.metric("bunq_session_worker_amqp_connections_total").await >= 2.0;
-        if reconnected && test_support::ops::wait_ready(worker.ops_addr(), Duration::from_millis(100)).await {
-            break;
+    let publishing = env.publish_all(after);
+    let failing_over = async {
+        let deadline = killed + Duration::from_secs(60);
+        loop {
+            let reconnected = worker.metric("bunq_session_worker_amqp_connections_total").await >= 2.0;
+            if reconnected && test_support::ops::wait_ready(worker.ops_addr(), Duration::from_millis(100)).await {
+                break;
+            }
+            assert!(Instant::now() < deadline, "not consuming from another node within 60 s");
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert!(Instant::now() < deadline, "not consuming from another node within 60 s");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let failover = killed.elapsed();
+        killed.elapsed()
+    };
+    let ((), failover) = tokio::join!(publishing, failing_over);
     // The test reads the ledger through basic.get, which a quorum queue refuses until it
     // has elected a new leader: wait for every queue to have one on a live node.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -344,7 +353,11 @@ async fn a_rabbitmq_cluster_losing_the_workers_node_and_the_queue_leader_loses_n
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
-    let ledger = env.settle_and_check(&inputs, SETTLE).await;
+    let settle = tokio::time::timeout(SETTLE, env.settle_and_check(&inputs, SETTLE));
+    let Ok(ledger) = settle.await else {
+        let queues = ["list_queues", "name", "messages", "messages_ready", "messages_unacknowledged", "leader"];
+        panic!("not settled; queues:\n{}", nodes[2].ctl(&queues).unwrap_or_default());
+    };
     ledger.print("rabbitmq_cluster");
     println!("LEDGER rabbitmq_cluster: consuming from another node {} ms after the kill", failover.as_millis());
     assert!(worker.is_running(), "failed over without a restart");
