@@ -128,8 +128,12 @@ async fn main() -> anyhow::Result<()> {
     let closed = wait_for_body(&channel, &closed_watch, Duration::from_secs(20)).await?;
     println!("    {}", serde_json::to_string(&closed)?);
     let user_id = cancelled["user_id"].as_u64().unwrap_or_default();
-    let cached = store.read_session(user_id).await?;
-    anyhow::ensure!(cached.is_none(), "the cancelled provision's session is still cached");
+    // The purge follows the event's confirm: give it a moment.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store.read_session(user_id).await?.is_some() {
+        anyhow::ensure!(Instant::now() < deadline, "the cancelled provision's session is still cached");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     println!("    {}: empty (the session is gone from the cache)", store.keys().session(user_id));
 
     step("dead letters (kept with a reason, never dropped)");

@@ -67,9 +67,10 @@ async fn cancelled_and_closed_provisions_end_the_session_purge_it_and_announce_i
         assert_eq!(delete.signature_valid, Some(true));
         assert!(app.fake.ended_sessions().contains(&ready.session_id));
 
-        // Nothing of it is left in Redis, and a late ready event opens nothing.
-        assert!(app.store.read_session(ready.user_id).await.unwrap().is_none(), "still cached");
+        // Nothing of it is left in Redis once the close is acked (the purge follows the
+        // event's confirm), and a late ready event opens nothing.
         app.wait_idle(WAIT).await;
+        assert!(app.store.read_session(ready.user_id).await.unwrap().is_none(), "still cached");
         assert_eq!(keys_left(&app).await, Vec::<String>::new());
         app.publish(&ready_body(id, &token)).await;
         app.wait_idle(WAIT).await;
@@ -150,6 +151,7 @@ async fn session_invalid_closes_the_named_session_and_ignores_a_stale_one() {
     assert_eq!((closed["reason"].as_str(), closed["provision_id"].as_u64()), (Some("invalidated"), Some(id)));
     assert_eq!(closed["session_id"], ready.session_id);
     assert_eq!(app.fake.ended_sessions(), vec![ready.session_id]);
+    app.wait_idle(WAIT).await;
     assert!(app.store.read_session(ready.user_id).await.unwrap().is_none(), "still cached");
     // The provision itself stays open: a later event with a usable credential may open again.
     assert!(!app.store.is_closed(id).await.unwrap());
