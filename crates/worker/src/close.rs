@@ -6,7 +6,10 @@
 //! records are purged. Published before the purge: a close cut short between the two is
 //! redone by the redelivery, with the same event id.
 
-use crate::event::{closed_event_id, SessionClosed, CLOSED_AS_INVALID, CLOSED_BY_PROVISION, SESSION_CLOSED_EVENT_TYPE};
+use crate::event::{
+    closed_event_id, SessionClosed, CLOSED_AS_INVALID, CLOSED_BY_PROVISION, CLOSED_CREDENTIAL_REVOKED,
+    CLOSED_RENEWAL_FAILED, SESSION_CLOSED_EVENT_TYPE,
+};
 use crate::failure::{Failure, Reason};
 use crate::handler::{Announcer, Outcome};
 use crate::session::SessionOpener;
@@ -23,6 +26,10 @@ pub enum CloseReason {
     /// Downstream reported the session dead and there is no credential to renew it with.
     /// The provision stays open: a later event with a usable credential opens a new one.
     Invalidated,
+    /// bunq refused to renew the session with the stored credential (400/401/403).
+    CredentialRevoked,
+    /// Renewals failed until the session expired (`renew.rs`).
+    RenewalFailed,
 }
 
 impl CloseReason {
@@ -30,6 +37,8 @@ impl CloseReason {
         match self {
             CloseReason::ProvisionClosed => CLOSED_BY_PROVISION,
             CloseReason::Invalidated => CLOSED_AS_INVALID,
+            CloseReason::CredentialRevoked => CLOSED_CREDENTIAL_REVOKED,
+            CloseReason::RenewalFailed => CLOSED_RENEWAL_FAILED,
         }
     }
 }
@@ -42,6 +51,8 @@ pub struct CloseRequest {
     pub reason: CloseReason,
 }
 
+/// Cloned by the renewer, which closes sessions it cannot renew.
+#[derive(Clone)]
 pub struct Closer {
     pub(crate) opener: SessionOpener,
     pub(crate) store: Store,
@@ -71,7 +82,13 @@ impl Closer {
         }
     }
 
-    async fn close_locked(&self, closed: &CloseRequest, correlation_id: Option<&str>) -> Result<Outcome, Failure> {
+    /// The close itself; the caller holds the provision's lock (a renewal closes under
+    /// the lock it renews with).
+    pub(crate) async fn close_locked(
+        &self,
+        closed: &CloseRequest,
+        correlation_id: Option<&str>,
+    ) -> Result<Outcome, Failure> {
         let id = closed.provision_id;
         let Some(session) = self.store.session_to_close(id).await? else {
             // An unfinished handshake's progress goes too: it holds an installation token.

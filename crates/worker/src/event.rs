@@ -122,6 +122,10 @@ pub struct SessionReady {
 }
 
 pub const SESSION_READY_EVENT_TYPE: &str = "bunq.session.ready";
+/// A renewal replaced the session at the same `cache_key`; the same fields as
+/// [`SessionReady`], published with routing key [`SESSION_RENEWED_ROUTING_KEY`].
+pub const SESSION_RENEWED_EVENT_TYPE: &str = "bunq.session.renewed";
+pub const SESSION_RENEWED_ROUTING_KEY: &str = "session.renewed";
 
 /// Namespace for the deterministic event id: the same session is always announced with
 /// the same id, so consumers can deduplicate the at-least-once stream.
@@ -168,8 +172,10 @@ pub struct SessionClosed {
     pub external_uuid: Option<String>,
     pub user_id: u64,
     pub session_id: u64,
-    /// Why: `provision_closed` (the partner cancelled or closed the provision) or
-    /// `invalidated` (downstream reported it dead and no credential is held to renew it).
+    /// Why: `provision_closed` (the partner cancelled or closed the provision),
+    /// `invalidated` (downstream reported it dead and no credential is held to renew it),
+    /// `credential_revoked` (bunq refused the renewal) or `renewal_failed` (renewals kept
+    /// failing until the session expired).
     pub reason: String,
 }
 
@@ -180,6 +186,16 @@ pub const SESSION_CLOSED_ROUTING_KEY: &str = "session.closed";
 pub const CLOSED_BY_PROVISION: &str = "provision_closed";
 /// [`SessionClosed::reason`] for a session downstream reported dead.
 pub const CLOSED_AS_INVALID: &str = "invalidated";
+/// [`SessionClosed::reason`] when bunq refused a renewal for good (400/401/403).
+pub const CLOSED_CREDENTIAL_REVOKED: &str = "credential_revoked";
+/// [`SessionClosed::reason`] when renewals kept failing until the session expired.
+pub const CLOSED_RENEWAL_FAILED: &str = "renewal_failed";
+
+/// The renewal that produced `session_id`: distinct from that session's ready and closed
+/// events, the same on every republish.
+pub fn renewed_event_id(provision_id: u64, session_id: u64) -> uuid::Uuid {
+    uuid::Uuid::new_v5(&EVENT_ID_NAMESPACE, format!("{provision_id}:{session_id}:renewed").as_bytes())
+}
 
 /// Deterministic too, and distinct from the session's ready event.
 pub fn closed_event_id(provision_id: u64, session_id: u64) -> uuid::Uuid {

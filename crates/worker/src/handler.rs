@@ -6,8 +6,9 @@ use crate::close::{CloseReason, CloseRequest, Closer};
 use crate::decide::{decide, Decision, ReadyProvision, SkipReason};
 use crate::event::{self, SessionClosed, SessionReady, SESSION_READY_EVENT_TYPE};
 use crate::failure::{Failure, Reason, Retry};
+use crate::renew::{Renewal, Renewer};
 use crate::session::SessionOpener;
-use crate::store::{credential_tag, Claim, Session, Store};
+use crate::store::{credential_tag, Claim, Credential, Session, Store};
 use std::sync::Arc;
 use std::time::Duration;
 use time::OffsetDateTime;
@@ -17,6 +18,8 @@ use time::OffsetDateTime;
 pub trait Announcer: Send + Sync {
     /// Returns once the broker has confirmed the event.
     async fn announce(&self, event: &SessionReady, correlation_id: Option<&str>) -> Result<(), Failure>;
+    /// The same for a renewed session (`bunq.session.renewed`, routing key `session.renewed`).
+    async fn announce_renewed(&self, event: &SessionReady, correlation_id: Option<&str>) -> Result<(), Failure>;
     /// The same for a closed session.
     async fn announce_closed(&self, event: &SessionClosed, correlation_id: Option<&str>) -> Result<(), Failure>;
 }
@@ -30,6 +33,11 @@ pub enum Outcome {
     Skipped(SkipReason),
     /// The session was closed and announced so; `None` when there was none.
     Closed { reason: CloseReason, event: Option<Box<SessionClosed>> },
+    /// A `session.invalid` renewed the session: `bunq.session.renewed` was confirmed.
+    Renewed { event: Box<SessionReady> },
+    /// A `session.invalid` found the renewal failing: the schedule tries again (and
+    /// closes the session `renewal_failed` if it never works before expiry).
+    RenewalScheduled { reason: Reason },
     /// Try again later through the retry queue.
     Retry { reason: Reason, detail: String, delay: Duration, counts_as_attempt: bool },
     /// Never going to work as is.
@@ -59,6 +67,8 @@ impl Outcome {
             Outcome::Skipped(reason) => ("skipped", reason.as_str()),
             Outcome::Closed { reason, event: Some(_) } => ("closed", reason.as_str()),
             Outcome::Closed { event: None, .. } => ("closed", "no_session"),
+            Outcome::Renewed { .. } => ("renewed", "session_invalid"),
+            Outcome::RenewalScheduled { reason } => ("renewal_scheduled", reason.as_str()),
             Outcome::Retry { reason, .. } => ("retried", reason.as_str()),
             Outcome::DeadLetter { reason, .. } => ("dead_lettered", reason.as_str()),
         }
@@ -96,6 +106,9 @@ pub struct Handler {
     settings: HandlerSettings,
     /// Lock owner prefix (the consumer tag): who holds a provision is visible in Redis.
     owner: String,
+    /// With `SESSION_RENEWAL=on`: new sessions are stored with their credential and
+    /// scheduled, and `session.invalid` renews.
+    renewer: Option<Arc<Renewer>>,
 }
 
 impl Handler {
@@ -114,7 +127,18 @@ impl Handler {
             owner: owner.clone(),
             busy_delay: settings.retry_queue_delay,
         };
-        Self { opener, store, announcer, closer, settings, owner }
+        Self { opener, store, announcer, closer, settings, owner, renewer: None }
+    }
+
+    /// What closes sessions; the renewer closes with it too.
+    pub fn closer(&self) -> &Closer {
+        &self.closer
+    }
+
+    /// Turns renewal on for the sessions this handler opens.
+    pub fn with_renewer(mut self, renewer: Arc<Renewer>) -> Self {
+        self.renewer = Some(renewer);
+        self
     }
 
     pub async fn handle(&self, incoming: Incoming<'_>) -> Outcome {
@@ -154,10 +178,11 @@ impl Handler {
         }
     }
 
-    /// Downstream says a cached session no longer works. Without a credential to renew it
-    /// (the worker keeps none), the session is closed `invalidated`; the provision stays
-    /// open, so a later event with a usable credential opens a new one. A `session_id`
-    /// other than the cached one is stale: the cache already holds a newer session.
+    /// Downstream says a cached session no longer works. With its credential (renewal
+    /// on), the session is renewed at once; without, it is closed `invalidated`, and the
+    /// provision stays open, so a later event with a usable credential opens a new one.
+    /// A `session_id` other than the cached one is stale: the cache already holds a
+    /// newer session.
     async fn handle_invalidation(&self, incoming: Incoming<'_>) -> Outcome {
         let invalidation = match event::decode_invalidation(incoming.body, self.settings.max_message_bytes) {
             Ok(invalidation) => invalidation,
@@ -171,6 +196,13 @@ impl Handler {
             return Outcome::Closed { reason: CloseReason::Invalidated, event: None };
         };
         tracing::Span::current().record("provision_id", session.provision_id);
+        if let Some(renewer) = &self.renewer {
+            match renewer.invalidated(session.provision_id, invalidation.session_id).await {
+                Ok(Renewal::NothingToRenew) => {} // no credential held: closed below
+                Ok(renewal) => return self.renewal_outcome(renewal),
+                Err(failure) => return self.after_failure(None, failure, incoming.attempt),
+            }
+        }
         if session.session_id != invalidation.session_id {
             return Outcome::Skipped(SkipReason::StaleInvalidation);
         }
@@ -180,6 +212,22 @@ impl Handler {
             reason: CloseReason::Invalidated,
         };
         self.close(&request, incoming).await
+    }
+
+    fn renewal_outcome(&self, renewal: Renewal) -> Outcome {
+        match renewal {
+            Renewal::Renewed(event) => Outcome::Renewed { event },
+            Renewal::Stale | Renewal::NotDue => Outcome::Skipped(SkipReason::StaleInvalidation),
+            Renewal::Closed { reason, event } => Outcome::Closed { reason, event },
+            Renewal::Retrying { failure, .. } => Outcome::RenewalScheduled { reason: failure.reason },
+            Renewal::NothingToRenew => Outcome::Closed { reason: CloseReason::Invalidated, event: None },
+            Renewal::Busy => Outcome::Retry {
+                reason: Reason::LockBusy,
+                detail: "the provision is being processed by another delivery".to_owned(),
+                delay: self.settings.retry_queue_delay,
+                counts_as_attempt: false,
+            },
+        }
     }
 
     async fn close(&self, request: &CloseRequest, incoming: Incoming<'_>) -> Outcome {
@@ -218,15 +266,46 @@ impl Handler {
     ) -> Result<Outcome, Failure> {
         // A redelivery or duplicate finds the session and re-announces it.
         let handshake = self.store.load_handshake(ready.provision_id, &claim.credential).await?;
+        let credential = self.renewer.as_ref().map(|_| Credential {
+            tag: claim.credential.clone(),
+            token_value: ready.token_value.clone(),
+            unannounced: None,
+            failures: 0,
+        });
         let (session, reused) = match self.usable(&handshake.session) {
             Some(session) => (session, true),
-            None => (self.opener.open(ready, handshake, &claim).await?, false),
+            None => (self.opener.open(ready, handshake, &claim, credential.as_ref()).await?, false),
         };
         if self.store.is_closed(ready.provision_id).await? {
             // Closed while we opened: the close, waiting for this lock, ends the session.
             return Ok(Outcome::Skipped(SkipReason::ProvisionClosed));
         }
+        if let (Some(renewer), Some(credential)) = (&self.renewer, &credential) {
+            self.schedule_renewal(renewer, &claim, &session, credential, reused).await?;
+        }
         self.announce(session, reused, correlation_id).await
+    }
+
+    /// A new session goes into the schedule at its due time. A reused one keeps its entry
+    /// (it may be claimed right now); one missing it (a crash after the commit, or
+    /// renewal turned on since) gets the credential record and the entry.
+    async fn schedule_renewal(
+        &self,
+        renewer: &Renewer,
+        claim: &Claim,
+        session: &Session,
+        credential: &Credential,
+        reused: bool,
+    ) -> Result<(), Failure> {
+        let due = renewer.settings().due_at(session);
+        if !reused {
+            return Ok(self.store.schedule_renewal(session.provision_id, due).await?);
+        }
+        if self.store.load_credential(session.provision_id).await?.is_none() {
+            let ttl = self.opener.cache_ttl(session, OffsetDateTime::now_utc());
+            self.store.save_credential(claim, credential, ttl).await?;
+        }
+        Ok(self.store.schedule_renewal_if_absent(session.provision_id, due).await?)
     }
 
     fn usable(&self, session: &Option<Session>) -> Option<Session> {
@@ -241,24 +320,30 @@ impl Handler {
             let ttl = self.opener.cache_ttl(&session, now);
             self.store.cache_session(&session, ttl).await?;
         }
-        let event = SessionReady {
-            event_id: event::event_id(session.provision_id, session.session_id),
-            event_type: SESSION_READY_EVENT_TYPE.to_owned(),
-            occurred_at: now,
-            provision_id: session.provision_id,
-            external_uuid: session.external_uuid.clone(),
-            user_id: session.user_id,
-            granted_by_user_id: session.granted_by_user_id,
-            session_id: session.session_id,
-            expires_at: session.expires_at,
-            cache_key: self.store.keys().session(session.user_id),
-        };
+        let event_id = event::event_id(session.provision_id, session.session_id);
+        let event = session_event(&self.store, &session, SESSION_READY_EVENT_TYPE, event_id);
         self.announcer.announce(&event, correlation_id).await?;
         Ok(Outcome::Announced { event: Box::new(event), reused })
     }
 
     fn after_failure(&self, credential_expires_at: Option<OffsetDateTime>, failure: Failure, attempt: u32) -> Outcome {
         after_failure(&self.settings, credential_expires_at, failure, attempt, OffsetDateTime::now_utc())
+    }
+}
+
+/// The event announcing `session` (ready or renewed): where to read it, never its tokens.
+pub(crate) fn session_event(store: &Store, session: &Session, event_type: &str, event_id: uuid::Uuid) -> SessionReady {
+    SessionReady {
+        event_id,
+        event_type: event_type.to_owned(),
+        occurred_at: OffsetDateTime::now_utc(),
+        provision_id: session.provision_id,
+        external_uuid: session.external_uuid.clone(),
+        user_id: session.user_id,
+        granted_by_user_id: session.granted_by_user_id,
+        session_id: session.session_id,
+        expires_at: session.expires_at,
+        cache_key: store.keys().session(session.user_id),
     }
 }
 

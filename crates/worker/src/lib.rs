@@ -11,6 +11,8 @@
 //! - [`session`]: the bunq handshake for one provision, retried, rate-limited, resumable.
 //! - [`store`]: the Redis layout (session cache, handshake progress, locks);
 //!   [`seal`]: secrets at rest, AES-256-GCM with key ids and rotation.
+//! - [`renew`]: renewal of cached sessions before they expire, from a schedule in Redis
+//!   that every replica serves.
 //! - [`ratelimit`]: bunq's rate limits, shared by all replicas through Redis.
 //! - [`retry`]: exponential backoff with jitter (the one module that knows `backoff`).
 //! - [`failure`]: every failure classified, in one place; [`duration`]: `30s`-style settings.
@@ -32,6 +34,7 @@ pub mod metrics;
 pub(crate) mod ops;
 pub mod outage;
 pub mod ratelimit;
+pub mod renew;
 pub(crate) mod retry;
 pub mod seal;
 pub(crate) mod session;

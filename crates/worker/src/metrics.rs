@@ -41,6 +41,14 @@ pub struct Metrics {
     amqp_connections: Counter,
     redis_up: Gauge,
     held_for_redis: Counter,
+    renewals: Family<OutcomeOnly, Counter>,
+    renewals_scheduled: Gauge,
+    renewals_due: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeOnly {
+    outcome: &'static str,
 }
 
 impl Default for Metrics {
@@ -98,8 +106,26 @@ impl Metrics {
             "Waits for Redis to answer again: deliveries and writes held in the worker, no attempt spent",
             held_for_redis.clone(),
         );
+        let renewals = Family::<OutcomeOnly, Counter>::default();
+        registry.register(
+            "renewals",
+            "Passes over renewal entries by outcome (renewed, not_due, stale, nothing_to_renew, \
+             credential_revoked, renewal_failed, retrying, busy, error)",
+            renewals.clone(),
+        );
+        let renewals_scheduled = Gauge::default();
+        registry.register("renewals_scheduled", "Sessions in the renewal schedule", renewals_scheduled.clone());
+        let renewals_due = Gauge::default();
+        registry.register(
+            "renewals_due",
+            "Renewal entries past their due time and not claimed (a backlog when it stays above 0)",
+            renewals_due.clone(),
+        );
         Self {
             registry,
+            renewals,
+            renewals_scheduled,
+            renewals_due,
             deliveries,
             delivery_seconds,
             in_flight,
@@ -137,6 +163,15 @@ impl Metrics {
 
     pub fn redis_up(&self, up: bool) {
         self.redis_up.set(i64::from(up));
+    }
+
+    pub fn observe_renewal(&self, outcome: &'static str) {
+        self.renewals.get_or_create(&OutcomeOnly { outcome }).inc();
+    }
+
+    pub fn renewal_backlog(&self, scheduled: u64, due: u64) {
+        self.renewals_scheduled.set(scheduled as i64);
+        self.renewals_due.set(due as i64);
     }
 
     pub fn held_for_redis(&self) {

@@ -7,10 +7,11 @@ use crate::failure::{Failure, Retry};
 use crate::outage::RedisGate;
 use crate::ratelimit::{RateLimitError, RateLimiter};
 use crate::retry::{run_with_retries, RetryPolicy};
-use crate::store::{Claim, Handshake, Session, Store, StoreError};
+use crate::store::{Claim, Credential, Handshake, Session, Store, StoreError};
 use bunq_protocol::client::{BunqClient, Installation};
 use bunq_protocol::error::{BunqError, Endpoint};
 use bunq_protocol::signing::PublicKey;
+use secrecy::SecretString;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use time::OffsetDateTime;
@@ -86,13 +87,14 @@ impl SessionOpener {
         Duration::from_secs(remaining.max(1) as u64)
     }
 
-    /// Runs the missing steps of the handshake and makes the new session durable.
-    /// The caller holds the provision's lock.
+    /// Runs the missing steps of the handshake and makes the new session durable, with
+    /// `credential` when it is to be renewed. The caller holds the provision's lock.
     pub async fn open(
         &self,
         provision: &ReadyProvision,
         mut handshake: Handshake,
         claim: &Claim,
+        credential: Option<&Credential>,
     ) -> Result<Session, Failure> {
         let deadline = Instant::now() + self.retry.budget;
         let id = provision.provision_id;
@@ -122,13 +124,52 @@ impl SessionOpener {
             self.save(claim, &handshake).await?;
         }
 
+        let session = self.session_server(id, provision.external_uuid.clone(), &installation, secret, deadline).await?;
+        handshake.session = Some(session.clone());
+        let ttl = self.cache_ttl(&session, OffsetDateTime::now_utc());
+        // bunq has opened the session: giving up on recording it means the next attempt
+        // opens a second one.
+        self.durably(id, || self.store.commit_session(claim, &handshake, &session, credential, ttl)).await?;
+        tracing::info!(
+            event = "session_opened",
+            user_id = session.user_id,
+            session_id = session.session_id,
+            expires_at = %session.expires_at,
+        );
+        Ok(session)
+    }
+
+    /// Renewal: one session-server call on the installation and device `current` was
+    /// opened on (no new installation, no new device), rate-limited and retried like a
+    /// handshake step. The caller commits the new session.
+    pub async fn renew(&self, current: &Session, secret: &SecretString) -> Result<Session, Failure> {
+        let installation = Installation {
+            token: current.installation_token.clone(),
+            server_key: PublicKey::from_pem(&current.server_public_key).map_err(|e| {
+                Failure::permanent(crate::failure::Reason::CorruptState, format!("stored server key: {e}"))
+            })?,
+        };
+        let deadline = Instant::now() + self.retry.budget;
+        self.session_server(current.provision_id, current.external_uuid.clone(), &installation, secret, deadline).await
+    }
+
+    async fn session_server(
+        &self,
+        provision_id: u64,
+        external_uuid: Option<String>,
+        installation: &Installation,
+        secret: &SecretString,
+        deadline: Instant,
+    ) -> Result<Session, Failure> {
         let opened = self
-            .step(Endpoint::SessionServer, id, deadline, || self.client.create_session_server(&installation, secret))
+            .step(Endpoint::SessionServer, provision_id, deadline, || {
+                self.client.create_session_server(installation, secret)
+            })
             .await?;
         let now = OffsetDateTime::now_utc();
-        let session = Session {
-            provision_id: id,
-            external_uuid: provision.external_uuid.clone(),
+        Ok(Session {
+            provision_id,
+            external_uuid,
             user_id: opened.user_id,
             granted_by_user_id: opened.granted_by_user_id,
             session_id: opened.session_id,
@@ -137,19 +178,7 @@ impl SessionOpener {
             server_public_key: installation.server_key.pem().to_owned(),
             created_at: now,
             expires_at: now + opened.session_timeout,
-        };
-        handshake.session = Some(session.clone());
-        let ttl = self.cache_ttl(&session, now);
-        // bunq has opened the session: giving up on recording it means the next attempt
-        // opens a second one.
-        self.durably(id, || self.store.commit_session(claim, &handshake, &session, ttl)).await?;
-        tracing::info!(
-            event = "session_opened",
-            user_id = session.user_id,
-            session_id = session.session_id,
-            expires_at = %session.expires_at,
-        );
-        Ok(session)
+        })
     }
 
     /// Ends `session` at bunq (`DELETE /session/0` with the session's own token),
@@ -209,7 +238,7 @@ impl SessionOpener {
     /// Writes what bunq has already handed out. Retried with backoff, and while Redis is
     /// away held until it answers, never given up (doing the step again would ask bunq a
     /// second time), except at shutdown.
-    async fn durably<F, Fut>(&self, provision_id: u64, mut write: F) -> Result<(), Failure>
+    pub(crate) async fn durably<F, Fut>(&self, provision_id: u64, mut write: F) -> Result<(), Failure>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<(), StoreError>>,

@@ -4,10 +4,11 @@ use crate::amqp::consume::{DeadLetterPolicy, DeliveryContext};
 use crate::amqp::publish::{AmqpAnnouncer, PublishChannel};
 use crate::amqp::supervisor::Supervisor;
 use crate::config::Settings;
-use crate::handler::Handler;
+use crate::handler::{Announcer, Handler};
 use crate::metrics::Metrics;
 use crate::ops::{self, OpsState};
 use crate::outage::RedisGate;
+use crate::renew::Renewer;
 use crate::session::SessionOpener;
 use crate::tls;
 use anyhow::Context as _;
@@ -20,6 +21,8 @@ pub struct Worker {
     supervisor: Supervisor,
     ops_listener: tokio::net::TcpListener,
     ops_state: OpsState,
+    renewer: Option<Arc<Renewer>>,
+    drain_timeout: std::time::Duration,
 }
 
 impl Worker {
@@ -42,16 +45,17 @@ impl Worker {
             gate.clone(),
         );
         let publish = PublishChannel::default();
-        let announcer = AmqpAnnouncer::new(publish.clone(), &settings.amqp.names);
+        let announcer: Arc<dyn Announcer> = Arc::new(AmqpAnnouncer::new(publish.clone(), &settings.amqp.names));
         // The dead-letter policy recognises provisions with the handler's own decode limit.
         let max_message_bytes = settings.handler.max_message_bytes;
-        let handler = Handler::new(
-            opener,
-            store.clone(),
-            Arc::new(announcer),
-            settings.handler,
-            settings.amqp.consumer_tag.clone(),
-        );
+        let mut handler =
+            Handler::new(opener, store.clone(), announcer, settings.handler, settings.amqp.consumer_tag.clone());
+        let renewer = settings
+            .renewal
+            .map(|renewal| Arc::new(Renewer::new(handler.closer().clone(), metrics.clone(), gate.clone(), renewal)));
+        if let Some(renewer) = &renewer {
+            handler = handler.with_renewer(renewer.clone());
+        }
         let dead_letters = DeadLetterPolicy { sealer: settings.redis.sealer.clone(), max_message_bytes };
         let context = DeliveryContext::new(handler, settings.amqp.names.clone(), metrics.clone(), dead_letters, gate);
         let supervisor = Supervisor::new(&settings.amqp, context, publish);
@@ -59,7 +63,7 @@ impl Worker {
             .await
             .with_context(|| format!("OPS_ADDR: cannot listen on {}", settings.ops_addr))?;
         let ops_state = OpsState::new(metrics, supervisor.consuming(), supervisor.blocked(), store);
-        Ok(Self { supervisor, ops_listener, ops_state })
+        Ok(Self { supervisor, ops_listener, ops_state, renewer, drain_timeout: settings.amqp.shutdown_timeout })
     }
 
     pub fn ops_addr(&self) -> SocketAddr {
@@ -71,7 +75,14 @@ impl Worker {
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let ops_shutdown = CancellationToken::new();
         let ops = tokio::spawn(ops::serve(self.ops_listener, self.ops_state, ops_shutdown.clone()));
+        let renewals = self.renewer.map(|renewer| tokio::spawn(renewer.run(shutdown.clone())));
         self.supervisor.run(shutdown).await;
+        if let Some(renewals) = renewals {
+            // A renewal cut short here is taken over when its lease runs out.
+            if tokio::time::timeout(self.drain_timeout, renewals).await.is_err() {
+                tracing::warn!(event = "renewals_not_drained");
+            }
+        }
         // The ops server outlives the drain so the pod keeps reporting while it drains.
         ops_shutdown.cancel();
         ops.await.context("ops server task")?.context("ops server")?;

@@ -152,7 +152,11 @@ impl DeliveryContext {
     fn settlement(&self, mut delivery: Delivery, outcome: &Outcome, attempt: u32) -> Settlement {
         let mut body = None;
         let (queue, properties) = match outcome {
-            Outcome::Announced { .. } | Outcome::Skipped(_) | Outcome::Closed { .. } => return Settlement::Ack,
+            Outcome::Announced { .. }
+            | Outcome::Skipped(_)
+            | Outcome::Closed { .. }
+            | Outcome::Renewed { .. }
+            | Outcome::RenewalScheduled { .. } => return Settlement::Ack,
             Outcome::Retry { reason, detail, delay, counts_as_attempt } => {
                 let attempts = if *counts_as_attempt { attempt } else { attempt - 1 };
                 let mut set = original_route(&delivery);
@@ -229,6 +233,15 @@ fn log_outcome(outcome: &Outcome) {
             reused,
         ),
         Outcome::Skipped(reason) => tracing::info!(event = "skipped", reason = reason.as_str()),
+        Outcome::Renewed { event } => tracing::info!(
+            event = "session_renewed",
+            event_id = %event.event_id,
+            user_id = event.user_id,
+            session_id = event.session_id,
+        ),
+        Outcome::RenewalScheduled { reason } => {
+            tracing::warn!(event = "renewal_scheduled", reason = reason.as_str());
+        }
         Outcome::Closed { event: Some(event), .. } => tracing::info!(
             event = "session_closed",
             event_id = %event.event_id,

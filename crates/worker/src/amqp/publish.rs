@@ -1,8 +1,8 @@
-//! Publishing session-ready and session-closed events with publisher confirms. (Retries and dead letters
+//! Publishing session-ready, -renewed and -closed events with publisher confirms. (Retries and dead letters
 //! are moves on the consume channel, committed in transactions: see [`super::settle`].)
 
 use super::topology::Names;
-use crate::event::{SessionClosed, SessionReady, SESSION_CLOSED_ROUTING_KEY};
+use crate::event::{SessionClosed, SessionReady, SESSION_CLOSED_ROUTING_KEY, SESSION_RENEWED_ROUTING_KEY};
 use crate::failure::{Failure, Reason};
 use crate::handler::Announcer;
 use lapin::options::BasicPublishOptions;
@@ -120,6 +120,12 @@ impl Announcer for AmqpAnnouncer {
         let body = serde_json::to_vec(event).expect("events serialise");
         let meta = (event.event_id, event.event_type.as_str(), event.occurred_at);
         self.publish_event(&self.routing_key, body, meta, correlation_id).await
+    }
+
+    async fn announce_renewed(&self, event: &SessionReady, correlation_id: Option<&str>) -> Result<(), Failure> {
+        let body = serde_json::to_vec(event).expect("events serialise");
+        let meta = (event.event_id, event.event_type.as_str(), event.occurred_at);
+        self.publish_event(SESSION_RENEWED_ROUTING_KEY, body, meta, correlation_id).await
     }
 
     async fn announce_closed(&self, event: &SessionClosed, correlation_id: Option<&str>) -> Result<(), Failure> {

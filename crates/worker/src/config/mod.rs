@@ -9,6 +9,7 @@ use crate::amqp::topology::{Names, Retention};
 use crate::handler::HandlerSettings;
 use crate::metrics::Metrics;
 use crate::ratelimit::{Limit, RateLimiter, Scope};
+use crate::renew::RenewalSettings;
 use crate::retry::RetryPolicy;
 use crate::store::{Keys, Redis, Sealer, Store, Target};
 use crate::tls::{self, TlsFiles};
@@ -292,7 +293,23 @@ pub struct WorkerArgs {
     /// How long in-flight deliveries may take to finish after SIGTERM, e.g. 30s.
     #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "30s")]
     pub shutdown_timeout: String,
+    /// `on`: keep each user's credential (an API key) sealed in Redis and renew every cached
+    /// session SESSION_RENEW_BEFORE before it expires; needs SESSION_ENCRYPTION_KEY_FILE.
+    /// `off`: sessions lapse at bunq's session_timeout.
+    #[arg(long, env = "SESSION_RENEWAL", default_value = "off")]
+    pub session_renewal: String,
+    /// How long before a session expires it is renewed, e.g. 1h (more than
+    /// SESSION_TTL_MARGIN_SECS, less than 7d); a session shorter than twice this is renewed
+    /// at half its life.
+    #[arg(long, env = "SESSION_RENEW_BEFORE", default_value = "1h")]
+    pub session_renew_before: String,
 }
+
+/// How often each replica looks at the renewal schedule.
+const RENEWAL_POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// bunq's longest auto-logout (`session_timeout`) is a week: renewing earlier than that
+/// before expiry would renew at once.
+const LONGEST_SESSION: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Validated settings of the worker. Each part builds the component it configures, so a
 /// new setting touches its part and the one component that reads it.
@@ -307,6 +324,8 @@ pub struct Settings {
     pub handler: HandlerSettings,
     /// Subtracted from bunq's session timeout for the cache TTL.
     pub session_ttl_margin: Duration,
+    /// `Some` with `SESSION_RENEWAL=on`.
+    pub renewal: Option<RenewalSettings>,
     pub ops_addr: SocketAddr,
 }
 
@@ -388,6 +407,7 @@ impl Settings {
         let permitted_ips = parse_permitted_ips(&args.bunq_permitted_ips)?;
         let client_key = load_client_key(args.bunq_client_private_key_file.as_deref())?;
         let broker = args.connection.broker()?;
+        let renewal = parse_renewal(&args, args.store.seal.session_encryption_key_file.is_some())?;
         let redis = args.store.settings()?;
         let names = args.connection.names()?;
         let invalidation_routing_key = names.invalidation_binding_key.clone();
@@ -465,9 +485,43 @@ impl Settings {
                 invalidation_routing_key,
             },
             session_ttl_margin: Duration::from_secs(args.session_ttl_margin_secs),
+            renewal,
             ops_addr,
         })
     }
+}
+
+/// `SESSION_RENEWAL` and `SESSION_RENEW_BEFORE`, checked against the key and the margin.
+fn parse_renewal(args: &WorkerArgs, has_key: bool) -> Result<Option<RenewalSettings>, ConfigError> {
+    match args.session_renewal.trim() {
+        "off" => return Ok(None),
+        "on" => {}
+        other => return Err(invalid("SESSION_RENEWAL", format!("must be `on` or `off`, not `{other}`"))),
+    }
+    if !has_key {
+        return Err(invalid(
+            "SESSION_RENEWAL",
+            "`on` stores each user's credential, which needs SESSION_ENCRYPTION_KEY_FILE to seal it",
+        ));
+    }
+    let renew_before =
+        crate::duration::parse(&args.session_renew_before).map_err(|p| invalid("SESSION_RENEW_BEFORE", p))?;
+    if renew_before <= Duration::from_secs(args.session_ttl_margin_secs) {
+        return Err(invalid(
+            "SESSION_RENEW_BEFORE",
+            "must be more than SESSION_TTL_MARGIN_SECS: the cached session is gone that long before it expires",
+        ));
+    }
+    if renew_before >= LONGEST_SESSION {
+        return Err(invalid("SESSION_RENEW_BEFORE", "must be less than 7d, bunq's longest session"));
+    }
+    Ok(Some(RenewalSettings {
+        renew_before,
+        poll_interval: RENEWAL_POLL_INTERVAL,
+        lock_ttl: Duration::from_millis(args.lock_ttl_ms),
+        retry_delay: Duration::from_millis(args.retry_queue_delay_ms),
+        max_retry_delay: Duration::from_millis(args.retry_queue_max_delay_ms),
+    }))
 }
 
 fn default_pod_name() -> String {

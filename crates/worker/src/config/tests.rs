@@ -165,3 +165,29 @@ fn amqp_password_never_appears_in_the_error() {
     let err = error_of(&["--amqp-url", "http://user:hunter2@host"]);
     assert!(!err.to_string().contains("hunter2"));
 }
+
+#[test]
+fn renewal_needs_a_key_and_a_lead_between_the_margin_and_a_week() {
+    let err = error_of(&["--session-renewal", "on"]);
+    assert_eq!(err.variable, "SESSION_RENEWAL");
+    assert!(err.problem.contains("SESSION_ENCRYPTION_KEY_FILE"), "{err}");
+    assert_eq!(error_of(&["--session-renewal", "yes"]).variable, "SESSION_RENEWAL");
+    assert!(Settings::from_args(args(&[])).unwrap().renewal.is_none(), "off by default");
+
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("session.key");
+    std::fs::write(&key, (0u8..32).map(|b| format!("{:02x}", b.wrapping_mul(37))).collect::<String>()).unwrap();
+    let key = key.to_str().unwrap();
+    let with_key = |extra: &[&str]| {
+        let mut flags = vec!["--session-renewal", "on", "--session-encryption-key-file", key];
+        flags.extend_from_slice(extra);
+        Settings::from_args(args(&flags))
+    };
+    let renewal = with_key(&[]).unwrap().renewal.expect("on");
+    assert_eq!(renewal.renew_before, Duration::from_secs(3600));
+    for bad in ["soon", "60s", "30s", "7d", "30d"] {
+        let err = with_key(&["--session-renew-before", bad]).unwrap_err();
+        assert_eq!(err.variable, "SESSION_RENEW_BEFORE", "{bad}: {err}");
+    }
+    assert_eq!(with_key(&["--session-renew-before", "61s"]).unwrap().renewal.unwrap().renew_before.as_secs(), 61);
+}

@@ -77,8 +77,8 @@ impl Store {
     }
 
     /// Deletes what the worker keeps of the provision: its user's cached session (if it is
-    /// still this provision's), every handshake record and their index, and the
-    /// provision index last, in one DEL (one slot), so a purge cut short is found and
+    /// still this provision's), every handshake record and their index, the sealed
+    /// credential, the provision index last, in one DEL (one slot), so a purge cut short is found and
     /// finished by the next attempt.
     pub async fn purge_provision(&self, provision_id: u64) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
@@ -101,8 +101,11 @@ impl Store {
             .map(|credential| self.keys.handshake(provision_id, credential))
             .collect();
         keys.push(self.keys.handshakes(provision_id));
+        keys.push(self.keys.credential(provision_id));
         keys.push(self.keys.provision(provision_id));
         let _: i64 = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await?;
-        Ok(())
+        // Another slot: after the DEL, so an entry left by a purge cut short finds no
+        // credential and is dropped by the renewer.
+        self.unschedule_renewal(provision_id).await
     }
 }

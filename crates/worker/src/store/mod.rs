@@ -71,6 +71,16 @@ impl Keys {
     pub fn closed(&self, provision_id: u64) -> String {
         format!("{}closed:{{{provision_id}}}", self.prefix)
     }
+    /// The credential a renewal opens the next session with (sealed), kept only with
+    /// `SESSION_RENEWAL=on`.
+    pub fn credential(&self, provision_id: u64) -> String {
+        format!("{}credential:{{{provision_id}}}", self.prefix)
+    }
+    /// The renewal schedule: provision ids scored by when their session is due (unix
+    /// milliseconds). One key, so every replica serves the same schedule.
+    pub fn renewals(&self) -> String {
+        format!("{}renewals", self.prefix)
+    }
     fn handshake_prefix(&self) -> String {
         format!("{}handshake:", self.prefix)
     }
@@ -132,11 +142,13 @@ pub struct Handshake {
 mod close;
 mod conn;
 mod lock;
+mod renewal;
 mod reseal;
 
 pub use conn::{connect, Redis, Target};
 
 pub use lock::{credential_tag, Claim};
+pub use renewal::Credential;
 pub use reseal::Resealed;
 
 #[derive(Clone)]
@@ -194,20 +206,29 @@ impl Store {
     /// Makes a new session durable: handshake (with the session) and the provision
     /// index atomically and only while `claim` holds the lock, then the user-keyed cache
     /// entry.
+    /// With `credential` (renewal on), the sealed credential is written in the same
+    /// fenced script: a session that can be renewed never exists without what renews it.
     pub async fn commit_session(
         &self,
         claim: &Claim,
         handshake: &Handshake,
         session: &Session,
+        credential: Option<&Credential>,
         ttl: Duration,
     ) -> Result<(), StoreError> {
         let stored =
             serde_json::to_vec(&self.seal_handshake(claim.provision_id, handshake)).expect("records serialise");
-        let writes = [
-            (self.keys.handshake(claim.provision_id, &claim.credential), stored, ttl),
-            (self.keys.provision(claim.provision_id), session.user_id.to_string().into_bytes(), ttl),
+        // A renewable session's records outlive its cache entry: a late renewal, or the
+        // close after renewals failed, still finds them.
+        let keep = if credential.is_some() { renewal::keep(ttl) } else { ttl };
+        let mut writes = vec![
+            (self.keys.handshake(claim.provision_id, &claim.credential), stored, keep),
+            (self.keys.provision(claim.provision_id), session.user_id.to_string().into_bytes(), keep),
         ];
-        self.index_handshake(claim, ttl).await?;
+        if let Some(write) = credential.and_then(|c| self.credential_write(claim.provision_id, c, keep)) {
+            writes.push(write);
+        }
+        self.index_handshake(claim, keep).await?;
         self.fenced_set(claim, &writes).await?;
         self.cache_session(session, ttl).await
     }

@@ -47,6 +47,9 @@ pub struct TestApp {
     channel: Channel,
     shutdown: CancellationToken,
     worker: Option<JoinHandle<anyhow::Result<()>>>,
+    /// The first worker's settings: [`TestApp::spawn_replica`] starts more from them.
+    env: WorkerEnv,
+    replicas: Vec<(CancellationToken, JoinHandle<anyhow::Result<()>>)>,
     leftovers: Leftovers,
 }
 
@@ -60,7 +63,8 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     let fake = fake_bunq::spawn(listener, options.fake).await.unwrap();
     let test_names = TestNames::new("it");
     let env = WorkerEnv::fast(&fake.base_url(), &test_names);
-    let settings = options.flags.iter().fold(env, |env, flag| env.set_flag(flag)).settings();
+    let env = options.flags.iter().fold(env, |env, flag| env.set_flag(flag));
+    let settings = env.settings();
     let names = settings.amqp.names.clone();
     let prefix = settings.redis.key_prefix.clone();
 
@@ -80,6 +84,8 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     let shutdown = CancellationToken::new();
     let handle = tokio::spawn(worker.run_until_stopped(shutdown.clone()));
     let app = TestApp {
+        env,
+        replicas: Vec::new(),
         leftovers,
         names,
         prefix,
@@ -184,8 +190,23 @@ impl TestApp {
         ops::metrics(self.ops_addr).await.unwrap()
     }
 
+    /// Starts another worker on the same queues, Redis prefix and fake bunq (a second
+    /// replica; its own consumer tag); stopped at teardown. Returns its ops address.
+    pub async fn spawn_replica(&mut self) -> SocketAddr {
+        let worker = Worker::build(self.env.settings()).await.unwrap();
+        let ops_addr = worker.ops_addr();
+        let shutdown = CancellationToken::new();
+        self.replicas.push((shutdown.clone(), tokio::spawn(worker.run_until_stopped(shutdown))));
+        assert!(ops::wait_ready(ops_addr, Duration::from_secs(15)).await, "replica never became ready");
+        ops_addr
+    }
+
     /// Stops the worker and removes everything the test created.
     pub async fn teardown(mut self) {
+        for (shutdown, replica) in self.replicas.drain(..) {
+            shutdown.cancel();
+            replica.await.unwrap().unwrap();
+        }
         self.shutdown.cancel();
         if let Some(worker) = self.worker.take() {
             worker.await.unwrap().unwrap();
@@ -194,6 +215,15 @@ impl TestApp {
         let _ = self.connection.close(200, "teardown".into()).await;
         self.fake.shutdown().await;
     }
+}
+
+/// A random 32-byte encryption key in a file of its own.
+pub fn key_file() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("session.key");
+    let key: [u8; 32] = std::array::from_fn(|_| rand::random::<u8>());
+    std::fs::write(&path, hex::encode(key)).unwrap();
+    (dir, path.to_str().unwrap().to_owned())
 }
 
 pub fn header_str(properties: &BasicProperties, name: &str) -> Option<String> {

@@ -10,3 +10,4 @@ mod leaks;
 mod operations;
 mod process;
 mod redis_parts;
+mod renewal;

@@ -26,15 +26,6 @@ fn cli_with(app: &TestApp, args: &[&str], env: &[(&str, &str)]) -> std::process:
         .unwrap()
 }
 
-/// A random 32-byte encryption key in a file of its own.
-fn key_file() -> (tempfile::TempDir, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("session.key");
-    let key: [u8; 32] = std::array::from_fn(|_| rand::random::<u8>());
-    std::fs::write(&path, hex::encode(key)).unwrap();
-    (dir, path.to_str().unwrap().to_owned())
-}
-
 #[tokio::test]
 async fn dead_letters_are_listed_without_secrets_and_replayed_after_the_cause_is_fixed() {
     // With a key, the dead letter's credential is sealed, and the replay unseals it.

@@ -96,7 +96,7 @@ async fn a_holder_that_lost_the_lock_records_nothing_and_the_new_holder_keeps_it
     assert!(matches!(lost, StoreError::LockLost { provision_id: 7 }), "{lost}");
     let session = session_of(1364, "stale");
     assert!(matches!(
-        store.commit_session(&stale, &progress(1), &session, Duration::from_secs(60)).await,
+        store.commit_session(&stale, &progress(1), &session, None, Duration::from_secs(60)).await,
         Err(StoreError::LockLost { .. })
     ));
     assert!(!store.extend_lock(&stale, Duration::from_secs(10)).await.unwrap(), "nor extends it");
@@ -106,7 +106,7 @@ async fn a_holder_that_lost_the_lock_records_nothing_and_the_new_holder_keeps_it
     // A lock that merely expired, nobody holding it since (Redis was away): the holder
     // still records what bunq handed out.
     store.unlock(7, &fresh.owner).await.unwrap();
-    store.commit_session(&stale, &progress(1), &session, Duration::from_secs(60)).await.unwrap();
+    store.commit_session(&stale, &progress(1), &session, None, Duration::from_secs(60)).await.unwrap();
     assert!(store.read_session(1364).await.unwrap().is_some());
     delete_prefix(&prefix).await;
 }
