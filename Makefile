@@ -22,7 +22,7 @@ test-rust: ## Unit, doc and integration tests of every crate
 	$(CARGO) test --locked -p bunq-session-worker --lib --bins --examples --test it --test corpus -- --test-threads=$(TEST_THREADS)
 	$(CARGO) test --locked -p bunq-session-worker --doc
 
-test-faults: ## Fault tests: kill, broker disconnects, Redis restart and outage, a Redis Cluster primary lost, bunq faults, two replicas, SIGTERM, hostile input
+test-faults: ## Fault tests: kill, broker disconnects, Redis restart and outage, a Redis Cluster primary lost, bunq faults, two replicas, SIGTERM, hostile input, renewals through a kill and a broker loss
 	$(CARGO) test --locked -p bunq-session-worker --test faults -- --test-threads=2 --nocapture
 
 test-infra: ## Infrastructure as users run it, on nodes the tests start themselves: TLS to RabbitMQ and Redis, a broker alarm, Redis Cluster

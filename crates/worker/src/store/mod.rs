@@ -81,6 +81,9 @@ impl Keys {
     pub fn renewals(&self) -> String {
         format!("{}renewals", self.prefix)
     }
+    fn credential_prefix(&self) -> String {
+        format!("{}credential:", self.prefix)
+    }
     fn handshake_prefix(&self) -> String {
         format!("{}handshake:", self.prefix)
     }

@@ -103,13 +103,32 @@ impl Store {
         .await
     }
 
-    /// Rewrites the credential record (its bookkeeping changed) while `claim` holds the lock.
+    /// `session reseal`: the record sealed by the current key, `None` when it already is.
+    pub(super) fn resealed_credential(
+        &self,
+        provision_id: u64,
+        raw: &[u8],
+        sealer: &crate::seal::Sealer,
+    ) -> Result<Option<Vec<u8>>, String> {
+        let mut stored: StoredCredential = serde_json::from_slice(raw).map_err(|e| super::record_error(&e))?;
+        if sealer.is_current(&stored.token_value) {
+            return Ok(None);
+        }
+        let owner = Self::credential_context(provision_id);
+        let context = Context { owner: &owner, field: "token_value" };
+        stored.token_value = sealer.seal(context, &sealer.open(context, &stored.token_value)?);
+        Ok(Some(serde_json::to_vec(&stored).expect("records serialise")))
+    }
+
+    /// Rewrites the credential record (its bookkeeping changed) while `claim` holds the
+    /// lock; `cache_ttl` is the session's cache TTL (the record outlives it).
     pub async fn save_credential(
         &self,
         claim: &Claim,
         credential: &Credential,
-        ttl: Duration,
+        cache_ttl: Duration,
     ) -> Result<(), StoreError> {
+        let ttl = keep(cache_ttl);
         let writes: Vec<_> = self.credential_write(claim.provision_id, credential, ttl).into_iter().collect();
         self.fenced_set(claim, &writes).await
     }

@@ -6,7 +6,7 @@ use redis::AsyncCommands as _;
 /// What a re-seal run found.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Resealed {
-    /// Session and handshake records read.
+    /// Session, handshake and credential records read.
     pub records: u64,
     /// Records rewritten because a token was plaintext or sealed by an old key.
     pub rewritten: u64,
@@ -23,7 +23,7 @@ static REPLACE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(||
 });
 
 impl Store {
-    /// Rewrites every session and handshake record under the prefix whose tokens are not
+    /// Rewrites every session, handshake and credential record under the prefix whose tokens are not
     /// sealed by the current key (plaintext, or an old key), keeping each record's TTL.
     /// Safe beside running workers: a record they changed meanwhile is left alone.
     pub async fn reseal(&self) -> Result<Resealed, StoreError> {
@@ -33,7 +33,7 @@ impl Store {
         })?;
         let mut report = Resealed::default();
         let mut conn = self.conn.clone();
-        for kind in ["session:", "handshake:"] {
+        for kind in ["session:", "handshake:", "credential:"] {
             let pattern = format!("{}{kind}*", glob_escape(&self.keys.prefix));
             let mut scan = self.conn.scan(&pattern).await?;
             while let Some(keys) = scan.next_batch().await? {
@@ -58,13 +58,17 @@ impl Store {
     fn resealed(&self, key: &str, raw: &[u8], sealer: &Sealer) -> Result<Option<Vec<u8>>, StoreError> {
         let corrupt = |problem: String| StoreError::Corrupt { key: key.to_owned(), problem };
         let current = |token: &String| sealer.is_current(token);
-        let body = if let Some(rest) = key.strip_prefix(&self.keys.handshake_prefix()) {
-            // `{provision_id}:credential`: the id is the hash tag.
-            let provision_id: u64 = rest
-                .strip_prefix('{')
+        // `…{provision_id}…`: the id is the hash tag.
+        let provision_id = |rest: &str| -> Result<u64, StoreError> {
+            rest.strip_prefix('{')
                 .and_then(|r| r.split_once('}'))
                 .and_then(|(id, _)| id.parse().ok())
-                .ok_or_else(|| corrupt("not a provision key".into()))?;
+                .ok_or_else(|| corrupt("not a provision key".into()))
+        };
+        let body = if let Some(rest) = key.strip_prefix(&self.keys.credential_prefix()) {
+            return self.resealed_credential(provision_id(rest)?, raw, sealer).map_err(corrupt);
+        } else if let Some(rest) = key.strip_prefix(&self.keys.handshake_prefix()) {
+            let provision_id = provision_id(rest)?;
             let stored: StoredHandshake = serde_json::from_slice(raw).map_err(|e| corrupt(record_error(&e)))?;
             let tokens = stored
                 .installation_token

@@ -207,6 +207,13 @@ impl Env {
         assert!(confirm.is_ack());
     }
 
+    /// Takes every event on the capture queue, as JSON.
+    pub async fn take_events(&self) -> Vec<serde_json::Value> {
+        let mut out = Vec::new();
+        self.drain(&self.capture, &mut out).await;
+        out.iter().map(|(body, _)| serde_json::from_slice(body).expect("events are JSON")).collect()
+    }
+
     /// Drains `queue` into `out` (acking what it takes).
     async fn drain(&self, queue: &str, out: &mut Vec<(Vec<u8>, BasicProperties)>) {
         while let Some(message) = self.channel.basic_get(queue.into(), BasicGetOptions { no_ack: false }).await.unwrap()

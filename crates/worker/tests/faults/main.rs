@@ -5,6 +5,7 @@
 //! Each prints a `LEDGER` line; run with `--nocapture` to see them.
 
 mod harness;
+mod renewal;
 
 use fake_bunq::{EndpointMatch, FakeConfig, FaultAction, FaultRule, Faults, Trigger};
 use harness::*;

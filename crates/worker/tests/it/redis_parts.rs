@@ -4,7 +4,7 @@
 use bunq_protocol::Endpoint;
 use bunq_session_worker::metrics::Metrics;
 use bunq_session_worker::ratelimit::{Limit, RateLimitError, RateLimiter, Scope};
-use bunq_session_worker::store::{Claim, Handshake, Keys, Sealer, Session, Store, StoreError};
+use bunq_session_worker::store::{Claim, Credential, Handshake, Keys, Sealer, Session, Store, StoreError};
 use secrecy::ExposeSecret;
 use std::sync::Arc;
 use std::time::Duration;
@@ -150,13 +150,19 @@ async fn keys_rotate_records_are_resealed_with_the_new_key_and_the_old_key_can_t
         async move { redis::AsyncCommands::get::<_, String>(&mut conn, key).await.unwrap() }
     };
     assert!(raw(1).await.contains("plain-session"));
+    // A renewal credential sealed by the old key (nobody holds provision 5's lock).
+    let claim = Claim { provision_id: 5, credential: "0:ab".into(), owner: "test".into() };
+    let credential =
+        Credential { tag: "0:ab".into(), token_value: "old-credential".into(), unannounced: None, failures: 0 };
+    let old = Sealer::from_key_files(old_key.as_bytes(), &[]).unwrap();
+    store(Some(old)).save_credential(&claim, &credential, Duration::from_secs(300)).await.unwrap();
 
     // The rotated configuration reads all three, then re-seals the two that need it.
     for user_id in 1..=3 {
         assert!(store(rotated()).read_session(user_id).await.unwrap().is_some());
     }
     let report = store(rotated()).reseal().await.unwrap();
-    assert_eq!((report.records, report.rewritten, report.skipped), (3, 2, 0));
+    assert_eq!((report.records, report.rewritten, report.skipped), (4, 3, 0));
     for user_id in 1..=3 {
         let record = raw(user_id).await;
         assert!(!record.contains("-session") && !record.contains("-installation"), "{record}");
@@ -171,6 +177,8 @@ async fn keys_rotate_records_are_resealed_with_the_new_key_and_the_old_key_can_t
     let new_only = store(Some(Sealer::from_key_files(new_key.as_bytes(), &[]).unwrap()));
     let read = new_only.read_session(2).await.unwrap().unwrap();
     assert_eq!(read.session_token.expose_secret(), "old-session");
+    let read = new_only.load_credential(5).await.unwrap().unwrap();
+    assert_eq!((read.tag.as_str(), read.token_value.expose_secret()), ("0:ab", "old-credential"));
     // And the old key alone is told which key it lacks, not handed garbage.
     let old_only = store(Some(Sealer::from_key_files(old_key.as_bytes(), &[]).unwrap()));
     let error = old_only.read_session(2).await.unwrap_err().to_string();

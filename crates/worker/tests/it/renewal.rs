@@ -6,7 +6,7 @@
 
 use crate::helpers::*;
 use bunq_session_worker::event::renewed_event_id;
-use fake_bunq::{CredentialState, Endpoint, FakeConfig};
+use fake_bunq::{CredentialState, Endpoint, EndpointMatch, FakeConfig, FaultAction, FaultRule, Faults, Trigger};
 use std::time::Duration;
 use test_support::{publish_invalidation, random_id, random_token, ready_body, relaxed_fake};
 
@@ -197,5 +197,45 @@ async fn session_invalid_renews_at_once_and_a_stale_report_does_nothing() {
     let metrics = app.metrics().await;
     assert!(metrics.contains(r#"deliveries_total{outcome="renewed",reason="session_invalid"} 1"#), "{metrics}");
     assert!(metrics.contains(r#"outcome="skipped",reason="stale_invalidation"} 1"#), "{metrics}");
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn renewals_failing_until_the_session_expires_close_it_as_renewal_failed() {
+    let (app, _key) = renewing_app(LIFE_SECS, 15_000).await;
+    let (id, token) = (random_id(), random_token());
+    app.publish(&ready_body(id, &token)).await;
+    let (ready, _) = app.next_event(WAIT).await.expect("session-ready");
+    // From now on bunq answers every session-server call with a 503.
+    let rule = FaultRule {
+        endpoint: EndpointMatch::SessionServer,
+        action: FaultAction::Http503,
+        trigger: Trigger::Probability(1.0),
+    };
+    app.fake.set_faults(Faults { rules: vec![rule], ..Default::default() });
+
+    let closed = next_json(&app, RENEWAL_WAIT + WAIT).await.expect("session-closed");
+    assert_eq!(closed["event_type"], "bunq.session.closed");
+    assert_eq!(
+        (closed["reason"].as_str(), closed["session_id"].as_u64()),
+        (Some("renewal_failed"), Some(ready.session_id))
+    );
+    // Tried with backoff until the session was about to expire, not given up early.
+    let now = time::OffsetDateTime::now_utc();
+    assert!(
+        now > ready.expires_at - time::Duration::seconds(12),
+        "gave up at {now}, session expires {}",
+        ready.expires_at
+    );
+    let metrics = app.metrics().await;
+    let retries = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"bunq_session_worker_renewals_total{outcome="retrying"} "#))
+        .map_or(0, |n| n.parse::<u64>().unwrap());
+    assert!(retries >= 2, "{metrics}");
+    assert!(metrics.contains(r#"renewals_total{outcome="renewal_failed"} 1"#), "{metrics}");
+    assert!(app.store.load_credential(id).await.unwrap().is_none(), "credential kept");
+    assert!(app.store.renewal_due(id).await.unwrap().is_none(), "still scheduled");
+    assert_eq!(app.fake.sessions_created_for(&token), 1);
     app.teardown().await;
 }
