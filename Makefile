@@ -21,6 +21,8 @@ test-rust: ## Unit, doc and integration tests of every crate
 	$(CARGO) test --locked -p bunq-protocol -p fake-bunq -p bsw-test-support -- --test-threads=$(TEST_THREADS)
 	$(CARGO) test --locked -p bunq-session-worker --lib --bins --examples --test it --test corpus -- --test-threads=$(TEST_THREADS)
 	$(CARGO) test --locked -p bunq-session-worker --doc
+	# The bench harness with tiny sizes, so it cannot rot; figures come from `make bench`.
+	BENCH_SMOKE=1 $(CARGO) test --locked -p bunq-session-worker --bench throughput
 
 test-faults: ## Fault tests: kill, broker disconnects, Redis restart and outage, a Redis Cluster primary lost, bunq faults, two replicas, SIGTERM, hostile input, renewals through a kill and a broker loss
 	$(CARGO) test --locked -p bunq-session-worker --test faults -- --test-threads=2 --nocapture
@@ -43,7 +45,7 @@ test-helm: ## The Helm chart, offline: lint, render, and its configuration accep
 image: ## A local image localhost/bunq-session-worker:VERSION (the chart's default) from the release binaries, FROM scratch (podman)
 	scripts/image.sh
 
-bench: ## End-to-end throughput, latency and memory beside a broker baseline, in one run (release build)
+bench: ## Every figure against its limit in one run (crypto floor, broker floor, slow bunq, latency, shared limit, memory); writes target/bench/report.json (release build)
 	$(CARGO) bench --locked -p bunq-session-worker --bench throughput
 
 FUZZ_SECONDS ?= 60

@@ -30,6 +30,8 @@ REQUIRED = {
     "bunq.baseUrl": {"bunq": {"baseUrl": ""}},
     "bunq.clientKey.existingSecret": {"bunq": {"clientKey": {"existingSecret": ""}}},
     "amqp.existingSecret": {"amqp": {"existingSecret": ""}},
+    # Renewal keeps credentials in Redis: only sealed.
+    "sessionEncryption.existingSecret": {"sessionRenewal": {"enabled": True}},
 }
 
 

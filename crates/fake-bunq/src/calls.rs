@@ -28,6 +28,12 @@ pub struct RecordedCall {
     pub fault: Option<FaultAction>,
     /// The client's address as seen by the fake.
     pub peer: String,
+    /// When the fake started handling the call.
+    #[serde(skip)]
+    pub received: std::time::Instant,
+    /// How long the fake took to answer (its own processing, signing, injected latency),
+    /// in microseconds; 0 until answered. The bench subtracts it from the worker's latency.
+    pub handled_us: u64,
 }
 
 /// Aggregates over the call log and sessions, for `GET /_fake/stats`.

@@ -180,6 +180,8 @@ fn new_record(endpoint: Endpoint, conn: &Conn, method: &Method, headers: &Header
         session_id: None,
         fault: None,
         peer: conn.peer.to_string(),
+        received: Instant::now(),
+        handled_us: 0,
     }
 }
 
@@ -553,6 +555,7 @@ fn finish(app: &App, reply: Reply, signature: Signature, headers: &HeaderMap, mu
     }
 
     record.status = Some(reply.status.as_u16());
+    record.handled_us = record.received.elapsed().as_micros() as u64;
     tracing::info!(
         endpoint = record.endpoint.as_str(),
         status = reply.status.as_u16(),

@@ -1,15 +1,30 @@
-//! `make bench`: what the worker costs, each figure beside a baseline measured in the
-//! same run on the same machine.
+//! `make bench`: what the worker costs, each figure beside its baseline or limit, all
+//! measured in the same run on the same machine; a table on stdout and the figures as
+//! flat keys in `target/bench/report.json` (README, "Benchmarks").
 //!
 //! 1. Decode + decide per event, against parsing the same body into `serde_json::Value`.
-//! 2. End to end through the real worker process (release build) against the machine's
-//!    RabbitMQ and Redis and an in-process fake-bunq without added latency: sessions per
-//!    second and publish→session-ready latency, against the broker's own floor: the same
-//!    number of messages published, consumed with the same prefetch and acked, no work.
-//! 3. The repeat path (session already cached: no bunq call), against the same floor.
-//! 4. Worker memory: resident set when idle, and the peak during the runs.
+//! 2. The crypto floor: the RSA-2048 private-key operations one new session costs (two
+//!    request signatures by the worker, three response signatures by the stand-in), timed
+//!    with the same library on every core: the rate signing alone would allow.
+//! 3. End to end through the real worker process (release build) against the machine's
+//!    RabbitMQ and Redis and an in-process fake-bunq without added latency: new sessions,
+//!    cached sessions and dead letters per second, against the broker's own floor (the
+//!    same number of messages published, consumed with the same prefetch and acked) and
+//!    the new-session rate against the crypto floor.
+//! 4. Latency at half the unconstrained new-session rate, publish → session-ready, minus
+//!    the stand-in's own time per session.
+//! 5. Slow bunq: 300 ms added to every answer, prefetch 256, against the concurrency
+//!    bound prefetch / (3 × 0.3 s); the worker's peak memory is measured here.
+//! 6. Shared limit: four worker processes on one queue, session-server budget 20/s shared
+//!    through Redis, the stand-in enforcing the same limit per IP, a backlog of 1,000:
+//!    calls per second against the budget, and the 429s the stand-in answered.
+//!
+//! `BENCH_SMOKE=1` runs every part with tiny sizes (the test suite does, so the harness
+//! cannot rot); its report goes to `target/bench/report-smoke.json` and says nothing
+//! about speed.
 
 use bunq_session_worker::amqp::topology::{self, Names};
+use fake_bunq::FakeConfig;
 use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
@@ -23,18 +38,53 @@ use test_support::{
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_bunq-session-worker");
-const EVENTS: usize = 2000;
 const PREFETCH: u16 = 32;
+const SLOW_PREFETCH: u16 = 256;
+const SLOW_LATENCY: Duration = Duration::from_millis(300);
+const SHARED_BUDGET: u32 = 20;
+const SHARED_WORKERS: usize = 4;
 /// Neither fake-bunq nor the worker's limiter may be what is measured.
 const UNLIMITED: u32 = 1_000_000;
+/// Private-key signatures per new session: device-server and session-server requests
+/// (the worker), installation, device-server and session-server answers (the stand-in).
+const SIGNATURES_PER_SESSION: f64 = 5.0;
+
+/// How much of everything: the bench proper, or the smoke run of the test suite.
+#[derive(Clone, Copy)]
+struct Sizes {
+    events: usize,
+    slow_events: usize,
+    shared_backlog: usize,
+    crypto_seconds: f64,
+}
+
+impl Sizes {
+    fn from_env() -> (Self, bool) {
+        let smoke = std::env::var_os("BENCH_SMOKE").is_some_and(|v| v == "1");
+        let sizes = if smoke {
+            Sizes { events: 40, slow_events: 40, shared_backlog: 30, crypto_seconds: 0.2 }
+        } else {
+            Sizes { events: 2000, slow_events: 2000, shared_backlog: 1000, crypto_seconds: 3.0 }
+        };
+        (sizes, smoke)
+    }
+}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let (sizes, smoke) = Sizes::from_env();
+    let cores = std::thread::available_parallelism()?.get();
     println!(
-        "bunq-session-worker benchmark: {EVENTS} events, prefetch {PREFETCH}, {} cores",
-        std::thread::available_parallelism()?
+        "bunq-session-worker benchmark{}: {} events, prefetch {PREFETCH}, {cores} cores",
+        if smoke { " (smoke run: sizes too small to mean anything)" } else { "" },
+        sizes.events
     );
-    decode_benchmark();
+    let mut report = Report::default();
+    decode_benchmark(&mut report, smoke);
+    let signatures_per_second = crypto_floor(cores, sizes.crypto_seconds)?;
+    let crypto_floor = signatures_per_second / SIGNATURES_PER_SESSION;
+    report.set("crypto_signatures_per_s", signatures_per_second);
+    report.set("crypto_floor_events_per_s", crypto_floor);
 
     let run = TestNames::new("bench");
     let names = &run.topology;
@@ -45,41 +95,110 @@ async fn main() -> anyhow::Result<()> {
     let leftovers = Leftovers::new(Cleanup::new(&run).queue(&capture).queue(&floor_queue));
     topology::declare(&channel, names).await?;
     capture_queue(&channel, names, &capture, Some("#")).await?;
+    let through = |bodies: Vec<(u64, Vec<u8>)>, pace: Option<Duration>| {
+        run_through_worker(&channel, &connection, names, &capture, bodies, provision_id, pace)
+    };
 
     // Baseline first: the broker alone.
-    let floor = broker_floor(&connection, &floor_queue).await?;
+    let floor = broker_floor(&connection, &floor_queue, sizes.events).await?;
 
+    // Unconstrained: no latency, no limits.
     let fake = fake_bunq::spawn(tokio::net::TcpListener::bind("127.0.0.1:0").await?, fake_allowing(UNLIMITED)).await?;
-    let ops_port = free_port();
-    let env = WorkerEnv::local(&fake.base_url(), CLIENT_KEY, &run)
-        .set("OPS_ADDR", format!("127.0.0.1:{ops_port}"))
-        .set("PREFETCH", PREFETCH.to_string())
-        .allowing(UNLIMITED)
-        .set("LOG_FORMAT", "json")
-        .set("RUST_LOG", "error"); // the dead-letter run would print a warning per event
-    let mut worker = tokio::process::Command::new(BIN).arg("run").envs(env.vars()).kill_on_drop(true).spawn()?;
-    let pid = worker.id().expect("running");
-    anyhow::ensure!(
-        ops::wait_ready(SocketAddr::from(([127, 0, 0, 1], ops_port)), Duration::from_secs(20)).await,
-        "worker not ready"
-    );
-    let idle_rss = memory_kib(pid, "VmRSS")?;
-
-    let bodies: Vec<(u64, Vec<u8>)> = (0..EVENTS as u64)
-        .map(|i| {
-            let id = 10_000_000 + i;
-            (id, bunq_session_worker::cli::publish::example_body(bunq_session_worker::cli::publish::Example::Ready, id))
-        })
-        .collect();
-    let fresh = run_through_worker(&channel, &connection, names, &capture, &bodies, provision_id).await?;
-    let repeat = run_through_worker(&channel, &connection, names, &capture, &bodies, provision_id).await?;
-    // Undecodable bodies: each is moved to the dead-letter queue, its copy and its ack in
-    // one transaction (group-committed).
+    let env = WorkerEnv::local(&fake.base_url(), CLIENT_KEY, &run).allowing(UNLIMITED);
+    let worker = BenchWorker::start(&env, PREFETCH).await?;
+    let idle_rss = memory_kib(worker.pid, "VmRSS")?;
+    let fresh = through(ready_bodies(10_000_000, sizes.events), None).await?;
+    let repeat = through(ready_bodies(10_000_000, sizes.events), None).await?;
+    // Undecodable bodies: each is moved to the dead-letter queue (confirmed copy, then ack).
     let malformed: Vec<(u64, Vec<u8>)> =
-        (0..EVENTS as u64).map(|i| (i, format!("not json {i}").into_bytes())).collect();
+        (0..sizes.events as u64).map(|i| (i, format!("not json {i}").into_bytes())).collect();
     let dead =
-        run_through_worker(&channel, &connection, names, &names.dead_letter_queue, &malformed, malformed_id).await?;
-    let peak_rss = memory_kib(pid, "VmHWM")?;
+        run_through_worker(&channel, &connection, names, &names.dead_letter_queue, malformed, malformed_id, None)
+            .await?;
+
+    // Latency at half the unconstrained rate, less the stand-in's own time per session.
+    fake.clear_calls();
+    let half_rate = fresh.per_second / 2.0;
+    let paced = through(ready_bodies(20_000_000, sizes.events), Some(Duration::from_secs_f64(1.0 / half_rate))).await?;
+    let stand_in_ms = fake.calls().iter().map(|c| c.handled_us as f64).sum::<f64>() / 1000.0 / sizes.events as f64;
+    worker.stop().await?;
+    fake.shutdown().await;
+
+    // Slow bunq: every answer 300 ms late, prefetch 256; the peak memory of this worker.
+    let slow_fake = FakeConfig {
+        faults: fake_bunq::Faults { latency_ms: SLOW_LATENCY.as_millis() as u64, ..Default::default() },
+        ..fake_allowing(UNLIMITED)
+    };
+    let fake = fake_bunq::spawn(tokio::net::TcpListener::bind("127.0.0.1:0").await?, slow_fake).await?;
+    let env = WorkerEnv::local(&fake.base_url(), CLIENT_KEY, &run).allowing(UNLIMITED);
+    let worker = BenchWorker::start(&env, SLOW_PREFETCH).await?;
+    let slow = through(ready_bodies(30_000_000, sizes.slow_events), None).await?;
+    let peak_rss = memory_kib(worker.pid, "VmHWM")?;
+    worker.stop().await?;
+    fake.shutdown().await;
+    let slow_bound = f64::from(SLOW_PREFETCH) / (3.0 * SLOW_LATENCY.as_secs_f64());
+
+    // Shared limit: four processes, one budget of 20 session-server calls per second.
+    let limited = FakeConfig {
+        rate_limit_scope: fake_bunq::RateLimitScope::Ip,
+        session_server_limit: (SHARED_BUDGET, Duration::from_secs(1)),
+        other_post_limit: (UNLIMITED, Duration::from_secs(1)),
+        ..FakeConfig::default()
+    };
+    let fake = fake_bunq::spawn(tokio::net::TcpListener::bind("127.0.0.1:0").await?, limited).await?;
+    let env = WorkerEnv::local(&fake.base_url(), CLIENT_KEY, &run)
+        .allowing(UNLIMITED)
+        .set("RATE_LIMIT_SESSION_SERVER", format!("{SHARED_BUDGET}/1s"))
+        .set("RATE_LIMIT_SCOPE", "global");
+    let mut workers = Vec::new();
+    for _ in 0..SHARED_WORKERS {
+        workers.push(BenchWorker::start(&env, PREFETCH).await?);
+    }
+    through(ready_bodies(40_000_000, sizes.shared_backlog), None).await?;
+    let calls: Vec<_> = fake.calls().into_iter().filter(|c| c.endpoint == fake_bunq::Endpoint::SessionServer).collect();
+    let answered: Vec<_> = calls.iter().filter(|c| c.status == Some(200)).map(|c| c.received).collect();
+    let rejected = calls.iter().filter(|c| c.status == Some(429)).count();
+    let (first, last) = (answered.iter().min().copied(), answered.iter().max().copied());
+    let span = match (first, last) {
+        (Some(first), Some(last)) => last.duration_since(first).as_secs_f64(),
+        _ => 0.0,
+    };
+    // n calls spread over n − 1 intervals of the budget.
+    let achieved = if span > 0.0 { (answered.len() - 1) as f64 / span } else { 0.0 };
+    for worker in workers {
+        worker.stop().await?;
+    }
+    fake.shutdown().await;
+
+    let rows = [
+        (
+            "new-session rate / crypto floor",
+            fresh.per_second / crypto_floor,
+            ">= 0.70",
+            fresh.per_second / crypto_floor >= 0.70,
+        ),
+        (
+            "slow bunq rate / prefetch bound",
+            slow.per_second / slow_bound,
+            ">= 0.90",
+            slow.per_second / slow_bound >= 0.90,
+        ),
+        (
+            "p99 latency overhead at half rate (ms)",
+            paced.percentile(0.99) - stand_in_ms,
+            "<= 20",
+            paced.percentile(0.99) - stand_in_ms <= 20.0,
+        ),
+        (
+            "shared limit: calls/s / budget",
+            achieved / f64::from(SHARED_BUDGET),
+            ">= 0.95",
+            achieved / f64::from(SHARED_BUDGET) >= 0.95,
+        ),
+        ("shared limit: 429s from the stand-in", rejected as f64, "0", rejected == 0),
+        ("idle RSS (MiB)", idle_rss as f64 / 1024.0, "<= 20", idle_rss as f64 / 1024.0 <= 20.0),
+        ("peak RSS at prefetch 256 (MiB)", peak_rss as f64 / 1024.0, "<= 100", peak_rss as f64 / 1024.0 <= 100.0),
+    ];
 
     println!();
     println!("{:<44} {:>12} {:>10} {:>10} {:>10}", "end to end (same run)", "events/s", "p50 ms", "p95 ms", "p99 ms");
@@ -87,26 +206,150 @@ async fn main() -> anyhow::Result<()> {
     fresh.print("worker, new sessions (3 signed bunq calls)");
     repeat.print("worker, cached sessions (no bunq call)");
     dead.print("worker, malformed → dead letter (confirm)");
+    paced.print(&format!("new sessions paced at {half_rate:.0}/s (half)"));
+    slow.print("new sessions, bunq +300 ms, prefetch 256");
     println!(
-        "\nnew-session throughput is {:.1}% of the broker floor; cached path {:.1}%; dead-letter path {:.1}%",
+        "
+new-session throughput is {:.1}% of the broker floor; cached path {:.1}%; dead-letter path {:.1}%",
         100.0 * fresh.per_second / floor.per_second,
         100.0 * repeat.per_second / floor.per_second,
         100.0 * dead.per_second / floor.per_second
     );
     println!(
-        "\nworker memory: idle RSS {} KiB (baseline), peak RSS {} KiB during all runs (+{} KiB)",
-        idle_rss,
-        peak_rss,
-        peak_rss.saturating_sub(idle_rss)
+        "crypto floor: {signatures_per_second:.0} RSA-2048 signatures/s on {cores} cores = {crypto_floor:.0} sessions/s; \
+         slow-bunq bound {slow_bound:.0}/s; stand-in time {stand_in_ms:.2} ms per session; \
+         shared limit {achieved:.2} calls/s over {span:.1} s ({} answered)",
+        answered.len()
     );
-    let calls = fake.stats();
-    println!("fake-bunq answered: {:?}", calls.calls_per_endpoint);
+    println!(
+        "
+{:<44} {:>12} {:>10} {:>6}",
+        "figure against its limit (same run)", "value", "target", "met"
+    );
+    for (label, value, target, met) in rows {
+        println!("{label:<44} {value:>12.3} {target:>10} {:>6}", if met { "yes" } else { "NO" });
+    }
 
-    std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status()?;
-    worker.wait().await?;
+    report.run("broker_floor", &floor);
+    report.run("new_session", &fresh);
+    report.run("cached_session", &repeat);
+    report.run("dead_letter", &dead);
+    report.run("paced", &paced);
+    report.run("slow_bunq", &slow);
+    report.set("crypto_floor_ratio", fresh.per_second / crypto_floor);
+    report.set("slow_bunq_bound_events_per_s", slow_bound);
+    report.set("slow_bunq_ratio", slow.per_second / slow_bound);
+    report.set("stand_in_ms_per_session", stand_in_ms);
+    report.set("latency_overhead_p50_ms", paced.percentile(0.50) - stand_in_ms);
+    report.set("latency_overhead_p95_ms", paced.percentile(0.95) - stand_in_ms);
+    report.set("latency_overhead_p99_ms", paced.percentile(0.99) - stand_in_ms);
+    report.set("shared_limit_calls_per_s", achieved);
+    report.set("shared_limit_ratio", achieved / f64::from(SHARED_BUDGET));
+    report.set("shared_limit_429s", rejected as f64);
+    report.set("idle_rss_mib", idle_rss as f64 / 1024.0);
+    report.set("peak_rss_mib", peak_rss as f64 / 1024.0);
+    let path = report.write(smoke)?;
+    println!(
+        "
+report: {}",
+        path.display()
+    );
     leftovers.clean().await?;
-    fake.shutdown().await;
     Ok(())
+}
+
+/// Flat `name → number` figures, written as JSON.
+#[derive(Default)]
+struct Report(std::collections::BTreeMap<String, f64>);
+
+impl Report {
+    fn set(&mut self, key: &str, value: f64) {
+        self.0.insert(key.to_owned(), value);
+    }
+
+    fn run(&mut self, prefix: &str, run: &Run) {
+        self.set(&format!("{prefix}_events_per_s"), run.per_second);
+        for (name, p) in [("p50", 0.50), ("p95", 0.95), ("p99", 0.99)] {
+            self.set(&format!("{prefix}_{name}_ms"), run.percentile(p));
+        }
+    }
+
+    fn write(&self, smoke: bool) -> anyhow::Result<std::path::PathBuf> {
+        anyhow::ensure!(self.0.values().all(|v| v.is_finite()), "a figure is not a number: {:?}", self.0);
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"));
+        let dir = target.join("bench");
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join(if smoke { "report-smoke.json" } else { "report.json" });
+        std::fs::write(&path, serde_json::to_string_pretty(&self.0)? + "\n")?;
+        Ok(path)
+    }
+}
+
+/// A worker process for one part of the bench.
+struct BenchWorker {
+    child: tokio::process::Child,
+    pid: u32,
+}
+
+impl BenchWorker {
+    async fn start(env: &WorkerEnv, prefetch: u16) -> anyhow::Result<Self> {
+        let ops_port = free_port();
+        let env = env
+            .clone()
+            .set("OPS_ADDR", format!("127.0.0.1:{ops_port}"))
+            .set("PREFETCH", prefetch.to_string())
+            .set("POD_NAME", format!("bench-{ops_port}"))
+            .set("LOG_FORMAT", "json")
+            .set("RUST_LOG", "error"); // the dead-letter run would print a warning per event
+        let child = tokio::process::Command::new(BIN).arg("run").envs(env.vars()).kill_on_drop(true).spawn()?;
+        let pid = child.id().expect("running");
+        anyhow::ensure!(
+            ops::wait_ready(SocketAddr::from(([127, 0, 0, 1], ops_port)), Duration::from_secs(20)).await,
+            "worker not ready"
+        );
+        Ok(Self { child, pid })
+    }
+
+    async fn stop(mut self) -> anyhow::Result<()> {
+        std::process::Command::new("kill").args(["-TERM", &self.pid.to_string()]).status()?;
+        self.child.wait().await?;
+        Ok(())
+    }
+}
+
+fn ready_bodies(first_id: u64, count: usize) -> Vec<(u64, Vec<u8>)> {
+    (first_id..first_id + count as u64)
+        .map(|id| {
+            (id, bunq_session_worker::cli::publish::example_body(bunq_session_worker::cli::publish::Example::Ready, id))
+        })
+        .collect()
+}
+
+/// RSA-2048 PKCS#1 v1.5 SHA-256 signatures per second over `threads` threads, with the
+/// key and library the worker and the stand-in sign with.
+fn crypto_floor(threads: usize, seconds: f64) -> anyhow::Result<f64> {
+    let pem = std::fs::read_to_string(CLIENT_KEY)?;
+    let body = bunq_session_worker::cli::publish::example_body(bunq_session_worker::cli::publish::Example::Ready, 1);
+    let started = Instant::now();
+    let counts = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| -> anyhow::Result<u64> {
+                    let key = bunq_protocol::signing::ClientKey::from_pkcs8_pem(&pem)?;
+                    let mut signed = 0u64;
+                    while started.elapsed().as_secs_f64() < seconds {
+                        key.sign(&body)?;
+                        signed += 1;
+                    }
+                    Ok(signed)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("signing thread")).collect::<anyhow::Result<Vec<u64>>>()
+    })?;
+    Ok(counts.iter().sum::<u64>() as f64 / started.elapsed().as_secs_f64())
 }
 
 struct Run {
@@ -131,8 +374,8 @@ impl Run {
     }
 }
 
-fn decode_benchmark() {
-    let bodies: Vec<Vec<u8>> = (0..20_000u64)
+fn decode_benchmark(report: &mut Report, smoke: bool) {
+    let bodies: Vec<Vec<u8>> = (0..if smoke { 200u64 } else { 20_000 })
         .map(|i| bunq_session_worker::cli::publish::example_body(bunq_session_worker::cli::publish::Example::Ready, i))
         .collect();
     let now = time::OffsetDateTime::now_utc();
@@ -151,13 +394,15 @@ fn decode_benchmark() {
         let provision = bunq_session_worker::event::decode(b, 1 << 20).expect("valid");
         matches!(bunq_session_worker::decide::decide(provision, now), bunq_session_worker::decide::Decision::Act(_))
     });
-    println!("\n{:<44} {:>12}", "decode (best of 5, 20000 webhook bodies)", "ns/event");
+    println!("\n{:<44} {:>12}", format!("decode (best of 5, {} webhook bodies)", bodies.len()), "ns/event");
     println!("{:<44} {:>12.0}", "baseline: serde_json::Value parse", baseline);
     println!("{:<44} {:>12.0}", "event::decode + decide::decide", ours);
+    report.set("decode_ns_per_event", ours);
+    report.set("decode_baseline_ns_per_event", baseline);
 }
 
-/// The broker alone: publish EVENTS messages, consume with the same prefetch, ack each.
-async fn broker_floor(connection: &Connection, queue: &str) -> anyhow::Result<Run> {
+/// The broker alone: publish `events` messages, consume with the same prefetch, ack each.
+async fn broker_floor(connection: &Connection, queue: &str, events: usize) -> anyhow::Result<Run> {
     let channel = connection.create_channel().await?;
     channel.confirm_select(ConfirmSelectOptions::default()).await?;
     let mut args = FieldTable::default();
@@ -176,8 +421,8 @@ async fn broker_floor(connection: &Connection, queue: &str) -> anyhow::Result<Ru
         let channel = channel.clone();
         let queue = queue.to_owned();
         tokio::spawn(async move {
-            let mut sent = Vec::with_capacity(EVENTS);
-            for i in 0..EVENTS {
+            let mut sent = Vec::with_capacity(events);
+            for i in 0..events {
                 let properties = BasicProperties::default().with_delivery_mode(2).with_message_id(i.to_string().into());
                 sent.push(Instant::now());
                 channel
@@ -188,8 +433,8 @@ async fn broker_floor(connection: &Connection, queue: &str) -> anyhow::Result<Ru
             Ok::<_, lapin::Error>(sent)
         })
     };
-    let mut received = Vec::with_capacity(EVENTS);
-    while received.len() < EVENTS {
+    let mut received = Vec::with_capacity(events);
+    while received.len() < events {
         let delivery = consumer.next().await.expect("consumer open")?;
         let index: usize = delivery.properties.message_id().as_ref().expect("id").as_str().parse()?;
         received.push((index, Instant::now()));
@@ -200,7 +445,7 @@ async fn broker_floor(connection: &Connection, queue: &str) -> anyhow::Result<Ru
     let mut latencies: Vec<Duration> = received.iter().map(|(i, at)| at.duration_since(sent[*i])).collect();
     latencies.sort();
     channel.queue_delete(queue.into(), QueueDeleteOptions::default()).await?;
-    Ok(Run { per_second: EVENTS as f64 / elapsed.as_secs_f64(), latencies })
+    Ok(Run { per_second: events as f64 / elapsed.as_secs_f64(), latencies })
 }
 
 fn provision_id(body: &[u8]) -> anyhow::Result<u64> {
@@ -219,9 +464,11 @@ async fn run_through_worker(
     connection: &Connection,
     names: &Names,
     capture: &str,
-    bodies: &[(u64, Vec<u8>)],
+    bodies: Vec<(u64, Vec<u8>)>,
     id_of: fn(&[u8]) -> anyhow::Result<u64>,
+    pace: Option<Duration>,
 ) -> anyhow::Result<Run> {
+    let count = bodies.len();
     let consumer_channel = connection.create_channel().await?;
     consumer_channel.basic_qos(500, BasicQosOptions::default()).await?;
     let mut consumer = consumer_channel
@@ -231,10 +478,17 @@ async fn run_through_worker(
     let publisher = {
         let channel = channel.clone();
         let exchange = names.input_exchange.clone();
-        let bodies = bodies.to_vec();
         tokio::spawn(async move {
             let mut sent = HashMap::with_capacity(bodies.len());
+            let mut tick = pace.map(|pace| {
+                let mut tick = tokio::time::interval(pace);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+                tick
+            });
             for (id, body) in bodies {
+                if let Some(tick) = &mut tick {
+                    tick.tick().await;
+                }
                 sent.insert(id, Instant::now());
                 channel
                     .basic_publish(
@@ -250,8 +504,8 @@ async fn run_through_worker(
             Ok::<_, lapin::Error>(sent)
         })
     };
-    let mut received = HashMap::with_capacity(bodies.len());
-    while received.len() < bodies.len() {
+    let mut received = HashMap::with_capacity(count);
+    while received.len() < count {
         let delivery =
             tokio::time::timeout(Duration::from_secs(120), consumer.next()).await?.expect("consumer open")?;
         received.entry(id_of(&delivery.data)?).or_insert_with(Instant::now);
@@ -262,7 +516,7 @@ async fn run_through_worker(
     let mut latencies: Vec<Duration> = received.iter().map(|(id, at)| at.duration_since(sent[id])).collect();
     latencies.sort();
     consumer_channel.close(200, "done".into()).await?;
-    Ok(Run { per_second: bodies.len() as f64 / elapsed.as_secs_f64(), latencies })
+    Ok(Run { per_second: count as f64 / elapsed.as_secs_f64(), latencies })
 }
 
 /// A field of /proc/PID/status in KiB (VmRSS now, VmHWM the peak).

@@ -218,6 +218,8 @@ mod tests {
         metrics.settle_failed();
         metrics.observe_settle_batch(4);
         metrics.amqp_connected();
+        metrics.observe_renewal(crate::close::CloseReason::RenewalFailed.as_str());
+        metrics.renewal_backlog(3, 1);
         metrics
     }
 
@@ -267,5 +269,14 @@ mod tests {
         // The label values the alerts match on, spelled as the code spells them.
         assert_eq!(crate::failure::Reason::RetriesExhausted.as_str(), "retries_exhausted");
         assert!(ALERTS.contains(r#"reason="retries_exhausted""#));
+        // The renewal outcomes the renewal alert matches, as the renewer labels them.
+        use crate::close::CloseReason;
+        use crate::renew::Renewal;
+        let failure = crate::failure::Failure::transient(crate::failure::Reason::BunqUnavailable, "503");
+        let retrying = Renewal::Retrying { at: time::OffsetDateTime::now_utc(), failure };
+        let closes = [CloseReason::RenewalFailed, CloseReason::CredentialRevoked]
+            .map(|r| Renewal::Closed { reason: r, event: None });
+        let outcomes = [retrying.label(), closes[0].label(), closes[1].label(), "error"];
+        assert!(ALERTS.contains(&format!(r#"outcome=~"{}""#, outcomes.join("|"))), "{outcomes:?}");
     }
 }

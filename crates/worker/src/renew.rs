@@ -28,9 +28,8 @@ use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-/// Entries one pass claims; renewals in flight at once per replica.
-const BATCH: usize = 32;
-const CONCURRENCY: usize = 4;
+/// Entries one pass claims, renewed concurrently: the renewals in flight per replica.
+const BATCH: usize = 4;
 
 #[derive(Debug, Clone)]
 pub struct RenewalSettings {
@@ -140,40 +139,52 @@ impl Renewer {
 
     /// Serves the schedule until `shutdown`; a pass under way finishes first.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
-        let mut tick = tokio::time::interval(self.settings.poll_interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // Jittered, so the replicas' passes do not fall into step with one of them
+            // always first to claim whatever came due.
+            let pause = self.settings.poll_interval.mul_f64(0.5 + rand::random::<f64>());
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tick.tick() => {}
+                _ = tokio::time::sleep(pause) => {}
             }
             // While Redis is away there is nothing to claim; the gate's probe says when.
             if !self.gate.is_up() {
                 continue;
             }
-            if let Err(failure) = self.pass(&shutdown).await {
-                tracing::warn!(event = "renewal_pass_failed", error = %failure.summary());
-                if failure.reason == Reason::RedisUnavailable {
-                    self.gate.report_down();
+            loop {
+                match self.pass(&shutdown).await {
+                    // A full claim: more may be due. Claiming a few at a time leaves the
+                    // rest to other replicas' passes.
+                    Ok(claimed) if claimed == BATCH && !shutdown.is_cancelled() => {}
+                    Ok(_) => break,
+                    Err(failure) => {
+                        tracing::warn!(event = "renewal_pass_failed", error = %failure.summary());
+                        if failure.reason == Reason::RedisUnavailable {
+                            self.gate.report_down();
+                        }
+                        break;
+                    }
                 }
             }
         }
     }
 
-    async fn pass(&self, shutdown: &CancellationToken) -> Result<(), Failure> {
+    /// Claims up to [`BATCH`] due entries and renews them; returns how many it claimed.
+    async fn pass(&self, shutdown: &CancellationToken) -> Result<usize, Failure> {
         let now = OffsetDateTime::now_utc();
         let (scheduled, due) = self.store.renewal_backlog(now).await?;
         self.metrics.renewal_backlog(scheduled, due);
         if due == 0 || shutdown.is_cancelled() {
-            return Ok(());
+            return Ok(0);
         }
         let claimed = self.store.claim_due_renewals(now, self.settings.lock_ttl, BATCH).await?;
+        let count = claimed.len();
         futures_util::stream::iter(claimed)
-            .for_each_concurrent(CONCURRENCY, |provision_id| {
+            .for_each_concurrent(BATCH, |provision_id| {
                 self.renew_entry(provision_id).instrument(tracing::info_span!("renewal", provision_id))
             })
             .await;
-        Ok(())
+        Ok(count)
     }
 
     async fn renew_entry(&self, provision_id: u64) {

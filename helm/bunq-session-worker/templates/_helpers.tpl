@@ -137,6 +137,9 @@ Fail early, at render time, on values that would only fail at start-up
 {{- if contains "@" .Values.redis.clusterUrls }}
 {{- fail "redis.clusterUrls looks like it carries credentials ('@'); it would land in a ConfigMap. Put it in a Secret and set redis.existingSecret with redis.cluster" }}
 {{- end }}
+{{- if and .Values.sessionRenewal.enabled (not .Values.sessionEncryption.existingSecret) }}
+{{- fail "sessionRenewal.enabled stores each user's credential in Redis: set sessionEncryption.existingSecret to seal it" }}
+{{- end }}
 {{- if not (has .Values.bunq.rateLimitScope (list "global" "credential")) }}
 {{- fail "bunq.rateLimitScope must be 'global' or 'credential'" }}
 {{- end }}
