@@ -4,7 +4,7 @@ CARGO ?= cargo
 TEST_THREADS ?= 4
 
 .DEFAULT_GOAL := help
-.PHONY: help build demo image test test-rust test-faults test-infra test-cluster test-image test-sdk test-helm lint audit fmt bench fuzz
+.PHONY: help build demo image profile test test-rust test-faults test-infra test-cluster test-image test-sdk test-helm lint audit fmt bench fuzz
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -44,6 +44,9 @@ test-helm: ## The Helm chart, offline: lint, render, and its configuration accep
 
 image: ## A local image localhost/bunq-session-worker:VERSION (the chart's default) from the release binaries, FROM scratch (podman)
 	scripts/image.sh
+
+profile: ## The new-session path under callgrind: instructions by function (target/profile/)
+	scripts/profile-new-session.sh
 
 bench: ## Every figure against its limit in one run (crypto floor, broker floor, slow bunq, latency, shared limit, memory); writes target/bench/report.json (release build)
 	$(CARGO) bench --locked -p bunq-session-worker --bench throughput
