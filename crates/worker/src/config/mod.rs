@@ -17,8 +17,8 @@ use bunq_protocol::client::{BunqClient, CallObserver, ClientSettings};
 use bunq_protocol::signing::ClientKey;
 use clap::Args;
 use parse::{
-    load_client_key, load_sealer, parse_base_url, parse_permitted_ips, parse_redis_target, positive, require_amqp_name,
-    require_url, split_urls,
+    load_client_key, load_sealer, parse_base_url, parse_permitted_ips, parse_redis_target, parse_renewal, positive,
+    require_amqp_name, require_url, split_urls,
 };
 use secrecy::{ExposeSecret, SecretString};
 use std::net::SocketAddr;
@@ -305,12 +305,6 @@ pub struct WorkerArgs {
     pub session_renew_before: String,
 }
 
-/// How often each replica looks at the renewal schedule.
-const RENEWAL_POLL_INTERVAL: Duration = Duration::from_secs(1);
-/// bunq's longest auto-logout (`session_timeout`) is a week: renewing earlier than that
-/// before expiry would renew at once.
-const LONGEST_SESSION: Duration = Duration::from_secs(7 * 24 * 3600);
-
 /// Validated settings of the worker. Each part builds the component it configures, so a
 /// new setting touches its part and the one component that reads it.
 #[derive(Debug, Clone)]
@@ -489,39 +483,6 @@ impl Settings {
             ops_addr,
         })
     }
-}
-
-/// `SESSION_RENEWAL` and `SESSION_RENEW_BEFORE`, checked against the key and the margin.
-fn parse_renewal(args: &WorkerArgs, has_key: bool) -> Result<Option<RenewalSettings>, ConfigError> {
-    match args.session_renewal.trim() {
-        "off" => return Ok(None),
-        "on" => {}
-        other => return Err(invalid("SESSION_RENEWAL", format!("must be `on` or `off`, not `{other}`"))),
-    }
-    if !has_key {
-        return Err(invalid(
-            "SESSION_RENEWAL",
-            "`on` stores each user's credential, which needs SESSION_ENCRYPTION_KEY_FILE to seal it",
-        ));
-    }
-    let renew_before =
-        crate::duration::parse(&args.session_renew_before).map_err(|p| invalid("SESSION_RENEW_BEFORE", p))?;
-    if renew_before <= Duration::from_secs(args.session_ttl_margin_secs) {
-        return Err(invalid(
-            "SESSION_RENEW_BEFORE",
-            "must be more than SESSION_TTL_MARGIN_SECS: the cached session is gone that long before it expires",
-        ));
-    }
-    if renew_before >= LONGEST_SESSION {
-        return Err(invalid("SESSION_RENEW_BEFORE", "must be less than 7d, bunq's longest session"));
-    }
-    Ok(Some(RenewalSettings {
-        renew_before,
-        poll_interval: RENEWAL_POLL_INTERVAL,
-        lock_ttl: Duration::from_millis(args.lock_ttl_ms),
-        retry_delay: Duration::from_millis(args.retry_queue_delay_ms),
-        max_retry_delay: Duration::from_millis(args.retry_queue_max_delay_ms),
-    }))
 }
 
 fn default_pod_name() -> String {

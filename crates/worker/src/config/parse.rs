@@ -1,12 +1,14 @@
 //! Checks of single settings: each names its variable on failure and never echoes a
 //! value that may carry a secret (URLs, key material).
 
-use super::{invalid, ConfigError};
+use super::{invalid, ConfigError, WorkerArgs};
+use crate::renew::RenewalSettings;
 use crate::store::{Sealer, Target};
 use bunq_protocol::signing::ClientKey;
 use secrecy::{ExposeSecret, SecretString};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 pub(super) fn positive(variable: &'static str, value: u64) -> Result<(), ConfigError> {
     if value == 0 {
@@ -166,4 +168,43 @@ pub(super) fn load_sealer(
     let old_bytes = old.iter().map(|path| read(OLD, path)).collect::<Result<Vec<_>, _>>()?;
     let sealer = Sealer::from_key_files(&current_bytes, &old_bytes).map_err(|p| invalid(OLD, p))?;
     Ok(Some(Arc::new(sealer)))
+}
+
+/// How often each replica looks at the renewal schedule.
+const RENEWAL_POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// bunq's longest auto-logout (`session_timeout`) is a week: renewing earlier than that
+/// before expiry would renew at once.
+const LONGEST_SESSION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// `SESSION_RENEWAL` and `SESSION_RENEW_BEFORE`, checked against the key and the margin.
+pub(super) fn parse_renewal(args: &WorkerArgs, has_key: bool) -> Result<Option<RenewalSettings>, ConfigError> {
+    match args.session_renewal.trim() {
+        "off" => return Ok(None),
+        "on" => {}
+        other => return Err(invalid("SESSION_RENEWAL", format!("must be `on` or `off`, not `{other}`"))),
+    }
+    if !has_key {
+        return Err(invalid(
+            "SESSION_RENEWAL",
+            "`on` stores each user's credential, which needs SESSION_ENCRYPTION_KEY_FILE to seal it",
+        ));
+    }
+    let renew_before =
+        crate::duration::parse(&args.session_renew_before).map_err(|p| invalid("SESSION_RENEW_BEFORE", p))?;
+    if renew_before <= Duration::from_secs(args.session_ttl_margin_secs) {
+        return Err(invalid(
+            "SESSION_RENEW_BEFORE",
+            "must be more than SESSION_TTL_MARGIN_SECS: the cached session is gone that long before it expires",
+        ));
+    }
+    if renew_before >= LONGEST_SESSION {
+        return Err(invalid("SESSION_RENEW_BEFORE", "must be less than 7d, bunq's longest session"));
+    }
+    Ok(Some(RenewalSettings {
+        renew_before,
+        poll_interval: RENEWAL_POLL_INTERVAL,
+        lock_ttl: Duration::from_millis(args.lock_ttl_ms),
+        retry_delay: Duration::from_millis(args.retry_queue_delay_ms),
+        max_retry_delay: Duration::from_millis(args.retry_queue_max_delay_ms),
+    }))
 }

@@ -18,12 +18,6 @@ fn close_body(id: u64, status: &str) -> Vec<u8> {
     provision_body(id, status, "NONE", None, &future_expiry(), true)
 }
 
-/// The next event on the capture queue, as JSON.
-async fn next_json(app: &TestApp, timeout: Duration) -> Option<serde_json::Value> {
-    let (body, _) = app.take(&app.capture_queue, timeout).await?;
-    Some(serde_json::from_slice(&body).expect("events are JSON"))
-}
-
 /// Keys the worker still holds for the test beside the closed markers and the rate-limit
 /// logs (which hold no secret and expire with their window).
 async fn keys_left(app: &TestApp) -> Vec<String> {
@@ -45,7 +39,7 @@ async fn cancelled_and_closed_provisions_end_the_session_purge_it_and_announce_i
         let (ready, _) = app.next_event(WAIT).await.expect("session-ready");
 
         app.publish(&close_body(id, status)).await;
-        let closed = next_json(&app, WAIT).await.expect("session-closed");
+        let closed = app.next_json(WAIT).await.expect("session-closed");
         assert_eq!(closed["event_type"], "bunq.session.closed");
         assert_eq!(closed["reason"], "provision_closed");
         assert_eq!(closed["provision_id"], id);
@@ -74,7 +68,7 @@ async fn cancelled_and_closed_provisions_end_the_session_purge_it_and_announce_i
         assert_eq!(keys_left(&app).await, Vec::<String>::new());
         app.publish(&ready_body(id, &token)).await;
         app.wait_idle(WAIT).await;
-        assert!(next_json(&app, Duration::from_millis(300)).await.is_none(), "announced after its close");
+        assert!(app.next_json(Duration::from_millis(300)).await.is_none(), "announced after its close");
         assert_eq!(app.fake.sessions_created_for(&token), 1);
     }
     let metrics = app.metrics().await;
@@ -90,7 +84,7 @@ async fn a_close_without_a_session_is_acked_and_counted_and_nothing_else() {
     app.publish(&close_body(random_id(), "CLOSED")).await;
     app.wait_idle(WAIT).await;
     assert!(app.fake.calls().is_empty(), "bunq was called: {:?}", app.fake.calls());
-    assert!(next_json(&app, Duration::from_millis(300)).await.is_none());
+    assert!(app.next_json(Duration::from_millis(300)).await.is_none());
     assert_eq!(app.ready_count(&app.names.dead_letter_queue.clone()).await, 0);
     let metrics = app.metrics().await;
     assert!(metrics.contains(r#"deliveries_total{outcome="closed",reason="no_session"} 1"#), "{metrics}");
@@ -108,7 +102,7 @@ async fn a_close_arriving_while_the_session_opens_wins() {
     app.publish(&close_body(id, "CANCELLED")).await;
 
     let mut events = Vec::new();
-    while let Some(event) = next_json(&app, Duration::from_secs(10)).await {
+    while let Some(event) = app.next_json(Duration::from_secs(10)).await {
         let closed = event["event_type"] == "bunq.session.closed";
         events.push(event);
         if closed {
@@ -116,7 +110,7 @@ async fn a_close_arriving_while_the_session_opens_wins() {
         }
     }
     app.wait_idle(WAIT).await;
-    while let Some(event) = next_json(&app, Duration::from_millis(500)).await {
+    while let Some(event) = app.next_json(Duration::from_millis(500)).await {
         events.push(event);
     }
     let types: Vec<&str> = events.iter().map(|e| e["event_type"].as_str().unwrap()).collect();
@@ -142,12 +136,12 @@ async fn session_invalid_closes_the_named_session_and_ignores_a_stale_one() {
     // A session the cache no longer holds: nothing happens to the cached one.
     confirm(publish_invalidation(app.channel(), &app.names, ready.user_id, ready.session_id + 1).await.unwrap());
     app.wait_idle(WAIT).await;
-    assert!(next_json(&app, Duration::from_millis(300)).await.is_none());
+    assert!(app.next_json(Duration::from_millis(300)).await.is_none());
     assert!(app.store.read_session(ready.user_id).await.unwrap().is_some(), "a stale report closed the session");
 
     // The cached session: ended at bunq, announced closed `invalidated`, purged.
     confirm(publish_invalidation(app.channel(), &app.names, ready.user_id, ready.session_id).await.unwrap());
-    let closed = next_json(&app, WAIT).await.expect("session-closed");
+    let closed = app.next_json(WAIT).await.expect("session-closed");
     assert_eq!((closed["reason"].as_str(), closed["provision_id"].as_u64()), (Some("invalidated"), Some(id)));
     assert_eq!(closed["session_id"], ready.session_id);
     assert_eq!(app.fake.ended_sessions(), vec![ready.session_id]);

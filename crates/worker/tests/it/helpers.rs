@@ -141,6 +141,12 @@ impl TestApp {
         }
     }
 
+    /// The next event on the capture queue (any type), as JSON.
+    pub async fn next_json(&self, timeout: Duration) -> Option<serde_json::Value> {
+        let (body, _) = self.take(&self.capture_queue, timeout).await?;
+        Some(serde_json::from_slice(&body).expect("events are JSON"))
+    }
+
     pub async fn next_event(&self, timeout: Duration) -> Option<(SessionReady, BasicProperties)> {
         let (body, properties) = self.take(&self.capture_queue, timeout).await?;
         Some((serde_json::from_slice(&body).expect("session-ready events are valid JSON"), properties))

@@ -28,12 +28,6 @@ async fn renewing_app(session_timeout_secs: u64, lock_ttl_ms: u64) -> (TestApp, 
     (spawn_app_with(AppOptions { fake, flags, ..Default::default() }).await, dir)
 }
 
-/// The next event on the capture queue, as JSON.
-async fn next_json(app: &TestApp, timeout: Duration) -> Option<serde_json::Value> {
-    let (body, _) = app.take(&app.capture_queue, timeout).await?;
-    Some(serde_json::from_slice(&body).expect("events are JSON"))
-}
-
 fn calls_to(app: &TestApp, endpoint: Endpoint) -> Vec<fake_bunq::RecordedCall> {
     app.fake.calls().into_iter().filter(|c| c.endpoint == endpoint).collect()
 }
@@ -48,7 +42,7 @@ async fn a_session_is_renewed_before_it_expires_on_the_installation_and_device_i
     assert!(app.store.renewal_due(id).await.unwrap().is_some(), "not scheduled");
     app.fake.clear_calls();
 
-    let renewed = next_json(&app, RENEWAL_WAIT).await.expect("session-renewed");
+    let renewed = app.next_json(RENEWAL_WAIT).await.expect("session-renewed");
     assert_eq!(renewed["event_type"], "bunq.session.renewed");
     let session_id = renewed["session_id"].as_u64().unwrap();
     assert_ne!(session_id, ready.session_id);
@@ -76,7 +70,7 @@ async fn a_session_is_renewed_before_it_expires_on_the_installation_and_device_i
     assert_eq!((cached.session_id, cached.expires_at), (session_id, expires_at));
     let due = app.store.renewal_due(id).await.unwrap().expect("next renewal scheduled");
     assert!(due > time::OffsetDateTime::now_utc() + time::Duration::seconds(20), "{due}");
-    assert!(next_json(&app, Duration::from_secs(1)).await.is_none(), "a second event");
+    assert!(app.next_json(Duration::from_secs(1)).await.is_none(), "a second event");
     let metrics = app.metrics().await;
     assert!(metrics.contains(r#"bunq_session_worker_renewals_total{outcome="renewed"} 1"#), "{metrics}");
     assert!(metrics.contains("bunq_session_worker_renewals_scheduled 1"), "{metrics}");
@@ -94,7 +88,7 @@ async fn two_replicas_renew_each_session_exactly_once() {
     let mut renewed = std::collections::HashMap::new();
     let deadline = tokio::time::Instant::now() + RENEWAL_WAIT + WAIT;
     while renewed.len() < provisions.len() && tokio::time::Instant::now() < deadline {
-        if let Some(event) = next_json(&app, Duration::from_secs(1)).await {
+        if let Some(event) = app.next_json(Duration::from_secs(1)).await {
             if event["event_type"] == "bunq.session.renewed" {
                 let previous = renewed.insert(event["provision_id"].as_u64().unwrap(), event);
                 assert!(previous.is_none(), "renewed twice: {previous:?}");
@@ -104,7 +98,7 @@ async fn two_replicas_renew_each_session_exactly_once() {
     assert_eq!(renewed.len(), provisions.len(), "not every session was renewed");
     // No late duplicate, and bunq saw one open and one renewal per credential.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    while let Some(event) = next_json(&app, Duration::from_millis(300)).await {
+    while let Some(event) = app.next_json(Duration::from_millis(300)).await {
         assert_ne!(event["event_type"], "bunq.session.renewed", "renewed again: {event}");
     }
     for (_, token) in &provisions {
@@ -136,7 +130,7 @@ async fn a_renewal_held_by_a_replica_that_died_is_taken_over() {
     assert!(app.store.try_lock(id, "dead-replica:1", Duration::from_secs(36)).await.unwrap());
     let started = std::time::Instant::now();
 
-    let renewed = next_json(&app, RENEWAL_WAIT).await.expect("the renewal was lost");
+    let renewed = app.next_json(RENEWAL_WAIT).await.expect("the renewal was lost");
     assert_eq!(renewed["event_type"], "bunq.session.renewed");
     assert!(started.elapsed() >= Duration::from_secs(35), "renewed while the dead replica held it");
     assert_eq!(app.fake.sessions_created_for(&token), 2);
@@ -156,7 +150,7 @@ async fn a_renewal_bunq_refuses_closes_the_session_as_credential_revoked() {
     let (ready, _) = app.next_event(WAIT).await.expect("session-ready");
     app.fake.register_credential(&token, CredentialState::Rejected);
 
-    let closed = next_json(&app, RENEWAL_WAIT).await.expect("session-closed");
+    let closed = app.next_json(RENEWAL_WAIT).await.expect("session-closed");
     assert_eq!(closed["event_type"], "bunq.session.closed");
     assert_eq!(
         (closed["reason"].as_str(), closed["session_id"].as_u64()),
@@ -182,7 +176,7 @@ async fn session_invalid_renews_at_once_and_a_stale_report_does_nothing() {
     let confirm = |c: lapin::Confirmation| assert!(c.is_ack() && c.take_message().is_none());
 
     confirm(publish_invalidation(app.channel(), &app.names, ready.user_id, ready.session_id).await.unwrap());
-    let renewed = next_json(&app, WAIT).await.expect("session-renewed");
+    let renewed = app.next_json(WAIT).await.expect("session-renewed");
     assert_eq!(renewed["event_type"], "bunq.session.renewed");
     let session_id = renewed["session_id"].as_u64().unwrap();
     assert_eq!(app.store.read_session(ready.user_id).await.unwrap().unwrap().session_id, session_id);
@@ -192,7 +186,7 @@ async fn session_invalid_renews_at_once_and_a_stale_report_does_nothing() {
     // no longer cached, so nothing happens.
     confirm(publish_invalidation(app.channel(), &app.names, ready.user_id, ready.session_id).await.unwrap());
     app.wait_idle(WAIT).await;
-    assert!(next_json(&app, Duration::from_millis(500)).await.is_none());
+    assert!(app.next_json(Duration::from_millis(500)).await.is_none());
     assert_eq!(app.fake.sessions_created_for(&token), 2);
     let metrics = app.metrics().await;
     assert!(metrics.contains(r#"deliveries_total{outcome="renewed",reason="session_invalid"} 1"#), "{metrics}");
@@ -214,7 +208,7 @@ async fn renewals_failing_until_the_session_expires_close_it_as_renewal_failed()
     };
     app.fake.set_faults(Faults { rules: vec![rule], ..Default::default() });
 
-    let closed = next_json(&app, RENEWAL_WAIT + WAIT).await.expect("session-closed");
+    let closed = app.next_json(RENEWAL_WAIT + WAIT).await.expect("session-closed");
     assert_eq!(closed["event_type"], "bunq.session.closed");
     assert_eq!(
         (closed["reason"].as_str(), closed["session_id"].as_u64()),
