@@ -127,8 +127,10 @@ async fn a_renewal_held_by_a_replica_that_died_is_taken_over() {
     // A replica took the provision's lock for the renewal due at 31 s and died: the lock
     // only runs out, at 36 s. Meanwhile the live worker's claims meet the lock, and the
     // entry keeps coming due again as their 3 s leases run out.
-    assert!(app.store.try_lock(id, "dead-replica:1", Duration::from_secs(36)).await.unwrap());
+    // Timed from before the lock is taken: Redis counts its 36 s from later still, so a
+    // stalled test task cannot make a correct renewal look early.
     let started = std::time::Instant::now();
+    assert!(app.store.try_lock(id, "dead-replica:1", Duration::from_secs(36)).await.unwrap());
 
     let renewed = app.next_json(RENEWAL_WAIT).await.expect("the renewal was lost");
     assert_eq!(renewed["event_type"], "bunq.session.renewed");
