@@ -19,9 +19,17 @@
 //!    through Redis, the stand-in enforcing the same limit per IP, a backlog of 1,000:
 //!    calls per second against the budget, and the 429s the stand-in answered.
 //!
+//! 7. Backlog: four processes, budget 10 session-server calls/s, credentials expiring 30 s
+//!    after they are published, a backlog of three times what the budget serves in 30 s:
+//!    sessions opened before expiry against the possible, the rest dead-lettered
+//!    `credential_expired` (how soon), retry-queue trips and broker messages per provision.
+//!
 //! `BENCH_SMOKE=1` runs every part with tiny sizes (the test suite does, so the harness
 //! cannot rot); its report goes to `target/bench/report-smoke.json` and says nothing
 //! about speed.
+
+#[path = "support/backlog.rs"]
+mod backlog;
 
 use bunq_session_worker::amqp::topology::{self, Names};
 use fake_bunq::FakeConfig;
@@ -56,15 +64,29 @@ struct Sizes {
     slow_events: usize,
     shared_backlog: usize,
     crypto_seconds: f64,
+    /// The backlog scenario's credential life.
+    backlog_window: Duration,
 }
 
 impl Sizes {
     fn from_env() -> (Self, bool) {
         let smoke = std::env::var_os("BENCH_SMOKE").is_some_and(|v| v == "1");
         let sizes = if smoke {
-            Sizes { events: 40, slow_events: 40, shared_backlog: 30, crypto_seconds: 0.2 }
+            Sizes {
+                events: 40,
+                slow_events: 40,
+                shared_backlog: 30,
+                crypto_seconds: 0.2,
+                backlog_window: Duration::from_secs(4),
+            }
         } else {
-            Sizes { events: 2000, slow_events: 2000, shared_backlog: 1000, crypto_seconds: 3.0 }
+            Sizes {
+                events: 2000,
+                slow_events: 2000,
+                shared_backlog: 1000,
+                crypto_seconds: 3.0,
+                backlog_window: Duration::from_secs(30),
+            }
         };
         (sizes, smoke)
     }
@@ -98,6 +120,14 @@ async fn main() -> anyhow::Result<()> {
     let leftovers = Leftovers::new(Cleanup::new(&run).queue(&capture).queue(&floor_queue));
     topology::declare(&channel, names).await?;
     capture_queue(&channel, names, &capture, Some("#")).await?;
+    if std::env::var("BENCH_ONLY").is_ok_and(|only| only == "backlog") {
+        // Iterating on the budget: the backlog scenario alone, nothing written.
+        let scenario = backlog::Scenario { budget: 10, workers: 4, window: sizes.backlog_window, oversubscription: 3 };
+        let outcome = backlog::run(&scenario, &connection, &channel, names, &capture, &run).await?;
+        println!("{outcome:?}\nserved before expiry / possible: {:.3}", outcome.served_ratio());
+        leftovers.clean().await?;
+        return Ok(());
+    }
     let through = |bodies: Vec<(u64, Vec<u8>)>, pace: Option<Duration>| {
         run_through_worker(&channel, &connection, names, &capture, bodies, provision_id, pace)
     };
@@ -175,6 +205,14 @@ async fn main() -> anyhow::Result<()> {
     }
     fake.shutdown().await;
 
+    // Backlog: more credentials than the budget serves before they expire.
+    let scenario = backlog::Scenario { budget: 10, workers: 4, window: sizes.backlog_window, oversubscription: 3 };
+    let backlog = backlog::run(&scenario, &connection, &channel, names, &capture, &run).await?;
+    let served_ratio = backlog.served_ratio();
+    let expected_dead = backlog.backlog - backlog.sessions_announced;
+    let all_expired = backlog.dead_letters.get("credential_expired").copied().unwrap_or(0) == expected_dead
+        && backlog.dead_letters.values().sum::<usize>() == expected_dead;
+
     let rows = [
         (
             "new-session rate / crypto floor",
@@ -201,6 +239,15 @@ async fn main() -> anyhow::Result<()> {
             achieved / f64::from(SHARED_BUDGET) >= 0.95,
         ),
         ("shared limit: 429s from the stand-in", rejected as f64, "0", rejected == 0),
+        ("backlog: served before expiry / possible", served_ratio, ">= 0.99", served_ratio >= 0.99),
+        ("backlog: 429s from the stand-in", backlog.rejected_429 as f64, "0", backlog.rejected_429 == 0),
+        ("backlog: the rest dead-lettered credential_expired", expected_dead as f64, "all", all_expired),
+        (
+            "backlog: retry-queue trips per provision",
+            backlog.retry_trips_per_provision,
+            "<= 2",
+            backlog.retry_trips_per_provision <= 2.0,
+        ),
         ("idle RSS (MiB)", idle_rss as f64 / 1024.0, "<= 20", idle_rss as f64 / 1024.0 <= 20.0),
         ("peak RSS at prefetch 256 (MiB)", peak_rss as f64 / 1024.0, "<= 100", peak_rss as f64 / 1024.0 <= 100.0),
     ];
@@ -229,6 +276,22 @@ new-session throughput is {:.1}% of the broker floor; cached path {:.1}%; dead-l
         answered.len()
     );
     println!(
+        "backlog: {} credentials expiring {:.0} s after publish, budget {}/s over {} processes: {} sessions opened \
+         before expiry of {:.0} possible, dead letters {:?} (publish → dead letter p50 {:.2} s, p99 {:.2} s); \
+         {:.2} retry trips and {:.2} broker messages per provision",
+        backlog.backlog,
+        scenario.window.as_secs_f64(),
+        scenario.budget,
+        scenario.workers,
+        backlog.served_before_expiry,
+        backlog.possible,
+        backlog.dead_letters,
+        backlog.dead_letter_p50.as_secs_f64(),
+        backlog.dead_letter_p99.as_secs_f64(),
+        backlog.retry_trips_per_provision,
+        backlog.broker_messages_per_provision,
+    );
+    println!(
         "
 {:<44} {:>12} {:>10} {:>6}",
         "figure against its limit (same run)", "value", "target", "met"
@@ -254,6 +317,16 @@ new-session throughput is {:.1}% of the broker floor; cached path {:.1}%; dead-l
     report.set("shared_limit_calls_per_s", achieved);
     report.set("shared_limit_ratio", achieved / f64::from(SHARED_BUDGET));
     report.set("shared_limit_429s", rejected as f64);
+    report.set("served_before_expiry_ratio", served_ratio);
+    report.set("backlog_served_before_expiry", backlog.served_before_expiry as f64);
+    report.set("backlog_possible", backlog.possible);
+    report.set("backlog_429s", backlog.rejected_429 as f64);
+    report
+        .set("backlog_credential_expired", backlog.dead_letters.get("credential_expired").copied().unwrap_or(0) as f64);
+    report.set("backlog_dead_letter_p50_s", backlog.dead_letter_p50.as_secs_f64());
+    report.set("backlog_dead_letter_p99_s", backlog.dead_letter_p99.as_secs_f64());
+    report.set("backlog_retry_trips_per_provision", backlog.retry_trips_per_provision);
+    report.set("backlog_broker_messages_per_provision", backlog.broker_messages_per_provision);
     report.set("idle_rss_mib", idle_rss as f64 / 1024.0);
     report.set("peak_rss_mib", peak_rss as f64 / 1024.0);
     let path = report.write(smoke)?;
@@ -343,6 +416,7 @@ async fn profile(out: &std::path::Path) -> anyhow::Result<()> {
 struct BenchWorker {
     child: tokio::process::Child,
     pid: u32,
+    ops_port: u16,
 }
 
 impl BenchWorker {
@@ -379,7 +453,11 @@ impl BenchWorker {
             ops::wait_ready(SocketAddr::from(([127, 0, 0, 1], ops_port)), ready_within).await,
             "worker not ready"
         );
-        Ok(Self { child, pid })
+        Ok(Self { child, pid, ops_port })
+    }
+
+    fn ops_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.ops_port))
     }
 
     async fn stop(mut self) -> anyhow::Result<()> {

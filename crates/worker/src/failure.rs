@@ -113,11 +113,15 @@ impl From<StoreError> for Failure {
 
 impl From<&RateLimitError> for Failure {
     fn from(err: &RateLimitError) -> Self {
-        let reason = match err {
-            RateLimitError::NoSlot { .. } => Reason::Throttled,
-            RateLimitError::Redis(_) => Reason::RedisUnavailable,
+        let (reason, retry) = match err {
+            RateLimitError::NoSlot { .. } => (Reason::Throttled, err.retry()),
+            // Back through the retry queue, to return shortly before its slot.
+            RateLimitError::Parked { after } => (Reason::Throttled, Retry::Transient { after: Some(*after) }),
+            // Known now: the credential expires before the budget reaches it.
+            RateLimitError::NoSlotBeforeDeadline { .. } => (Reason::CredentialExpired, Retry::Permanent),
+            RateLimitError::Redis(_) => (Reason::RedisUnavailable, err.retry()),
         };
-        Failure { reason, detail: err.to_string(), retry: err.retry() }
+        Failure { reason, detail: err.to_string(), retry }
     }
 }
 

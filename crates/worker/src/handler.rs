@@ -368,7 +368,11 @@ pub fn after_failure(
             detail: format!("gave up after {attempt} attempts; {}", failure.summary()),
         };
     }
-    let delay = retry_delay(settings, attempt, after);
+    let delay = match (failure.reason, after) {
+        // The budget said when this one's slot comes: back just before it, no doubling.
+        (Reason::Throttled, Some(after)) => after.min(settings.retry_queue_max_delay),
+        _ => retry_delay(settings, attempt, after),
+    };
     if let Some(expires_at) = credential_expires_at {
         if expires_at <= now + delay {
             return Outcome::DeadLetter {
@@ -433,10 +437,13 @@ mod tests {
         let wait = Some(Duration::from_secs(45));
         let outcome = after_failure(&settings(), None, transient(Reason::Throttled, wait), 50, NOW);
         match outcome {
-            // Attempt 50's doubling is far past the cap: the cap wins over both.
-            Outcome::Retry { counts_as_attempt: false, delay, .. } => assert_eq!(delay, Duration::from_secs(60)),
+            // Attempt 50's doubling does not apply: the budget named the wait.
+            Outcome::Retry { counts_as_attempt: false, delay, .. } => assert_eq!(delay, Duration::from_secs(45)),
             other => panic!("{other:?}"),
         }
+        let outcome =
+            after_failure(&settings(), None, transient(Reason::Throttled, Some(Duration::from_secs(900))), 1, NOW);
+        assert!(matches!(outcome, Outcome::Retry { delay, .. } if delay == Duration::from_secs(60)), "capped");
     }
 
     #[test]

@@ -13,7 +13,8 @@
 //!   [`seal`]: secrets at rest, AES-256-GCM with key ids and rotation.
 //! - [`renew`]: renewal of cached sessions before they expire, from a schedule in Redis
 //!   that every replica serves.
-//! - [`ratelimit`]: bunq's rate limits, shared by all replicas through Redis.
+//! - [`ratelimit`]: bunq's rate limits, shared by all replicas through Redis;
+//!   [`budget`]: the shared session-server budget served earliest deadline first.
 //! - [`retry`]: exponential backoff with jitter (the one module that knows `backoff`).
 //! - [`failure`]: every failure classified, in one place; [`duration`]: `30s`-style settings.
 //! - [`dead_letter`]: what a dead letter may keep (its credential sealed or removed).
@@ -21,6 +22,7 @@
 //! - [`cli`]: the `check` and `publish` subcommands.
 
 pub mod amqp;
+pub mod budget;
 pub mod cli;
 pub mod close;
 pub mod config;

@@ -9,6 +9,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -44,6 +45,56 @@ pub struct Metrics {
     renewals: Family<OutcomeOnly, Counter>,
     renewals_scheduled: Gauge,
     renewals_due: Gauge,
+    budget: BudgetGauges,
+}
+
+/// The shared session-server budget's waiting line ([`crate::budget::Plan`]).
+#[derive(Default)]
+struct BudgetGauges {
+    waiting: Gauge,
+    servable: Gauge,
+    hopeless: Gauge,
+    reserved_ahead_seconds: Gauge<f64, AtomicU64>,
+    earliest_expiry_seconds: Gauge<f64, AtomicU64>,
+    servable_before_earliest_expiry: Gauge,
+    least_slack_seconds: Gauge<f64, AtomicU64>,
+}
+
+impl BudgetGauges {
+    fn register(&self, registry: &mut Registry) {
+        let r = registry;
+        r.register("budget_waiting", "Calls waiting for a session-server slot (all replicas)", self.waiting.clone());
+        r.register(
+            "budget_servable",
+            "Waiting calls the budget serves before their deadline, earliest deadline first",
+            self.servable.clone(),
+        );
+        r.register(
+            "budget_hopeless",
+            "Waiting calls whose slot falls after their deadline (lost unless the budget frees up)",
+            self.hopeless.clone(),
+        );
+        r.register(
+            "budget_reserved_ahead_seconds",
+            "How far ahead session-server slots are planned: the last servable waiter's slot",
+            self.reserved_ahead_seconds.clone(),
+        );
+        r.register(
+            "budget_earliest_expiry_seconds",
+            "Time left to the earliest waiting credential's expiry (0 when nobody waits)",
+            self.earliest_expiry_seconds.clone(),
+        );
+        r.register(
+            "budget_servable_before_earliest_expiry",
+            "Session-server slots free before the earliest waiting credential expires",
+            self.servable_before_earliest_expiry.clone(),
+        );
+        r.register(
+            "budget_least_slack_seconds",
+            "Least time between a servable waiter's slot and its deadline (0 when none: credentials about to be lost)",
+            self.least_slack_seconds.clone(),
+        );
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -121,8 +172,11 @@ impl Metrics {
             "Renewal entries past their due time and not claimed (a backlog when it stays above 0)",
             renewals_due.clone(),
         );
+        let budget = BudgetGauges::default();
+        budget.register(&mut registry);
         Self {
             registry,
+            budget,
             renewals,
             renewals_scheduled,
             renewals_due,
@@ -172,6 +226,17 @@ impl Metrics {
     pub fn renewal_backlog(&self, scheduled: u64, due: u64) {
         self.renewals_scheduled.set(scheduled as i64);
         self.renewals_due.set(due as i64);
+    }
+
+    pub fn budget_plan(&self, plan: &crate::budget::Plan) {
+        let b = &self.budget;
+        b.waiting.set(plan.waiting as i64);
+        b.servable.set(plan.servable as i64);
+        b.hopeless.set(plan.hopeless as i64);
+        b.reserved_ahead_seconds.set(plan.reserved_ahead.as_secs_f64());
+        b.earliest_expiry_seconds.set(plan.earliest_deadline_in.unwrap_or_default().as_secs_f64());
+        b.servable_before_earliest_expiry.set(plan.servable_before_earliest as i64);
+        b.least_slack_seconds.set(plan.least_slack.unwrap_or_default().as_secs_f64());
     }
 
     pub fn held_for_redis(&self) {

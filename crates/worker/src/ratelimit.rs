@@ -6,12 +6,14 @@
 //! the limit, in one atomic script, then sleeps until that slot: callers are served in
 //! order and no replica polls.
 
+use crate::budget::{Budget, Waiter};
 use crate::metrics::Metrics;
 use crate::store::Redis;
 use bunq_protocol::error::Endpoint;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
+use time::OffsetDateTime;
 
 /// `calls` per `per`, e.g. 1 per 30 s.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +47,10 @@ impl Limit {
     }
 }
 
+/// The longest a far slot's waiter is parked at a time unless configured: the default
+/// `RETRY_QUEUE_MAX_DELAY_MS`.
+const DEFAULT_MAX_PARK: Duration = Duration::from_secs(300);
+
 /// Who shares one budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
@@ -69,16 +75,28 @@ impl FromStr for Scope {
 pub enum RateLimitError {
     #[error("rate limit for POST /{endpoint} has no free slot within {max_wait:?} (next in {wait:?})")]
     NoSlot { endpoint: Endpoint, wait: Duration, max_wait: Duration },
+    #[error("the session-server budget's next slot for this provision is {after:?} away: parked in the retry queue until then")]
+    Parked { after: Duration },
+    #[error(
+        "the session-server budget cannot serve this call before its deadline {deadline}: {ahead} earlier deadlines \
+         are served first and its slot would be {slot_in:?} away (a token reset gives a new credential)"
+    )]
+    NoSlotBeforeDeadline { deadline: OffsetDateTime, slot_in: Duration, ahead: u64 },
     #[error("rate limiter unavailable: {0}")]
     Redis(#[from] redis::RedisError),
 }
 
 impl RateLimitError {
-    /// Both pass: a slot frees up when the wait is over, Redis when it is back.
+    /// For the in-process retry loop. A full budget passes when the wait is over, Redis
+    /// when it is back; a parked or hopeless waiter leaves the loop (and the delivery
+    /// goes to the retry or dead-letter queue: see `Failure::from`).
     pub fn retry(&self) -> bunq_protocol::Retry {
         match self {
             RateLimitError::NoSlot { wait, .. } => bunq_protocol::Retry::Transient { after: Some(*wait) },
             RateLimitError::Redis(_) => bunq_protocol::Retry::Transient { after: None },
+            RateLimitError::Parked { .. } | RateLimitError::NoSlotBeforeDeadline { .. } => {
+                bunq_protocol::Retry::Permanent
+            }
         }
     }
 }
@@ -134,6 +152,8 @@ pub struct RateLimiter {
     script: Arc<redis::Script>,
     fill: Arc<redis::Script>,
     metrics: Arc<Metrics>,
+    /// Session-server calls with a deadline, when one budget is shared by all.
+    budget: Option<Budget>,
 }
 
 impl RateLimiter {
@@ -154,7 +174,25 @@ impl RateLimiter {
             script: Arc::new(redis::Script::new(RESERVE)),
             fill: Arc::new(redis::Script::new(FILL)),
             metrics,
+            budget: None,
         }
+        .with_max_park(DEFAULT_MAX_PARK)
+    }
+
+    /// The longest a waiter for a far slot is parked in the retry queue at a time (the
+    /// queue's largest delay).
+    pub fn with_max_park(mut self, max_park: Duration) -> Self {
+        // Per credential, each provision has a budget of its own: nobody to order.
+        self.budget = (self.scope == Scope::Global).then(|| {
+            let log = self.key(Endpoint::SessionServer, 0);
+            Budget::new(self.conn.clone(), log, self.session_server, max_park)
+        });
+        self
+    }
+
+    /// The shared session-server budget's waiting line, when there is one.
+    pub fn budget(&self) -> Option<&Budget> {
+        self.budget.as_ref()
     }
 
     fn key(&self, endpoint: Endpoint, provision_id: u64) -> String {
@@ -197,6 +235,32 @@ impl RateLimiter {
             .invoke_async(&mut conn)
             .await?;
         Ok(())
+    }
+
+    /// A session-server call for `waiter`, due before `deadline`: served earliest deadline
+    /// first when the budget is shared ([`Budget::acquire`]), else like any other call.
+    pub async fn acquire_session_server(
+        &self,
+        waiter: Waiter,
+        provision_id: u64,
+        deadline: OffsetDateTime,
+        max_wait: Duration,
+    ) -> Result<Duration, RateLimitError> {
+        let Some(budget) = &self.budget else {
+            return self.acquire(Endpoint::SessionServer, provision_id, max_wait).await;
+        };
+        let waited = budget.acquire(waiter, deadline, max_wait).await?;
+        self.metrics.observe_rate_limit_wait(Endpoint::SessionServer.path(), waited);
+        Ok(waited)
+    }
+
+    /// Before a handshake: whether the shared budget can serve `waiter` before `deadline`
+    /// (else it parks or gives up now, before spending an installation and a device).
+    pub async fn check_session_server(&self, waiter: Waiter, deadline: OffsetDateTime) -> Result<(), RateLimitError> {
+        match &self.budget {
+            Some(budget) => budget.check(waiter, deadline).await,
+            None => Ok(()),
+        }
     }
 
     /// Reserves a slot for one call and sleeps until it; fails without reserving when

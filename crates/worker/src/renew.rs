@@ -294,6 +294,11 @@ impl Renewer {
             Err(failure) if failure.reason == Reason::RejectedByBunq => {
                 self.close(&current, CloseReason::CredentialRevoked).await
             }
+            // The shared budget serves earlier deadlines first and reaches this one only
+            // after the session expired.
+            Err(failure) if failure.reason == Reason::CredentialExpired => {
+                self.close(&current, CloseReason::RenewalFailed).await
+            }
             Err(failure) => {
                 // Our own budget being full is backpressure, not a failed renewal.
                 let hint = match failure.retry {
@@ -303,7 +308,12 @@ impl Renewer {
                 if failure.reason != Reason::Throttled {
                     credential.failures += 1;
                 }
-                let at = OffsetDateTime::now_utc() + self.settings.retry_delay(credential.failures.max(1), hint);
+                let delay = match hint {
+                    // The shared budget named when this one's slot comes.
+                    Some(after) if failure.reason == Reason::Throttled => after.min(self.settings.max_retry_delay),
+                    _ => self.settings.retry_delay(credential.failures.max(1), hint),
+                };
+                let at = OffsetDateTime::now_utc() + delay;
                 if at >= current.expires_at {
                     return self.close(&current, CloseReason::RenewalFailed).await;
                 }

@@ -2,6 +2,7 @@
 //! session-server, each step rate-limited and retried, progress saved after each step
 //! so a retry (or another replica, after a crash) continues where this one stopped.
 
+use crate::budget::Waiter;
 use crate::decide::ReadyProvision;
 use crate::failure::{Failure, Retry};
 use crate::outage::RedisGate;
@@ -99,6 +100,17 @@ impl SessionOpener {
         let deadline = Instant::now() + self.retry.budget;
         let id = provision.provision_id;
         let secret = &provision.token_value;
+        // bunq takes the secret until the credential expires; one without an expiry is
+        // ordered after every one with.
+        let due = (
+            Waiter::Open(id),
+            provision.credential_expires_at.unwrap_or_else(|| OffsetDateTime::now_utc() + HANDSHAKE_TTL),
+        );
+        if handshake.installation.is_none() || handshake.device_id.is_none() {
+            // Spend no installation or device on a credential the budget cannot serve in
+            // time, and wait for a far slot in the retry queue, not halfway through.
+            self.limiter.check_session_server(due.0, due.1).await.map_err(|e| Failure::from(&e))?;
+        }
 
         let installation = match &handshake.installation {
             Some((token, pem)) => Installation {
@@ -109,7 +121,7 @@ impl SessionOpener {
             },
             None => {
                 let installation =
-                    self.step(Endpoint::Installation, id, deadline, || self.client.create_installation()).await?;
+                    self.step(Endpoint::Installation, id, deadline, None, || self.client.create_installation()).await?;
                 handshake.installation = Some((installation.token.clone(), installation.server_key.pem().to_owned()));
                 self.save(claim, &handshake).await?;
                 installation
@@ -118,13 +130,16 @@ impl SessionOpener {
 
         if handshake.device_id.is_none() {
             let device_id = self
-                .step(Endpoint::DeviceServer, id, deadline, || self.client.create_device_server(&installation, secret))
+                .step(Endpoint::DeviceServer, id, deadline, None, || {
+                    self.client.create_device_server(&installation, secret)
+                })
                 .await?;
             handshake.device_id = Some(device_id);
             self.save(claim, &handshake).await?;
         }
 
-        let session = self.session_server(id, provision.external_uuid.clone(), &installation, secret, deadline).await?;
+        let session =
+            self.session_server(id, provision.external_uuid.clone(), &installation, secret, deadline, due).await?;
         handshake.session = Some(session.clone());
         let ttl = self.cache_ttl(&session, OffsetDateTime::now_utc());
         // bunq has opened the session: giving up on recording it means the next attempt
@@ -150,7 +165,11 @@ impl SessionOpener {
             })?,
         };
         let deadline = Instant::now() + self.retry.budget;
-        self.session_server(current.provision_id, current.external_uuid.clone(), &installation, secret, deadline).await
+        // Renewals share the budget with new sessions, by the same rule: the earliest
+        // deadline (here the session's expiry) first.
+        let due = (Waiter::Renew(current.provision_id), current.expires_at);
+        self.session_server(current.provision_id, current.external_uuid.clone(), &installation, secret, deadline, due)
+            .await
     }
 
     async fn session_server(
@@ -160,9 +179,10 @@ impl SessionOpener {
         installation: &Installation,
         secret: &SecretString,
         deadline: Instant,
+        due: (Waiter, OffsetDateTime),
     ) -> Result<Session, Failure> {
         let opened = self
-            .step(Endpoint::SessionServer, provision_id, deadline, || {
+            .step(Endpoint::SessionServer, provision_id, deadline, Some(due), || {
                 self.client.create_session_server(installation, secret)
             })
             .await?;
@@ -196,15 +216,17 @@ impl SessionOpener {
                 Err(e) => Err(e),
             }
         };
-        self.step(Endpoint::Session, session.provision_id, deadline, call).await
+        self.step(Endpoint::Session, session.provision_id, deadline, None, call).await
     }
 
-    /// One rate-limited, retried bunq call.
+    /// One rate-limited, retried bunq call; `due`: who waits for a session-server slot
+    /// and until when.
     async fn step<T, F, Fut>(
         &self,
         endpoint: Endpoint,
         provision_id: u64,
         deadline: Instant,
+        due: Option<(Waiter, OffsetDateTime)>,
         call: F,
     ) -> Result<T, Failure>
     where
@@ -213,7 +235,13 @@ impl SessionOpener {
     {
         let attempt = || async {
             let max_wait = deadline.saturating_duration_since(Instant::now());
-            self.limiter.acquire(endpoint, provision_id, max_wait).await.map_err(StepError::RateLimit)?;
+            let slot = match due {
+                Some((waiter, until)) => {
+                    self.limiter.acquire_session_server(waiter, provision_id, until, max_wait).await
+                }
+                None => self.limiter.acquire(endpoint, provision_id, max_wait).await,
+            };
+            slot.map_err(StepError::RateLimit)?;
             let result = call().await;
             if let Err(BunqError::RateLimited { window, .. }) = &result {
                 // Every replica sharing the budget backs off, not only this one.

@@ -3,6 +3,7 @@
 use crate::amqp::consume::{DeadLetterPolicy, DeliveryContext};
 use crate::amqp::publish::{AmqpAnnouncer, PublishChannel};
 use crate::amqp::supervisor::Supervisor;
+use crate::budget::Budget;
 use crate::config::Settings;
 use crate::handler::{Announcer, Handler};
 use crate::metrics::Metrics;
@@ -22,8 +23,13 @@ pub struct Worker {
     ops_listener: tokio::net::TcpListener,
     ops_state: OpsState,
     renewer: Option<Arc<Renewer>>,
+    /// The shared session-server budget's line, published as gauges.
+    budget_watch: Option<(Budget, Arc<Metrics>)>,
     drain_timeout: std::time::Duration,
 }
+
+/// How often each replica publishes the budget's plan.
+const BUDGET_WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Worker {
     /// Builds every part from its settings and binds the ops port; connects to nothing
@@ -35,6 +41,7 @@ impl Worker {
         let store = settings.redis.store(conn.clone());
         let gate = RedisGate::new(store.clone(), metrics.clone());
         let limiter = settings.rate_limits.limiter(conn, &settings.redis.key_prefix, metrics.clone());
+        let budget = limiter.budget().cloned();
         let client = settings.bunq.client(metrics.clone()).context("building the HTTP client for bunq")?;
         let opener = SessionOpener::new(
             client,
@@ -62,8 +69,16 @@ impl Worker {
         let ops_listener = tokio::net::TcpListener::bind(settings.ops_addr)
             .await
             .with_context(|| format!("OPS_ADDR: cannot listen on {}", settings.ops_addr))?;
+        let budget_watch = budget.map(|budget| (budget, metrics.clone()));
         let ops_state = OpsState::new(metrics, supervisor.consuming(), supervisor.blocked(), store);
-        Ok(Self { supervisor, ops_listener, ops_state, renewer, drain_timeout: settings.amqp.shutdown_timeout })
+        Ok(Self {
+            supervisor,
+            ops_listener,
+            ops_state,
+            renewer,
+            budget_watch,
+            drain_timeout: settings.amqp.shutdown_timeout,
+        })
     }
 
     pub fn ops_addr(&self) -> SocketAddr {
@@ -76,6 +91,9 @@ impl Worker {
         let ops_shutdown = CancellationToken::new();
         let ops = tokio::spawn(ops::serve(self.ops_listener, self.ops_state, ops_shutdown.clone()));
         let renewals = self.renewer.map(|renewer| tokio::spawn(renewer.run(shutdown.clone())));
+        if let Some((budget, metrics)) = self.budget_watch {
+            tokio::spawn(budget.watch(metrics, BUDGET_WATCH_INTERVAL, shutdown.clone()));
+        }
         self.supervisor.run(shutdown).await;
         if let Some(renewals) = renewals {
             // A renewal cut short here is taken over when its lease runs out.

@@ -386,12 +386,15 @@ pub struct RateLimits {
     pub session_server: Limit,
     pub other_post: Limit,
     pub scope: Scope,
+    /// The retry queue's largest delay: how long a waiter for a far slot is parked at most.
+    pub max_park: Duration,
 }
 
 impl RateLimits {
     /// The limiter every replica with the same Redis and prefix shares.
     pub fn limiter(&self, conn: Redis, key_prefix: &str, metrics: Arc<Metrics>) -> RateLimiter {
         RateLimiter::new(conn, key_prefix, self.session_server, self.other_post, self.scope, metrics)
+            .with_max_park(self.max_park)
     }
 }
 
@@ -451,6 +454,7 @@ impl Settings {
                 .map_err(|p| invalid("RATE_LIMIT_SESSION_SERVER", p))?,
             other_post: Limit::parse(&args.rate_limit_other_post).map_err(|p| invalid("RATE_LIMIT_OTHER_POST", p))?,
             scope: args.rate_limit_scope.parse().map_err(|p: String| invalid("RATE_LIMIT_SCOPE", p))?,
+            max_park: Duration::from_millis(args.retry_queue_max_delay_ms),
         };
         let consumer_tag =
             format!("{}.{}", args.pod_name.clone().unwrap_or_else(default_pod_name), uuid::Uuid::new_v4().simple());

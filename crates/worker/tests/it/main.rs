@@ -2,6 +2,7 @@
 //! project's fake bunq. One test binary; each test has its own names.
 
 mod bad_input;
+mod budget;
 mod closing;
 mod downstream;
 mod end_to_end;

@@ -1,0 +1,209 @@
+//! The backlog scenario: more credentials than the shared session-server budget can
+//! serve before they expire. Several worker processes share the budget, the stand-in
+//! enforces it per IP, and each credential expires a fixed time after it is published.
+//! The possible is min(backlog, budget × window); what counts is how many sessions bunq
+//! opened before their credential's expiry (by the stand-in's own clock), that every
+//! other provision was dead-lettered `credential_expired` (and how soon), and what the
+//! broker carried per provision.
+
+use super::BenchWorker;
+use bunq_session_worker::amqp::headers;
+use bunq_session_worker::amqp::topology::Names;
+use fake_bunq::FakeConfig;
+use futures_util::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection};
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+use test_support::{expiry_in, provision_body, random_token, TestNames, WorkerEnv, CLIENT_KEY};
+
+pub struct Scenario {
+    pub budget: u32,
+    pub workers: usize,
+    pub window: Duration,
+    /// Backlog as a multiple of what the budget serves in the window.
+    pub oversubscription: u32,
+}
+
+impl Scenario {
+    pub fn backlog(&self) -> usize {
+        (self.possible() * self.oversubscription as f64) as usize
+    }
+
+    /// Sessions the budget could open before the credentials expire, at best.
+    pub fn possible(&self) -> f64 {
+        f64::from(self.budget) * self.window.as_secs_f64()
+    }
+}
+
+#[derive(Debug)]
+pub struct Outcome {
+    pub backlog: usize,
+    pub possible: f64,
+    /// Sessions bunq opened before the credential expired.
+    pub served_before_expiry: usize,
+    pub sessions_announced: usize,
+    pub dead_letters: HashMap<String, usize>,
+    pub rejected_429: usize,
+    /// Publish → dead letter of the ones the budget could not serve.
+    pub dead_letter_p50: Duration,
+    pub dead_letter_p99: Duration,
+    /// Trips through the retry queue, over the backlog.
+    pub retry_trips_per_provision: f64,
+    /// Every message the broker carried (inputs, retry copies, events, dead letters),
+    /// over the backlog.
+    pub broker_messages_per_provision: f64,
+}
+
+impl Outcome {
+    pub fn served_ratio(&self) -> f64 {
+        self.served_before_expiry as f64 / (self.backlog as f64).min(self.possible)
+    }
+}
+
+pub async fn run(
+    scenario: &Scenario,
+    connection: &Connection,
+    channel: &Channel,
+    names: &Names,
+    capture: &str,
+    run: &TestNames,
+) -> anyhow::Result<Outcome> {
+    let limited = FakeConfig {
+        rate_limit_scope: fake_bunq::RateLimitScope::Ip,
+        session_server_limit: (scenario.budget, Duration::from_secs(1)),
+        other_post_limit: (super::UNLIMITED, Duration::from_secs(1)),
+        ..FakeConfig::default()
+    };
+    let fake = fake_bunq::spawn(tokio::net::TcpListener::bind("127.0.0.1:0").await?, limited).await?;
+    let env = WorkerEnv::local(&fake.base_url(), CLIENT_KEY, run)
+        .allowing(super::UNLIMITED)
+        .set("RATE_LIMIT_SESSION_SERVER", format!("{}/1s", scenario.budget))
+        .set("RATE_LIMIT_SCOPE", "global");
+    let mut workers = Vec::new();
+    for _ in 0..scenario.workers {
+        workers.push(BenchWorker::start(&env, super::PREFETCH).await?);
+    }
+
+    let outputs = connection.create_channel().await?;
+    outputs.basic_qos(1000, BasicQosOptions::default()).await?;
+    let mut events = outputs
+        .basic_consume(capture.into(), "backlog-events".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await?;
+    let mut dead = outputs
+        .basic_consume(
+            names.dead_letter_queue.as_str().into(),
+            "backlog-dead".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+
+    // Each credential expires `window` after its own publish.
+    let backlog = scenario.backlog();
+    let mut expiry_of = HashMap::with_capacity(backlog);
+    let mut published = HashMap::with_capacity(backlog);
+    let first_id = 50_000_000u64;
+    let first_publish = Instant::now();
+    for id in first_id..first_id + backlog as u64 {
+        let token = random_token();
+        let expiry = time::Duration::try_from(scenario.window)?;
+        let body =
+            provision_body(id, "CREATED", "PENDING_PROCESS_USER_ONBOARDING", Some(&token), &expiry_in(expiry), true);
+        let now = Instant::now();
+        expiry_of.insert(fake_bunq::secret::SecretDigest::of(&token).short(), now + scenario.window);
+        published.insert(id, now);
+        channel
+            .basic_publish(
+                names.input_exchange.as_str().into(),
+                "partner_user_provision.bench".into(),
+                Default::default(),
+                &body,
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await?
+            .await?;
+    }
+
+    let (mut announced, mut dead_letters, mut dead_after) = (HashSet::new(), HashMap::new(), Vec::new());
+    let deadline = Instant::now() + scenario.window + Duration::from_secs(90);
+    while announced.len() + dead_after.len() < backlog {
+        let left = deadline.saturating_duration_since(Instant::now());
+        tokio::select! {
+            event = events.next() => {
+                let event = event.expect("consumer open")?;
+                let value: serde_json::Value = serde_json::from_slice(&event.data)?;
+                let id = value["provision_id"].as_u64().unwrap_or(0);
+                if value["event_type"] == "bunq.session.ready" && published.contains_key(&id) {
+                    announced.insert(id);
+                }
+                event.ack(BasicAckOptions::default()).await?;
+            }
+            letter = dead.next() => {
+                let letter = letter.expect("consumer open")?;
+                let reason = headers::get_str(&letter.properties, headers::DEAD_LETTER_REASON).unwrap_or_default();
+                *dead_letters.entry(reason).or_insert(0) += 1;
+                let value: serde_json::Value = serde_json::from_slice(&letter.data)?;
+                let id = value["NotificationUrl"]["object"]["PartnerUserProvision"]["id"].as_u64().unwrap_or(0);
+                if let Some(at) = published.get(&id) { dead_after.push(at.elapsed()); }
+                letter.ack(BasicAckOptions::default()).await?;
+            }
+            _ = tokio::time::sleep(left) => anyhow::bail!(
+                "backlog not accounted for: {} sessions and {} dead letters of {backlog}", announced.len(), dead_after.len()
+            ),
+        }
+    }
+    outputs.close(200, "done".into()).await?;
+
+    let calls: Vec<_> = fake.calls().into_iter().filter(|c| c.endpoint == fake_bunq::Endpoint::SessionServer).collect();
+    let served_before_expiry = calls
+        .iter()
+        .filter(|c| c.status == Some(200))
+        .filter(|c| c.secret_hash.as_ref().and_then(|h| expiry_of.get(h)).is_some_and(|expiry| c.received <= *expiry))
+        .count();
+    let rejected_429 = calls.iter().filter(|c| c.status == Some(429)).count();
+    if std::env::var_os("BENCH_ONLY").is_some() {
+        // Session-server answers per second since the first publish: where the budget went.
+        let mut per_second = vec![0u32; 40];
+        for call in calls.iter().filter(|c| c.status == Some(200)) {
+            let second = call.received.saturating_duration_since(first_publish).as_secs() as usize;
+            if let Some(slot) = per_second.get_mut(second) {
+                *slot += 1;
+            }
+        }
+        println!("session-server 200s per second: {per_second:?}");
+    }
+    let (mut handled, mut retried) = (0.0, 0.0);
+    for worker in &workers {
+        let metrics = test_support::ops::metrics(worker.ops_addr()).await?;
+        for line in metrics.lines().filter(|l| l.starts_with("bunq_session_worker_deliveries_total{")) {
+            let count: f64 = line.rsplit(' ').next().unwrap_or("0").parse().unwrap_or(0.0);
+            handled += count;
+            if line.contains(r#"outcome="retried""#) {
+                retried += count;
+            }
+        }
+    }
+    for worker in workers {
+        worker.stop().await?;
+    }
+    fake.shutdown().await;
+
+    dead_after.sort();
+    let at = |p: f64| dead_after.get(((dead_after.len() as f64 - 1.0) * p) as usize).copied().unwrap_or_default();
+    let outputs_count = (announced.len() + dead_after.len()) as f64;
+    Ok(Outcome {
+        backlog,
+        possible: scenario.possible(),
+        served_before_expiry,
+        sessions_announced: announced.len(),
+        dead_letters,
+        rejected_429,
+        dead_letter_p50: at(0.5),
+        dead_letter_p99: at(0.99),
+        retry_trips_per_provision: retried / backlog as f64,
+        // Each delivery handled was a message; each retry also a copy into the retry queue.
+        broker_messages_per_provision: (handled + retried + outputs_count) / backlog as f64,
+    })
+}
