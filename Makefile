@@ -48,7 +48,7 @@ image: ## A local image localhost/bunq-session-worker:VERSION (the chart's defau
 profile: ## The new-session path under callgrind: instructions by function (target/profile/)
 	scripts/profile-new-session.sh
 
-bench: ## Every figure against its limit in one run (crypto floor, broker floor, slow bunq, latency, shared limit, memory); writes target/bench/report.json (release build)
+bench: ## Every figure against its limit in one run (crypto floor, broker floor, slow bunq, latency, shared limit, backlog, churn, memory); writes target/bench/report.json (release build)
 	$(CARGO) bench --locked -p bunq-session-worker --bench throughput
 
 FUZZ_SECONDS ?= 60

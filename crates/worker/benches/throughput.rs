@@ -23,6 +23,8 @@
 //!    after they are published, a backlog of three times what the budget serves in 30 s:
 //!    sessions opened before expiry against the possible, the rest dead-lettered
 //!    `credential_expired` (how soon), retry-queue trips and broker messages per provision.
+//! 8. Churn: 50,000 credentials (60 s life) behind a budget of 2 calls/s: what waiting costs
+//!    the broker, in messages per provision (an input, its output, and retry trips).
 //!
 //! `BENCH_SMOKE=1` runs every part with tiny sizes (the test suite does, so the harness
 //! cannot rot); its report goes to `target/bench/report-smoke.json` and says nothing
@@ -66,6 +68,9 @@ struct Sizes {
     crypto_seconds: f64,
     /// The backlog scenario's credential life.
     backlog_window: Duration,
+    /// The churn scenario's backlog and credential life.
+    churn_backlog: usize,
+    churn_window: Duration,
 }
 
 impl Sizes {
@@ -78,6 +83,8 @@ impl Sizes {
                 shared_backlog: 30,
                 crypto_seconds: 0.2,
                 backlog_window: Duration::from_secs(4),
+                churn_backlog: 300,
+                churn_window: Duration::from_secs(3),
             }
         } else {
             Sizes {
@@ -86,6 +93,8 @@ impl Sizes {
                 shared_backlog: 1000,
                 crypto_seconds: 3.0,
                 backlog_window: Duration::from_secs(30),
+                churn_backlog: 50_000,
+                churn_window: Duration::from_secs(60),
             }
         };
         (sizes, smoke)
@@ -120,10 +129,25 @@ async fn main() -> anyhow::Result<()> {
     let leftovers = Leftovers::new(Cleanup::new(&run).queue(&capture).queue(&floor_queue));
     topology::declare(&channel, names).await?;
     capture_queue(&channel, names, &capture, Some("#")).await?;
-    if std::env::var("BENCH_ONLY").is_ok_and(|only| only == "backlog") {
-        // Iterating on the budget: the backlog scenario alone, nothing written.
-        let scenario = backlog::Scenario { budget: 10, workers: 4, window: sizes.backlog_window, oversubscription: 3 };
-        let outcome = backlog::run(&scenario, &connection, &channel, names, &capture, &run).await?;
+    let deadline_scenario = backlog::Scenario {
+        budget: 10,
+        workers: 4,
+        window: sizes.backlog_window,
+        backlog: 3 * 10 * sizes.backlog_window.as_secs() as usize,
+        first_id: 50_000_000,
+    };
+    // A big backlog behind a tiny budget: what waiting costs the broker.
+    let churn_scenario = backlog::Scenario {
+        budget: 2,
+        workers: 4,
+        window: sizes.churn_window,
+        backlog: sizes.churn_backlog,
+        first_id: 60_000_000,
+    };
+    if let Ok(only) = std::env::var("BENCH_ONLY") {
+        // Iterating on the budget: one backlog scenario alone, nothing written.
+        let scenario = if only == "churn" { &churn_scenario } else { &deadline_scenario };
+        let outcome = backlog::run(scenario, &connection, &channel, names, &capture, &run).await?;
         println!("{outcome:?}\nserved before expiry / possible: {:.3}", outcome.served_ratio());
         leftovers.clean().await?;
         return Ok(());
@@ -206,8 +230,9 @@ async fn main() -> anyhow::Result<()> {
     fake.shutdown().await;
 
     // Backlog: more credentials than the budget serves before they expire.
-    let scenario = backlog::Scenario { budget: 10, workers: 4, window: sizes.backlog_window, oversubscription: 3 };
-    let backlog = backlog::run(&scenario, &connection, &channel, names, &capture, &run).await?;
+    let scenario = &deadline_scenario;
+    let backlog = backlog::run(scenario, &connection, &channel, names, &capture, &run).await?;
+    let churn = backlog::run(&churn_scenario, &connection, &channel, names, &capture, &run).await?;
     let served_ratio = backlog.served_ratio();
     let expected_dead = backlog.backlog - backlog.sessions_announced;
     let all_expired = backlog.dead_letters.get("credential_expired").copied().unwrap_or(0) == expected_dead
@@ -247,6 +272,12 @@ async fn main() -> anyhow::Result<()> {
             backlog.retry_trips_per_provision,
             "<= 2",
             backlog.retry_trips_per_provision <= 2.0,
+        ),
+        (
+            "churn: broker messages per provision",
+            churn.broker_messages_per_provision,
+            "<= 3",
+            churn.broker_messages_per_provision <= 3.0,
         ),
         ("idle RSS (MiB)", idle_rss as f64 / 1024.0, "<= 20", idle_rss as f64 / 1024.0 <= 20.0),
         ("peak RSS at prefetch 256 (MiB)", peak_rss as f64 / 1024.0, "<= 100", peak_rss as f64 / 1024.0 <= 100.0),
@@ -292,6 +323,18 @@ new-session throughput is {:.1}% of the broker floor; cached path {:.1}%; dead-l
         backlog.broker_messages_per_provision,
     );
     println!(
+        "churn: {} credentials expiring {:.0} s after publish behind a budget of {}/s: {} served, dead letters {:?} \
+         (p50 {:.2} s after publish); {:.3} retry trips and {:.2} broker messages per provision",
+        churn.backlog,
+        churn_scenario.window.as_secs_f64(),
+        churn_scenario.budget,
+        churn.served_before_expiry,
+        churn.dead_letters,
+        churn.dead_letter_p50.as_secs_f64(),
+        churn.retry_trips_per_provision,
+        churn.broker_messages_per_provision,
+    );
+    println!(
         "
 {:<44} {:>12} {:>10} {:>6}",
         "figure against its limit (same run)", "value", "target", "met"
@@ -327,6 +370,11 @@ new-session throughput is {:.1}% of the broker floor; cached path {:.1}%; dead-l
     report.set("backlog_dead_letter_p99_s", backlog.dead_letter_p99.as_secs_f64());
     report.set("backlog_retry_trips_per_provision", backlog.retry_trips_per_provision);
     report.set("backlog_broker_messages_per_provision", backlog.broker_messages_per_provision);
+    report.set("churn_backlog", churn.backlog as f64);
+    report.set("churn_served_before_expiry", churn.served_before_expiry as f64);
+    report.set("churn_dead_letter_p50_s", churn.dead_letter_p50.as_secs_f64());
+    report.set("churn_retry_trips_per_provision", churn.retry_trips_per_provision);
+    report.set("churn_broker_messages_per_provision", churn.broker_messages_per_provision);
     report.set("idle_rss_mib", idle_rss as f64 / 1024.0);
     report.set("peak_rss_mib", peak_rss as f64 / 1024.0);
     let path = report.write(smoke)?;

@@ -22,13 +22,14 @@ pub struct Scenario {
     pub budget: u32,
     pub workers: usize,
     pub window: Duration,
-    /// Backlog as a multiple of what the budget serves in the window.
-    pub oversubscription: u32,
+    pub backlog: usize,
+    /// Provision ids from here on.
+    pub first_id: u64,
 }
 
 impl Scenario {
     pub fn backlog(&self) -> usize {
-        (self.possible() * self.oversubscription as f64) as usize
+        self.backlog
     }
 
     /// Sessions the budget could open before the credentials expire, at best.
@@ -104,7 +105,7 @@ pub async fn run(
     let backlog = scenario.backlog();
     let mut expiry_of = HashMap::with_capacity(backlog);
     let mut published = HashMap::with_capacity(backlog);
-    let first_id = 50_000_000u64;
+    let first_id = scenario.first_id;
     let first_publish = Instant::now();
     for id in first_id..first_id + backlog as u64 {
         let token = random_token();
