@@ -689,16 +689,7 @@ async fn run_through_worker(
                     tick.tick().await;
                 }
                 sent.insert(id, Instant::now());
-                channel
-                    .basic_publish(
-                        exchange.as_str().into(),
-                        "partner_user_provision.bench".into(),
-                        Default::default(),
-                        &body,
-                        BasicProperties::default().with_delivery_mode(2),
-                    )
-                    .await?
-                    .await?;
+                publish_input(&channel, &exchange, &body).await?;
             }
             Ok::<_, lapin::Error>(sent)
         })
@@ -717,6 +708,21 @@ async fn run_through_worker(
     consumer_channel.close(200, "done".into()).await?;
     let steady_per_second = steady_rate(received.values().copied());
     Ok(Run { per_second: count as f64 / elapsed.as_secs_f64(), steady_per_second, latencies })
+}
+
+/// One persistent provision event to the input exchange, confirmed, as upstream sends it.
+async fn publish_input(channel: &Channel, exchange: &str, body: &[u8]) -> Result<(), lapin::Error> {
+    channel
+        .basic_publish(
+            exchange.into(),
+            "partner_user_provision.bench".into(),
+            Default::default(),
+            body,
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await?
+        .await?;
+    Ok(())
 }
 
 /// Outputs per second between the 10th and the 90th percentile of output times: the

@@ -1,5 +1,5 @@
 //! The shared session-server budget, served earliest deadline first across replicas
-//! (docs/architecture.md §5.2).
+//! (docs/architecture.md §5.6).
 //!
 //! Every replica behind one egress IP shares bunq's session-server budget, and each
 //! waiting call has a deadline: a new session's credential expiry, a renewal's session
@@ -70,6 +70,14 @@ end
 local function keep(key, ms)
   if redis.call('PTTL', key) < ms then redis.call('PEXPIRE', key, ms) end
 end
+-- Registers `me` as present (held in its worker) for `ms`.
+local function stay(ms)
+  redis.call('ZADD', KEYS[2], deadline, me)
+  redis.call('ZREM', KEYS[4], me)
+  redis.call('ZADD', KEYS[3], now + ms, me)
+  keep(KEYS[2], deadline - now + window)
+  keep(KEYS[3], ms)
+end
 
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
 for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)) do forget(m) end
@@ -117,13 +125,7 @@ if at <= now then
 end
 local wait = at - now
 if wait <= hold then
-  if take then
-    redis.call('ZADD', KEYS[2], deadline, me)
-    redis.call('ZREM', KEYS[4], me)
-    redis.call('ZADD', KEYS[3], now + lease, me)
-    keep(KEYS[2], deadline - now + window)
-    keep(KEYS[3], lease)
-  end
+  if take then stay(lease) end
   return {1, wait, ahead}
 end
 local park = math.min(wait - math.floor(hold / 2), max_park)
@@ -134,13 +136,8 @@ local latest = redis.call('ZRANGE', KEYS[4], -1, -1, 'WITHSCORES')
 if #latest > 0 and latest[1] ~= me then
   local behind = tonumber(latest[2]) - now
   if behind >= wait - math.floor(hold / 4) then
-    if take then
-      redis.call('ZADD', KEYS[2], deadline, me)
-      redis.call('ZREM', KEYS[4], me)
-      redis.call('ZADD', KEYS[3], now + math.max(lease, wait + lease), me)
-      keep(KEYS[2], deadline - now + window)
-      keep(KEYS[3], wait + lease)
-    end
+    -- Its lease outlasts the wait: it sleeps half of it between polls.
+    if take then stay(wait + lease) end
     return {1, wait, ahead}
   end
   if behind > park then park = behind end
@@ -172,8 +169,13 @@ local function live(m)
   return redis.call('ZSCORE', KEYS[4], m) ~= false
 end
 
-local times = {}
-for i, v in ipairs(base) do times[i] = v end
+local function from_log()
+  local copy = {}
+  for i, v in ipairs(base) do copy[i] = v end
+  return copy
+end
+
+local times = from_log()
 local waiting, servable, hopeless, last, earliest, slack = 0, 0, 0, 0, -1, -1
 local ws = redis.call('ZRANGEBYSCORE', KEYS[2], now, '+inf', 'WITHSCORES')
 for i = 1, #ws, 2 do
@@ -195,8 +197,7 @@ end
 
 local before = 0
 if earliest >= 0 then
-  times = {}
-  for i, v in ipairs(base) do times[i] = v end
+  times = from_log()
   while before < cap do
     local at = next_slot(times)
     if at > earliest - lead then break end
@@ -221,7 +222,7 @@ pub enum Admission {
     Hopeless { slot_in: Duration, ahead: u64 },
 }
 
-/// The budget's queue as operators see it (metrics, `check`).
+/// The budget's line as operators see it (the `budget_*` gauges).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Plan {
     pub waiting: u64,

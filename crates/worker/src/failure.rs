@@ -72,6 +72,15 @@ impl Failure {
     pub fn summary(&self) -> String {
         format!("last failure ({}): {}", self.reason.as_str(), self.detail)
     }
+
+    /// When our own shared budget said how long until this call's slot: the wait to use
+    /// as is (no doubling, it is not a failure), for a delivery or a renewal alike.
+    pub fn budget_wait(&self) -> Option<std::time::Duration> {
+        match (self.reason, &self.retry) {
+            (Reason::Throttled, Retry::Transient { after }) => *after,
+            _ => None,
+        }
+    }
 }
 
 impl From<&BunqError> for Failure {

@@ -368,10 +368,10 @@ pub fn after_failure(
             detail: format!("gave up after {attempt} attempts; {}", failure.summary()),
         };
     }
-    let delay = match (failure.reason, after) {
-        // The budget said when this one's slot comes: back just before it, no doubling.
-        (Reason::Throttled, Some(after)) => after.min(settings.retry_queue_max_delay),
-        _ => retry_delay(settings, attempt, after),
+    let delay = match failure.budget_wait() {
+        // The budget said when this one's slot comes: back just before it.
+        Some(wait) => wait.min(settings.retry_queue_max_delay),
+        None => retry_delay(settings, attempt, after),
     };
     if let Some(expires_at) = credential_expires_at {
         if expires_at <= now + delay {

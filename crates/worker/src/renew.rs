@@ -308,10 +308,9 @@ impl Renewer {
                 if failure.reason != Reason::Throttled {
                     credential.failures += 1;
                 }
-                let delay = match hint {
-                    // The shared budget named when this one's slot comes.
-                    Some(after) if failure.reason == Reason::Throttled => after.min(self.settings.max_retry_delay),
-                    _ => self.settings.retry_delay(credential.failures.max(1), hint),
+                let delay = match failure.budget_wait() {
+                    Some(wait) => wait.min(self.settings.max_retry_delay),
+                    None => self.settings.retry_delay(credential.failures.max(1), hint),
                 };
                 let at = OffsetDateTime::now_utc() + delay;
                 if at >= current.expires_at {

@@ -13,7 +13,7 @@ use fake_bunq::FakeConfig;
 use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection};
+use lapin::{Channel, Connection};
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 use test_support::{expiry_in, provision_body, random_token, TestNames, WorkerEnv, CLIENT_KEY};
@@ -115,16 +115,7 @@ pub async fn run(
         let now = Instant::now();
         expiry_of.insert(fake_bunq::secret::SecretDigest::of(&token).short(), now + scenario.window);
         published.insert(id, now);
-        channel
-            .basic_publish(
-                names.input_exchange.as_str().into(),
-                "partner_user_provision.bench".into(),
-                Default::default(),
-                &body,
-                BasicProperties::default().with_delivery_mode(2),
-            )
-            .await?
-            .await?;
+        super::publish_input(channel, &names.input_exchange, &body).await?;
     }
 
     let (mut announced, mut dead_letters, mut dead_after) = (HashSet::new(), HashMap::new(), Vec::new());
