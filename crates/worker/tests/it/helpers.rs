@@ -196,6 +196,20 @@ impl TestApp {
         ops::metrics(self.ops_addr).await.unwrap()
     }
 
+    /// The metrics once they contain `line`: a counter moves after the work it counts
+    /// (an event is published before its close is purged and counted), so a test that
+    /// saw the event waits for the count instead of racing it.
+    pub async fn metrics_with(&self, line: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let metrics = self.metrics().await;
+            if metrics.contains(line) || Instant::now() >= deadline {
+                return metrics;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Starts another worker on the same queues, Redis prefix and fake bunq (a second
     /// replica; its own consumer tag); stopped at teardown. Returns its ops address.
     pub async fn spawn_replica(&mut self) -> SocketAddr {

@@ -65,14 +65,17 @@ async fn a_session_is_renewed_before_it_expires_on_the_installation_and_device_i
     assert_eq!(endpoints, vec![Endpoint::SessionServer], "{calls:?}");
     assert_eq!((calls[0].status, calls[0].installation_id), (Some(200), opened_on));
 
-    // The record at the same cache_key is the new session, and its renewal is scheduled.
+    // The record at the same cache_key is the new session (committed before the event).
     let cached = app.store.read_session(ready.user_id).await.unwrap().expect("cached");
     assert_eq!((cached.session_id, cached.expires_at), (session_id, expires_at));
+    // The next renewal is scheduled after the event and counted after that.
+    let counted = r#"bunq_session_worker_renewals_total{outcome="renewed"} 1"#;
+    let metrics = app.metrics_with(counted, WAIT).await;
+    assert!(metrics.contains(counted), "{metrics}");
     let due = app.store.renewal_due(id).await.unwrap().expect("next renewal scheduled");
     assert!(due > time::OffsetDateTime::now_utc() + time::Duration::seconds(20), "{due}");
     assert!(app.next_json(Duration::from_secs(1)).await.is_none(), "a second event");
     let metrics = app.metrics().await;
-    assert!(metrics.contains(r#"bunq_session_worker_renewals_total{outcome="renewed"} 1"#), "{metrics}");
     assert!(metrics.contains("bunq_session_worker_renewals_scheduled 1"), "{metrics}");
     app.teardown().await;
 }
@@ -158,13 +161,15 @@ async fn a_renewal_bunq_refuses_closes_the_session_as_credential_revoked() {
         (closed["reason"].as_str(), closed["session_id"].as_u64()),
         (Some("credential_revoked"), Some(ready.session_id))
     );
+    // Counted once the purge that follows the event is done.
+    let counted = r#"renewals_total{outcome="credential_revoked"} 1"#;
+    let metrics = app.metrics_with(counted, WAIT).await;
+    assert!(metrics.contains(counted), "{metrics}");
     // Session, credential and schedule entry gone; the old session ended at bunq.
     assert!(app.store.read_session(ready.user_id).await.unwrap().is_none(), "still cached");
     assert!(app.store.load_credential(id).await.unwrap().is_none(), "credential kept");
     assert!(app.store.renewal_due(id).await.unwrap().is_none(), "still scheduled");
     assert!(app.fake.ended_sessions().contains(&ready.session_id));
-    let metrics = app.metrics().await;
-    assert!(metrics.contains(r#"renewals_total{outcome="credential_revoked"} 1"#), "{metrics}");
     app.teardown().await;
 }
 
@@ -223,13 +228,15 @@ async fn renewals_failing_until_the_session_expires_close_it_as_renewal_failed()
         "gave up at {now}, session expires {}",
         ready.expires_at
     );
-    let metrics = app.metrics().await;
+    // Counted once the purge that follows the event is done.
+    let counted = r#"renewals_total{outcome="renewal_failed"} 1"#;
+    let metrics = app.metrics_with(counted, WAIT).await;
+    assert!(metrics.contains(counted), "{metrics}");
     let retries = metrics
         .lines()
         .find_map(|l| l.strip_prefix(r#"bunq_session_worker_renewals_total{outcome="retrying"} "#))
         .map_or(0, |n| n.parse::<u64>().unwrap());
     assert!(retries >= 2, "{metrics}");
-    assert!(metrics.contains(r#"renewals_total{outcome="renewal_failed"} 1"#), "{metrics}");
     assert!(app.store.load_credential(id).await.unwrap().is_none(), "credential kept");
     assert!(app.store.renewal_due(id).await.unwrap().is_none(), "still scheduled");
     assert_eq!(app.fake.sessions_created_for(&token), 1);
