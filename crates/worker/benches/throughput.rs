@@ -32,13 +32,15 @@
 
 #[path = "support/backlog.rs"]
 mod backlog;
+#[path = "support/cpu.rs"]
+mod cpu;
 
 use bunq_session_worker::amqp::topology::{self, Names};
 use fake_bunq::FakeConfig;
 use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection};
+use lapin::{BasicProperties, Channel, Connection, PublisherConfirm};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -144,6 +146,49 @@ async fn main() -> anyhow::Result<()> {
         backlog: sizes.churn_backlog,
         first_id: 60_000_000,
     };
+    if let Some(slow) = std::env::var("BENCH_ONLY").ok().and_then(|only| match only.as_str() {
+        "new" => Some(false),
+        "slow" => Some(true),
+        _ => None,
+    }) {
+        // Iterating on the new-session path (or with bunq slow): that run alone, with its
+        // CPU, nothing written.
+        let latency_ms = if slow { SLOW_LATENCY.as_millis() as u64 } else { 0 };
+        let config =
+            FakeConfig { faults: fake_bunq::Faults { latency_ms, ..Default::default() }, ..fake_allowing(UNLIMITED) };
+        let fake = fake_bunq::spawn(tokio::net::TcpListener::bind("127.0.0.1:0").await?, config).await?;
+        let env = WorkerEnv::local(&fake.base_url(), CLIENT_KEY, &run).allowing(UNLIMITED);
+        let default_prefetch = if slow { SLOW_PREFETCH } else { PREFETCH };
+        let prefetch = std::env::var("BENCH_PREFETCH").ok().and_then(|p| p.parse().ok()).unwrap_or(default_prefetch);
+        let worker = BenchWorker::start(&env, prefetch).await?;
+        let meter = cpu_meter(&worker);
+        let fresh = run_through_worker(
+            &channel,
+            &connection,
+            names,
+            &capture,
+            ready_bodies(10_000_000, sizes.events),
+            provision_id,
+            None,
+        )
+        .await?;
+        let usage = meter.stop(cores);
+        fresh.print(&format!("new sessions, prefetch {prefetch}, bunq +{latency_ms} ms"));
+        let bound = f64::from(prefetch) / (3.0 * SLOW_LATENCY.as_secs_f64());
+        println!(
+            "{:.3} of the crypto floor ({crypto_floor:.0}/s); steady {:.0}/s = {:.3} of the slow bound; {:.0}% of \
+             {cores} cores busy; CPU ms per session: {}",
+            fresh.per_second / crypto_floor,
+            fresh.steady_per_second(prefetch.into()),
+            fresh.steady_per_second(prefetch.into()) / bound,
+            100.0 * usage.busy(),
+            usage.describe(sizes.events)
+        );
+        worker.stop().await?;
+        fake.shutdown().await;
+        leftovers.clean().await?;
+        return Ok(());
+    }
     if let Ok(only) = std::env::var("BENCH_ONLY") {
         // Iterating on the budget: one backlog scenario alone, nothing written.
         let scenario = if only == "churn" { &churn_scenario } else { &deadline_scenario };
@@ -165,7 +210,9 @@ async fn main() -> anyhow::Result<()> {
     let worker = BenchWorker::start(&env, PREFETCH).await?;
     let idle_rss = memory_kib(worker.pid, "VmRSS")?;
     let bodies = ready_bodies(10_000_000, sizes.events);
+    let meter = cpu_meter(&worker);
     let fresh = through(bodies.clone(), None).await?;
+    let fresh_cpu = meter.stop(cores);
     // The same bodies again: same credentials, so every session is found cached.
     let repeat = through(bodies, None).await?;
     // Undecodable bodies: each is moved to the dead-letter queue (confirmed copy, then ack).
@@ -208,7 +255,8 @@ async fn main() -> anyhow::Result<()> {
     let env = WorkerEnv::local(&fake.base_url(), CLIENT_KEY, &run)
         .allowing(UNLIMITED)
         .set("RATE_LIMIT_SESSION_SERVER", format!("{SHARED_BUDGET}/1s"))
-        .set("RATE_LIMIT_SCOPE", "global");
+        .set("RATE_LIMIT_SCOPE", "global")
+        .set("REDIS_KEY_PREFIX", format!("{}shared:", run.key_prefix));
     let mut workers = Vec::new();
     for _ in 0..SHARED_WORKERS {
         workers.push(BenchWorker::start(&env, PREFETCH).await?);
@@ -247,9 +295,9 @@ async fn main() -> anyhow::Result<()> {
         ),
         (
             "slow bunq steady rate / prefetch bound",
-            slow.steady_per_second / slow_bound,
+            slow.steady_per_second(SLOW_PREFETCH.into()) / slow_bound,
             ">= 0.90",
-            slow.steady_per_second / slow_bound >= 0.90,
+            slow.steady_per_second(SLOW_PREFETCH.into()) / slow_bound >= 0.90,
         ),
         (
             "p99 latency overhead at half rate (ms)",
@@ -298,11 +346,20 @@ new-session throughput is {:.1}% of the broker floor; cached path {:.1}%; dead-l
         100.0 * repeat.per_second / floor.per_second,
         100.0 * dead.per_second / floor.per_second
     );
+    // Where the CPU went: signing's share of it is what the crypto floor counts.
+    let signing_ms = SIGNATURES_PER_SESSION * cores as f64 / signatures_per_second * 1000.0;
+    let per_session = fresh_cpu.ms_per_event(sizes.events);
+    println!(
+        "new sessions: {:.0}% of {cores} cores busy; CPU per session {:.2} ms ({}), of which signing {signing_ms:.2} ms",
+        100.0 * fresh_cpu.busy(),
+        fresh_cpu.total() * 1000.0 / sizes.events as f64,
+        fresh_cpu.describe(sizes.events),
+    );
     println!(
         "crypto floor: {signatures_per_second:.0} RSA-2048 signatures/s on {cores} cores = {crypto_floor:.0} sessions/s; \
          slow-bunq bound {slow_bound:.0}/s, steady rate {:.0}/s (end to end {:.0}/s: the first sessions take 0.9 s to come out); stand-in time {stand_in_ms:.2} ms per session; \
          shared limit {achieved:.2} calls/s over {span:.1} s ({} answered)",
-        slow.steady_per_second,
+        slow.steady_per_second(SLOW_PREFETCH.into()),
         slow.per_second,
         answered.len()
     );
@@ -350,9 +407,15 @@ new-session throughput is {:.1}% of the broker floor; cached path {:.1}%; dead-l
     report.run("paced", &paced);
     report.run("slow_bunq", &slow);
     report.set("crypto_floor_ratio", fresh.per_second / crypto_floor);
+    report.set("new_session_cpu_busy", fresh_cpu.busy());
+    report.set("new_session_signing_cpu_ms", signing_ms);
+    report.set("new_session_cpu_kernel_share", fresh_cpu.system_share());
+    for (name, ms, _) in &per_session {
+        report.set(&format!("new_session_cpu_ms_{}", name.split_whitespace().next().unwrap_or(name)), *ms);
+    }
     report.set("slow_bunq_bound_events_per_s", slow_bound);
-    report.set("slow_bunq_steady_events_per_s", slow.steady_per_second);
-    report.set("slow_bunq_ratio", slow.steady_per_second / slow_bound);
+    report.set("slow_bunq_steady_events_per_s", slow.steady_per_second(SLOW_PREFETCH.into()));
+    report.set("slow_bunq_ratio", slow.steady_per_second(SLOW_PREFETCH.into()) / slow_bound);
     report.set("stand_in_ms_per_session", stand_in_ms);
     report.set("latency_overhead_p50_ms", paced.percentile(0.50) - stand_in_ms);
     report.set("latency_overhead_p95_ms", paced.percentile(0.95) - stand_in_ms);
@@ -441,6 +504,10 @@ async fn profile(out: &std::path::Path) -> anyhow::Result<()> {
     let control = |command: &str| {
         std::process::Command::new("callgrind_control").args([command, &worker.pid.to_string()]).output()
     };
+    // Warmed up first: the first signature seeds aws-lc's random generator from CPU
+    // jitter, once per process (~420 M instructions), which is start-up, not a session's.
+    run_through_worker(&channel, &connection, names, &capture, ready_bodies(49_000_000, 10), provision_id, None)
+        .await?;
     control("--zero")?;
     let run = run_through_worker(
         &channel,
@@ -515,6 +582,16 @@ impl BenchWorker {
     }
 }
 
+/// The processes a new-session run keeps busy, measured together.
+fn cpu_meter(worker: &BenchWorker) -> cpu::Meter {
+    cpu::Meter::start(vec![
+        cpu::Part::new("worker", vec![worker.pid]),
+        cpu::Part::new("bench + stand-in", vec![std::process::id()]),
+        cpu::Part::by_name("rabbitmq", "beam.smp"),
+        cpu::Part::by_name("redis", "redis-server"),
+    ])
+}
+
 fn ready_bodies(first_id: u64, count: usize) -> Vec<(u64, Vec<u8>)> {
     (first_id..first_id + count as u64)
         .map(|id| {
@@ -550,12 +627,36 @@ fn crypto_floor(threads: usize, seconds: f64) -> anyhow::Result<f64> {
 
 struct Run {
     per_second: f64,
-    /// Outputs per second once the pipeline is full (see [`steady_rate`]).
-    steady_per_second: f64,
+    /// When each output arrived, in order.
+    outputs: Vec<Instant>,
     latencies: Vec<Duration>,
 }
 
 impl Run {
+    fn new(events: usize, elapsed: Duration, outputs: impl Iterator<Item = Instant>, latencies: Vec<Duration>) -> Self {
+        let mut outputs: Vec<Instant> = outputs.collect();
+        outputs.sort();
+        Self { per_second: events as f64 / elapsed.as_secs_f64(), outputs, latencies }
+    }
+
+    /// Outputs per second with the pipeline full, `in_flight` deliveries at a time: from
+    /// the output that ends the first round of in-flight work to the one that ends the
+    /// last whole round. Filling and draining are left out, and so is the phase of the
+    /// rounds: a backlog taken `in_flight` at a time comes out in waves (every delivery of
+    /// a round waits for the same three answers), and a window that starts or ends inside
+    /// a wave (say, at the 10th and 90th percentile of output times) over- or undercounts
+    /// by up to a wave.
+    fn steady_per_second(&self, in_flight: usize) -> f64 {
+        let rounds = self.outputs.len() / in_flight.max(1);
+        let (from, to) = (in_flight.saturating_sub(1), (rounds * in_flight).saturating_sub(1));
+        match (self.outputs.get(from), self.outputs.get(to)) {
+            (Some(first), Some(last)) if to > from && last > first => {
+                (to - from) as f64 / last.duration_since(*first).as_secs_f64()
+            }
+            _ => 0.0,
+        }
+    }
+
     fn percentile(&self, p: f64) -> f64 {
         let index = ((self.latencies.len() as f64 - 1.0) * p).round() as usize;
         self.latencies[index].as_secs_f64() * 1000.0
@@ -620,14 +721,16 @@ async fn broker_floor(connection: &Connection, queue: &str, events: usize) -> an
         let queue = queue.to_owned();
         tokio::spawn(async move {
             let mut sent = Vec::with_capacity(events);
+            let mut window = ConfirmWindow::default();
             for i in 0..events {
                 let properties = BasicProperties::default().with_delivery_mode(2).with_message_id(i.to_string().into());
                 sent.push(Instant::now());
-                channel
+                let confirm = channel
                     .basic_publish("".into(), queue.as_str().into(), Default::default(), &body, properties)
-                    .await?
                     .await?;
+                window.push(confirm).await?;
             }
+            window.drain().await?;
             Ok::<_, lapin::Error>(sent)
         })
     };
@@ -643,8 +746,7 @@ async fn broker_floor(connection: &Connection, queue: &str, events: usize) -> an
     let mut latencies: Vec<Duration> = received.iter().map(|(i, at)| at.duration_since(sent[*i])).collect();
     latencies.sort();
     channel.queue_delete(queue.into(), QueueDeleteOptions::default()).await?;
-    let steady_per_second = steady_rate(received.iter().map(|(_, at)| *at));
-    Ok(Run { per_second: events as f64 / elapsed.as_secs_f64(), steady_per_second, latencies })
+    Ok(Run::new(events, elapsed, received.iter().map(|(_, at)| *at), latencies))
 }
 
 fn provision_id(body: &[u8]) -> anyhow::Result<u64> {
@@ -679,6 +781,7 @@ async fn run_through_worker(
         let exchange = names.input_exchange.clone();
         tokio::spawn(async move {
             let mut sent = HashMap::with_capacity(bodies.len());
+            let mut window = ConfirmWindow::default();
             let mut tick = pace.map(|pace| {
                 let mut tick = tokio::time::interval(pace);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -689,8 +792,9 @@ async fn run_through_worker(
                     tick.tick().await;
                 }
                 sent.insert(id, Instant::now());
-                publish_input(&channel, &exchange, &body).await?;
+                window.push(send_input(&channel, &exchange, &body).await?).await?;
             }
+            window.drain().await?;
             Ok::<_, lapin::Error>(sent)
         })
     };
@@ -706,12 +810,17 @@ async fn run_through_worker(
     let mut latencies: Vec<Duration> = received.iter().map(|(id, at)| at.duration_since(sent[id])).collect();
     latencies.sort();
     consumer_channel.close(200, "done".into()).await?;
-    let steady_per_second = steady_rate(received.values().copied());
-    Ok(Run { per_second: count as f64 / elapsed.as_secs_f64(), steady_per_second, latencies })
+    Ok(Run::new(count, elapsed, received.values().copied(), latencies))
 }
 
 /// One persistent provision event to the input exchange, confirmed, as upstream sends it.
 async fn publish_input(channel: &Channel, exchange: &str, body: &[u8]) -> Result<(), lapin::Error> {
+    send_input(channel, exchange, body).await?.await?;
+    Ok(())
+}
+
+/// The same, without waiting for the broker's confirm.
+async fn send_input(channel: &Channel, exchange: &str, body: &[u8]) -> Result<PublisherConfirm, lapin::Error> {
     channel
         .basic_publish(
             exchange.into(),
@@ -720,21 +829,31 @@ async fn publish_input(channel: &Channel, exchange: &str, body: &[u8]) -> Result
             body,
             BasicProperties::default().with_delivery_mode(2),
         )
-        .await?
-        .await?;
-    Ok(())
+        .await
 }
 
-/// Outputs per second between the 10th and the 90th percentile of output times: the
-/// rate with the pipeline full, without its filling (the first outputs wait for every
-/// in-flight call to start) and its draining.
-fn steady_rate(outputs: impl Iterator<Item = Instant>) -> f64 {
-    let mut times: Vec<Instant> = outputs.collect();
-    times.sort();
-    let (from, to) = (times.len() / 10, times.len() * 9 / 10);
-    match (times.get(from), times.get(to)) {
-        (Some(first), Some(last)) if last > first => (to - from) as f64 / last.duration_since(*first).as_secs_f64(),
-        _ => 0.0,
+/// Publisher confirms awaited a window behind the publishes, as a busy upstream publishes:
+/// one publish at a time, each waiting for its confirm, would measure the round trip of
+/// a confirm (about 1 ms here) instead of the worker or the broker.
+#[derive(Default)]
+struct ConfirmWindow(std::collections::VecDeque<PublisherConfirm>);
+
+impl ConfirmWindow {
+    const SIZE: usize = 64;
+
+    async fn push(&mut self, confirm: PublisherConfirm) -> Result<(), lapin::Error> {
+        self.0.push_back(confirm);
+        while self.0.len() > Self::SIZE {
+            self.0.pop_front().expect("not empty").await?;
+        }
+        Ok(())
+    }
+
+    async fn drain(&mut self) -> Result<(), lapin::Error> {
+        while let Some(confirm) = self.0.pop_front() {
+            confirm.await?;
+        }
+        Ok(())
     }
 }
 

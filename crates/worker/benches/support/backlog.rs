@@ -81,7 +81,9 @@ pub async fn run(
     let env = WorkerEnv::local(&fake.base_url(), CLIENT_KEY, run)
         .allowing(super::UNLIMITED)
         .set("RATE_LIMIT_SESSION_SERVER", format!("{}/1s", scenario.budget))
-        .set("RATE_LIMIT_SCOPE", "global");
+        .set("RATE_LIMIT_SCOPE", "global")
+        // A budget of its own: an earlier part's rate-limit log or waiters must not share it.
+        .set("REDIS_KEY_PREFIX", format!("{}{}:", run.key_prefix, scenario.first_id));
     let mut workers = Vec::new();
     for _ in 0..scenario.workers {
         workers.push(BenchWorker::start(&env, super::PREFETCH).await?);
