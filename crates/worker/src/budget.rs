@@ -17,7 +17,7 @@
 //! who takes the next one.
 
 use crate::metrics::Metrics;
-use crate::ratelimit::{Limit, RateLimitError};
+use crate::ratelimit::{Limit, RateLimitError, Reservation};
 use crate::store::Redis;
 use std::sync::Arc;
 use std::time::Duration;
@@ -328,6 +328,18 @@ impl Budget {
         take: bool,
         hold: Duration,
     ) -> Result<Admission, RateLimitError> {
+        self.admit_as(waiter, deadline, take, hold, &uuid::Uuid::new_v4().to_string()).await
+    }
+
+    /// [`Self::admit`], the call going into the log as `member` when it takes a slot.
+    async fn admit_as(
+        &self,
+        waiter: Waiter,
+        deadline: OffsetDateTime,
+        take: bool,
+        hold: Duration,
+        member: &str,
+    ) -> Result<Admission, RateLimitError> {
         let deadline_ms = (deadline.unix_timestamp_nanos() / 1_000_000).max(0) as u64;
         // Outlives the longest sleep between two polls (half the hold horizon).
         let lease = self.hold_horizon() / 2 + self.poll_interval() * 4 + Duration::from_secs(1);
@@ -343,7 +355,7 @@ impl Budget {
             .arg(lease.as_millis() as u64)
             .arg(self.max_park.as_millis() as u64)
             .arg(FORGET_AFTER.as_millis() as u64)
-            .arg(uuid::Uuid::new_v4().to_string())
+            .arg(member)
             .arg(LEAD.as_millis() as u64);
         let mut conn = self.conn.clone();
         let (kind, ms, ahead): (i64, i64, u64) = invocation.invoke_async(&mut conn).await?;
@@ -357,18 +369,19 @@ impl Budget {
     }
 
     /// Waits for a slot before `deadline` and reserves it; `max_hold` bounds the stay
-    /// (what is left of the caller's retry budget). Returns the time waited.
+    /// (what is left of the caller's retry budget).
     pub async fn acquire(
         &self,
         waiter: Waiter,
         deadline: OffsetDateTime,
         max_hold: Duration,
-    ) -> Result<Duration, RateLimitError> {
+    ) -> Result<Reservation, RateLimitError> {
         let started = tokio::time::Instant::now();
+        let member = uuid::Uuid::new_v4().to_string();
         loop {
             let hold = self.hold_horizon().min(max_hold.saturating_sub(started.elapsed()));
-            match self.admit(waiter, deadline, true, hold).await? {
-                Admission::Go => return Ok(started.elapsed()),
+            match self.admit_as(waiter, deadline, true, hold, &member).await? {
+                Admission::Go => return Ok(Reservation::new(self.log_key.clone(), member, started.elapsed())),
                 // Half the wait at most: a slot that moves earlier (a waiter ahead left or
                 // is away) is noticed before it comes.
                 Admission::Hold(wait) => tokio::time::sleep(wait.min(self.poll_interval().max(wait / 2))).await,

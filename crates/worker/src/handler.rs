@@ -8,7 +8,7 @@ use crate::event::{self, SessionClosed, SessionReady, SESSION_READY_EVENT_TYPE};
 use crate::failure::{Failure, Reason, Retry};
 use crate::renew::{Renewal, Renewer};
 use crate::session::SessionOpener;
-use crate::store::{credential_tag, Claim, Credential, Session, Store};
+use crate::store::{credential_tag, Begin, Claim, Credential, Handshake, Session, Store};
 use std::sync::Arc;
 use std::time::Duration;
 use time::OffsetDateTime;
@@ -242,46 +242,63 @@ impl Handler {
     /// announcement can slip out after the close's (see `close.rs`).
     async fn act(&self, ready: &ReadyProvision, correlation_id: Option<&str>) -> Result<Outcome, Failure> {
         let id = ready.provision_id;
-        if self.store.is_closed(id).await? {
-            return Ok(Outcome::Skipped(SkipReason::ProvisionClosed));
-        }
         let credential = credential_tag(ready.credential_id, &ready.token_value);
-        let work = |claim| self.act_locked(ready, claim, correlation_id);
-        match self.store.with_lock(id, credential, &self.owner, self.settings.lock_ttl, work).await? {
-            Some(outcome) => outcome,
-            None => Ok(Outcome::Retry {
+        let ttl = self.settings.lock_ttl;
+        match self.store.begin_open(id, credential, &self.owner, ttl).await? {
+            Begin::Closed => Ok(Outcome::Skipped(SkipReason::ProvisionClosed)),
+            Begin::Busy => Ok(Outcome::Retry {
                 reason: Reason::LockBusy,
                 detail: format!("provision {id} is being processed by another delivery"),
                 delay: self.settings.retry_queue_delay,
                 counts_as_attempt: false,
             }),
+            Begin::Locked { claim, handshake } => {
+                let work = async { self.act_locked(ready, &claim, (*handshake)?, correlation_id).await };
+                self.store.hold(&claim, ttl, work).await
+            }
         }
     }
 
     async fn act_locked(
         &self,
         ready: &ReadyProvision,
-        claim: Claim,
+        claim: &Claim,
+        handshake: Handshake,
         correlation_id: Option<&str>,
     ) -> Result<Outcome, Failure> {
-        // A redelivery or duplicate finds the session and re-announces it.
-        let handshake = self.store.load_handshake(ready.provision_id, &claim.credential).await?;
         let credential = self.renewer.as_ref().map(|_| Credential {
             tag: claim.credential.clone(),
             token_value: ready.token_value.clone(),
             unannounced: None,
             failures: 0,
         });
-        let (session, reused) = match self.usable(&handshake.session) {
-            Some(session) => (session, true),
-            None => (self.opener.open(ready, handshake, &claim, credential.as_ref()).await?, false),
+        let now = OffsetDateTime::now_utc();
+        // A redelivery or duplicate finds the session and re-announces it.
+        let (session, reused) = match handshake.session.as_ref().filter(|s| self.opener.is_usable(s, now)).cloned() {
+            Some(session) => {
+                // Repairs a cache entry lost between the writes of a crashed attempt, or
+                // evicted; meanwhile, a close marked since the lock was taken stops the
+                // announcement (two keys in two slots: side by side, not one script).
+                let ttl = self.opener.cache_ttl(&session, now);
+                let (cached, closed) =
+                    tokio::join!(self.store.cache_session(&session, ttl), self.store.is_closed(ready.provision_id));
+                cached?;
+                if closed? {
+                    return Ok(Outcome::Skipped(SkipReason::ProvisionClosed));
+                }
+                (session, true)
+            }
+            None => {
+                let opened = self.opener.open(ready, handshake, claim, credential.as_ref()).await?;
+                if opened.closed {
+                    // Closed while we opened: the close, waiting for this lock, ends it.
+                    return Ok(Outcome::Skipped(SkipReason::ProvisionClosed));
+                }
+                (opened.session, false)
+            }
         };
-        if self.store.is_closed(ready.provision_id).await? {
-            // Closed while we opened: the close, waiting for this lock, ends the session.
-            return Ok(Outcome::Skipped(SkipReason::ProvisionClosed));
-        }
         if let (Some(renewer), Some(credential)) = (&self.renewer, &credential) {
-            self.schedule_renewal(renewer, &claim, &session, credential, reused).await?;
+            self.schedule_renewal(renewer, claim, &session, credential, reused).await?;
         }
         self.announce(session, reused, correlation_id).await
     }
@@ -308,18 +325,7 @@ impl Handler {
         Ok(self.store.schedule_renewal_if_absent(session.provision_id, due).await?)
     }
 
-    fn usable(&self, session: &Option<Session>) -> Option<Session> {
-        let now = OffsetDateTime::now_utc();
-        session.as_ref().filter(|s| self.opener.is_usable(s, now)).cloned()
-    }
-
     async fn announce(&self, session: Session, reused: bool, correlation_id: Option<&str>) -> Result<Outcome, Failure> {
-        let now = OffsetDateTime::now_utc();
-        if reused {
-            // Repairs a cache entry lost between the writes of a crashed attempt, or evicted.
-            let ttl = self.opener.cache_ttl(&session, now);
-            self.store.cache_session(&session, ttl).await?;
-        }
         let event_id = event::event_id(session.provision_id, session.session_id);
         let event = session_event(&self.store, &session, SESSION_READY_EVENT_TYPE, event_id);
         self.announcer.announce(&event, correlation_id).await?;

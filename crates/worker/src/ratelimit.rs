@@ -142,6 +142,37 @@ redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[3]))
 return 0
 "#;
 
+/// KEYS[1] the log; ARGV: the reserved call's member, window ms. Moves the call to now
+/// (never earlier) once bunq has answered it: bunq counted the call at some moment before
+/// answering, so from here on the log holds a time no earlier than bunq's, and a slot
+/// reserved after this is a full window after bunq's count of the call, however late the
+/// call was on its way (a worker descheduled between its slot and the send, a slow
+/// network). A call reserved before the answer still relies on the spacing margin.
+const STAMP: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if redis.call('ZADD', KEYS[1], 'XX', 'GT', 'CH', now, ARGV[1]) == 1 then
+  if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+end
+return 0
+"#;
+
+/// A call's place in a rate-limit log: hand it back with [`RateLimiter::answered`] once
+/// bunq has answered (or the call failed on its way).
+#[derive(Debug)]
+pub struct Reservation {
+    key: String,
+    member: String,
+    /// How long the caller waited for the slot.
+    pub waited: Duration,
+}
+
+impl Reservation {
+    pub(crate) fn new(key: String, member: String, waited: Duration) -> Self {
+        Self { key, member, waited }
+    }
+}
+
 #[derive(Clone)]
 pub struct RateLimiter {
     conn: Redis,
@@ -151,6 +182,7 @@ pub struct RateLimiter {
     scope: Scope,
     script: Arc<redis::Script>,
     fill: Arc<redis::Script>,
+    stamp: Arc<redis::Script>,
     metrics: Arc<Metrics>,
     /// Session-server calls with a deadline, when one budget is shared by all.
     budget: Option<Budget>,
@@ -173,6 +205,7 @@ impl RateLimiter {
             scope,
             script: Arc::new(redis::Script::new(RESERVE)),
             fill: Arc::new(redis::Script::new(FILL)),
+            stamp: Arc::new(redis::Script::new(STAMP)),
             metrics,
             budget: None,
         }
@@ -245,13 +278,34 @@ impl RateLimiter {
         provision_id: u64,
         deadline: OffsetDateTime,
         max_wait: Duration,
-    ) -> Result<Duration, RateLimitError> {
+    ) -> Result<Reservation, RateLimitError> {
         let Some(budget) = &self.budget else {
             return self.acquire(Endpoint::SessionServer, provision_id, max_wait).await;
         };
-        let waited = budget.acquire(waiter, deadline, max_wait).await?;
-        self.metrics.observe_rate_limit_wait(Endpoint::SessionServer.path(), waited);
-        Ok(waited)
+        let reservation = budget.acquire(waiter, deadline, max_wait).await?;
+        self.metrics.observe_rate_limit_wait(Endpoint::SessionServer.path(), reservation.waited);
+        Ok(reservation)
+    }
+
+    /// bunq answered the reserved call (or it failed on its way): its log entry moves to
+    /// now, in the background (the next call that could depend on it is a slot away).
+    pub fn answered(&self, reservation: Reservation) {
+        let (conn, stamp, window) = (self.conn.clone(), self.stamp.clone(), self.spacing_of(&reservation.key));
+        tokio::spawn(async move {
+            let mut conn = conn;
+            let stamped: Result<i64, _> =
+                stamp.key(&reservation.key).arg(&reservation.member).arg(window).invoke_async(&mut conn).await;
+            if let Err(e) = stamped {
+                // The entry keeps its slot time: the spacing margin still covers it.
+                tracing::debug!(event = "rate_limit_stamp_failed", error = %e);
+            }
+        });
+    }
+
+    /// The window (ms) of the log at `key`, to keep the log that long after a stamp.
+    fn spacing_of(&self, key: &str) -> u64 {
+        let limit = if key.contains(":session-server:") { self.session_server } else { self.other_post };
+        limit.spacing().as_millis() as u64
     }
 
     /// Before a handshake: whether the shared budget can serve `waiter` before `deadline`
@@ -270,16 +324,17 @@ impl RateLimiter {
         endpoint: Endpoint,
         provision_id: u64,
         max_wait: Duration,
-    ) -> Result<Duration, RateLimitError> {
+    ) -> Result<Reservation, RateLimitError> {
         let limit = self.limit(endpoint);
         let mut conn = self.conn.clone();
+        let (key, member) = (self.key(endpoint, provision_id), uuid::Uuid::new_v4().to_string());
         let wait_ms: i64 = self
             .script
-            .key(self.key(endpoint, provision_id))
+            .key(&key)
             .arg(limit.spacing().as_millis() as u64)
             .arg(limit.calls)
             .arg(max_wait.as_millis() as u64)
-            .arg(uuid::Uuid::new_v4().to_string())
+            .arg(&member)
             .invoke_async(&mut conn)
             .await?;
         if wait_ms < 0 {
@@ -294,7 +349,7 @@ impl RateLimiter {
             tokio::time::sleep(wait).await;
         }
         self.metrics.observe_rate_limit_wait(endpoint.path(), wait);
-        Ok(wait)
+        Ok(Reservation::new(key, member, wait))
     }
 }
 

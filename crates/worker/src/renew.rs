@@ -286,6 +286,7 @@ impl Renewer {
                 let ttl = self.opener.cache_ttl(&renewed, OffsetDateTime::now_utc());
                 // bunq has opened the session: held until Redis takes it, like an open.
                 let commit = || self.store.commit_session(&claim, &handshake, &renewed, Some(&credential), ttl);
+                // A close marked meanwhile waits for this lock and closes the new session.
                 self.opener.durably(id, commit).await?;
                 let event = self.announce(&renewed, &claim, &mut credential).await?;
                 self.store.schedule_renewal(id, self.settings.due_at(&renewed)).await?;

@@ -32,6 +32,14 @@ pub struct SessionOpener {
     gate: Arc<RedisGate>,
 }
 
+/// A session the handshake opened and recorded.
+pub struct Opened {
+    pub session: Session,
+    /// The provision was marked closed while it opened: not to be announced (the close,
+    /// waiting for the lock, ends it).
+    pub closed: bool,
+}
+
 /// One step's error, for the retry loop.
 enum StepError {
     Bunq(BunqError),
@@ -96,7 +104,7 @@ impl SessionOpener {
         mut handshake: Handshake,
         claim: &Claim,
         credential: Option<&Credential>,
-    ) -> Result<Session, Failure> {
+    ) -> Result<Opened, Failure> {
         let deadline = Instant::now() + self.retry.budget;
         let id = provision.provision_id;
         let secret = &provision.token_value;
@@ -144,14 +152,15 @@ impl SessionOpener {
         let ttl = self.cache_ttl(&session, OffsetDateTime::now_utc());
         // bunq has opened the session: giving up on recording it means the next attempt
         // opens a second one.
-        self.durably(id, || self.store.commit_session(claim, &handshake, &session, credential, ttl)).await?;
+        let written =
+            self.durably(id, || self.store.commit_session(claim, &handshake, &session, credential, ttl)).await?;
         tracing::info!(
             event = "session_opened",
             user_id = session.user_id,
             session_id = session.session_id,
             expires_at = %session.expires_at,
         );
-        Ok(session)
+        Ok(Opened { session, closed: written.closed })
     }
 
     /// Renewal: one session-server call on the installation and device `current` was
@@ -241,8 +250,9 @@ impl SessionOpener {
                 }
                 None => self.limiter.acquire(endpoint, provision_id, max_wait).await,
             };
-            slot.map_err(StepError::RateLimit)?;
+            let reservation = slot.map_err(StepError::RateLimit)?;
             let result = call().await;
+            self.limiter.answered(reservation);
             if let Err(BunqError::RateLimited { window, .. }) = &result {
                 // Every replica sharing the budget backs off, not only this one.
                 if let Err(e) = self.limiter.penalize(endpoint, provision_id, *window).await {
@@ -266,17 +276,17 @@ impl SessionOpener {
     /// Writes what bunq has already handed out. Retried with backoff, and while Redis is
     /// away held until it answers, never given up (doing the step again would ask bunq a
     /// second time), except at shutdown.
-    pub(crate) async fn durably<F, Fut>(&self, provision_id: u64, mut write: F) -> Result<(), Failure>
+    pub(crate) async fn durably<T, F, Fut>(&self, provision_id: u64, mut write: F) -> Result<T, Failure>
     where
         F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<(), StoreError>>,
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
     {
         let on_retry = |e: &StoreError, wait: Duration| {
             tracing::warn!(event = "write_retry", provision_id, wait_ms = wait.as_millis() as u64, error = %e);
         };
         loop {
             match run_with_retries(&self.retry, &mut write, StoreError::retry, on_retry).await {
-                Ok(()) => return Ok(()),
+                Ok(written) => return Ok(written),
                 Err(StoreError::Redis(e)) => {
                     self.gate.report_down();
                     if !self.gate.wait_up().await {

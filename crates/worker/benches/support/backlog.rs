@@ -86,7 +86,7 @@ pub async fn run(
         .set("REDIS_KEY_PREFIX", format!("{}{}:", run.key_prefix, scenario.first_id));
     let mut workers = Vec::new();
     for _ in 0..scenario.workers {
-        workers.push(BenchWorker::start(&env, super::PREFETCH).await?);
+        workers.push(BenchWorker::start(&env, super::SHARED_PREFETCH).await?);
     }
 
     let outputs = connection.create_channel().await?;

@@ -1,7 +1,7 @@
 //! What closing a provision does in Redis: the closed marker that stops every later
 //! announcement, the index of its handshake records, and the purge.
 
-use super::{Claim, Session, Store, StoreError, StoredSession};
+use super::{Session, Store, StoreError, StoredSession};
 use redis::AsyncCommands as _;
 use std::time::Duration;
 
@@ -18,31 +18,6 @@ static DELETE_IF_UNCHANGED: std::sync::LazyLock<redis::Script> = std::sync::Lazy
 });
 
 impl Store {
-    /// Adds the claim's credential to the provision's index of handshake records, before
-    /// the record is written, so the index always covers every record. The index lives as
-    /// long as its longest-lived record (`EXPIRE … NX` sets a first TTL, `GT` only extends).
-    pub(super) async fn index_handshake(&self, claim: &Claim, ttl: Duration) -> Result<(), StoreError> {
-        let key = self.keys.handshakes(claim.provision_id);
-        let secs = ttl.as_secs().max(1);
-        let mut conn = self.conn.clone();
-        let () = redis::pipe()
-            .sadd(&key, &claim.credential)
-            .ignore()
-            .cmd("EXPIRE")
-            .arg(&key)
-            .arg(secs)
-            .arg("NX")
-            .ignore()
-            .cmd("EXPIRE")
-            .arg(&key)
-            .arg(secs)
-            .arg("GT")
-            .ignore()
-            .query_async(&mut conn)
-            .await?;
-        Ok(())
-    }
-
     /// From now on nothing is announced for the provision (see `handler.rs`).
     pub async fn mark_closed(&self, provision_id: u64) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();

@@ -1,6 +1,6 @@
 //! The provision lock: one delivery at a time runs a provision's handshake. The holder
 //! renews it while it works ([`Store::extend_lock`]), and every write of handshake
-//! progress or of the session is fenced by it ([`Store::fenced_set`]): a holder whose lock
+//! progress or of the session is fenced by it ([`Store::fenced_write`]): a holder whose lock
 //! passed to another (a pause longer than its TTL) can no longer record anything, so the
 //! new holder never finds its progress overwritten by a stale one.
 
@@ -40,22 +40,68 @@ static EXTEND: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| 
     )
 });
 
-/// KEYS[1] the lock, ARGV[1] its owner; then for each further key a value and a TTL in
-/// seconds. Writes all of them unless another owner holds the lock. A lock that expired
-/// with nobody taking it over (Redis was away longer than its TTL, so nobody could renew
-/// it or take it) does not stop the write: nobody else is working on the provision, and
-/// dropping what bunq already handed out would only make the next attempt ask again.
-/// Every key carries the provision's hash tag, so the script runs on one Redis Cluster node.
-static FENCED_SET: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+/// KEYS[1] the lock, KEYS[2] the provision's closed marker, KEYS[3] its index of handshake
+/// records when ARGV[2] is a credential tag to add to it (else ''), then the records;
+/// ARGV[1] the lock's owner, ARGV[3] the index's TTL in seconds, then a value and a TTL
+/// in seconds per record. Writes everything unless another owner holds the lock (0);
+/// else 1, or 2 when the provision is marked closed.
+///
+/// A lock that expired with nobody taking it over (Redis was away longer than its TTL,
+/// so nobody could renew it or take it) does not stop the write: nobody else is working
+/// on the provision, and dropping what bunq already handed out would only make the next
+/// attempt ask again. The index lives as long as its longest-lived record (`EXPIRE … NX`
+/// sets a first TTL, `GT` only extends it) and is written with the record, so it always
+/// covers every record. Every key carries the provision's hash tag, so the script runs
+/// on one Redis Cluster node.
+static FENCED_WRITE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
     redis::Script::new(
         r#"local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= ARGV[1] then return 0 end
-for i = 2, #KEYS do
-  redis.call('SET', KEYS[i], ARGV[2 * i - 2], 'EX', ARGV[2 * i - 1])
+local first = 3
+if ARGV[2] ~= '' then
+  redis.call('SADD', KEYS[3], ARGV[2])
+  redis.call('EXPIRE', KEYS[3], ARGV[3], 'NX')
+  redis.call('EXPIRE', KEYS[3], ARGV[3], 'GT')
+  first = 4
 end
+for i = first, #KEYS do
+  local at = 2 * (i - first) + 4
+  redis.call('SET', KEYS[i], ARGV[at], 'EX', ARGV[at + 1])
+end
+if redis.call('EXISTS', KEYS[2]) == 1 then return 2 end
 return 1"#,
     )
 });
+
+/// An open's first step in one round trip: KEYS[1] the closed marker, KEYS[2] the lock,
+/// KEYS[3] the credential's handshake record; ARGV[1] the owner, ARGV[2] the TTL in ms.
+/// `closed` (nothing taken), `busy` (held by another), or `locked` and the record ('' when
+/// there is none).
+static BEGIN_OPEN: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r#"if redis.call('EXISTS', KEYS[1]) == 1 then return {'closed', ''} end
+if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {'busy', ''} end
+return {'locked', redis.call('GET', KEYS[3]) or ''}"#,
+    )
+});
+
+/// What [`Store::begin_open`] found.
+pub enum Begin {
+    /// The provision is marked closed: nothing was taken.
+    Closed,
+    /// Another delivery holds the provision.
+    Busy,
+    /// The lock is ours (hold it with [`Store::hold`]), with the credential's handshake
+    /// progress (an unreadable record is the error, reported under the lock).
+    Locked { claim: Claim, handshake: Box<Result<super::Handshake, StoreError>> },
+}
+
+/// What a fenced write found besides writing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    /// The provision was marked closed (before or during this holder's work).
+    pub closed: bool,
+}
 
 impl Store {
     /// Runs `work` holding the provision's lock, renewed every third of `ttl` for as long
@@ -73,22 +119,58 @@ impl Store {
         F: FnOnce(Claim) -> Fut,
         Fut: std::future::Future<Output = T>,
     {
-        let owner = format!("{owner_prefix}:{}", uuid::Uuid::new_v4().simple());
+        let owner = lock_owner(owner_prefix);
         if !self.try_lock(provision_id, &owner, ttl).await? {
             return Ok(None);
         }
         let claim = Claim { provision_id, credential, owner };
+        Ok(Some(self.hold(&claim, ttl, work(claim.clone())).await))
+    }
+
+    /// An open's closed check, lock and handshake read, in one round trip.
+    pub async fn begin_open(
+        &self,
+        provision_id: u64,
+        credential: String,
+        owner_prefix: &str,
+        ttl: Duration,
+    ) -> Result<Begin, StoreError> {
+        let owner = lock_owner(owner_prefix);
+        let record_key = self.keys.handshake(provision_id, &credential);
+        let mut conn = self.conn.clone();
+        let (state, record): (String, Vec<u8>) = BEGIN_OPEN
+            .key(self.keys.closed(provision_id))
+            .key(self.keys.lock(provision_id))
+            .key(&record_key)
+            .arg(&owner)
+            .arg(ttl.as_millis() as u64)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(match state.as_str() {
+            "closed" => Begin::Closed,
+            "busy" => Begin::Busy,
+            _ => {
+                let raw = (!record.is_empty()).then_some(record);
+                let handshake = self.decode_handshake(provision_id, record_key, raw).map(Option::unwrap_or_default);
+                Begin::Locked { claim: Claim { provision_id, credential, owner }, handshake: Box::new(handshake) }
+            }
+        })
+    }
+
+    /// Runs `work` while `claim` holds the lock it took, renewing it every third of `ttl`,
+    /// then releases it.
+    pub async fn hold<T>(&self, claim: &Claim, ttl: Duration, work: impl std::future::Future<Output = T>) -> T {
         // Renewed however long the work takes (bunq may be slow); the writes are fenced
         // by it in case a renewal is missed.
         let result = tokio::select! {
-            result = work(claim.clone()) => result,
-            never = self.keep_lock(&claim, ttl) => match never {},
+            result = work => result,
+            never = self.keep_lock(claim, ttl) => match never {},
         };
-        if let Err(e) = self.unlock(provision_id, &claim.owner).await {
+        if let Err(e) = self.unlock(claim.provision_id, &claim.owner).await {
             // The lock expires on its own; a late release only delays the next holder.
-            tracing::warn!(event = "unlock_failed", provision_id, error = %e);
+            tracing::warn!(event = "unlock_failed", provision_id = claim.provision_id, error = %e);
         }
-        Ok(Some(result))
+        result
     }
 
     /// Extends the lock every third of its TTL, forever: the caller stops it by finishing.
@@ -136,23 +218,38 @@ impl Store {
         Ok(())
     }
 
-    /// Writes `(key, value, ttl)` records atomically while `claim` holds the lock.
-    pub(super) async fn fenced_set(
+    /// Writes `(key, value, ttl)` records atomically while `claim` holds the lock; with
+    /// `index` (the TTL of the index), also adds the claim's credential to the provision's
+    /// index of handshake records.
+    pub(super) async fn fenced_write(
         &self,
         claim: &Claim,
+        index: Option<Duration>,
         writes: &[(String, Vec<u8>, Duration)],
-    ) -> Result<(), StoreError> {
-        let mut invocation = FENCED_SET.key(self.keys.lock(claim.provision_id));
-        invocation.arg(&claim.owner);
+    ) -> Result<Written, StoreError> {
+        let mut invocation = FENCED_WRITE.key(self.keys.lock(claim.provision_id));
+        invocation.key(self.keys.closed(claim.provision_id)).arg(&claim.owner);
+        match index {
+            Some(ttl) => {
+                invocation.key(self.keys.handshakes(claim.provision_id));
+                invocation.arg(&claim.credential).arg(ttl.as_secs().max(1));
+            }
+            None => {
+                invocation.arg("").arg(0);
+            }
+        }
         for (key, value, ttl) in writes {
             invocation.key(key).arg(value.as_slice()).arg(ttl.as_secs().max(1));
         }
         let mut conn = self.conn.clone();
-        let written: i64 = invocation.invoke_async(&mut conn).await?;
-        if written == 1 {
-            Ok(())
-        } else {
-            Err(StoreError::LockLost { provision_id: claim.provision_id })
+        match invocation.invoke_async::<i64>(&mut conn).await? {
+            0 => Err(StoreError::LockLost { provision_id: claim.provision_id }),
+            written => Ok(Written { closed: written == 2 }),
         }
     }
+}
+
+/// A lock value unique to one holding: the prefix (the consumer tag) says who holds it.
+fn lock_owner(prefix: &str) -> String {
+    format!("{prefix}:{}", uuid::Uuid::new_v4().simple())
 }

@@ -150,7 +150,7 @@ mod reseal;
 
 pub use conn::{connect, Redis, Target};
 
-pub use lock::{credential_tag, Claim};
+pub use lock::{credential_tag, Begin, Claim, Written};
 pub use renewal::Credential;
 pub use reseal::Resealed;
 
@@ -178,7 +178,19 @@ impl Store {
 
     pub async fn load_handshake(&self, provision_id: u64, credential: &str) -> Result<Handshake, StoreError> {
         let key = self.keys.handshake(provision_id, credential);
-        Ok(self.read_record(key, |stored| self.open_handshake(provision_id, stored)).await?.unwrap_or_default())
+        let mut conn = self.conn.clone();
+        let raw: Option<Vec<u8>> = conn.get(&key).await?;
+        Ok(self.decode_handshake(provision_id, key, raw)?.unwrap_or_default())
+    }
+
+    /// Decodes and unseals a handshake record read as `raw` from `key`.
+    pub(super) fn decode_handshake(
+        &self,
+        provision_id: u64,
+        key: String,
+        raw: Option<Vec<u8>>,
+    ) -> Result<Option<Handshake>, StoreError> {
+        decode_record(key, raw, |stored| self.open_handshake(provision_id, stored))
     }
 
     /// GET, decode and unseal one record; a record that fails either is `Corrupt`.
@@ -189,12 +201,7 @@ impl Store {
     ) -> Result<Option<T>, StoreError> {
         let mut conn = self.conn.clone();
         let raw: Option<Vec<u8>> = conn.get(&key).await?;
-        let Some(raw) = raw else { return Ok(None) };
-        serde_json::from_slice(&raw)
-            .map_err(|e| record_error(&e))
-            .and_then(open)
-            .map(Some)
-            .map_err(|problem| StoreError::Corrupt { key, problem })
+        decode_record(key, raw, open)
     }
 
     /// Records progress before the session exists, if `claim` still holds the lock.
@@ -202,13 +209,13 @@ impl Store {
         let stored = self.seal_handshake(claim.provision_id, handshake);
         let body = serde_json::to_vec(&stored).expect("records serialise");
         let key = self.keys.handshake(claim.provision_id, &claim.credential);
-        self.index_handshake(claim, ttl).await?;
-        self.fenced_set(claim, &[(key, body, ttl)]).await
+        self.fenced_write(claim, Some(ttl), &[(key, body, ttl)]).await.map(|_| ())
     }
 
     /// Makes a new session durable: handshake (with the session) and the provision
     /// index atomically and only while `claim` holds the lock, then the user-keyed cache
-    /// entry.
+    /// entry. Says whether the provision was marked closed meanwhile: the session is
+    /// recorded either way, so the close waiting for the lock finds it and ends it.
     /// With `credential` (renewal on), the sealed credential is written in the same
     /// fenced script: a session that can be renewed never exists without what renews it.
     pub async fn commit_session(
@@ -218,7 +225,7 @@ impl Store {
         session: &Session,
         credential: Option<&Credential>,
         ttl: Duration,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Written, StoreError> {
         let stored =
             serde_json::to_vec(&self.seal_handshake(claim.provision_id, handshake)).expect("records serialise");
         // A renewable session's records outlive its cache entry: a late renewal, or the
@@ -231,9 +238,9 @@ impl Store {
         if let Some(write) = credential.and_then(|c| self.credential_write(claim.provision_id, c, keep)) {
             writes.push(write);
         }
-        self.index_handshake(claim, keep).await?;
-        self.fenced_set(claim, &writes).await?;
-        self.cache_session(session, ttl).await
+        let written = self.fenced_write(claim, Some(keep), &writes).await?;
+        self.cache_session(session, ttl).await?;
+        Ok(written)
     }
 
     /// The session a provision's last commit recorded, through the provision index.
@@ -340,6 +347,20 @@ impl Store {
         let session = h.session.map(|s| self.open_session(s)).transpose()?;
         Ok(Handshake { installation, device_id: h.device_id, session })
     }
+}
+
+/// Decodes and unseals a record read from `key`; one that fails either is `Corrupt`.
+fn decode_record<S: serde::de::DeserializeOwned, T>(
+    key: String,
+    raw: Option<Vec<u8>>,
+    open: impl FnOnce(S) -> Result<T, String>,
+) -> Result<Option<T>, StoreError> {
+    let Some(raw) = raw else { return Ok(None) };
+    serde_json::from_slice(&raw)
+        .map_err(|e| record_error(&e))
+        .and_then(open)
+        .map(Some)
+        .map_err(|problem| StoreError::Corrupt { key, problem })
 }
 
 /// A record that does not parse is described by shape, never by content: it holds tokens.

@@ -130,7 +130,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let ttl = keep(cache_ttl);
         let writes: Vec<_> = self.credential_write(claim.provision_id, credential, ttl).into_iter().collect();
-        self.fenced_set(claim, &writes).await
+        self.fenced_write(claim, None, &writes).await.map(|_| ())
     }
 
     /// Puts the provision's renewal at `due`, replacing any earlier entry.

@@ -49,9 +49,9 @@ async fn an_earlier_deadline_arriving_later_is_served_first_by_every_replica() {
     // At the slot, 2 finds it is 3's; 3 takes it, then 2 gets the one after.
     tokio::time::sleep(Duration::from_millis(early as u64 + 20)).await;
     assert!(matches!(a.admit(Waiter::Open(2), in_secs(600), true, HOLD).await.unwrap(), Admission::Hold(_)));
-    let waited = b.acquire(Waiter::Open(3), in_secs(20), HOLD).await.unwrap();
+    let waited = b.acquire(Waiter::Open(3), in_secs(20), HOLD).await.unwrap().waited;
     assert!(waited < Duration::from_millis(100), "3's slot was free: {waited:?}");
-    let waited = a.acquire(Waiter::Open(2), in_secs(600), HOLD).await.unwrap();
+    let waited = a.acquire(Waiter::Open(2), in_secs(600), HOLD).await.unwrap().waited;
     assert!(waited >= Duration::from_millis(900), "{waited:?}");
     delete_keys(&mut connect_redis(REDIS_URL).unwrap(), &prefix).await.unwrap();
 }
@@ -112,7 +112,7 @@ async fn a_parked_waiter_keeps_its_slot_only_if_it_is_back_in_time() {
         let gone = budget.admit(Waiter::Open(id), in_secs(0), false, HOLD).await.unwrap();
         assert!(matches!(gone, Admission::Hopeless { .. }), "{gone:?}");
     }
-    let waited = budget.acquire(Waiter::Open(10), in_secs(50), HOLD).await.unwrap();
+    let waited = budget.acquire(Waiter::Open(10), in_secs(50), HOLD).await.unwrap().waited;
     assert!(waited < Duration::from_millis(1_500), "10 waited for an absent waiter's slot: {waited:?}");
     delete_keys(&mut connect_redis(REDIS_URL).unwrap(), &prefix).await.unwrap();
 }

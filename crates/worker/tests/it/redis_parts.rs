@@ -2,9 +2,10 @@
 //! lock, and tokens at rest.
 
 use bunq_protocol::Endpoint;
+use bunq_session_worker::budget::Waiter;
 use bunq_session_worker::metrics::Metrics;
 use bunq_session_worker::ratelimit::{Limit, RateLimitError, RateLimiter, Scope};
-use bunq_session_worker::store::{Claim, Credential, Handshake, Keys, Sealer, Session, Store, StoreError};
+use bunq_session_worker::store::{Begin, Claim, Credential, Handshake, Keys, Sealer, Session, Store, StoreError};
 use secrecy::ExposeSecret;
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,6 +68,39 @@ async fn a_429_makes_every_replica_wait_bunqs_window() {
 }
 
 #[tokio::test]
+async fn a_slow_call_moves_its_log_entry_to_its_answer_so_the_next_slot_is_a_window_after_it() {
+    let prefix = prefix();
+    // 1 call per 500 ms (spaced 525 ms): the call takes its slot now and bunq answers it
+    // 300 ms later; bunq may have counted it at any moment in between.
+    let every = Limit::parse("1/500ms").unwrap();
+    let limiter = RateLimiter::new(
+        connect_redis(REDIS_URL).unwrap(),
+        &prefix,
+        every,
+        every,
+        Scope::Global,
+        Metrics::new().into(),
+    );
+    let far = time::OffsetDateTime::now_utc() + time::Duration::minutes(10);
+    let through_budget = limiter.acquire_session_server(Waiter::Open(1), 1, far, Duration::ZERO).await.unwrap();
+    let through_log = limiter.acquire(Endpoint::DeviceServer, 1, Duration::ZERO).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    limiter.answered(through_budget);
+    limiter.answered(through_log);
+    tokio::time::sleep(Duration::from_millis(50)).await; // the stamps land in the background
+
+    // The next slots are a window after the answers, not after the slots (225 ms away).
+    let (budget, log) = tokio::join!(
+        limiter.acquire_session_server(Waiter::Open(2), 2, far, Duration::from_secs(2)),
+        limiter.acquire(Endpoint::DeviceServer, 2, Duration::from_secs(2)),
+    );
+    for wait in [budget.unwrap().waited, log.unwrap().waited] {
+        assert!(wait >= Duration::from_millis(420), "the next call is due {wait:?} after the answer");
+    }
+    delete_prefix(&prefix).await;
+}
+
+#[tokio::test]
 async fn the_provision_lock_is_released_only_by_its_owner() {
     let prefix = prefix();
     let store = Store::new(connect_redis(REDIS_URL).unwrap(), Keys::new(&prefix), None);
@@ -109,6 +143,47 @@ async fn a_holder_that_lost_the_lock_records_nothing_and_the_new_holder_keeps_it
     store.unlock(7, &fresh.owner).await.unwrap();
     store.commit_session(&stale, &progress(1), &session, None, Duration::from_secs(60)).await.unwrap();
     assert!(store.read_session(1364).await.unwrap().is_some());
+    delete_prefix(&prefix).await;
+}
+
+#[tokio::test]
+async fn an_open_begins_in_one_round_trip_closed_busy_or_locked_with_its_progress() {
+    let prefix = prefix();
+    let keys = Keys::new(&prefix);
+    let store = Store::new(connect_redis(REDIS_URL).unwrap(), keys.clone(), None);
+    let ttl = Duration::from_secs(10);
+    let locked = |begin: Begin| match begin {
+        Begin::Locked { claim, handshake } => (claim, (*handshake).unwrap()),
+        Begin::Closed => panic!("closed"),
+        Begin::Busy => panic!("busy"),
+    };
+    let (claim, handshake) = locked(store.begin_open(7, "9:ab".into(), "pod-a", ttl).await.unwrap());
+    assert!(claim.owner.starts_with("pod-a:"), "{}", claim.owner);
+    assert!(handshake.installation.is_none() && handshake.device_id.is_none());
+    assert!(matches!(store.begin_open(7, "9:ab".into(), "pod-b", ttl).await.unwrap(), Begin::Busy));
+
+    // Progress is written with its index entry, in the same fenced script.
+    let progress = Handshake { device_id: Some(2), ..Default::default() };
+    store.save_handshake(&claim, &progress, Duration::from_secs(60)).await.unwrap();
+    let mut redis = connect_redis(REDIS_URL).unwrap();
+    let indexed: Vec<String> = redis::cmd("SMEMBERS").arg(keys.handshakes(7)).query_async(&mut redis).await.unwrap();
+    assert_eq!(indexed, vec!["9:ab".to_owned()]);
+    let index_ttl: i64 = redis::cmd("TTL").arg(keys.handshakes(7)).query_async(&mut redis).await.unwrap();
+    assert!(index_ttl > 50 && index_ttl <= 60, "{index_ttl}");
+    store.unlock(7, &claim.owner).await.unwrap();
+    let (claim, handshake) = locked(store.begin_open(7, "9:ab".into(), "pod-b", ttl).await.unwrap());
+    assert_eq!(handshake.device_id, Some(2), "the next holder starts from the progress");
+
+    // Closed while the holder opened: the session is still recorded (the close ends it),
+    // and the commit says so.
+    store.mark_closed(7).await.unwrap();
+    let session = session_of(1364, "t");
+    let written = store.commit_session(&claim, &progress, &session, None, Duration::from_secs(60)).await.unwrap();
+    assert!(written.closed);
+    assert!(store.read_session(1364).await.unwrap().is_some());
+    store.unlock(7, &claim.owner).await.unwrap();
+    assert!(matches!(store.begin_open(7, "9:ab".into(), "pod-c", ttl).await.unwrap(), Begin::Closed));
+    assert!(store.try_lock(7, "pod-d", ttl).await.unwrap(), "a closed provision's begin took the lock");
     delete_prefix(&prefix).await;
 }
 
