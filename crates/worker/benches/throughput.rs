@@ -658,6 +658,10 @@ impl Run {
     /// by up to a wave.
     fn steady_per_second(&self, in_flight: usize) -> f64 {
         let rounds = self.outputs.len() / in_flight.max(1);
+        if rounds < 2 {
+            // Never full for a whole round (a smoke run): the end-to-end rate is all there is.
+            return self.per_second;
+        }
         let (from, to) = (in_flight.saturating_sub(1), (rounds * in_flight).saturating_sub(1));
         match (self.outputs.get(from), self.outputs.get(to)) {
             (Some(first), Some(last)) if to > from && last > first => {
