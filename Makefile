@@ -24,7 +24,7 @@ test-rust: ## Unit, doc and integration tests of every crate
 	# The bench harness with tiny sizes, so it cannot rot; figures come from `make bench`.
 	BENCH_SMOKE=1 $(CARGO) test --locked -p bunq-session-worker --bench throughput
 
-test-faults: ## Fault tests: kill, broker disconnects, Redis restart and outage, a Redis Cluster primary lost, bunq faults, two replicas, SIGTERM, hostile input, renewals through a kill and a broker loss
+test-faults: ## Fault tests: kill, broker disconnects, a RabbitMQ cluster node stopped and killed, Redis restart and outage, a Redis Cluster primary lost, bunq faults, two replicas, SIGTERM, hostile input, renewals through a kill and a broker loss
 	$(CARGO) test --locked -p bunq-session-worker --test faults -- --test-threads=2 --nocapture
 
 test-infra: ## Infrastructure as users run it, on nodes the tests start themselves: TLS to RabbitMQ and Redis, a broker alarm, Redis Cluster
@@ -33,8 +33,8 @@ test-infra: ## Infrastructure as users run it, on nodes the tests start themselv
 test-image: ## The image from `make image`, unpacked and run with chroot: user, no shell, --version, check (needs root and podman)
 	tests/image/run.sh
 
-test-cluster: ## 3-node RabbitMQ cluster losing the worker's node and the queue leader (not in `make test`: flaky on RabbitMQ 3.10.8)
-	$(CARGO) test --locked -p bunq-session-worker --test faults a_rabbitmq_cluster -- --ignored --nocapture
+test-cluster: ## Only the 3-node RabbitMQ cluster tests (also in test-faults): the worker's node, leading the queues, stopped or SIGKILLed mid-stream
+	$(CARGO) test --locked -p bunq-session-worker --test faults a_rabbitmq_cluster -- --nocapture
 
 test-sdk: ## bunq's official Python SDK opens a session against fake-bunq
 	tests/sdk/run.sh

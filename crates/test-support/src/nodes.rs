@@ -352,6 +352,18 @@ impl RabbitNode {
         }
     }
 
+    /// Starts a clean shutdown of the node (`rabbitmqctl stop`), as a rolling restart
+    /// does, and returns at once: the returned process ends when the node is down.
+    pub fn stop(&self) -> Child {
+        Command::new("/usr/lib/rabbitmq/bin/rabbitmqctl")
+            .args(["-n", &self.name, "stop"])
+            .envs(Self::env(self.dir.path(), &self.name))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("rabbitmqctl runs")
+    }
+
     pub fn amqp_url(&self) -> String {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
     }

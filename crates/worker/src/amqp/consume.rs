@@ -30,10 +30,16 @@ pub struct DeliveryContext {
 /// only the worker's (with the credential protected) are ever reached in practice.
 const REDELIVERY_LIMIT: u64 = super::topology::DELIVERY_LIMIT as u64 / 2;
 
-/// How long a delivery whose move failed waits before it goes back to the queue: long
-/// enough that a queue electing a new leader is not hammered (each return counts towards
-/// `REDELIVERY_LIMIT`), short against a session's life.
-const REQUEUE_PAUSE: std::time::Duration = std::time::Duration::from_secs(2);
+/// A move the broker refused (a queue electing a new leader nacks publishes) is tried
+/// again on the same channels after this pause, doubling, [`MOVE_TRIES`] times in all,
+/// holding the delivery: going back to the queue instead counts towards the delivery
+/// limits on every return. Still refused after that, the channels are suspect (after a
+/// cluster node died, RabbitMQ 3.10 went on refusing every copy on the channels that had
+/// published to the old leader, minutes after the queues had a new one, while a fresh
+/// connection's publishes went through): the consume channel is closed, which returns its
+/// deliveries to the queue and makes the supervisor connect afresh.
+const MOVE_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_secs(2);
+const MOVE_TRIES: u32 = 4;
 
 /// How dead letters keep their credential (see [`crate::dead_letter`]).
 #[derive(Debug, Clone)]
@@ -111,24 +117,40 @@ impl DeliveryContext {
             log_outcome(&outcome);
             let delivery_tag = delivery.delivery_tag;
             let settlement = self.settlement(delivery, &outcome, attempt);
-            if let Err(e) = settler.settle(delivery_tag, settlement).await {
-                self.metrics.settle_failed();
-                tracing::warn!(event = "settle_failed", outcome = label, error = %e);
-                if matches!(e, SettleError::Nacked | SettleError::Unroutable(_)) {
-                    // The channel lives, so nothing would return the delivery to the queue:
-                    // after a pause (a queue electing its leader refuses copies for a
-                    // moment) it goes back, and is handled again; the cached session makes
-                    // that cheap.
-                    tokio::time::sleep(REQUEUE_PAUSE).await;
-                    if let Err(e) = settler.settle(delivery_tag, Settlement::Requeue).await {
-                        tracing::warn!(event = "requeue_failed", error = %e);
-                    }
-                }
-            }
+            self.settle(settler, delivery_tag, settlement, label).await;
             self.metrics.observe_delivery(label, reason, started.elapsed());
         }
         .instrument(span)
         .await;
+    }
+
+    /// Settles the delivery. A move the broker refuses leaves the delivery unacked on a
+    /// live channel, where nothing would ever return it: the move is tried again after a
+    /// pause, and if the broker keeps refusing, the consume channel is closed (see
+    /// [`MOVE_TRIES`]). A settlement that failed for any other reason (the channel is gone)
+    /// is the broker's to return.
+    async fn settle(&self, settler: &Settler, delivery_tag: u64, settlement: Settlement, label: &str) {
+        let mut pause = MOVE_RETRY_PAUSE;
+        let mut settlement = settlement;
+        for tried in 1.. {
+            let again = settlement.try_clone();
+            let Err(e) = settler.settle(delivery_tag, settlement).await else { return };
+            self.metrics.settle_failed();
+            let refused = matches!(e, SettleError::Nacked | SettleError::Unroutable(_));
+            let Some(again) = again.filter(|_| refused) else {
+                tracing::warn!(event = "settle_failed", outcome = label, error = %e);
+                return;
+            };
+            if tried >= MOVE_TRIES {
+                tracing::warn!(event = "settle_failed", outcome = label, error = %e, action = "reconnecting");
+                settler.reconnect("the broker keeps refusing moves on this channel").await;
+                return;
+            }
+            tracing::warn!(event = "settle_failed", outcome = label, error = %e, retry_in_ms = pause.as_millis() as u64);
+            tokio::time::sleep(pause).await;
+            settlement = again;
+            pause *= 2;
+        }
     }
 
     /// Handles the delivery; while Redis is away it is held and handled again once Redis

@@ -18,7 +18,7 @@ use super::headers;
 use super::topology;
 use super::topology::Names;
 use crate::metrics::Metrics;
-use lapin::options::{BasicAckOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::{BasicAckOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Confirmation, PublisherConfirm};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
@@ -32,20 +32,30 @@ pub enum Settlement {
     Ack,
     /// Moved: the copy is published and confirmed, then the original acked.
     Move(Box<Moved>),
-    /// Back to the queue (`basic.nack` with requeue), for a delivery whose move failed on a
-    /// live channel: left unacked it would hold a prefetch slot until the channel closed.
-    Requeue,
+}
+
+impl Settlement {
+    /// The same settlement again, for a move the broker refused; `None` for an ack,
+    /// which it cannot refuse.
+    pub fn try_clone(&self) -> Option<Self> {
+        match self {
+            Settlement::Move(moved) => Some(Settlement::Move(moved.clone())),
+            Settlement::Ack => None,
+        }
+    }
 }
 
 /// A delivery's copy for another queue, published through the default exchange.
+#[derive(Clone)]
 pub struct Moved {
     pub queue: String,
     pub body: Vec<u8>,
     pub properties: BasicProperties,
 }
 
-/// Why a settlement did not complete. The delivery is still the broker's: requeued by the
-/// consumer (see `consume.rs`), or returned when its channel closes.
+/// Why a settlement did not complete. The delivery is still the broker's: the consumer
+/// tries a refused move again and, failing that, closes the channel (see `consume.rs`),
+/// which returns it to the queue.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SettleError {
     #[error("the consume channel is gone")]
@@ -69,6 +79,8 @@ const COMMIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 #[derive(Clone)]
 pub struct Settler {
     requests: mpsc::Sender<Request>,
+    /// The consume channel, to close when its settlements cannot go through.
+    channel: Channel,
 }
 
 struct Request {
@@ -90,8 +102,16 @@ impl Settler {
     ) -> Result<Self, lapin::Error> {
         copies.confirm_select(ConfirmSelectOptions { nowait: false }).await?;
         let (requests, receiver) = mpsc::channel(capacity.max(1));
-        tokio::spawn(Committer { channel, copies, names, metrics }.run(receiver));
-        Ok(Self { requests })
+        tokio::spawn(Committer { channel: channel.clone(), copies, names, metrics }.run(receiver));
+        Ok(Self { requests, channel })
+    }
+
+    /// Closes the consume channel: its unsettled deliveries return to the queue, and the
+    /// supervisor, seeing the consumer end, connects afresh with new channels.
+    pub async fn reconnect(&self, why: &str) {
+        if let Err(e) = self.channel.close(200, why.into()).await {
+            tracing::debug!(event = "channel_close_failed", error = %e);
+        }
     }
 
     /// Returns once the settlement is done (`Ok`) or known not to be (`Err`).
@@ -137,7 +157,7 @@ impl Committer {
         let mut pending = Vec::with_capacity(batch.len());
         for request in batch {
             let published = match &request.settlement {
-                Settlement::Ack | Settlement::Requeue => None,
+                Settlement::Ack => None,
                 Settlement::Move(copy) => Some((self.publish(copy).await, copy)),
             };
             pending.push(published);
@@ -148,18 +168,13 @@ impl Committer {
                 None => Ok(()),
                 Some((published, copy)) => self.confirmed(published, copy).await,
             };
-            let result = match (copied, &request.settlement) {
-                (Ok(()), Settlement::Requeue) => self
-                    .channel
-                    .basic_nack(request.delivery_tag, BasicNackOptions { multiple: false, requeue: true })
-                    .await
-                    .map_err(SettleError::from),
-                (Ok(()), _) => self
+            let result = match copied {
+                Ok(()) => self
                     .channel
                     .basic_ack(request.delivery_tag, BasicAckOptions { multiple: false })
                     .await
                     .map_err(SettleError::from),
-                (Err(e), _) => Err(e),
+                Err(e) => Err(e),
             };
             results.push(result);
         }

@@ -101,13 +101,18 @@ pub async fn declare(channel: &Channel, names: &Names) -> Result<(), lapin::Erro
     };
 
     // Input: a quorum queue (replicated, poison-message aware). Messages over the
-    // delivery limit go to the dead-letter queue through the default exchange.
+    // delivery limit go to the dead-letter queue through the default exchange, at most
+    // once: the worker dead-letters a message itself at half that limit (credential
+    // protected), so RabbitMQ's own path is a last line that is never reached in
+    // practice, and at-least-once dead-lettering would expose the queue everything
+    // depends on to RabbitMQ's stranding of such queues when a node dies
+    // (rabbitmq/rabbitmq-server#16652: no leader elected until a manual restart; the
+    // SIGKILL cluster test saw the input queue stuck so in 3 of 8 runs).
     let mut input_args = FieldTable::default();
     input_args.insert("x-queue-type".into(), long_string("quorum"));
     input_args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(DELIVERY_LIMIT));
     input_args.insert("x-dead-letter-exchange".into(), long_string(""));
     input_args.insert("x-dead-letter-routing-key".into(), long_string(&names.dead_letter_queue));
-    at_least_once_dead_lettering(&mut input_args);
     channel.queue_declare(names.input_queue.as_str().into(), durable_queue, input_args).await?;
     channel
         .queue_bind(
@@ -157,7 +162,8 @@ pub async fn declare(channel: &Channel, names: &Names) -> Result<(), lapin::Erro
 
 /// Quorum queues dead-letter at most once by default: a retry whose TTL ends while the
 /// input queue cannot take it would be dropped. At-least-once (RabbitMQ 3.10+) keeps it
-/// until the target confirms; it requires `reject-publish` overflow.
+/// until the target confirms; it requires `reject-publish` overflow. The retry queue needs
+/// it: every retry passes through its dead-lettering.
 fn at_least_once_dead_lettering(args: &mut FieldTable) {
     args.insert("x-dead-letter-strategy".into(), long_string("at-least-once"));
     args.insert("x-overflow".into(), long_string("reject-publish"));

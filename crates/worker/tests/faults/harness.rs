@@ -313,7 +313,12 @@ impl Env {
         for (body, properties) in dead {
             let reason = headers::get_str(properties, headers::DEAD_LETTER_REASON).unwrap_or_else(|| "none".into());
             let message_id = properties.message_id().as_ref().map(|m| m.as_str().to_owned());
-            assert!(headers::get_str(properties, headers::DEAD_LETTER_DETAIL).is_some_and(|d| !d.is_empty()));
+            let detail = headers::get_str(properties, headers::DEAD_LETTER_DETAIL);
+            assert!(
+                detail.is_some_and(|d| !d.is_empty()),
+                "a dead letter without a detail: {:?}",
+                properties.headers()
+            );
             assert!(headers::get_str(properties, headers::CREDENTIAL).is_some(), "no x-credential header");
             let text = String::from_utf8_lossy(body);
             assert!(tokens.iter().all(|t| !text.contains(t)), "a dead letter keeps a live token");

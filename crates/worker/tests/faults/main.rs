@@ -300,14 +300,38 @@ async fn a_long_redis_outage_under_load_spends_no_attempt_and_no_bunq_call() {
     drop(redis);
 }
 
-/// Not in `make test`: on this machine's RabbitMQ 3.10.8 about one run in six still ends
-/// with inputs left over after the leader's node is killed: the broker nacks every copy
-/// to the retry queue for minutes (a quorum queue that does not recover its leader; see
-/// the README's known limits). The failover itself takes under a second every time. Run it
-/// with `make test-cluster`.
+/// How the cluster loses the node the worker is connected to.
+#[derive(Clone, Copy, Debug)]
+enum NodeLoss {
+    /// `rabbitmqctl stop`: the node shuts down (a rolling restart, a drained Kubernetes
+    /// node); its connections are closed with `CONNECTION_FORCED` and its queue members
+    /// stop in order.
+    Stop,
+    /// SIGKILL: the node is simply gone (a crashed VM, an OOM kill).
+    Kill,
+}
+
+/// A 3-node cluster of the test's own, quorum queues led by the node the worker is
+/// connected to; that node goes mid-stream (half the inputs published before, half after,
+/// through a node that stays). Nothing lost, no duplicate session, and the worker consumes
+/// from another node within the failover bound without a restart.
 #[tokio::test]
-#[ignore = "flaky on RabbitMQ 3.10.8: see the doc comment"]
+async fn a_rabbitmq_cluster_stopping_the_workers_node_and_the_queue_leader_loses_nothing() {
+    rabbitmq_cluster_loses_a_node(NodeLoss::Stop).await;
+}
+
+/// The same with the node SIGKILLed. Two things made this run lose its way before (about
+/// one run in three, then one in six): quorum queues with at-least-once dead-lettering that
+/// RabbitMQ 3.10 leaves without a leader after an abrupt kill (the input queue now
+/// dead-letters at most once: its dead-lettering is a last line the worker pre-empts), and
+/// channels on which the broker refused every copy for minutes after the queues had a new
+/// leader (the worker now connects afresh when moves keep being refused).
+#[tokio::test]
 async fn a_rabbitmq_cluster_losing_the_workers_node_and_the_queue_leader_loses_nothing() {
+    rabbitmq_cluster_loses_a_node(NodeLoss::Kill).await;
+}
+
+async fn rabbitmq_cluster_loses_a_node(loss: NodeLoss) {
     let nodes = tokio::task::spawn_blocking(|| test_support::nodes::RabbitNode::start_cluster(3)).await.unwrap();
     let urls: Vec<String> = nodes.iter().map(|n| n.amqp_url()).collect();
     let env = Env::on_cluster(fake(25), REDIS_URL, &urls).await;
@@ -327,7 +351,13 @@ async fn a_rabbitmq_cluster_losing_the_workers_node_and_the_queue_leader_loses_n
     let input_leader = leaders.lines().find(|l| l.contains(".provision-status")).unwrap_or_default().to_owned();
     assert!(input_leader.contains(&nodes[0].name), "the input queue's leader is elsewhere: {input_leader}");
     let killed = Instant::now();
-    nodes[0].kill();
+    let stopping = match loss {
+        NodeLoss::Stop => Some(nodes[0].stop()),
+        NodeLoss::Kill => {
+            nodes[0].kill();
+            None
+        }
+    };
     let publishing = env.publish_all(after);
     let failing_over = async {
         let deadline = killed + Duration::from_secs(60);
@@ -342,6 +372,9 @@ async fn a_rabbitmq_cluster_losing_the_workers_node_and_the_queue_leader_loses_n
         killed.elapsed()
     };
     let ((), failover) = tokio::join!(publishing, failing_over);
+    if let Some(mut stopping) = stopping {
+        tokio::task::spawn_blocking(move || stopping.wait()).await.unwrap().unwrap();
+    }
     // The test reads the ledger through basic.get, which a quorum queue refuses until it
     // has elected a new leader: wait for every queue to have one on a live node.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -361,10 +394,23 @@ async fn a_rabbitmq_cluster_losing_the_workers_node_and_the_queue_leader_loses_n
     let settle = tokio::time::timeout(SETTLE, env.settle_and_check(&inputs, SETTLE));
     let Ok(ledger) = settle.await else {
         let queues = ["list_queues", "name", "messages", "messages_ready", "messages_unacknowledged", "leader"];
-        panic!("not settled; queues:\n{}", nodes[2].ctl(&queues).unwrap_or_default());
+        let log = std::fs::read_to_string(&worker.log_path).unwrap_or_default();
+        let warnings: Vec<&str> = log.lines().filter(|l| !l.contains(r#""level":"INFO""#)).collect();
+        let tail = warnings[warnings.len().saturating_sub(30)..].join("\n");
+        panic!(
+            "not settled; queues:\n{}\nthe worker's last warnings:\n{tail}",
+            nodes[2].ctl(&queues).unwrap_or_default()
+        );
     };
-    ledger.print("rabbitmq_cluster");
-    println!("LEDGER rabbitmq_cluster: consuming from another node {} ms after the kill", failover.as_millis());
+    let label = format!("rabbitmq_cluster_{loss:?}").to_lowercase();
+    ledger.print(&label);
+    let refused = worker.metric("bunq_session_worker_settle_failures_total").await;
+    let connections = worker.metric("bunq_session_worker_amqp_connections_total").await;
+    println!(
+        "LEDGER {label}: consuming from another node {} ms after the node went; {refused} refused moves, \
+         {connections} connections in all",
+        failover.as_millis()
+    );
     assert!(worker.is_running(), "failed over without a restart");
     assert_eq!(ledger.extra_sessions_at_bunq, 0, "{ledger:?}");
     assert!(failover < Duration::from_secs(30), "failover took {failover:?}");
