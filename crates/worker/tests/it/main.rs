@@ -12,3 +12,4 @@ mod operations;
 mod process;
 mod redis_parts;
 mod renewal;
+mod settlement;
