@@ -6,7 +6,7 @@
 //! other provision was dead-lettered `credential_expired` (and how soon), and what the
 //! broker carried per provision.
 
-use super::BenchWorker;
+use super::worker::BenchWorker;
 use bunq_session_worker::amqp::headers;
 use bunq_session_worker::amqp::topology::Names;
 use fake_bunq::FakeConfig;
@@ -117,7 +117,7 @@ pub async fn run(
         let now = Instant::now();
         expiry_of.insert(fake_bunq::secret::SecretDigest::of(&token).short(), now + scenario.window);
         published.insert(id, now);
-        super::publish_input(channel, &names.input_exchange, &body).await?;
+        super::traffic::publish_input(channel, &names.input_exchange, &body).await?;
     }
 
     let (mut announced, mut dead_letters, mut dead_after) = (HashSet::new(), HashMap::new(), Vec::new());
