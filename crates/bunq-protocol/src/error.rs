@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-/// The three handshake endpoints, for errors, metrics and rate limits.
+/// Each bunq call the workspace makes (handshake, ending a session, a user's filters), for errors,
+/// metrics and rate limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Endpoint {
     /// `POST /v1/installation`: registers the client's public key.

@@ -8,7 +8,7 @@ use clap::Parser;
 use std::path::Path;
 
 /// Fast retries and relaxed rate limits: tests about other things must not wait out
-/// production's timings. The lock TTL still exceeds 2 × budget + request timeout.
+/// production's timings. The lock TTL is tied to none of them (its holder renews it every third of it).
 const FAST: [(&str, &str); 9] = [
     ("RATE_LIMIT_SESSION_SERVER", "1000/1s"),
     ("RATE_LIMIT_OTHER_POST", "1000/1s"),

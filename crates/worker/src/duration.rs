@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-pub fn parse(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let problem = || format!("`{text}` is not a duration like 500ms, 30s, 2m, 1h or 14d");
     let (number, unit_ms) = if let Some(n) = text.strip_suffix("ms") {

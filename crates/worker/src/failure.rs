@@ -2,14 +2,12 @@
 //! metric label) and whether trying again can help: one [`Retry`] value, the same type
 //! the bunq client and the retry loop use (docs/failure-model.md).
 
-use crate::ratelimit::RateLimitError;
-use crate::store::StoreError;
 use bunq_protocol::BunqError;
-pub use bunq_protocol::Retry;
+pub(crate) use bunq_protocol::Retry;
 
 /// Reasons, as they appear in `x-dead-letter-reason`, `x-retry-reason` and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
+pub(crate) enum Reason {
     Malformed,
     CredentialExpired,
     RejectedByBunq,
@@ -31,7 +29,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Reason::Malformed => "malformed",
             Reason::CredentialExpired => "credential_expired",
@@ -53,29 +51,29 @@ impl Reason {
 
 /// A classified failure. `detail` is a sentence for people: no secrets.
 #[derive(Debug, Clone)]
-pub struct Failure {
-    pub reason: Reason,
-    pub detail: String,
-    pub retry: Retry,
+pub(crate) struct Failure {
+    pub(crate) reason: Reason,
+    pub(crate) detail: String,
+    pub(crate) retry: Retry,
 }
 
 impl Failure {
-    pub fn permanent(reason: Reason, detail: impl Into<String>) -> Self {
+    pub(crate) fn permanent(reason: Reason, detail: impl Into<String>) -> Self {
         Self { reason, detail: detail.into(), retry: Retry::Permanent }
     }
 
-    pub fn transient(reason: Reason, detail: impl Into<String>) -> Self {
+    pub(crate) fn transient(reason: Reason, detail: impl Into<String>) -> Self {
         Self { reason, detail: detail.into(), retry: Retry::Transient { after: None } }
     }
 
     /// "last failure (reason): detail", for details that wrap this failure.
-    pub fn summary(&self) -> String {
+    pub(crate) fn summary(&self) -> String {
         format!("last failure ({}): {}", self.reason.as_str(), self.detail)
     }
 
     /// When our own shared budget said how long until this call's slot: the wait to use
     /// as is (no doubling, it is not a failure), for a delivery or a renewal alike.
-    pub fn budget_wait(&self) -> Option<std::time::Duration> {
+    pub(crate) fn budget_wait(&self) -> Option<std::time::Duration> {
         match (self.reason, &self.retry) {
             (Reason::Throttled, Retry::Transient { after }) => *after,
             _ => None,
@@ -91,44 +89,6 @@ impl From<&BunqError> for Failure {
             (_, Retry::Transient { .. }) => Reason::BunqUnavailable,
             (BunqError::UnexpectedResponse { .. }, Retry::Permanent) => Reason::UnexpectedResponse,
             (_, Retry::Permanent) => Reason::RejectedByBunq,
-        };
-        Failure { reason, detail: err.to_string(), retry }
-    }
-}
-
-impl From<&StoreError> for Failure {
-    fn from(err: &StoreError) -> Self {
-        let reason = match err {
-            StoreError::Redis(_) => Reason::RedisUnavailable,
-            StoreError::Corrupt { .. } => Reason::CorruptState,
-            // The new holder finishes the job; this delivery comes back and finds it done.
-            StoreError::LockLost { .. } => {
-                return Failure {
-                    reason: Reason::LockBusy,
-                    detail: err.to_string(),
-                    retry: Retry::Transient { after: None },
-                }
-            }
-        };
-        Failure { reason, detail: err.to_string(), retry: err.retry() }
-    }
-}
-
-impl From<StoreError> for Failure {
-    fn from(err: StoreError) -> Self {
-        Failure::from(&err)
-    }
-}
-
-impl From<&RateLimitError> for Failure {
-    fn from(err: &RateLimitError) -> Self {
-        let (reason, retry) = match err {
-            RateLimitError::NoSlot { .. } => (Reason::Throttled, err.retry()),
-            // Back through the retry queue, to return shortly before its slot.
-            RateLimitError::Parked { after } => (Reason::Throttled, Retry::Transient { after: Some(*after) }),
-            // Known now: the credential expires before the budget reaches it.
-            RateLimitError::NoSlotBeforeDeadline { .. } => (Reason::CredentialExpired, Retry::Permanent),
-            RateLimitError::Redis(_) => (Reason::RedisUnavailable, err.retry()),
         };
         Failure { reason, detail: err.to_string(), retry }
     }

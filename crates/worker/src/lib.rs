@@ -1,45 +1,46 @@
 //! bunq-session-worker: opens bunq API sessions for partner-provisioned users.
 //!
-//! One direction of data flow per delivery: queue → handler → bunq → Redis → publish → ack.
+//! One direction of data flow per delivery: queue → decode once → decide → bunq → Redis
+//! → publish → ack (docs/architecture.md §2, §4).
 //!
-//! - [`config`]: settings from environment variables and flags, validated at start-up.
-//! - [`telemetry`]: logging (JSON or pretty).
-//! - [`startup`]: builds the worker and runs it until a signal.
-//! - [`amqp`]: topology, the supervised consumer, confirmed publishing, settlement.
-//! - [`handler`]: one delivery from body to [`handler::Outcome`]; no AMQP types.
-//! - [`event`]: the input and output event contracts; [`decide`]: when to act.
-//! - [`session`]: the bunq handshake for one provision, retried, rate-limited, resumable.
-//! - [`store`]: the Redis layout (session cache, handshake progress, locks);
-//!   [`seal`]: secrets at rest, AES-256-GCM with key ids and rotation.
-//! - [`renew`]: renewal of cached sessions before they expire, from a schedule in Redis
-//!   that every replica serves.
-//! - [`ratelimit`]: bunq's rate limits, shared by all replicas through Redis;
-//!   [`budget`]: the shared session-server budget served earliest deadline first.
-//! - [`retry`]: exponential backoff with jitter (the one module that knows `backoff`).
-//! - [`failure`]: every failure classified, in one place; [`duration`]: `30s`-style settings.
-//! - [`dead_letter`]: what a dead letter may keep (its credential sealed or removed).
-//! - [`metrics`], [`ops`]: Prometheus metrics and the ops HTTP server.
-//! - [`cli`]: the `check` and `publish` subcommands.
+//! Layers, top to bottom. A module uses only modules of the layers below its own, never
+//! one above, and two modules of one layer never use each other; no file takes part in
+//! an import circle. `scripts/check-layers.sh` (in `make lint`) reads this list and checks
+//! the code against it.
+//! - `cli`: the `check`, `publish`, `dead-letters` and `session` subcommands.
+//! - `startup`: builds the worker from its settings and runs it until a signal; the ops
+//!   HTTP server (metrics, health, readiness).
+//! - `config`: settings from environment variables and flags, validated at start-up into
+//!   each part's own settings type.
+//! - `amqp`: topology, the supervised consumer, confirmed publishing (the lifecycle's
+//!   announcer), settlement, and what a dead-letter copy keeps.
+//! - `provision`: one delivery's body decoded once, decided, handled to an outcome; no
+//!   AMQP types.
+//! - `lifecycle`: a session's life for one provision: open (the bunq handshake),
+//!   announce, renew, close.
+//! - `ratelimit`: bunq's rate limits shared through Redis, and the session-server budget
+//!   served earliest deadline first.
+//! - `store`: the Redis layout (session cache, handshake progress, locks, renewal
+//!   schedule) and the gate that holds work while Redis is away.
+//! - leaves, using no other module of the crate: `failure` (every failure classified),
+//!   `event` (the events published), `seal` (secrets at rest), `tls`, `duration`,
+//!   `retry` (the one module that knows `backoff`), `metrics`, `telemetry`.
+//!
+//! Visibility: `pub(crate)` unless the binary, the demo, the bench or an integration test
+//! needs an item.
 
 pub mod amqp;
-pub mod budget;
 pub mod cli;
-pub mod close;
 pub mod config;
-pub mod dead_letter;
-pub mod decide;
 pub(crate) mod duration;
 pub mod event;
 pub(crate) mod failure;
-pub(crate) mod handler;
+pub mod lifecycle;
 pub mod metrics;
-pub(crate) mod ops;
-pub mod outage;
+pub mod provision;
 pub mod ratelimit;
-pub mod renew;
 pub(crate) mod retry;
 pub mod seal;
-pub(crate) mod session;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

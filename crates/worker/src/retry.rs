@@ -9,16 +9,16 @@ use std::time::{Duration, Instant};
 
 /// How long and how fast to retry one delivery attempt.
 #[derive(Debug, Clone)]
-pub struct RetryPolicy {
-    pub initial_interval: Duration,
-    pub max_interval: Duration,
+pub(crate) struct RetryPolicy {
+    pub(crate) initial_interval: Duration,
+    pub(crate) max_interval: Duration,
     /// Total time this attempt may spend; past it the error is returned to the caller.
-    pub budget: Duration,
+    pub(crate) budget: Duration,
 }
 
 impl RetryPolicy {
     /// The same pace with what is left of the budget until `deadline`.
-    pub fn until(&self, deadline: Instant) -> Self {
+    pub(crate) fn until(&self, deadline: Instant) -> Self {
         Self { budget: deadline.saturating_duration_since(Instant::now()), ..self.clone() }
     }
 }
@@ -27,7 +27,7 @@ impl RetryPolicy {
 /// spent. Each wait is the larger of the exponential backoff and the error's hint; a wait
 /// that would end past the budget is not started. `on_retry` hears each error retried
 /// and the wait before the next try.
-pub async fn run_with_retries<T, E, F, Fut>(
+pub(crate) async fn run_with_retries<T, E, F, Fut>(
     policy: &RetryPolicy,
     mut op: F,
     classify: impl Fn(&E) -> Retry,

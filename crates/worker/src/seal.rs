@@ -16,17 +16,17 @@ const V2: &str = "v2:";
 const V1: &str = "v1:";
 
 /// Whether a stored value is sealed (by any version).
-pub fn is_sealed(value: &str) -> bool {
+pub(crate) fn is_sealed(value: &str) -> bool {
     value.starts_with(V2) || value.starts_with(V1)
 }
 
 /// What a sealed value belongs to: the associated data of its encryption.
 #[derive(Debug, Clone, Copy)]
-pub struct Context<'a> {
+pub(crate) struct Context<'a> {
     /// The record's owner, e.g. `user:1364`, `provision:7`.
-    pub owner: &'a str,
+    pub(crate) owner: &'a str,
     /// The field inside it, e.g. `session_token`.
-    pub field: &'a str,
+    pub(crate) field: &'a str,
 }
 
 impl Context<'_> {
@@ -86,16 +86,16 @@ impl Sealer {
 
     /// Whether `sealed` was sealed by the current key in the current format: what a
     /// re-seal can leave alone.
-    pub fn is_current(&self, sealed: &str) -> bool {
+    pub(crate) fn is_current(&self, sealed: &str) -> bool {
         sealed.strip_prefix(V2).and_then(|rest| rest.split_once(':')).is_some_and(|(id, _)| id == self.current.id)
     }
 
-    pub fn seal(&self, context: Context<'_>, plaintext: &str) -> String {
+    pub(crate) fn seal(&self, context: Context<'_>, plaintext: &str) -> String {
         self.seal_bytes(context, plaintext.as_bytes())
     }
 
     /// Seals any bytes (a whole message body) the same way.
-    pub fn seal_bytes(&self, context: Context<'_>, plaintext: &[u8]) -> String {
+    pub(crate) fn seal_bytes(&self, context: Context<'_>, plaintext: &[u8]) -> String {
         let mut nonce = [0u8; NONCE_LEN];
         aws_lc_rs::rand::fill(&mut nonce).expect("system randomness is available");
         let mut buffer = plaintext.to_vec();
@@ -109,13 +109,13 @@ impl Sealer {
     }
 
     /// Opens a value sealed by any accepted key. Errors name the field, never the value.
-    pub fn open(&self, context: Context<'_>, sealed: &str) -> Result<String, String> {
+    pub(crate) fn open(&self, context: Context<'_>, sealed: &str) -> Result<String, String> {
         let bytes = self.open_bytes(context, sealed)?;
         String::from_utf8(bytes).map_err(|_| format!("{}: not UTF-8", context.field))
     }
 
     /// Opens what [`Self::seal_bytes`] sealed.
-    pub fn open_bytes(&self, context: Context<'_>, sealed: &str) -> Result<Vec<u8>, String> {
+    pub(crate) fn open_bytes(&self, context: Context<'_>, sealed: &str) -> Result<Vec<u8>, String> {
         let field = context.field;
         if let Some(rest) = sealed.strip_prefix(V2) {
             let (id, encoded) = rest.split_once(':').ok_or_else(|| format!("{field}: no key id"))?;
@@ -151,7 +151,7 @@ fn open_with(key: &LessSafeKey, aad: &[u8], encoded: &str, field: &str) -> Resul
 
 /// A key file: 32 raw bytes, 64 hex characters, or base64 of 32 bytes; refused when it
 /// looks like a passphrase or a made-up key rather than 32 random bytes.
-pub fn parse_key_file(bytes: &[u8]) -> Result<[u8; 32], String> {
+pub(crate) fn parse_key_file(bytes: &[u8]) -> Result<[u8; 32], String> {
     if let Ok(key) = <[u8; 32]>::try_from(bytes) {
         if key.iter().all(|b| (0x20..0x7f).contains(b)) {
             return Err("32 printable characters look like a passphrase, not a key: \

@@ -22,7 +22,7 @@ const CAPS: [(&str, Level); 3] =
     [("lapin::returned_messages", Level::ERROR), ("lapin", Level::INFO), ("amq_protocol", Level::INFO)];
 
 /// The caps as a filter: whatever `RUST_LOG` says, nothing above them is written.
-pub fn caps() -> Targets {
+pub(crate) fn caps() -> Targets {
     CAPS.iter()
         .fold(Targets::new().with_default(Level::TRACE), |caps, (target, level)| caps.with_target(*target, *level))
 }

@@ -1,18 +1,30 @@
 //! TLS to RabbitMQ and Redis: a private CA and an optional client certificate per service,
 //! read from PEM files at start-up so a bad file stops the worker before it takes work.
 
-use crate::config::{invalid, ConfigError};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::Path;
+
+/// A TLS file or handshake that cannot work, naming the variable to fix; configuration
+/// turns it into its own error, so start-up stops with the setting named.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {variable}: {problem}")]
+pub struct TlsError {
+    pub(crate) variable: &'static str,
+    pub(crate) problem: String,
+}
+
+fn invalid(variable: &'static str, problem: impl Into<String>) -> TlsError {
+    TlsError { variable, problem: problem.into() }
+}
 
 /// The three variables of one service, e.g. `AMQP_TLS_CA_FILE`, so every error names
 /// the file it is about.
 #[derive(Debug, Clone, Copy)]
 pub struct Variables {
-    pub ca: &'static str,
-    pub cert: &'static str,
-    pub key: &'static str,
+    pub(crate) ca: &'static str,
+    pub(crate) cert: &'static str,
+    pub(crate) key: &'static str,
 }
 
 pub const AMQP: Variables = Variables { ca: "AMQP_TLS_CA_FILE", cert: "AMQP_TLS_CERT_FILE", key: "AMQP_TLS_KEY_FILE" };
@@ -24,16 +36,16 @@ pub const REDIS: Variables =
 pub struct TlsFiles {
     /// CA certificates that sign the server's certificate, beside the system's roots
     /// (RabbitMQ) or instead of them (Redis, as its client does).
-    pub ca_pem: Option<Vec<u8>>,
+    pub(crate) ca_pem: Option<Vec<u8>>,
     /// Certificate chain and private key presented to the server (mutual TLS).
-    pub identity: Option<Identity>,
-    pub variables: Variables,
+    pub(crate) identity: Option<Identity>,
+    pub(crate) variables: Variables,
 }
 
 #[derive(Clone)]
-pub struct Identity {
-    pub cert_pem: Vec<u8>,
-    pub key_pem: Vec<u8>,
+pub(crate) struct Identity {
+    pub(crate) cert_pem: Vec<u8>,
+    pub(crate) key_pem: Vec<u8>,
 }
 
 impl std::fmt::Debug for TlsFiles {
@@ -52,7 +64,7 @@ impl TlsFiles {
         cert: Option<&Path>,
         key: Option<&Path>,
         variables: Variables,
-    ) -> Result<Option<Self>, ConfigError> {
+    ) -> Result<Option<Self>, TlsError> {
         let ca_pem = ca.map(|path| read_certificates(path, variables.ca)).transpose()?;
         let identity = match (cert, key) {
             (None, None) => None,
@@ -72,7 +84,7 @@ impl TlsFiles {
 
 /// The setting a failed TLS handshake points at: the CA when the server's certificate
 /// did not verify, the client certificate when the server refused ours (or its absence).
-pub fn blame(error: &str, variables: Variables) -> Option<&'static str> {
+pub(crate) fn blame(error: &str, variables: Variables) -> Option<&'static str> {
     let error = error.to_ascii_lowercase();
     // rustls words its own verdict on the server "invalid peer certificate"; a verdict of
     // the server on ours arrives as an alert.
@@ -93,7 +105,7 @@ pub fn blame(error: &str, variables: Variables) -> Option<&'static str> {
 /// CA, or a server that refuses the client certificate, is reported naming the setting.
 /// Anything else (the service not up yet, a name that does not resolve) is `Ok`: that is
 /// an outage the worker rides out, not a wrong setting.
-pub async fn probe(url: &str, default_port: u16, files: &TlsFiles) -> Result<(), ConfigError> {
+pub(crate) async fn probe(url: &str, default_port: u16, files: &TlsFiles) -> Result<(), TlsError> {
     use tokio::io::AsyncReadExt as _;
     use tokio_rustls::rustls::{pki_types::ServerName, ClientConfig, RootCertStore};
     let Some(ca_pem) = &files.ca_pem else { return Ok(()) };
@@ -143,17 +155,17 @@ pub async fn probe(url: &str, default_port: u16, files: &TlsFiles) -> Result<(),
 
 const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-fn handshake_error(error: &std::io::Error, vars: Variables, host: &str) -> ConfigError {
+fn handshake_error(error: &std::io::Error, vars: Variables, host: &str) -> TlsError {
     let text = bunq_protocol::redact::detail(&error.to_string());
     let variable = blame(&text, vars).unwrap_or(vars.ca);
     invalid(variable, format!("the TLS handshake with {host} failed: {text}"))
 }
 
-fn read(path: &Path, variable: &'static str) -> Result<Vec<u8>, ConfigError> {
+fn read(path: &Path, variable: &'static str) -> Result<Vec<u8>, TlsError> {
     std::fs::read(path).map_err(|e| invalid(variable, format!("cannot read `{}`: {}", path.display(), e.kind())))
 }
 
-fn read_certificates(path: &Path, variable: &'static str) -> Result<Vec<u8>, ConfigError> {
+fn read_certificates(path: &Path, variable: &'static str) -> Result<Vec<u8>, TlsError> {
     let pem = read(path, variable)?;
     let certificates = CertificateDer::pem_slice_iter(&pem).collect::<Result<Vec<_>, _>>();
     match certificates {

@@ -3,8 +3,8 @@
 //! without a credential in the error, and what a dead letter keeps of it holds none.
 
 use bunq_protocol::redact::is_clean;
-use bunq_session_worker::dead_letter::{self, Credential};
-use bunq_session_worker::event;
+use bunq_session_worker::amqp::dead_letter::{self, Credential};
+use bunq_session_worker::provision::decode;
 use bunq_session_worker::seal::Sealer;
 
 const CORPUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fuzz/corpus/event_decode");
@@ -20,12 +20,12 @@ fn no_body_in_the_corpus_leaks_its_credential() {
     for entry in std::fs::read_dir(CORPUS).expect("the committed corpus") {
         let path = entry.unwrap().path();
         let body = std::fs::read(&path).unwrap();
-        if let Err(e) = event::decode(&body, 1 << 20) {
+        if let Err(e) = decode::decode(&body, 1 << 20) {
             let text = e.to_string();
             assert!(is_clean(&text) && !text.contains(&SECRET[..16]), "{}: {text}", path.display());
         }
         for sealer in [None, Some(&sealer)] {
-            let (kept, credential) = dead_letter::protect(body.clone(), sealer, Some("m-1"), 1 << 20);
+            let (kept, credential) = dead_letter::protect_body(body.clone(), 1 << 20, sealer, Some("m-1"));
             let kept = String::from_utf8_lossy(&kept);
             assert!(!kept.contains(&SECRET[..24]), "{} ({}): {kept:.200}", path.display(), credential.as_str());
             if credential == Credential::Sealed || credential == Credential::SealedBody {

@@ -25,7 +25,7 @@ impl Broker {
         Self { urls: urls.into(), tls: tls.map(Arc::new), last: Arc::new(AtomicUsize::new(usize::MAX)) }
     }
 
-    pub fn tls(&self) -> Option<&TlsFiles> {
+    pub(crate) fn tls(&self) -> Option<&TlsFiles> {
         self.tls.as_deref()
     }
 
@@ -35,7 +35,7 @@ impl Broker {
     }
 
     /// How many nodes are configured.
-    pub fn nodes(&self) -> usize {
+    pub(crate) fn nodes(&self) -> usize {
         self.urls.len()
     }
 

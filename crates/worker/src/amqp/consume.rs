@@ -1,15 +1,17 @@
 //! The consume loop's per-delivery work: run the handler, then settle the delivery as
 //! its outcome says. The ack is the last step; nothing is acked before its outcome is safe.
 
+use super::dead_letter;
 use super::headers::{self, number, text, with_headers};
 use super::settle::{Moved, SettleError, Settlement, Settler};
 use super::topology::Names;
-use crate::dead_letter;
 use crate::failure::Reason;
-use crate::handler::{Handler, Incoming, Outcome};
 use crate::metrics::Metrics;
-use crate::outage::RedisGate;
+use crate::provision::decode::Decoded;
+use crate::provision::handler::{Handler, Incoming};
+use crate::provision::outcome::Outcome;
 use crate::seal::Sealer;
+use crate::store::gate::RedisGate;
 use lapin::message::Delivery;
 use lapin::types::AMQPValue;
 use std::sync::Arc;
@@ -17,7 +19,7 @@ use std::time::Instant;
 use tracing::Instrument;
 
 /// What a delivery task needs, shared by all of them.
-pub struct DeliveryContext {
+pub(crate) struct DeliveryContext {
     handler: Handler,
     names: Names,
     metrics: Arc<Metrics>,
@@ -41,17 +43,15 @@ const REDELIVERY_LIMIT: u64 = super::topology::DELIVERY_LIMIT as u64 / 2;
 const MOVE_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_secs(2);
 const MOVE_TRIES: u32 = 4;
 
-/// How dead letters keep their credential (see [`crate::dead_letter`]).
+/// How dead letters keep their credential (see [`dead_letter`]).
 #[derive(Debug, Clone)]
-pub struct DeadLetterPolicy {
+pub(crate) struct DeadLetterPolicy {
     /// Seals the credential when set; without it the credential is removed.
-    pub sealer: Option<Arc<Sealer>>,
-    /// The decode limit, so a body is recognised as a provision as the handler did.
-    pub max_message_bytes: usize,
+    pub(crate) sealer: Option<Arc<Sealer>>,
 }
 
 impl DeliveryContext {
-    pub fn new(
+    pub(crate) fn new(
         handler: Handler,
         names: Names,
         metrics: Arc<Metrics>,
@@ -61,17 +61,17 @@ impl DeliveryContext {
         Arc::new(Self { handler, names, metrics, dead_letters, gate })
     }
 
-    pub fn gate(&self) -> &Arc<RedisGate> {
+    pub(crate) fn gate(&self) -> &Arc<RedisGate> {
         &self.gate
     }
 
-    pub fn metrics(&self) -> &Arc<Metrics> {
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
 
     /// Handles one delivery and settles it through `settler`, the one of the channel it
     /// arrived on.
-    pub async fn process(&self, delivery: Delivery, settler: &Settler) {
+    pub(crate) async fn process(&self, delivery: Delivery, settler: &Settler) {
         // Counted while in flight; a guard, so a panicking delivery still leaves the gauge.
         let _in_flight = InFlight::enter(&self.metrics);
         let started = Instant::now();
@@ -88,6 +88,10 @@ impl DeliveryContext {
             provision_id = tracing::field::Empty,
         );
         async {
+            let routing_key = headers::get_str(&delivery.properties, headers::ORIGINAL_ROUTING_KEY)
+                .unwrap_or_else(|| delivery.routing_key.as_str().to_owned());
+            // The one reading of the body: the handler and the dead-letter copy use it.
+            let decoded = self.handler.read(&delivery.data, &routing_key);
             let returned = headers::delivery_count(&delivery.properties);
             let outcome = if returned >= REDELIVERY_LIMIT {
                 Outcome::DeadLetter {
@@ -97,15 +101,8 @@ impl DeliveryContext {
                     ),
                 }
             } else {
-                let routing_key = headers::get_str(&delivery.properties, headers::ORIGINAL_ROUTING_KEY)
-                    .unwrap_or_else(|| delivery.routing_key.as_str().to_owned());
-                let incoming = Incoming {
-                    body: &delivery.data,
-                    attempt,
-                    correlation_id: correlation_id.as_deref(),
-                    routing_key: &routing_key,
-                };
-                let Some(outcome) = self.handle_holding_for_redis(incoming).await else {
+                let incoming = Incoming { attempt, correlation_id: correlation_id.as_deref() };
+                let Some(outcome) = self.handle_holding_for_redis(&decoded, incoming).await else {
                     // Shutdown while held: left unsettled, it returns to the queue with
                     // no attempt spent.
                     tracing::info!(event = "released_for_redis");
@@ -116,7 +113,7 @@ impl DeliveryContext {
             let (label, reason) = outcome.labels();
             log_outcome(&outcome);
             let delivery_tag = delivery.delivery_tag;
-            let settlement = self.settlement(delivery, &outcome, attempt);
+            let settlement = self.settlement(delivery, &decoded, &outcome, attempt);
             self.settle(settler, delivery_tag, settlement, label).await;
             self.metrics.observe_delivery(label, reason, started.elapsed());
         }
@@ -154,11 +151,11 @@ impl DeliveryContext {
     }
 
     /// Handles the delivery; while Redis is away it is held and handled again once Redis
-    /// answers, instead of going round the retry queue (see [`crate::outage`]). `None`:
+    /// answers, instead of going round the retry queue (see [`RedisGate`]). `None`:
     /// the worker shut down while it was held.
-    async fn handle_holding_for_redis(&self, incoming: Incoming<'_>) -> Option<Outcome> {
+    async fn handle_holding_for_redis(&self, decoded: &Decoded, incoming: Incoming<'_>) -> Option<Outcome> {
         loop {
-            let outcome = self.handler.handle(incoming).await.redacted();
+            let outcome = self.handler.handle(decoded, incoming).await.redacted();
             if !matches!(outcome, Outcome::Retry { reason: Reason::RedisUnavailable, .. }) {
                 return Some(outcome);
             }
@@ -171,7 +168,7 @@ impl DeliveryContext {
     }
 
     /// Takes the delivery: a moved copy carries its body rather than a copy of it.
-    fn settlement(&self, mut delivery: Delivery, outcome: &Outcome, attempt: u32) -> Settlement {
+    fn settlement(&self, mut delivery: Delivery, decoded: &Decoded, outcome: &Outcome, attempt: u32) -> Settlement {
         let mut body = None;
         let (queue, properties) = match outcome {
             Outcome::Announced { .. }
@@ -196,9 +193,9 @@ impl DeliveryContext {
                 let message_id = delivery.properties.message_id().as_ref().map(|m| m.as_str().to_owned());
                 let (kept, credential) = dead_letter::protect(
                     std::mem::take(&mut delivery.data),
+                    decoded,
                     self.dead_letters.sealer.as_deref(),
                     message_id.as_deref(),
-                    self.dead_letters.max_message_bytes,
                 );
                 body = Some(kept);
                 let mut set = original_route(&delivery);

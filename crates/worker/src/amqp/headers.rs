@@ -3,23 +3,23 @@
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::BasicProperties;
 
-pub const ATTEMPTS: &str = "x-attempts";
+pub(crate) const ATTEMPTS: &str = "x-attempts";
 pub const DEAD_LETTER_REASON: &str = "x-dead-letter-reason";
 pub const DEAD_LETTER_DETAIL: &str = "x-dead-letter-detail";
-pub const RETRY_REASON: &str = "x-retry-reason";
+pub(crate) const RETRY_REASON: &str = "x-retry-reason";
 /// How a dead letter's credential was handled: `sealed`, `removed`, `sealed-body`,
 /// `redacted` or `absent` (see `crate::dead_letter`).
 pub const CREDENTIAL: &str = "x-credential";
-pub const RETRY_DETAIL: &str = "x-retry-detail";
+pub(crate) const RETRY_DETAIL: &str = "x-retry-detail";
 /// Set by quorum queues: how often the message was returned unsettled.
-pub const DELIVERY_COUNT: &str = "x-delivery-count";
+pub(crate) const DELIVERY_COUNT: &str = "x-delivery-count";
 /// Where the message first arrived, so a replay can send it back the same way.
-pub const ORIGINAL_EXCHANGE: &str = "x-original-exchange";
-pub const ORIGINAL_ROUTING_KEY: &str = "x-original-routing-key";
+pub(crate) const ORIGINAL_EXCHANGE: &str = "x-original-exchange";
+pub(crate) const ORIGINAL_ROUTING_KEY: &str = "x-original-routing-key";
 /// Unix seconds when the worker dead-lettered the message.
-pub const DEAD_LETTERED_AT: &str = "x-dead-lettered-at";
+pub(crate) const DEAD_LETTERED_AT: &str = "x-dead-lettered-at";
 /// Times an operator replayed the message from the dead-letter queue.
-pub const REPLAYS: &str = "x-replays";
+pub(crate) const REPLAYS: &str = "x-replays";
 
 /// Attempts already made, from our header; 0 for a first delivery. Any integer type
 /// or a numeric string is accepted, since other tools may rewrite headers.
@@ -33,7 +33,7 @@ pub fn attempts(properties: &BasicProperties) -> u32 {
 }
 
 /// How often a quorum queue returned this message unsettled (`x-delivery-count`).
-pub fn delivery_count(properties: &BasicProperties) -> u64 {
+pub(crate) fn delivery_count(properties: &BasicProperties) -> u64 {
     properties.headers().as_ref().and_then(|h| h.inner().get(DELIVERY_COUNT)).and_then(as_u64).unwrap_or(0)
 }
 
@@ -45,7 +45,7 @@ pub fn get_str(properties: &BasicProperties, name: &str) -> Option<String> {
     }
 }
 
-pub fn as_u64(value: &AMQPValue) -> Option<u64> {
+pub(crate) fn as_u64(value: &AMQPValue) -> Option<u64> {
     match value {
         AMQPValue::ShortShortInt(n) => u64::try_from(*n).ok(),
         AMQPValue::ShortShortUInt(n) => Some(u64::from(*n)),
@@ -63,7 +63,7 @@ pub fn as_u64(value: &AMQPValue) -> Option<u64> {
 /// The original properties with our headers set. `expiration` is not carried over, so
 /// a copy never expires from a queue it was not meant to expire from; nor is `user_id`,
 /// which RabbitMQ checks against the publishing connection's user.
-pub fn with_headers(properties: &BasicProperties, set: &[(&str, AMQPValue)]) -> BasicProperties {
+pub(crate) fn with_headers(properties: &BasicProperties, set: &[(&str, AMQPValue)]) -> BasicProperties {
     let mut headers = properties.headers().clone().unwrap_or_default();
     for (name, value) in set {
         headers.insert((*name).into(), value.clone());
@@ -90,20 +90,20 @@ pub fn with_headers(properties: &BasicProperties, set: &[(&str, AMQPValue)]) -> 
     copy
 }
 
-pub fn text(value: &str) -> AMQPValue {
+pub(crate) fn text(value: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(value))
 }
 
-pub fn number(value: u32) -> AMQPValue {
+pub(crate) fn number(value: u32) -> AMQPValue {
     AMQPValue::LongLongInt(i64::from(value))
 }
 
-pub fn get_u64(properties: &BasicProperties, name: &str) -> Option<u64> {
+pub(crate) fn get_u64(properties: &BasicProperties, name: &str) -> Option<u64> {
     properties.headers().as_ref()?.inner().get(name).and_then(as_u64)
 }
 
 /// The properties without the named headers.
-pub fn without_headers(properties: &BasicProperties, names: &[&str]) -> BasicProperties {
+pub(crate) fn without_headers(properties: &BasicProperties, names: &[&str]) -> BasicProperties {
     let mut copy = with_headers(properties, &[]);
     if let Some(headers) = properties.headers() {
         let mut kept = FieldTable::default();

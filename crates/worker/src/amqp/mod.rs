@@ -2,6 +2,7 @@
 
 pub mod broker;
 pub(crate) mod consume;
+pub mod dead_letter;
 pub mod headers;
 pub(crate) mod publish;
 pub(crate) mod settle;

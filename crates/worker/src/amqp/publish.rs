@@ -1,17 +1,18 @@
-//! Publishing session-ready, -renewed and -closed events with publisher confirms. (Retries and dead letters
-//! are moves on the consume channel, committed in transactions: see [`super::settle`].)
+//! Publishing session-ready, -renewed and -closed events with publisher confirms: the
+//! lifecycle's [`Announcer`]. (Retry and dead-letter copies are published and confirmed
+//! before their original is acked: see [`super::settle`].)
 
 use super::topology::Names;
 use crate::event::{SessionClosed, SessionReady, SESSION_CLOSED_ROUTING_KEY, SESSION_RENEWED_ROUTING_KEY};
 use crate::failure::{Failure, Reason};
-use crate::handler::Announcer;
+use crate::lifecycle::announce::Announcer;
 use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Channel, Confirmation};
 use std::sync::{Arc, RwLock};
 
 /// Why a publish did not become the broker's responsibility.
 #[derive(Debug, thiserror::Error)]
-pub enum PublishError {
+pub(crate) enum PublishError {
     #[error("not connected to RabbitMQ")]
     Disconnected,
     #[error("no queue is bound for exchange `{exchange}` and routing key `{routing_key}`")]
@@ -26,18 +27,18 @@ pub enum PublishError {
 
 /// How long a publish may wait for its confirm. A broker under a memory or disk alarm
 /// blocks publishers without a word to them; this turns that into a retry, not a hang.
-pub const CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+pub(crate) const CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The current confirm-mode channel, replaced on reconnect.
 #[derive(Clone, Default)]
-pub struct PublishChannel(Arc<RwLock<Option<Channel>>>);
+pub(crate) struct PublishChannel(Arc<RwLock<Option<Channel>>>);
 
 impl PublishChannel {
-    pub fn set(&self, channel: Option<Channel>) {
+    pub(crate) fn set(&self, channel: Option<Channel>) {
         *self.0.write().unwrap_or_else(|e| e.into_inner()) = channel;
     }
 
-    pub fn take(&self) -> Option<Channel> {
+    pub(crate) fn take(&self) -> Option<Channel> {
         self.0.write().unwrap_or_else(|e| e.into_inner()).take()
     }
 
@@ -47,7 +48,7 @@ impl PublishChannel {
 
     /// Publishes `mandatory` and waits for the confirm: `Ok` means the broker has routed
     /// the message to at least one queue and taken responsibility for it.
-    pub async fn publish(
+    pub(crate) async fn publish(
         &self,
         exchange: &str,
         routing_key: &str,
@@ -76,14 +77,14 @@ impl PublishChannel {
 }
 
 /// Announces sessions on the output exchange.
-pub struct AmqpAnnouncer {
+pub(crate) struct AmqpAnnouncer {
     channel: PublishChannel,
     exchange: String,
     routing_key: String,
 }
 
 impl AmqpAnnouncer {
-    pub fn new(channel: PublishChannel, names: &Names) -> Self {
+    pub(crate) fn new(channel: PublishChannel, names: &Names) -> Self {
         Self { channel, exchange: names.output_exchange.clone(), routing_key: names.output_routing_key.clone() }
     }
 }

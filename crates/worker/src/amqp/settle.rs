@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 const MAX_BATCH: usize = 256;
 
 /// How a delivery leaves the input queue.
-pub enum Settlement {
+pub(crate) enum Settlement {
     /// Done with (announced or skipped).
     Ack,
     /// Moved: the copy is published and confirmed, then the original acked.
@@ -37,7 +37,7 @@ pub enum Settlement {
 impl Settlement {
     /// The same settlement again, for a move the broker refused; `None` for an ack,
     /// which it cannot refuse.
-    pub fn try_clone(&self) -> Option<Self> {
+    pub(crate) fn try_clone(&self) -> Option<Self> {
         match self {
             Settlement::Move(moved) => Some(Settlement::Move(moved.clone())),
             Settlement::Ack => None,
@@ -47,17 +47,17 @@ impl Settlement {
 
 /// A delivery's copy for another queue, published through the default exchange.
 #[derive(Clone)]
-pub struct Moved {
-    pub queue: String,
-    pub body: Vec<u8>,
-    pub properties: BasicProperties,
+pub(crate) struct Moved {
+    pub(crate) queue: String,
+    pub(crate) body: Vec<u8>,
+    pub(crate) properties: BasicProperties,
 }
 
 /// Why a settlement did not complete. The delivery is still the broker's: the consumer
 /// tries a refused move again and, failing that, closes the channel (see `consume.rs`),
 /// which returns it to the queue.
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum SettleError {
+pub(crate) enum SettleError {
     #[error("the consume channel is gone")]
     ChannelGone,
     #[error("RabbitMQ did not take the settlement: {0}")]
@@ -77,7 +77,7 @@ const COMMIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The handle delivery tasks settle through; one per consume channel.
 #[derive(Clone)]
-pub struct Settler {
+pub(crate) struct Settler {
     requests: mpsc::Sender<Request>,
     /// The consume channel, to close when its settlements cannot go through.
     channel: Channel,
@@ -93,7 +93,7 @@ impl Settler {
     /// Starts the settling task for `channel` (the one deliveries arrive on), publishing
     /// copies on `copies`, which it puts in confirm mode. The task ends when the last
     /// handle is dropped.
-    pub async fn start(
+    pub(crate) async fn start(
         channel: Channel,
         copies: Channel,
         names: Names,
@@ -108,14 +108,14 @@ impl Settler {
 
     /// Closes the consume channel: its unsettled deliveries return to the queue, and the
     /// supervisor, seeing the consumer end, connects afresh with new channels.
-    pub async fn reconnect(&self, why: &str) {
+    pub(crate) async fn reconnect(&self, why: &str) {
         if let Err(e) = self.channel.close(200, why.into()).await {
             tracing::debug!(event = "channel_close_failed", error = %e);
         }
     }
 
     /// Returns once the settlement is done (`Ok`) or known not to be (`Err`).
-    pub async fn settle(&self, delivery_tag: u64, settlement: Settlement) -> Result<(), SettleError> {
+    pub(crate) async fn settle(&self, delivery_tag: u64, settlement: Settlement) -> Result<(), SettleError> {
         let (done, committed) = oneshot::channel();
         let request = Request { delivery_tag, settlement, done };
         self.requests.send(request).await.map_err(|_| SettleError::ChannelGone)?;

@@ -7,7 +7,6 @@ use super::publish::PublishChannel;
 use super::settle::Settler;
 use super::topology;
 use super::topology::Names;
-use crate::config::AmqpSettings;
 use futures_util::StreamExt;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
@@ -18,7 +17,19 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub struct Supervisor {
+#[derive(Debug, Clone)]
+/// The broker side of the worker's settings.
+pub struct AmqpSettings {
+    pub(crate) broker: Broker,
+    pub names: Names,
+    pub(crate) prefetch: u16,
+    /// Names this replica's connection and consumer: the pod name plus a random suffix.
+    pub(crate) consumer_tag: String,
+    /// How long in-flight deliveries may take to finish after SIGTERM.
+    pub(crate) shutdown_timeout: Duration,
+}
+
+pub(crate) struct Supervisor {
     broker: Broker,
     names: Names,
     consumer_tag: String,
@@ -39,7 +50,7 @@ const RECONNECT_MIN: Duration = Duration::from_millis(200);
 const RECONNECT_MAX: Duration = Duration::from_secs(15);
 
 impl Supervisor {
-    pub fn new(settings: &AmqpSettings, context: Arc<DeliveryContext>, publish: PublishChannel) -> Self {
+    pub(crate) fn new(settings: &AmqpSettings, context: Arc<DeliveryContext>, publish: PublishChannel) -> Self {
         Self {
             broker: settings.broker.clone(),
             names: settings.names.clone(),
@@ -55,18 +66,18 @@ impl Supervisor {
     }
 
     /// True while consuming, for readiness.
-    pub fn consuming(&self) -> Arc<AtomicBool> {
+    pub(crate) fn consuming(&self) -> Arc<AtomicBool> {
         self.consuming.clone()
     }
 
     /// True while the broker blocks the connection, for readiness.
-    pub fn blocked(&self) -> Arc<AtomicBool> {
+    pub(crate) fn blocked(&self) -> Arc<AtomicBool> {
         self.blocked.clone()
     }
 
     /// Runs until `shutdown` is cancelled. In-flight deliveries are left in the tracker
     /// for the caller to drain.
-    pub async fn run(&self, shutdown: CancellationToken) {
+    pub(crate) async fn run(&self, shutdown: CancellationToken) {
         // One semaphore for the process's life: deliveries still running from a lost
         // connection keep their permits, so a reconnect cannot double the concurrency.
         let permits = Arc::new(Semaphore::new(usize::from(self.prefetch)));

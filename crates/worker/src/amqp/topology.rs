@@ -9,7 +9,7 @@ use std::time::Duration;
 /// Redeliveries (crashes, nacks) before RabbitMQ itself dead-letters a message: a last
 /// line against a message that kills the worker every time, which our own attempt
 /// counting cannot see.
-pub const DELIVERY_LIMIT: i64 = 20;
+pub(crate) const DELIVERY_LIMIT: i64 = 20;
 
 /// The exchange, queue and routing-key names the worker uses at run time.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,13 +33,13 @@ pub struct Names {
 /// by age and by count (the oldest go first). `None`: no bound of that kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retention {
-    pub max_age: Option<Duration>,
-    pub max_length: Option<u64>,
+    pub(crate) max_age: Option<Duration>,
+    pub(crate) max_length: Option<u64>,
 }
 
 impl Retention {
     /// RabbitMQ refuses a `x-message-ttl` above 2³² − 1 ms (about 49 days).
-    pub const MAX_AGE_LIMIT: Duration = Duration::from_millis(u32::MAX as u64);
+    pub(crate) const MAX_AGE_LIMIT: Duration = Duration::from_millis(u32::MAX as u64);
 
     /// 14 days and 100,000 messages: long enough to span holidays, small enough that the
     /// queue stays a list someone reads.

@@ -5,11 +5,11 @@
 //! acked only after its copy is confirmed, and everything else returns to the queue when
 //! the channel closes. Bodies and tokens are never printed.
 
+use crate::amqp::dead_letter::{self, Credential};
 use crate::amqp::headers;
 use crate::amqp::publish::PublishChannel;
 use crate::amqp::topology;
 use crate::config::{ConnectionArgs, SealArgs};
-use crate::dead_letter::{self, Credential};
 use crate::seal::Sealer;
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
@@ -21,11 +21,11 @@ use lapin::Channel;
 #[derive(Debug, Args)]
 pub struct DeadLetterArgs {
     #[command(subcommand)]
-    pub action: Action,
+    pub(crate) action: Action,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Action {
+pub(crate) enum Action {
     /// List dead letters: reason, provision id, attempts, age, detail.
     List(ListArgs),
     /// Send dead letters back to the exchange they first arrived on, with fresh attempts,
@@ -35,54 +35,54 @@ pub enum Action {
 
 /// Which dead letters a command works on.
 #[derive(Debug, Args)]
-pub struct Selection {
+pub(crate) struct Selection {
     #[command(flatten)]
-    pub connection: ConnectionArgs,
+    pub(crate) connection: ConnectionArgs,
     /// Only this reason (e.g. rejected_by_bunq).
     #[arg(long)]
-    pub reason: Option<String>,
+    pub(crate) reason: Option<String>,
     /// At most this many messages.
     #[arg(long, default_value_t = 100)]
-    pub limit: u32,
+    pub(crate) limit: u32,
 }
 
 #[derive(Debug, Args)]
-pub struct ReplayArgs {
+pub(crate) struct ReplayArgs {
     #[command(flatten)]
-    pub selection: Selection,
+    pub(crate) selection: Selection,
     #[command(flatten)]
-    pub seal: SealArgs,
+    pub(crate) seal: SealArgs,
     /// Bodies up to this size are recognised as provisions (as the worker's MAX_MESSAGE_BYTES).
     #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 256 * 1024)]
-    pub max_message_bytes: usize,
+    pub(crate) max_message_bytes: usize,
 }
 
 /// What a replay did.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Replayed {
-    pub replayed: u32,
+pub(crate) struct Replayed {
+    pub(crate) replayed: u32,
     /// Left in the queue: their credential was removed, or cannot be unsealed here.
-    pub kept: u32,
+    pub(crate) kept: u32,
 }
 
 #[derive(Debug, Args)]
-pub struct ListArgs {
+pub(crate) struct ListArgs {
     #[command(flatten)]
-    pub selection: Selection,
+    pub(crate) selection: Selection,
     /// One JSON object per line instead of a table.
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
 }
 
 /// What `list` shows of one dead letter. Never the body.
 #[derive(Debug, serde::Serialize)]
-pub struct Row {
-    pub reason: String,
-    pub provision_id: Option<u64>,
-    pub attempts: u32,
-    pub age_secs: Option<u64>,
-    pub message_id: Option<String>,
-    pub detail: String,
+pub(crate) struct Row {
+    pub(crate) reason: String,
+    pub(crate) provision_id: Option<u64>,
+    pub(crate) attempts: u32,
+    pub(crate) age_secs: Option<u64>,
+    pub(crate) message_id: Option<String>,
+    pub(crate) detail: String,
 }
 
 impl Row {
@@ -94,7 +94,7 @@ impl Row {
                 .or_else(|| x_death_reason(properties))
                 .unwrap_or_else(|| "unknown".into()),
             // Best effort: a malformed body has no id, which is why it is here.
-            provision_id: crate::event::decode(&message.delivery.data, usize::MAX).ok().map(|p| p.id),
+            provision_id: crate::provision::decode::decode(&message.delivery.data, usize::MAX).ok().map(|p| p.id),
             attempts: headers::attempts(properties),
             age_secs: headers::get_u64(properties, headers::DEAD_LETTERED_AT).map(|at| now.saturating_sub(at)),
             message_id: properties.message_id().as_ref().map(|m| m.to_string()),
@@ -159,7 +159,7 @@ async fn open(names: &ConnectionArgs) -> anyhow::Result<(lapin::Connection, Chan
 }
 
 /// Reads up to `limit` dead letters (and no more than the queue held when it started).
-pub async fn list(names: &ConnectionArgs, reason: Option<&str>, limit: u32) -> anyhow::Result<Vec<Row>> {
+pub(crate) async fn list(names: &ConnectionArgs, reason: Option<&str>, limit: u32) -> anyhow::Result<Vec<Row>> {
     let (connection, channel, count) = open(names).await?;
     let mut rows = Vec::new();
     for _ in 0..count.min(limit) {
@@ -175,7 +175,7 @@ pub async fn list(names: &ConnectionArgs, reason: Option<&str>, limit: u32) -> a
 }
 
 /// Moves up to `limit` dead letters (matching `reason`) back to their original exchange.
-pub async fn replay(
+pub(crate) async fn replay(
     names: &ConnectionArgs,
     reason: Option<&str>,
     limit: u32,

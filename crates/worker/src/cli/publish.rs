@@ -13,19 +13,19 @@ use time::OffsetDateTime;
 #[derive(Debug, Args)]
 pub struct PublishArgs {
     #[command(flatten)]
-    pub connection: ConnectionArgs,
+    pub(crate) connection: ConnectionArgs,
     /// A file with one event body; `-` reads standard input.
     #[arg(long, conflicts_with = "example")]
-    pub file: Option<PathBuf>,
+    pub(crate) file: Option<PathBuf>,
     /// Generate example events of this kind instead.
     #[arg(long, value_enum)]
-    pub example: Option<Example>,
+    pub(crate) example: Option<Example>,
     /// How many example events to send.
     #[arg(long, default_value_t = 1)]
-    pub count: u32,
+    pub(crate) count: u32,
     /// Routing key on the input exchange.
     #[arg(long, default_value = "partner_user_provision.updated")]
-    pub routing_key: String,
+    pub(crate) routing_key: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -126,13 +126,13 @@ fn read_body(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decide::{decide, Decision};
-    use crate::event::decode;
+    use crate::provision::decide::{decide, Decision};
+    use crate::provision::decode::decode;
 
     #[test]
     fn examples_decide_as_their_names_say() {
         let now = OffsetDateTime::now_utc();
-        let decision = |kind| decide(decode(&example_body(kind, 7), 1 << 20).unwrap(), now);
+        let decision = |kind| decide(&decode(&example_body(kind, 7), 1 << 20).unwrap(), now);
         assert!(matches!(decision(Example::Ready), Decision::Act(_)));
         assert!(matches!(decision(Example::NotReady), Decision::Skip(_)));
         assert!(matches!(decision(Example::Expired), Decision::CredentialExpired { .. }));

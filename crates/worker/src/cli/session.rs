@@ -11,11 +11,11 @@ use secrecy::{ExposeSecret, SecretString};
 #[derive(Debug, Args)]
 pub struct SessionArgs {
     #[command(subcommand)]
-    pub action: Action,
+    pub(crate) action: Action,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Action {
+pub(crate) enum Action {
     /// Print the session cached for a user as JSON, tokens masked.
     Show(ShowArgs),
     /// Re-seal every session and handshake record with SESSION_ENCRYPTION_KEY_FILE
@@ -24,20 +24,20 @@ pub enum Action {
 }
 
 #[derive(Debug, Args)]
-pub struct ShowArgs {
+pub(crate) struct ShowArgs {
     #[command(flatten)]
-    pub store: StoreArgs,
+    pub(crate) store: StoreArgs,
     /// The user id (`user_id` of the session-ready event).
-    pub user_id: u64,
+    pub(crate) user_id: u64,
     /// Print the tokens themselves. They act as the user: handle the output as a secret.
     #[arg(long)]
-    pub reveal: bool,
+    pub(crate) reveal: bool,
 }
 
 #[derive(Debug, Args)]
-pub struct ResealArgs {
+pub(crate) struct ResealArgs {
     #[command(flatten)]
-    pub store: StoreArgs,
+    pub(crate) store: StoreArgs,
 }
 
 /// `Ok(false)` when there is no such session.
@@ -68,7 +68,7 @@ pub async fn run(args: SessionArgs) -> anyhow::Result<bool> {
 }
 
 /// What `show` prints: the record, tokens masked unless revealed.
-pub fn shown(session: &Session, ttl_secs: Option<u64>, reveal: bool) -> serde_json::Value {
+pub(crate) fn shown(session: &Session, ttl_secs: Option<u64>, reveal: bool) -> serde_json::Value {
     let token = |secret: &SecretString| {
         if reveal {
             secret.expose_secret().to_owned()

@@ -5,16 +5,17 @@
 //! at start-up instead of misbehaving later.
 
 use crate::amqp::broker::Broker;
+use crate::amqp::supervisor::AmqpSettings;
 use crate::amqp::topology::{Names, Retention};
-use crate::handler::HandlerSettings;
-use crate::metrics::Metrics;
-use crate::ratelimit::{Limit, RateLimiter, Scope};
-use crate::renew::RenewalSettings;
+use crate::lifecycle::open::BunqSettings;
+use crate::lifecycle::renew::RenewalSettings;
+use crate::provision::handler::HandlerSettings;
+use crate::ratelimit::limit::Limit;
+use crate::ratelimit::RateLimits;
 use crate::retry::RetryPolicy;
-use crate::store::{Keys, Redis, Sealer, Store, Target};
+use crate::seal::Sealer;
+use crate::store::RedisSettings;
 use crate::tls::{self, TlsFiles};
-use bunq_protocol::client::{BunqClient, CallObserver, ClientSettings};
-use bunq_protocol::signing::ClientKey;
 use clap::Args;
 use parse::{
     load_client_key, load_sealer, parse_base_url, parse_permitted_ips, parse_redis_target, parse_renewal, positive,
@@ -32,8 +33,14 @@ mod parse;
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration: {variable}: {problem}")]
 pub struct ConfigError {
-    pub variable: &'static str,
-    pub problem: String,
+    pub(crate) variable: &'static str,
+    pub(crate) problem: String,
+}
+
+impl From<tls::TlsError> for ConfigError {
+    fn from(e: tls::TlsError) -> Self {
+        ConfigError { variable: e.variable, problem: e.problem }
+    }
 }
 
 pub(crate) fn invalid(variable: &'static str, problem: impl Into<String>) -> ConfigError {
@@ -42,7 +49,7 @@ pub(crate) fn invalid(variable: &'static str, problem: impl Into<String>) -> Con
 
 /// Connection settings shared by every subcommand.
 #[derive(Debug, Clone, Args)]
-pub struct ConnectionArgs {
+pub(crate) struct ConnectionArgs {
     /// RabbitMQ URL, e.g. amqp://user:pass@host:5672/%2f; several, comma-separated, for the
     /// nodes of a cluster (the first that answers is used, the next after a loss).
     // URLs may carry passwords: `--help` must not print what the environment holds.
@@ -53,54 +60,54 @@ pub struct ConnectionArgs {
         hide_default_value = true,
         hide_env_values = true
     )]
-    pub amqp_url: SecretString,
+    pub(crate) amqp_url: SecretString,
     /// Exchange the provision-status events arrive on (topic).
     #[arg(long, env = "INPUT_EXCHANGE", default_value = "provisioning")]
-    pub input_exchange: String,
+    pub(crate) input_exchange: String,
     /// The worker's input queue (quorum).
     #[arg(long, env = "INPUT_QUEUE", default_value = "bunq-session-worker.provision-status")]
-    pub input_queue: String,
+    pub(crate) input_queue: String,
     /// Binding from the input exchange to the input queue.
     #[arg(long, env = "INPUT_BINDING_KEY", default_value = "partner_user_provision.#")]
-    pub input_binding_key: String,
+    pub(crate) input_binding_key: String,
     /// Second binding of the input queue, for downstream's `{"user_id", "session_id"}`
     /// "this session is dead" messages; empty: not bound.
     #[arg(long, env = "INVALIDATION_BINDING_KEY", default_value = "session.invalid")]
-    pub invalidation_binding_key: String,
+    pub(crate) invalidation_binding_key: String,
     /// Exchange session-ready events are published to (topic).
     #[arg(long, env = "OUTPUT_EXCHANGE", default_value = "bunq.sessions")]
-    pub output_exchange: String,
+    pub(crate) output_exchange: String,
     /// Routing key of session-ready events.
     #[arg(long, env = "OUTPUT_ROUTING_KEY", default_value = "session.ready")]
-    pub output_routing_key: String,
+    pub(crate) output_routing_key: String,
     /// Queue of messages that cannot be processed, each with a reason header.
     #[arg(long, env = "DEAD_LETTER_QUEUE", default_value = "bunq-session-worker.dead-letter")]
-    pub dead_letter_queue: String,
+    pub(crate) dead_letter_queue: String,
     /// Delay queue: no consumers, per-message TTL, dead-letters back into the input queue.
     #[arg(long, env = "RETRY_QUEUE", default_value = "bunq-session-worker.retry")]
-    pub retry_queue: String,
+    pub(crate) retry_queue: String,
     /// Dead letters older than this are dropped (e.g. 14d, at most 49d; `0`: kept until replayed).
     /// Part of the queue's declaration: every process must use the same value.
     #[arg(long, env = "DEAD_LETTER_MAX_AGE", default_value = "14d")]
-    pub dead_letter_max_age: String,
+    pub(crate) dead_letter_max_age: String,
     /// At most this many dead letters, the oldest dropped first (`0`: no limit).
     #[arg(long, env = "DEAD_LETTER_MAX_LENGTH", default_value_t = 100_000)]
-    pub dead_letter_max_length: u64,
+    pub(crate) dead_letter_max_length: u64,
     /// PEM file of the CA(s) that sign the broker's certificate (`amqps://`), beside the system's roots.
     #[arg(long, env = "AMQP_TLS_CA_FILE")]
-    pub amqp_tls_ca_file: Option<PathBuf>,
+    pub(crate) amqp_tls_ca_file: Option<PathBuf>,
     /// PEM client certificate (chain) for mutual TLS with the broker; needs AMQP_TLS_KEY_FILE.
     #[arg(long, env = "AMQP_TLS_CERT_FILE")]
-    pub amqp_tls_cert_file: Option<PathBuf>,
+    pub(crate) amqp_tls_cert_file: Option<PathBuf>,
     /// PEM private key of AMQP_TLS_CERT_FILE.
     #[arg(long, env = "AMQP_TLS_KEY_FILE")]
-    pub amqp_tls_key_file: Option<PathBuf>,
+    pub(crate) amqp_tls_key_file: Option<PathBuf>,
 }
 
 impl ConnectionArgs {
     /// The broker nodes and TLS files, validated. The URLs are never echoed: they may
     /// hold a password.
-    pub fn broker(&self) -> Result<Broker, ConfigError> {
+    pub(crate) fn broker(&self) -> Result<Broker, ConfigError> {
         let urls = split_urls(&self.amqp_url);
         if urls.is_empty() {
             return Err(invalid("AMQP_URL", "must hold at least one amqp:// or amqps:// URL"));
@@ -121,7 +128,7 @@ impl ConnectionArgs {
     }
 
     /// The topology these arguments name, validated.
-    pub fn names(&self) -> Result<Names, ConfigError> {
+    pub(crate) fn names(&self) -> Result<Names, ConfigError> {
         let max_age =
             crate::duration::parse(&self.dead_letter_max_age).map_err(|p| invalid("DEAD_LETTER_MAX_AGE", p))?;
         if max_age > Retention::MAX_AGE_LIMIT {
@@ -154,52 +161,52 @@ impl ConnectionArgs {
 
 /// Where sessions are stored and how they are sealed: `run`, `check` and `session` read it.
 #[derive(Debug, Clone, Args)]
-pub struct StoreArgs {
+pub(crate) struct StoreArgs {
     /// Redis URL, e.g. redis://127.0.0.1:6379/0 (the default), or rediss:// for TLS.
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
-    pub redis_url: Option<SecretString>,
+    pub(crate) redis_url: Option<SecretString>,
     /// Redis Cluster seed nodes, comma-separated redis:// or rediss:// URLs; instead of REDIS_URL.
     #[arg(long, env = "REDIS_CLUSTER_URLS", hide_env_values = true)]
-    pub redis_cluster_urls: Option<SecretString>,
+    pub(crate) redis_cluster_urls: Option<SecretString>,
     /// Prefix of every Redis key this worker writes.
     #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "bsw:")]
-    pub redis_key_prefix: String,
+    pub(crate) redis_key_prefix: String,
     /// PEM file of the CA(s) that sign Redis's certificate (`rediss://`), instead of the system's roots.
     #[arg(long, env = "REDIS_TLS_CA_FILE")]
-    pub redis_tls_ca_file: Option<PathBuf>,
+    pub(crate) redis_tls_ca_file: Option<PathBuf>,
     /// PEM client certificate for mutual TLS with Redis; needs REDIS_TLS_KEY_FILE.
     #[arg(long, env = "REDIS_TLS_CERT_FILE")]
-    pub redis_tls_cert_file: Option<PathBuf>,
+    pub(crate) redis_tls_cert_file: Option<PathBuf>,
     /// PEM private key of REDIS_TLS_CERT_FILE.
     #[arg(long, env = "REDIS_TLS_KEY_FILE")]
-    pub redis_tls_key_file: Option<PathBuf>,
+    pub(crate) redis_tls_key_file: Option<PathBuf>,
     #[command(flatten)]
-    pub seal: SealArgs,
+    pub(crate) seal: SealArgs,
 }
 
 /// The keys that seal tokens at rest and credentials in dead letters.
 #[derive(Debug, Clone, Args)]
-pub struct SealArgs {
+pub(crate) struct SealArgs {
     /// Optional file with a 32-byte random key (raw, hex or base64): seals tokens at rest and
     /// credentials in dead letters (AES-256-GCM).
     #[arg(long, env = "SESSION_ENCRYPTION_KEY_FILE")]
-    pub session_encryption_key_file: Option<PathBuf>,
+    pub(crate) session_encryption_key_file: Option<PathBuf>,
     /// Old encryption key files, comma-separated: still opened, never used to seal. Keep
     /// a key here until `session reseal` has run with its successor.
     #[arg(long, env = "SESSION_ENCRYPTION_OLD_KEY_FILES", value_delimiter = ',')]
-    pub session_encryption_old_key_files: Vec<PathBuf>,
+    pub(crate) session_encryption_old_key_files: Vec<PathBuf>,
 }
 
 impl SealArgs {
     /// The sealer, when a key is configured.
-    pub fn sealer(&self) -> Result<Option<Arc<Sealer>>, ConfigError> {
+    pub(crate) fn sealer(&self) -> Result<Option<Arc<Sealer>>, ConfigError> {
         load_sealer(self.session_encryption_key_file.as_deref(), &self.session_encryption_old_key_files)
     }
 }
 
 impl StoreArgs {
     /// Validates the Redis URL and loads the keys.
-    pub fn settings(self) -> Result<RedisSettings, ConfigError> {
+    pub(crate) fn settings(self) -> Result<RedisSettings, ConfigError> {
         let target = parse_redis_target(self.redis_url.as_ref(), self.redis_cluster_urls.as_ref())?;
         let sealer = self.seal.sealer()?;
         let tls = TlsFiles::load(
@@ -220,89 +227,89 @@ impl StoreArgs {
 #[derive(Debug, Clone, Args)]
 pub struct WorkerArgs {
     #[command(flatten)]
-    pub connection: ConnectionArgs,
+    pub(crate) connection: ConnectionArgs,
     #[command(flatten)]
-    pub store: StoreArgs,
+    pub(crate) store: StoreArgs,
     /// bunq API base URL including /v1, e.g. https://api.bunq.com/v1 (no default: pick the environment).
     #[arg(long, env = "BUNQ_BASE_URL")]
-    pub bunq_base_url: Option<String>,
+    pub(crate) bunq_base_url: Option<String>,
     /// Allow an `http://` BUNQ_BASE_URL on a loopback address (a local stand-in); never
     /// anything else without TLS.
     #[arg(long, env = "BUNQ_ALLOW_INSECURE_HTTP", default_value_t = false, action = clap::ArgAction::Set)]
-    pub bunq_allow_insecure_http: bool,
+    pub(crate) bunq_allow_insecure_http: bool,
     /// IPv4 addresses the registered devices may be used from, comma-separated (`*`: any).
     /// Pin it to the partner's egress IPs so a leaked credential is useless elsewhere.
     #[arg(long, env = "BUNQ_PERMITTED_IPS", default_value = "*")]
-    pub bunq_permitted_ips: String,
+    pub(crate) bunq_permitted_ips: String,
     /// PEM file with the client's RSA-2048 private key (PKCS#8, `BEGIN PRIVATE KEY`).
     #[arg(long, env = "BUNQ_CLIENT_PRIVATE_KEY_FILE")]
-    pub bunq_client_private_key_file: Option<PathBuf>,
+    pub(crate) bunq_client_private_key_file: Option<PathBuf>,
     /// `description` sent with POST /device-server.
     #[arg(long, env = "BUNQ_DEVICE_DESCRIPTION", default_value = "bunq-session-worker")]
-    pub bunq_device_description: String,
+    pub(crate) bunq_device_description: String,
     /// Timeout of one bunq HTTP request, in milliseconds.
     #[arg(long, env = "BUNQ_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
-    pub bunq_request_timeout_ms: u64,
+    pub(crate) bunq_request_timeout_ms: u64,
     /// Deliveries processed at once; also the AMQP prefetch.
     #[arg(long, env = "PREFETCH", default_value_t = 16)]
-    pub prefetch: u16,
+    pub(crate) prefetch: u16,
     /// Address of the ops HTTP server (/metrics, /healthz, /readyz).
     #[arg(long, env = "OPS_ADDR", default_value = "0.0.0.0:9090")]
-    pub ops_addr: String,
+    pub(crate) ops_addr: String,
     /// Consumer tag prefix; the pod name, so queue dashboards show which replica holds what.
     #[arg(long, env = "POD_NAME")]
-    pub pod_name: Option<String>,
+    pub(crate) pod_name: Option<String>,
     /// Largest accepted message body, in bytes; larger ones are dead-lettered.
     #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 256 * 1024)]
-    pub max_message_bytes: usize,
+    pub(crate) max_message_bytes: usize,
     /// Subtracted from bunq's session timeout to get the cache TTL, in seconds (at least 30).
     #[arg(long, env = "SESSION_TTL_MARGIN_SECS", default_value_t = 60)]
-    pub session_ttl_margin_secs: u64,
+    pub(crate) session_ttl_margin_secs: u64,
     /// In-process retry budget of one delivery attempt across all bunq calls, in milliseconds.
     #[arg(long, env = "RETRY_BUDGET_MS", default_value_t = 60_000)]
-    pub retry_budget_ms: u64,
+    pub(crate) retry_budget_ms: u64,
     /// First in-process backoff interval, in milliseconds.
     #[arg(long, env = "RETRY_INITIAL_INTERVAL_MS", default_value_t = 200)]
-    pub retry_initial_interval_ms: u64,
+    pub(crate) retry_initial_interval_ms: u64,
     /// Longest in-process backoff interval, in milliseconds.
     #[arg(long, env = "RETRY_MAX_INTERVAL_MS", default_value_t = 10_000)]
-    pub retry_max_interval_ms: u64,
+    pub(crate) retry_max_interval_ms: u64,
     /// Total delivery attempts (through the retry queue) before dead-lettering as retries_exhausted.
     #[arg(long, env = "MAX_ATTEMPTS", default_value_t = 10)]
-    pub max_attempts: u32,
+    pub(crate) max_attempts: u32,
     /// First retry-queue delay, in milliseconds; doubles per attempt.
     #[arg(long, env = "RETRY_QUEUE_DELAY_MS", default_value_t = 5_000)]
-    pub retry_queue_delay_ms: u64,
+    pub(crate) retry_queue_delay_ms: u64,
     /// Longest retry-queue delay, in milliseconds.
     #[arg(long, env = "RETRY_QUEUE_MAX_DELAY_MS", default_value_t = 300_000)]
-    pub retry_queue_max_delay_ms: u64,
+    pub(crate) retry_queue_max_delay_ms: u64,
     /// TTL of the per-provision lock, in milliseconds (at least 1000). The holder renews it
     /// every third of it; a replica that dies holding it delays its provision this long.
     #[arg(long, env = "LOCK_TTL_MS", default_value_t = 30_000)]
-    pub lock_ttl_ms: u64,
+    pub(crate) lock_ttl_ms: u64,
     /// Rate limit of POST /session-server, as CALLS/SECONDSs (bunq: 1 per 30 s).
     #[arg(long, env = "RATE_LIMIT_SESSION_SERVER", default_value = "1/30s")]
-    pub rate_limit_session_server: String,
+    pub(crate) rate_limit_session_server: String,
     /// Rate limit of the other POSTs (installation, device-server) (bunq: 5 per 3 s).
     #[arg(long, env = "RATE_LIMIT_OTHER_POST", default_value = "5/3s")]
-    pub rate_limit_other_post: String,
+    pub(crate) rate_limit_other_post: String,
     /// `global`: one budget for all replicas, the safe reading of bunq counting per egress IP;
     /// `credential`: one per credential, for bunq counting per device (newer docs).
     #[arg(long, env = "RATE_LIMIT_SCOPE", default_value = "global")]
-    pub rate_limit_scope: String,
+    pub(crate) rate_limit_scope: String,
     /// How long in-flight deliveries may take to finish after SIGTERM, e.g. 30s.
     #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "30s")]
-    pub shutdown_timeout: String,
+    pub(crate) shutdown_timeout: String,
     /// `on`: keep each user's credential (an API key) sealed in Redis and renew every cached
     /// session SESSION_RENEW_BEFORE before it expires; needs SESSION_ENCRYPTION_KEY_FILE.
     /// `off`: sessions lapse at bunq's session_timeout.
     #[arg(long, env = "SESSION_RENEWAL", default_value = "off")]
-    pub session_renewal: String,
+    pub(crate) session_renewal: String,
     /// How long before a session expires it is renewed, e.g. 1h (more than
     /// SESSION_TTL_MARGIN_SECS, less than 7d); a session shorter than twice this is renewed
     /// at half its life.
     #[arg(long, env = "SESSION_RENEW_BEFORE", default_value = "1h")]
-    pub session_renew_before: String,
+    pub(crate) session_renew_before: String,
 }
 
 /// Validated settings of the worker. Each part builds the component it configures, so a
@@ -312,90 +319,15 @@ pub struct Settings {
     pub amqp: AmqpSettings,
     pub redis: RedisSettings,
     pub bunq: BunqSettings,
-    pub rate_limits: RateLimits,
+    pub(crate) rate_limits: RateLimits,
     /// In-process retries of one delivery attempt.
-    pub retry: RetryPolicy,
-    pub handler: HandlerSettings,
+    pub(crate) retry: RetryPolicy,
+    pub(crate) handler: HandlerSettings,
     /// Subtracted from bunq's session timeout for the cache TTL.
-    pub session_ttl_margin: Duration,
+    pub(crate) session_ttl_margin: Duration,
     /// `Some` with `SESSION_RENEWAL=on`.
-    pub renewal: Option<RenewalSettings>,
-    pub ops_addr: SocketAddr,
-}
-
-#[derive(Debug, Clone)]
-pub struct AmqpSettings {
-    pub broker: Broker,
-    pub names: Names,
-    pub prefetch: u16,
-    /// Names this replica's connection and consumer: the pod name plus a random suffix.
-    pub consumer_tag: String,
-    /// How long in-flight deliveries may take to finish after SIGTERM.
-    pub shutdown_timeout: Duration,
-}
-
-#[derive(Debug, Clone)]
-pub struct RedisSettings {
-    pub target: Target,
-    pub key_prefix: String,
-    /// Seals tokens at rest when a key is configured.
-    pub sealer: Option<Arc<Sealer>>,
-    pub tls: Option<Arc<TlsFiles>>,
-}
-
-impl RedisSettings {
-    /// A connection that reconnects by itself (see [`crate::store::connect`]).
-    pub fn connect(&self) -> Result<Redis, ConfigError> {
-        crate::store::connect(&self.target, self.tls.as_deref()).map_err(|_| {
-            invalid(self.target.variable(), "is not usable (a bad URL, mixed credentials, or unusable TLS files)")
-        })
-    }
-
-    /// The session store on `conn`, under this prefix, sealing when a key is set.
-    pub fn store(&self, conn: Redis) -> Store {
-        Store::new(conn, Keys::new(&self.key_prefix), self.sealer.clone())
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct BunqSettings {
-    pub base_url: String,
-    pub client_key: Arc<ClientKey>,
-    pub device_description: String,
-    /// `permitted_ips` of registered devices: IPv4 addresses, or `*` for any.
-    pub permitted_ips: Vec<String>,
-    pub request_timeout: Duration,
-}
-
-impl BunqSettings {
-    /// The bunq client, reporting each call to `observer`.
-    pub fn client(&self, observer: Arc<dyn CallObserver>) -> Result<BunqClient, reqwest::Error> {
-        let settings = ClientSettings {
-            base_url: self.base_url.clone(),
-            device_description: self.device_description.clone(),
-            permitted_ips: self.permitted_ips.clone(),
-            request_timeout: self.request_timeout,
-            user_agent: format!("bunq-session-worker/{}", env!("CARGO_PKG_VERSION")),
-        };
-        BunqClient::new(settings, self.client_key.clone(), observer)
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct RateLimits {
-    pub session_server: Limit,
-    pub other_post: Limit,
-    pub scope: Scope,
-    /// The retry queue's largest delay: how long a waiter for a far slot is parked at most.
-    pub max_park: Duration,
-}
-
-impl RateLimits {
-    /// The limiter every replica with the same Redis and prefix shares.
-    pub fn limiter(&self, conn: Redis, key_prefix: &str, metrics: Arc<Metrics>) -> RateLimiter {
-        RateLimiter::new(conn, key_prefix, self.session_server, self.other_post, self.scope, metrics)
-            .with_max_park(self.max_park)
-    }
+    pub(crate) renewal: Option<RenewalSettings>,
+    pub(crate) ops_addr: SocketAddr,
 }
 
 impl Settings {

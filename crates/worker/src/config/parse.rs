@@ -2,8 +2,9 @@
 //! value that may carry a secret (URLs, key material).
 
 use super::{invalid, ConfigError, WorkerArgs};
-use crate::renew::RenewalSettings;
-use crate::store::{Sealer, Target};
+use crate::lifecycle::renew::RenewalSettings;
+use crate::seal::Sealer;
+use crate::store::Target;
 use bunq_protocol::signing::ClientKey;
 use secrecy::{ExposeSecret, SecretString};
 use std::path::PathBuf;

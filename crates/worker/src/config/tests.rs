@@ -1,6 +1,7 @@
 //! Validation of every setting, through the flags clap parses.
 
 use super::*;
+use crate::store::Target;
 use clap::Parser;
 
 #[derive(Parser)]

@@ -8,7 +8,7 @@ use std::time::Duration;
 /// How long a closed provision stays closed: far longer than any of its credentials can
 /// open a session (4 h at bunq) plus the longest retry-queue delay, so a late or
 /// redelivered ready event never opens or announces one again.
-pub const CLOSED_MARKER_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+pub(crate) const CLOSED_MARKER_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Deletes a key only if it still holds what was read.
 static DELETE_IF_UNCHANGED: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
@@ -32,7 +32,7 @@ impl Store {
 
     /// The session a close must end: the cached one if it is still this provision's,
     /// else one a handshake record holds (the cache entry may have been evicted).
-    pub async fn session_to_close(&self, provision_id: u64) -> Result<Option<Session>, StoreError> {
+    pub(crate) async fn session_to_close(&self, provision_id: u64) -> Result<Option<Session>, StoreError> {
         if let Some(session) = self.session_of_provision(provision_id).await? {
             if session.provision_id == provision_id {
                 return Ok(Some(session));
@@ -55,7 +55,7 @@ impl Store {
     /// still this provision's), every handshake record and their index, the sealed
     /// credential, the provision index last, in one DEL (one slot), so a purge cut short is found and
     /// finished by the next attempt.
-    pub async fn purge_provision(&self, provision_id: u64) -> Result<(), StoreError> {
+    pub(crate) async fn purge_provision(&self, provision_id: u64) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
         let user_id: Option<u64> = conn.get(self.keys.provision(provision_id)).await?;
         if let Some(user_id) = user_id {

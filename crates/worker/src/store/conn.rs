@@ -22,14 +22,14 @@ pub enum Target {
 
 impl Target {
     /// The setting it came from, for messages.
-    pub fn variable(&self) -> &'static str {
+    pub(crate) fn variable(&self) -> &'static str {
         match self {
             Target::Single(_) => "REDIS_URL",
             Target::Cluster(_) => "REDIS_CLUSTER_URLS",
         }
     }
 
-    pub fn urls(&self) -> &[SecretString] {
+    pub(crate) fn urls(&self) -> &[SecretString] {
         match self {
             Target::Single(url) => std::slice::from_ref(url),
             Target::Cluster(urls) => urls,

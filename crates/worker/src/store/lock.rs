@@ -107,7 +107,7 @@ impl Store {
     /// Runs `work` holding the provision's lock, renewed every third of `ttl` for as long
     /// as it runs, and releases it after. `None` when another delivery holds the lock.
     /// The lock's owner is `owner_prefix` (the consumer tag) plus a per-call suffix.
-    pub async fn with_lock<T, F, Fut>(
+    pub(crate) async fn with_lock<T, F, Fut>(
         &self,
         provision_id: u64,
         credential: String,
@@ -159,7 +159,7 @@ impl Store {
 
     /// Runs `work` while `claim` holds the lock it took, renewing it every third of `ttl`,
     /// then releases it.
-    pub async fn hold<T>(&self, claim: &Claim, ttl: Duration, work: impl std::future::Future<Output = T>) -> T {
+    pub(crate) async fn hold<T>(&self, claim: &Claim, ttl: Duration, work: impl std::future::Future<Output = T>) -> T {
         // Renewed however long the work takes (bunq may be slow); the writes are fenced
         // by it in case a renewal is missed.
         let result = tokio::select! {

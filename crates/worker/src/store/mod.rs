@@ -1,14 +1,17 @@
 //! The Redis layout (docs/contracts.md §2): the session cache keyed by user, the per-provision
-//! handshake progress and idempotency index, and the per-provision lock.
+//! handshake progress and idempotency index, and the per-provision lock;
+//! and the gate that holds work while Redis is away (`gate.rs`).
 //!
 //! Keys one operation writes together share a hash tag (`{provision_id}`), so the same
 //! commands run on Redis Cluster (see [`conn`]).
 
-pub use crate::seal::Sealer;
-use crate::seal::{self, Context};
+use crate::failure::{Failure, Reason, Retry};
+use crate::seal::{self, Context, Sealer};
+use crate::tls::TlsFiles;
 use redis::AsyncCommands;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use std::time::Duration;
 use time::OffsetDateTime;
 
@@ -26,13 +29,13 @@ pub enum StoreError {
 
 impl StoreError {
     /// Redis coming back helps; a record we cannot read stays unreadable.
-    pub fn retry(&self) -> bunq_protocol::Retry {
+    pub(crate) fn retry(&self) -> Retry {
         match self {
-            StoreError::Redis(_) => bunq_protocol::Retry::Transient { after: None },
-            StoreError::Corrupt { .. } => bunq_protocol::Retry::Permanent,
+            StoreError::Redis(_) => Retry::Transient { after: None },
+            StoreError::Corrupt { .. } => Retry::Permanent,
             // Retrying the write cannot win the lock back; the delivery as a whole can wait
             // for the new holder (see `Failure::from`).
-            StoreError::LockLost { .. } => bunq_protocol::Retry::Permanent,
+            StoreError::LockLost { .. } => Retry::Permanent,
         }
     }
 }
@@ -52,14 +55,14 @@ impl Keys {
         format!("{}session:{user_id}", self.prefix)
     }
     /// provision → user id: the idempotency index.
-    pub fn provision(&self, provision_id: u64) -> String {
+    pub(crate) fn provision(&self, provision_id: u64) -> String {
         format!("{}provision:{{{provision_id}}}", self.prefix)
     }
     /// Handshake progress of one credential of a provision, so a retry does not repeat
     /// installation or device-server, and a token reset (a new credential) starts afresh
     /// instead of reusing a device registered with the old secret. `credential` is
     /// [`credential_tag`].
-    pub fn handshake(&self, provision_id: u64, credential: &str) -> String {
+    pub(crate) fn handshake(&self, provision_id: u64, credential: &str) -> String {
         format!("{}handshake:{{{provision_id}}}:{credential}", self.prefix)
     }
     /// Every credential tag of a provision that has handshake progress: what a close
@@ -68,17 +71,17 @@ impl Keys {
         format!("{}handshakes:{{{provision_id}}}", self.prefix)
     }
     /// Set when the provision is cancelled or closed: no session is announced for it after.
-    pub fn closed(&self, provision_id: u64) -> String {
+    pub(crate) fn closed(&self, provision_id: u64) -> String {
         format!("{}closed:{{{provision_id}}}", self.prefix)
     }
     /// The credential a renewal opens the next session with (sealed), kept only with
     /// `SESSION_RENEWAL=on`.
-    pub fn credential(&self, provision_id: u64) -> String {
+    pub(crate) fn credential(&self, provision_id: u64) -> String {
         format!("{}credential:{{{provision_id}}}", self.prefix)
     }
     /// The renewal schedule: provision ids scored by when their session is due (unix
     /// milliseconds). One key, so every replica serves the same schedule.
-    pub fn renewals(&self) -> String {
+    pub(crate) fn renewals(&self) -> String {
         format!("{}renewals", self.prefix)
     }
     fn credential_prefix(&self) -> String {
@@ -87,7 +90,7 @@ impl Keys {
     fn handshake_prefix(&self) -> String {
         format!("{}handshake:", self.prefix)
     }
-    pub fn lock(&self, provision_id: u64) -> String {
+    pub(crate) fn lock(&self, provision_id: u64) -> String {
         format!("{}lock:provision:{{{provision_id}}}", self.prefix)
     }
 }
@@ -95,28 +98,28 @@ impl Keys {
 /// The cached session, as downstream services read it from `session:{user_id}`.
 /// Token fields hold plaintext, or a sealed value (see [`crate::seal`]) when a key is set.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StoredSession {
-    pub provision_id: u64,
-    pub external_uuid: Option<String>,
-    pub user_id: u64,
-    pub granted_by_user_id: Option<u64>,
-    pub session_id: u64,
-    pub session_token: String,
-    pub installation_token: String,
-    pub server_public_key: String,
+pub(crate) struct StoredSession {
+    pub(crate) provision_id: u64,
+    pub(crate) external_uuid: Option<String>,
+    pub(crate) user_id: u64,
+    pub(crate) granted_by_user_id: Option<u64>,
+    pub(crate) session_id: u64,
+    pub(crate) session_token: String,
+    pub(crate) installation_token: String,
+    pub(crate) server_public_key: String,
     #[serde(with = "time::serde::rfc3339")]
-    pub created_at: OffsetDateTime,
+    pub(crate) created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
-    pub expires_at: OffsetDateTime,
+    pub(crate) expires_at: OffsetDateTime,
 }
 
 /// Progress of one provision's handshake.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct StoredHandshake {
-    pub installation_token: Option<String>,
-    pub server_public_key: Option<String>,
-    pub device_id: Option<u64>,
-    pub session: Option<StoredSession>,
+pub(crate) struct StoredHandshake {
+    pub(crate) installation_token: Option<String>,
+    pub(crate) server_public_key: Option<String>,
+    pub(crate) device_id: Option<u64>,
+    pub(crate) session: Option<StoredSession>,
 }
 
 /// A session in memory: tokens unsealed and wrapped.
@@ -144,6 +147,7 @@ pub struct Handshake {
 
 mod close;
 mod conn;
+pub(crate) mod gate;
 mod lock;
 mod renewal;
 mod reseal;
@@ -152,17 +156,45 @@ pub use conn::{connect, Redis, Target};
 
 pub use lock::{credential_tag, Begin, Claim, Written};
 pub use renewal::Credential;
-pub use reseal::Resealed;
+
+#[derive(Debug, Clone)]
+/// The Redis side of the worker's settings.
+pub struct RedisSettings {
+    pub(crate) target: Target,
+    pub key_prefix: String,
+    /// Seals tokens at rest when a key is configured.
+    pub(crate) sealer: Option<Arc<Sealer>>,
+    pub(crate) tls: Option<Arc<TlsFiles>>,
+}
+
+impl RedisSettings {
+    /// A connection that reconnects by itself (see [`connect`]).
+    pub(crate) fn connect(&self) -> Result<Redis, UnusableTarget> {
+        connect(&self.target, self.tls.as_deref()).map_err(|_| UnusableTarget { variable: self.target.variable() })
+    }
+
+    /// The session store on `conn`, under this prefix, sealing when a key is set.
+    pub fn store(&self, conn: Redis) -> Store {
+        Store::new(conn, Keys::new(&self.key_prefix), self.sealer.clone())
+    }
+}
+
+/// A Redis setting the client cannot use, naming the variable.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {variable}: is not usable (a bad URL, mixed credentials, or unusable TLS files)")]
+pub struct UnusableTarget {
+    pub variable: &'static str,
+}
 
 #[derive(Clone)]
 pub struct Store {
     conn: Redis,
     keys: Keys,
-    sealer: Option<std::sync::Arc<Sealer>>,
+    sealer: Option<Arc<Sealer>>,
 }
 
 impl Store {
-    pub fn new(conn: impl Into<Redis>, keys: Keys, sealer: Option<std::sync::Arc<Sealer>>) -> Self {
+    pub fn new(conn: impl Into<Redis>, keys: Keys, sealer: Option<Arc<Sealer>>) -> Self {
         Self { conn: conn.into(), keys, sealer }
     }
 
@@ -170,7 +202,7 @@ impl Store {
         &self.keys
     }
 
-    pub async fn ping(&self) -> Result<(), StoreError> {
+    pub(crate) async fn ping(&self) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
         let _: String = redis::cmd("PING").query_async(&mut conn).await?;
         Ok(())
@@ -268,7 +300,7 @@ impl Store {
     }
 
     /// How long `session:{user_id}` has left, for inspection tools.
-    pub async fn session_ttl(&self, user_id: u64) -> Result<Option<Duration>, StoreError> {
+    pub(crate) async fn session_ttl(&self, user_id: u64) -> Result<Option<Duration>, StoreError> {
         let mut conn = self.conn.clone();
         let ttl_ms: i64 = redis::cmd("PTTL").arg(self.keys.session(user_id)).query_async(&mut conn).await?;
         Ok(u64::try_from(ttl_ms).ok().map(Duration::from_millis))
@@ -379,6 +411,31 @@ fn user_owner(user_id: u64) -> String {
 
 fn provision_owner(provision_id: u64) -> String {
     format!("provision:{provision_id}")
+}
+
+/// How the handler classifies a store error.
+impl From<&StoreError> for Failure {
+    fn from(err: &StoreError) -> Self {
+        let reason = match err {
+            StoreError::Redis(_) => Reason::RedisUnavailable,
+            StoreError::Corrupt { .. } => Reason::CorruptState,
+            // The new holder finishes the job; this delivery comes back and finds it done.
+            StoreError::LockLost { .. } => {
+                return Failure {
+                    reason: Reason::LockBusy,
+                    detail: err.to_string(),
+                    retry: Retry::Transient { after: None },
+                }
+            }
+        };
+        Failure { reason, detail: err.to_string(), retry: err.retry() }
+    }
+}
+
+impl From<StoreError> for Failure {
+    fn from(err: StoreError) -> Self {
+        Failure::from(&err)
+    }
 }
 
 #[cfg(test)]

@@ -134,14 +134,18 @@ impl Store {
     }
 
     /// Puts the provision's renewal at `due`, replacing any earlier entry.
-    pub async fn schedule_renewal(&self, provision_id: u64, due: OffsetDateTime) -> Result<(), StoreError> {
+    pub(crate) async fn schedule_renewal(&self, provision_id: u64, due: OffsetDateTime) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
         let () = conn.zadd(self.keys.renewals(), provision_id, unix_ms(due)).await?;
         Ok(())
     }
 
     /// The same, unless the provision already has an entry (possibly claimed).
-    pub async fn schedule_renewal_if_absent(&self, provision_id: u64, due: OffsetDateTime) -> Result<(), StoreError> {
+    pub(crate) async fn schedule_renewal_if_absent(
+        &self,
+        provision_id: u64,
+        due: OffsetDateTime,
+    ) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
         let _: i64 = redis::cmd("ZADD")
             .arg(self.keys.renewals())
@@ -153,7 +157,7 @@ impl Store {
         Ok(())
     }
 
-    pub async fn unschedule_renewal(&self, provision_id: u64) -> Result<(), StoreError> {
+    pub(crate) async fn unschedule_renewal(&self, provision_id: u64) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
         let () = conn.zrem(self.keys.renewals(), provision_id).await?;
         Ok(())
@@ -161,7 +165,7 @@ impl Store {
 
     /// Claims up to `limit` entries due by `now` for `lease`; they come due again when
     /// it runs out, unless the claimant reschedules them first.
-    pub async fn claim_due_renewals(
+    pub(crate) async fn claim_due_renewals(
         &self,
         now: OffsetDateTime,
         lease: Duration,
@@ -179,7 +183,7 @@ impl Store {
     }
 
     /// `(entries, entries due by now)`: the schedule's size and how far behind it is.
-    pub async fn renewal_backlog(&self, now: OffsetDateTime) -> Result<(u64, u64), StoreError> {
+    pub(crate) async fn renewal_backlog(&self, now: OffsetDateTime) -> Result<(u64, u64), StoreError> {
         let mut conn = self.conn.clone();
         let (total, due): (u64, u64) = redis::pipe()
             .zcard(self.keys.renewals())

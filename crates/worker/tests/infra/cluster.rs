@@ -5,8 +5,10 @@
 
 use bunq_session_worker::amqp::topology;
 use bunq_session_worker::metrics::Metrics;
-use bunq_session_worker::ratelimit::{Limit, RateLimiter, Scope};
-use bunq_session_worker::store::{Keys, Sealer, Store};
+use bunq_session_worker::ratelimit::limit::{Limit, Scope};
+use bunq_session_worker::ratelimit::RateLimiter;
+use bunq_session_worker::seal::Sealer;
+use bunq_session_worker::store::{Keys, Store};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

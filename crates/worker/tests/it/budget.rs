@@ -2,9 +2,10 @@
 //! first across replicas, hopeless waiters told at once, parked waiters that do not come
 //! back losing their slot to those present, and the plan operators see.
 
-use bunq_session_worker::budget::{Admission, Budget, Waiter};
 use bunq_session_worker::metrics::Metrics;
-use bunq_session_worker::ratelimit::{Limit, RateLimitError, RateLimiter, Scope};
+use bunq_session_worker::ratelimit::budget::{Admission, Budget, Waiter};
+use bunq_session_worker::ratelimit::limit::{Limit, RateLimitError, Scope};
+use bunq_session_worker::ratelimit::RateLimiter;
 use std::sync::Arc;
 use std::time::Duration;
 use test_support::{connect_redis, delete_keys, TestNames, REDIS_URL};

@@ -2,10 +2,12 @@
 //! lock, and tokens at rest.
 
 use bunq_protocol::Endpoint;
-use bunq_session_worker::budget::Waiter;
 use bunq_session_worker::metrics::Metrics;
-use bunq_session_worker::ratelimit::{Limit, RateLimitError, RateLimiter, Scope};
-use bunq_session_worker::store::{Begin, Claim, Credential, Handshake, Keys, Sealer, Session, Store, StoreError};
+use bunq_session_worker::ratelimit::budget::Waiter;
+use bunq_session_worker::ratelimit::limit::{Limit, RateLimitError, Scope};
+use bunq_session_worker::ratelimit::RateLimiter;
+use bunq_session_worker::seal::Sealer;
+use bunq_session_worker::store::{Begin, Claim, Credential, Handshake, Keys, Session, Store, StoreError};
 use secrecy::ExposeSecret;
 use std::sync::Arc;
 use std::time::Duration;

@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Clone)]
-pub struct OpsState {
+pub(crate) struct OpsState {
     metrics: Arc<Metrics>,
     consuming: Arc<AtomicBool>,
     blocked: Arc<AtomicBool>,
@@ -22,12 +22,17 @@ pub struct OpsState {
 }
 
 impl OpsState {
-    pub fn new(metrics: Arc<Metrics>, consuming: Arc<AtomicBool>, blocked: Arc<AtomicBool>, store: Store) -> Self {
+    pub(crate) fn new(
+        metrics: Arc<Metrics>,
+        consuming: Arc<AtomicBool>,
+        blocked: Arc<AtomicBool>,
+        store: Store,
+    ) -> Self {
         Self { metrics, consuming, blocked, store }
     }
 }
 
-pub fn router(state: OpsState) -> Router {
+pub(crate) fn router(state: OpsState) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
@@ -54,7 +59,7 @@ async fn readyz(State(state): State<OpsState>) -> (StatusCode, String) {
 }
 
 /// Serves on `listener` until `shutdown` is cancelled.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     state: OpsState,
     shutdown: CancellationToken,

@@ -1,7 +1,8 @@
 //! When to act on a provision (docs/contracts.md §1.2). Pure: the clock is a parameter.
 
-use crate::event::Provision;
-use secrecy::{ExposeSecret, SecretString};
+use super::decode::Provision;
+use crate::lifecycle::ReadyProvision;
+use secrecy::ExposeSecret;
 use time::OffsetDateTime;
 
 const READY_SUB_STATUS: &str = "PENDING_PROCESS_USER_ONBOARDING";
@@ -27,8 +28,8 @@ pub enum Decision {
 /// A provision the partner cancelled or closed.
 #[derive(Debug, Clone)]
 pub struct ClosedProvision {
-    pub provision_id: u64,
-    pub external_uuid: Option<String>,
+    pub(crate) provision_id: u64,
+    pub(crate) external_uuid: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,7 +47,7 @@ pub enum SkipReason {
 }
 
 impl SkipReason {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             SkipReason::NotReady => "not_ready",
             SkipReason::NoCredentialToken => "no_credential_token",
@@ -56,27 +57,20 @@ impl SkipReason {
     }
 }
 
-/// A provision the worker acts on: everything the later steps need, secret wrapped.
-#[derive(Debug, Clone)]
-pub struct ReadyProvision {
-    pub provision_id: u64,
-    pub external_uuid: Option<String>,
-    pub credential_id: Option<u64>,
-    pub token_value: SecretString,
-    pub credential_expires_at: Option<OffsetDateTime>,
-}
-
-pub fn decide(provision: Provision, now: OffsetDateTime) -> Decision {
+pub fn decide(provision: &Provision, now: OffsetDateTime) -> Decision {
     if CLOSED_STATUSES.contains(&provision.status.as_str()) {
-        return Decision::Close(ClosedProvision { provision_id: provision.id, external_uuid: provision.external_uuid });
+        return Decision::Close(ClosedProvision {
+            provision_id: provision.id,
+            external_uuid: provision.external_uuid.clone(),
+        });
     }
     if provision.sub_status != READY_SUB_STATUS || !READY_STATUSES.contains(&provision.status.as_str()) {
         return Decision::Skip(SkipReason::NotReady);
     }
-    let Some(credential) = provision.credential else {
+    let Some(credential) = &provision.credential else {
         return Decision::Skip(SkipReason::NoCredentialToken);
     };
-    let Some(token_value) = credential.token_value.filter(|t| !t.expose_secret().trim().is_empty()) else {
+    let Some(token_value) = credential.token_value.clone().filter(|t| !t.expose_secret().trim().is_empty()) else {
         return Decision::Skip(SkipReason::NoCredentialToken);
     };
     let expired_by_time = credential.expiry_time.is_some_and(|at| at <= now);
@@ -85,7 +79,7 @@ pub fn decide(provision: Provision, now: OffsetDateTime) -> Decision {
     }
     Decision::Act(ReadyProvision {
         provision_id: provision.id,
-        external_uuid: provision.external_uuid,
+        external_uuid: provision.external_uuid.clone(),
         credential_id: credential.id,
         token_value,
         credential_expires_at: credential.expiry_time,
@@ -95,7 +89,7 @@ pub fn decide(provision: Provision, now: OffsetDateTime) -> Decision {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::decode;
+    use crate::provision::decode::decode;
     use time::macros::datetime;
 
     const NOW: OffsetDateTime = datetime!(2025-09-03 08:30 UTC);
@@ -112,7 +106,7 @@ mod tests {
     #[test]
     fn acts_on_created_or_active_pending_onboarding_with_a_token() {
         for status in ["CREATED", "ACTIVE"] {
-            let decision = decide(provision(status, READY_SUB_STATUS, GOOD), NOW);
+            let decision = decide(&provision(status, READY_SUB_STATUS, GOOD), NOW);
             assert!(matches!(decision, Decision::Act(ReadyProvision { provision_id: 7, .. })), "{status}");
         }
     }
@@ -120,7 +114,7 @@ mod tests {
     #[test]
     fn skips_other_states() {
         for (status, sub) in [("CREATED", "PENDING_PROCESS_USER"), ("ACTIVE", "NONE"), ("SOMETHING_NEW", "ALSO_NEW")] {
-            assert!(matches!(decide(provision(status, sub, GOOD), NOW), Decision::Skip(SkipReason::NotReady)));
+            assert!(matches!(decide(&provision(status, sub, GOOD), NOW), Decision::Skip(SkipReason::NotReady)));
         }
     }
 
@@ -129,7 +123,7 @@ mod tests {
         for (status, sub, credential) in
             [("CANCELLED", READY_SUB_STATUS, GOOD), ("CLOSED", "NONE", ""), ("CLOSED", "PENDING_PROCESS_USER", GOOD)]
         {
-            let decision = decide(provision(status, sub, credential), NOW);
+            let decision = decide(&provision(status, sub, credential), NOW);
             assert!(matches!(decision, Decision::Close(ClosedProvision { provision_id: 7, .. })), "{status}/{sub}");
         }
     }
@@ -142,7 +136,7 @@ mod tests {
             r#","credential":{"token_value":null}"#,
             r#","credential":{"token_value":" "}"#,
         ] {
-            let decision = decide(provision("CREATED", READY_SUB_STATUS, credential), NOW);
+            let decision = decide(&provision("CREATED", READY_SUB_STATUS, credential), NOW);
             assert!(matches!(decision, Decision::Skip(SkipReason::NoCredentialToken)), "{credential}");
         }
     }
@@ -152,7 +146,7 @@ mod tests {
         let past = r#","credential":{"expiry_time":"2025-09-03 08:00:00.000000","token_value":"tok"}"#;
         let marked = r#","credential":{"status":"EXPIRED","token_value":"tok"}"#;
         for credential in [past, marked] {
-            let decision = decide(provision("CREATED", READY_SUB_STATUS, credential), NOW);
+            let decision = decide(&provision("CREATED", READY_SUB_STATUS, credential), NOW);
             assert!(matches!(decision, Decision::CredentialExpired { .. }), "{credential}");
         }
     }

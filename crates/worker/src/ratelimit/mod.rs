@@ -6,121 +6,29 @@
 //! the limit, in one atomic script, then sleeps until that slot: callers are served in
 //! order and no replica polls.
 
-use crate::budget::{Budget, Waiter};
 use crate::metrics::Metrics;
 use crate::store::Redis;
+use budget::{Budget, Waiter};
 use bunq_protocol::error::Endpoint;
-use std::str::FromStr;
+use limit::{Limit, RateLimitError, Reservation, Scope, SLOTS};
 use std::sync::Arc;
 use std::time::Duration;
 use time::OffsetDateTime;
 
-/// `calls` per `per`, e.g. 1 per 30 s.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limit {
-    pub calls: u32,
-    pub per: Duration,
-}
-
-impl Limit {
-    /// The window reservations are spaced by: the limit's own plus a margin for the time
-    /// between a slot and bunq counting the call (waking up, signing, the network), which
-    /// varies from call to call. Spaced by the bare window, a call that happened to be
-    /// slow on its way and one `calls` later that was quick arrive less than a window
-    /// apart, and bunq answers 429 (the bench's shared-limit run saw 78 in 1,000 calls at
-    /// 20/s). 2.5% of the window, at least 25 ms, at most 1 s: 30.75 s for bunq's 1/30 s.
-    pub fn spacing(&self) -> Duration {
-        let margin = (self.per / 40).clamp(Duration::from_millis(25), Duration::from_secs(1));
-        self.per + margin
-    }
-
-    /// Parses `CALLS/DURATION`, e.g. `1/30s`, `5/3s`, `100/500ms`, `60/1m` (bare numbers are seconds).
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let problem = || format!("`{text}` is not CALLS/DURATION like 1/30s, 5/3s or 100/500ms");
-        let (calls, per) = text.trim().split_once('/').ok_or_else(problem)?;
-        let calls: u32 = calls.trim().parse().map_err(|_| problem())?;
-        let per = crate::duration::parse(per).map_err(|_| problem())?;
-        if calls == 0 || per.is_zero() {
-            return Err(format!("`{text}`: calls and duration must be positive"));
-        }
-        Ok(Self { calls, per })
-    }
-}
+pub mod budget;
+pub mod limit;
 
 /// The longest a far slot's waiter is parked at a time unless configured: the default
 /// `RETRY_QUEUE_MAX_DELAY_MS`.
 const DEFAULT_MAX_PARK: Duration = Duration::from_secs(300);
 
-/// Who shares one budget.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scope {
-    /// One budget for all replicas: bunq counting per egress IP (classic docs).
-    Global,
-    /// One budget per credential (per provision): bunq counting per device (newer docs).
-    Credential,
-}
-
-impl FromStr for Scope {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s.trim() {
-            "global" => Ok(Scope::Global),
-            "credential" => Ok(Scope::Credential),
-            other => Err(format!("`{other}` is not `global` or `credential`")),
-        }
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum RateLimitError {
-    #[error("rate limit for POST /{endpoint} has no free slot within {max_wait:?} (next in {wait:?})")]
-    NoSlot { endpoint: Endpoint, wait: Duration, max_wait: Duration },
-    #[error("the session-server budget's next slot for this provision is {after:?} away: parked in the retry queue until then")]
-    Parked { after: Duration },
-    #[error(
-        "the session-server budget cannot serve this call before its deadline {deadline}: {ahead} earlier deadlines \
-         are served first and its slot would be {slot_in:?} away (a token reset gives a new credential)"
-    )]
-    NoSlotBeforeDeadline { deadline: OffsetDateTime, slot_in: Duration, ahead: u64 },
-    #[error("rate limiter unavailable: {0}")]
-    Redis(#[from] redis::RedisError),
-}
-
-impl RateLimitError {
-    /// For the in-process retry loop. A full budget passes when the wait is over, Redis
-    /// when it is back; a parked or hopeless waiter leaves the loop (and the delivery
-    /// goes to the retry or dead-letter queue: see `Failure::from`).
-    pub fn retry(&self) -> bunq_protocol::Retry {
-        match self {
-            RateLimitError::NoSlot { wait, .. } => bunq_protocol::Retry::Transient { after: Some(*wait) },
-            RateLimitError::Redis(_) => bunq_protocol::Retry::Transient { after: None },
-            RateLimitError::Parked { .. } | RateLimitError::NoSlotBeforeDeadline { .. } => {
-                bunq_protocol::Retry::Permanent
-            }
-        }
-    }
-}
-
 /// KEYS[1] the log; ARGV: window ms, limit, max wait ms, unique member.
 /// Returns the wait in ms (>= 0) after reserving, or -(wait) when it exceeds max wait.
-/// Uses the server's clock so replicas with skewed clocks agree.
+/// Runs after [`SLOTS`]: the server's clock, the one next-slot rule.
 const RESERVE: &str = r#"
-local now_parts = redis.call('TIME')
-local now = tonumber(now_parts[1]) * 1000 + math.floor(tonumber(now_parts[2]) / 1000)
-local window = tonumber(ARGV[1])
-local limit = tonumber(ARGV[2])
 local max_wait = tonumber(ARGV[3])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-local count = redis.call('ZCARD', KEYS[1])
-local at = now
-if count > 0 then
-  local last = tonumber(redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')[2])
-  if last > at then at = last end
-end
-if count >= limit then
-  local nth = tonumber(redis.call('ZRANGE', KEYS[1], count - limit, count - limit, 'WITHSCORES')[2])
-  if nth + window > at then at = nth + window end
-end
+local at = next_slot(recent(KEYS[1]))
 local wait = at - now
 if wait > max_wait then return -wait end
 redis.call('ZADD', KEYS[1], at, ARGV[4])
@@ -157,19 +65,21 @@ end
 return 0
 "#;
 
-/// A call's place in a rate-limit log: hand it back with [`RateLimiter::answered`] once
-/// bunq has answered (or the call failed on its way).
-#[derive(Debug)]
-pub struct Reservation {
-    key: String,
-    member: String,
-    /// How long the caller waited for the slot.
-    pub waited: Duration,
+#[derive(Debug, Clone)]
+/// The rate-limit side of the worker's settings.
+pub(crate) struct RateLimits {
+    pub(crate) session_server: Limit,
+    pub(crate) other_post: Limit,
+    pub(crate) scope: Scope,
+    /// The retry queue's largest delay: how long a waiter for a far slot is parked at most.
+    pub(crate) max_park: Duration,
 }
 
-impl Reservation {
-    pub(crate) fn new(key: String, member: String, waited: Duration) -> Self {
-        Self { key, member, waited }
+impl RateLimits {
+    /// The limiter every replica with the same Redis and prefix shares.
+    pub(crate) fn limiter(&self, conn: Redis, key_prefix: &str, metrics: Arc<Metrics>) -> RateLimiter {
+        RateLimiter::new(conn, key_prefix, self.session_server, self.other_post, self.scope, metrics)
+            .with_max_park(self.max_park)
     }
 }
 
@@ -203,7 +113,7 @@ impl RateLimiter {
             session_server,
             other_post,
             scope,
-            script: Arc::new(redis::Script::new(RESERVE)),
+            script: Arc::new(redis::Script::new(&format!("{SLOTS}{RESERVE}"))),
             fill: Arc::new(redis::Script::new(FILL)),
             stamp: Arc::new(redis::Script::new(STAMP)),
             metrics,
@@ -310,7 +220,11 @@ impl RateLimiter {
 
     /// Before a handshake: whether the shared budget can serve `waiter` before `deadline`
     /// (else it parks or gives up now, before spending an installation and a device).
-    pub async fn check_session_server(&self, waiter: Waiter, deadline: OffsetDateTime) -> Result<(), RateLimitError> {
+    pub(crate) async fn check_session_server(
+        &self,
+        waiter: Waiter,
+        deadline: OffsetDateTime,
+    ) -> Result<(), RateLimitError> {
         match &self.budget {
             Some(budget) => budget.check(waiter, deadline).await,
             None => Ok(()),
@@ -350,30 +264,5 @@ impl RateLimiter {
         }
         self.metrics.observe_rate_limit_wait(endpoint.path(), wait);
         Ok(Reservation::new(key, member, wait))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_limits() {
-        assert_eq!(Limit::parse("1/30s").unwrap(), Limit { calls: 1, per: Duration::from_secs(30) });
-        assert_eq!(Limit::parse(" 5 / 3s ").unwrap(), Limit { calls: 5, per: Duration::from_secs(3) });
-        assert_eq!(Limit::parse("100/500ms").unwrap().per, Duration::from_millis(500));
-        assert_eq!(Limit::parse("60/1m").unwrap().per, Duration::from_secs(60));
-        for bad in ["", "5", "0/3s", "5/0s", "x/3s", "5/3w"] {
-            assert!(Limit::parse(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn reservations_are_spaced_by_the_window_plus_a_bounded_margin() {
-        let spacing = |text: &str| Limit::parse(text).unwrap().spacing();
-        assert_eq!(spacing("1/30s"), Duration::from_millis(30_750));
-        assert_eq!(spacing("20/1s"), Duration::from_millis(1_025));
-        assert_eq!(spacing("100/100ms"), Duration::from_millis(125));
-        assert_eq!(spacing("1/1h"), Duration::from_secs(3601));
     }
 }

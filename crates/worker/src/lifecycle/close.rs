@@ -6,21 +6,17 @@
 //! records are purged. Published before the purge: a close cut short between the two is
 //! redone by the redelivery, with the same event id.
 
+use super::Parts;
 use crate::event::{
     closed_event_id, SessionClosed, CLOSED_AS_INVALID, CLOSED_BY_PROVISION, CLOSED_CREDENTIAL_REVOKED,
     CLOSED_RENEWAL_FAILED, SESSION_CLOSED_EVENT_TYPE,
 };
-use crate::failure::{Failure, Reason};
-use crate::handler::{Announcer, Outcome};
-use crate::session::SessionOpener;
-use crate::store::Store;
-use std::sync::Arc;
-use std::time::Duration;
+use crate::failure::Failure;
 use time::OffsetDateTime;
 
 /// Why a session is closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseReason {
+pub(crate) enum CloseReason {
     /// The partner cancelled or closed the provision: closed for good (marker set).
     ProvisionClosed,
     /// Downstream reported the session dead and there is no credential to renew it with.
@@ -33,7 +29,7 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             CloseReason::ProvisionClosed => CLOSED_BY_PROVISION,
             CloseReason::Invalidated => CLOSED_AS_INVALID,
@@ -45,59 +41,60 @@ impl CloseReason {
 
 /// What to close.
 #[derive(Debug, Clone)]
-pub struct CloseRequest {
-    pub provision_id: u64,
-    pub external_uuid: Option<String>,
-    pub reason: CloseReason,
+pub(crate) struct CloseRequest {
+    pub(crate) provision_id: u64,
+    pub(crate) external_uuid: Option<String>,
+    pub(crate) reason: CloseReason,
+}
+
+/// What a close did.
+#[derive(Debug)]
+pub(crate) enum Closed {
+    /// Closed; `event` is `None` when there was no session (only records purged).
+    Done { reason: CloseReason, event: Option<Box<SessionClosed>> },
+    /// Another holder has the provision (an open under way): the close goes after it.
+    Busy,
 }
 
 /// Cloned by the renewer, which closes sessions it cannot renew.
 #[derive(Clone)]
-pub struct Closer {
-    pub(crate) opener: SessionOpener,
-    pub(crate) store: Store,
-    pub(crate) announcer: Arc<dyn Announcer>,
-    pub(crate) lock_ttl: Duration,
-    /// Lock owner prefix (the consumer tag).
-    pub(crate) owner: String,
-    /// How long a close waits for an open under way (through the retry queue).
-    pub(crate) busy_delay: Duration,
+pub(crate) struct Closer {
+    parts: Parts,
 }
 
 impl Closer {
-    pub async fn close(&self, closed: &CloseRequest, correlation_id: Option<&str>) -> Result<Outcome, Failure> {
+    pub(crate) fn new(parts: Parts) -> Self {
+        Self { parts }
+    }
+
+    pub(crate) async fn close(&self, closed: &CloseRequest, correlation_id: Option<&str>) -> Result<Closed, Failure> {
         let id = closed.provision_id;
         if closed.reason == CloseReason::ProvisionClosed {
-            self.store.mark_closed(id).await?;
+            self.parts.store.mark_closed(id).await?;
         }
         let work = |_claim| self.close_locked(closed, correlation_id);
-        match self.store.with_lock(id, "close".to_owned(), &self.owner, self.lock_ttl, work).await? {
-            Some(outcome) => outcome,
-            None => Ok(Outcome::Retry {
-                reason: Reason::LockBusy,
-                detail: format!("provision {id} is being opened by another delivery; the close goes after it"),
-                delay: self.busy_delay,
-                counts_as_attempt: false,
-            }),
+        match self.parts.store.with_lock(id, "close".to_owned(), &self.parts.owner, self.parts.lock_ttl, work).await? {
+            Some(event) => Ok(Closed::Done { reason: closed.reason, event: event? }),
+            None => Ok(Closed::Busy),
         }
     }
 
     /// The close itself; the caller holds the provision's lock (a renewal closes under
-    /// the lock it renews with).
+    /// the lock it renews with). The event, `None` when there was no session.
     pub(crate) async fn close_locked(
         &self,
         closed: &CloseRequest,
         correlation_id: Option<&str>,
-    ) -> Result<Outcome, Failure> {
+    ) -> Result<Option<Box<SessionClosed>>, Failure> {
         let id = closed.provision_id;
-        let Some(session) = self.store.session_to_close(id).await? else {
+        let Some(session) = self.parts.store.session_to_close(id).await? else {
             // An unfinished handshake's progress goes too: it holds an installation token.
-            self.store.purge_provision(id).await?;
-            return Ok(Outcome::Closed { reason: closed.reason, event: None });
+            self.parts.store.purge_provision(id).await?;
+            return Ok(None);
         };
         // Best effort: a session bunq does not end now lapses at its timeout, and nothing
         // here serves it any more. Waiting for bunq would keep the session cached.
-        match self.opener.end(&session).await {
+        match self.parts.opener.end(&session).await {
             Ok(true) => tracing::info!(event = "session_ended", session_id = session.session_id),
             Ok(false) => tracing::info!(event = "session_already_gone", session_id = session.session_id),
             Err(failure) => {
@@ -114,8 +111,8 @@ impl Closer {
             session_id: session.session_id,
             reason: closed.reason.as_str().to_owned(),
         };
-        self.announcer.announce_closed(&event, correlation_id).await?;
-        self.store.purge_provision(id).await?;
-        Ok(Outcome::Closed { reason: closed.reason, event: Some(Box::new(event)) })
+        self.parts.announcer.announce_closed(&event, correlation_id).await?;
+        self.parts.store.purge_provision(id).await?;
+        Ok(Some(Box::new(event)))
     }
 }

@@ -3,20 +3,24 @@
 use crate::amqp::consume::{DeadLetterPolicy, DeliveryContext};
 use crate::amqp::publish::{AmqpAnnouncer, PublishChannel};
 use crate::amqp::supervisor::Supervisor;
-use crate::budget::Budget;
 use crate::config::Settings;
-use crate::handler::{Announcer, Handler};
+use crate::lifecycle::announce::Announcer;
+use crate::lifecycle::open::SessionOpener;
+use crate::lifecycle::renew::Renewer;
+use crate::lifecycle::Parts;
 use crate::metrics::Metrics;
-use crate::ops::{self, OpsState};
-use crate::outage::RedisGate;
-use crate::renew::Renewer;
-use crate::session::SessionOpener;
+use crate::provision::handler::Handler;
+use crate::ratelimit::budget::Budget;
+use crate::store::gate::RedisGate;
 use crate::tls;
 use anyhow::Context as _;
+use ops::OpsState;
 use secrecy::ExposeSecret as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
+
+pub(crate) mod ops;
 
 pub struct Worker {
     supervisor: Supervisor,
@@ -53,17 +57,21 @@ impl Worker {
         );
         let publish = PublishChannel::default();
         let announcer: Arc<dyn Announcer> = Arc::new(AmqpAnnouncer::new(publish.clone(), &settings.amqp.names));
-        // The dead-letter policy recognises provisions with the handler's own decode limit.
-        let max_message_bytes = settings.handler.max_message_bytes;
-        let mut handler =
-            Handler::new(opener, store.clone(), announcer, settings.handler, settings.amqp.consumer_tag.clone());
+        let parts = Parts {
+            opener,
+            store: store.clone(),
+            announcer,
+            lock_ttl: settings.handler.lock_ttl,
+            owner: settings.amqp.consumer_tag.clone(),
+        };
         let renewer = settings
             .renewal
-            .map(|renewal| Arc::new(Renewer::new(handler.closer().clone(), metrics.clone(), gate.clone(), renewal)));
+            .map(|renewal| Arc::new(Renewer::new(parts.clone(), metrics.clone(), gate.clone(), renewal)));
+        let mut handler = Handler::new(parts, settings.handler);
         if let Some(renewer) = &renewer {
             handler = handler.with_renewer(renewer.clone());
         }
-        let dead_letters = DeadLetterPolicy { sealer: settings.redis.sealer.clone(), max_message_bytes };
+        let dead_letters = DeadLetterPolicy { sealer: settings.redis.sealer.clone() };
         let context = DeliveryContext::new(handler, settings.amqp.names.clone(), metrics.clone(), dead_letters, gate);
         let supervisor = Supervisor::new(&settings.amqp, context, publish);
         let ops_listener = tokio::net::TcpListener::bind(settings.ops_addr)
@@ -112,7 +120,7 @@ impl Worker {
 /// A certificate that does not verify is a configuration error, not an outage: a TLS
 /// handshake with each node at start-up finds it and stops the worker naming the setting.
 /// A service that does not answer yet is left to the supervised reconnects.
-pub async fn verify_tls(settings: &Settings) -> anyhow::Result<()> {
+pub(crate) async fn verify_tls(settings: &Settings) -> anyhow::Result<()> {
     if let Some(files) = settings.amqp.broker.tls() {
         for url in settings.amqp.broker.tls_urls() {
             tls::probe(url, 5671, files).await?;

@@ -7,8 +7,8 @@
 //! it stopped, without a restart. Progress and sessions that bunq has already handed
 //! out are written once Redis is back, never dropped (see `session.rs`).
 
+use super::Store;
 use crate::metrics::Metrics;
-use crate::store::Store;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 /// How often the probe pings Redis while it is away.
 const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 
-pub struct RedisGate {
+pub(crate) struct RedisGate {
     store: Store,
     metrics: Arc<Metrics>,
     up: watch::Sender<bool>,
@@ -26,17 +26,17 @@ pub struct RedisGate {
 }
 
 impl RedisGate {
-    pub fn new(store: Store, metrics: Arc<Metrics>) -> Arc<Self> {
+    pub(crate) fn new(store: Store, metrics: Arc<Metrics>) -> Arc<Self> {
         metrics.redis_up(true);
         Arc::new(Self { store, metrics, up: watch::Sender::new(true), closed: CancellationToken::new() })
     }
 
-    pub fn is_up(&self) -> bool {
+    pub(crate) fn is_up(&self) -> bool {
         *self.up.borrow()
     }
 
     /// A Redis command failed: Redis counts as away until the probe reaches it.
-    pub fn report_down(self: &Arc<Self>) {
+    pub(crate) fn report_down(self: &Arc<Self>) {
         let was_up = self.up.send_replace(false);
         if !was_up {
             return; // the probe is already running
@@ -61,7 +61,7 @@ impl RedisGate {
     }
 
     /// Waits until Redis answers; `false` when the worker shuts down first.
-    pub async fn wait_up(&self) -> bool {
+    pub(crate) async fn wait_up(&self) -> bool {
         let mut up = self.up.subscribe();
         if !*up.borrow() {
             self.metrics.held_for_redis();
@@ -73,7 +73,7 @@ impl RedisGate {
     }
 
     /// Shutdown: every waiter gives up (its delivery returns to the queue unsettled).
-    pub fn close(&self) {
+    pub(crate) fn close(&self) {
         self.closed.cancel();
     }
 }

@@ -13,14 +13,14 @@
 //! A renewed session whose event is not confirmed yet is marked on the credential
 //! record and published (same event id) by whoever passes the entry next.
 
-use crate::close::{CloseReason, CloseRequest, Closer};
+use super::announce::session_event;
+use super::close::{CloseReason, CloseRequest, Closer};
+use super::Parts;
 use crate::event::{renewed_event_id, SessionClosed, SessionReady, SESSION_RENEWED_EVENT_TYPE};
 use crate::failure::{Failure, Reason, Retry};
-use crate::handler::{session_event, Announcer, Outcome};
 use crate::metrics::Metrics;
-use crate::outage::RedisGate;
-use crate::session::SessionOpener;
-use crate::store::{Claim, Credential, Session, Store};
+use crate::store::gate::RedisGate;
+use crate::store::{Claim, Credential, Session};
 use futures_util::StreamExt as _;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,24 +32,24 @@ use tracing::Instrument as _;
 const BATCH: usize = 4;
 
 #[derive(Debug, Clone)]
-pub struct RenewalSettings {
+pub(crate) struct RenewalSettings {
     /// How long before a session expires it is renewed.
-    pub renew_before: Duration,
+    pub(crate) renew_before: Duration,
     /// How often each replica looks for due renewals.
-    pub poll_interval: Duration,
+    pub(crate) poll_interval: Duration,
     /// The provision lock's TTL; also the lease of a claimed entry, so a dead
     /// replica's renewal is taken over about as fast as its lock frees.
-    pub lock_ttl: Duration,
+    pub(crate) lock_ttl: Duration,
     /// First wait after a failed renewal; doubles per failure up to `max_retry_delay`.
-    pub retry_delay: Duration,
-    pub max_retry_delay: Duration,
+    pub(crate) retry_delay: Duration,
+    pub(crate) max_retry_delay: Duration,
 }
 
 impl RenewalSettings {
     /// When `session` is due: `renew_before` ahead of its expiry, but never in the first
     /// half of its life (a session shorter than `renew_before` would otherwise be renewed
     /// at once, forever).
-    pub fn due_at(&self, session: &Session) -> OffsetDateTime {
+    pub(crate) fn due_at(&self, session: &Session) -> OffsetDateTime {
         let life = session.expires_at - session.created_at;
         (session.expires_at - self.renew_before).max(session.created_at + life / 2)
     }
@@ -62,7 +62,7 @@ impl RenewalSettings {
 
 /// What one pass over an entry did.
 #[derive(Debug)]
-pub enum Renewal {
+pub(crate) enum Renewal {
     Renewed(Box<SessionReady>),
     /// Not due yet (renewed by someone else, or the entry came early): rescheduled.
     NotDue,
@@ -86,7 +86,7 @@ pub enum Renewal {
 
 impl Renewal {
     /// The `outcome` label of `renewals`.
-    pub fn label(&self) -> &'static str {
+    pub(crate) fn label(&self) -> &'static str {
         match self {
             Renewal::Renewed(_) => "renewed",
             Renewal::NotDue => "not_due",
@@ -107,38 +107,27 @@ enum Trigger {
     Invalidated { session_id: u64 },
 }
 
-pub struct Renewer {
-    opener: SessionOpener,
-    store: Store,
-    announcer: Arc<dyn Announcer>,
+pub(crate) struct Renewer {
+    parts: Parts,
     closer: Closer,
     metrics: Arc<Metrics>,
     gate: Arc<RedisGate>,
     settings: RenewalSettings,
-    owner: String,
 }
 
 impl Renewer {
-    /// Renews with the closer's bunq client, store, announcer and lock owner.
-    pub fn new(closer: Closer, metrics: Arc<Metrics>, gate: Arc<RedisGate>, settings: RenewalSettings) -> Self {
-        Self {
-            opener: closer.opener.clone(),
-            store: closer.store.clone(),
-            announcer: closer.announcer.clone(),
-            owner: closer.owner.clone(),
-            closer,
-            metrics,
-            gate,
-            settings,
-        }
+    /// Renews with the handshake, store, publisher and lock owner the opens use; the
+    /// lock's TTL is `settings.lock_ttl`.
+    pub(crate) fn new(parts: Parts, metrics: Arc<Metrics>, gate: Arc<RedisGate>, settings: RenewalSettings) -> Self {
+        Self { closer: Closer::new(parts.clone()), parts, metrics, gate, settings }
     }
 
-    pub fn settings(&self) -> &RenewalSettings {
+    pub(crate) fn settings(&self) -> &RenewalSettings {
         &self.settings
     }
 
     /// Serves the schedule until `shutdown`; a pass under way finishes first.
-    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+    pub(crate) async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         loop {
             // Jittered, so the replicas' passes do not fall into step with one of them
             // always first to claim whatever came due.
@@ -172,12 +161,12 @@ impl Renewer {
     /// Claims up to [`BATCH`] due entries and renews them; returns how many it claimed.
     async fn pass(&self, shutdown: &CancellationToken) -> Result<usize, Failure> {
         let now = OffsetDateTime::now_utc();
-        let (scheduled, due) = self.store.renewal_backlog(now).await?;
+        let (scheduled, due) = self.parts.store.renewal_backlog(now).await?;
         self.metrics.renewal_backlog(scheduled, due);
         if due == 0 || shutdown.is_cancelled() {
             return Ok(0);
         }
-        let claimed = self.store.claim_due_renewals(now, self.settings.lock_ttl, BATCH).await?;
+        let claimed = self.parts.store.claim_due_renewals(now, self.settings.lock_ttl, BATCH).await?;
         let count = claimed.len();
         futures_util::stream::iter(claimed)
             .for_each_concurrent(BATCH, |provision_id| {
@@ -229,20 +218,20 @@ impl Renewer {
 
     /// Downstream reported `session_id` dead: renew at once if the worker holds the
     /// credential (`NothingToRenew` if not: the caller closes it instead).
-    pub async fn invalidated(&self, provision_id: u64, session_id: u64) -> Result<Renewal, Failure> {
+    pub(crate) async fn invalidated(&self, provision_id: u64, session_id: u64) -> Result<Renewal, Failure> {
         let renewal = self.renew(provision_id, Trigger::Invalidated { session_id }).await?;
         self.metrics.observe_renewal(renewal.label());
         Ok(renewal)
     }
 
     async fn renew(&self, provision_id: u64, trigger: Trigger) -> Result<Renewal, Failure> {
-        let Some(credential) = self.store.load_credential(provision_id).await? else {
-            self.store.unschedule_renewal(provision_id).await?;
+        let Some(credential) = self.parts.store.load_credential(provision_id).await? else {
+            self.parts.store.unschedule_renewal(provision_id).await?;
             return Ok(Renewal::NothingToRenew);
         };
         let work = |claim| self.renew_locked(claim, trigger);
         let ttl = self.settings.lock_ttl;
-        match self.store.with_lock(provision_id, credential.tag, &self.owner, ttl, work).await? {
+        match self.parts.store.with_lock(provision_id, credential.tag, &self.parts.owner, ttl, work).await? {
             Some(renewal) => renewal,
             None => Ok(Renewal::Busy),
         }
@@ -251,15 +240,16 @@ impl Renewer {
     async fn renew_locked(&self, claim: Claim, trigger: Trigger) -> Result<Renewal, Failure> {
         let id = claim.provision_id;
         // Read again under the lock: a token reset may have replaced the credential.
-        let (Some(mut credential), false) = (self.store.load_credential(id).await?, self.store.is_closed(id).await?)
+        let (Some(mut credential), false) =
+            (self.parts.store.load_credential(id).await?, self.parts.store.is_closed(id).await?)
         else {
-            self.store.unschedule_renewal(id).await?;
+            self.parts.store.unschedule_renewal(id).await?;
             return Ok(Renewal::NothingToRenew);
         };
         let claim = Claim { credential: credential.tag.clone(), ..claim };
-        let mut handshake = self.store.load_handshake(id, &credential.tag).await?;
+        let mut handshake = self.parts.store.load_handshake(id, &credential.tag).await?;
         let Some(current) = handshake.session.clone() else {
-            self.store.unschedule_renewal(id).await?;
+            self.parts.store.unschedule_renewal(id).await?;
             return Ok(Renewal::NothingToRenew);
         };
         if credential.unannounced.is_some() {
@@ -272,24 +262,24 @@ impl Renewer {
         let now = OffsetDateTime::now_utc();
         match trigger {
             Trigger::Due if self.settings.due_at(&current) > now => {
-                self.store.schedule_renewal(id, self.settings.due_at(&current)).await?;
+                self.parts.store.schedule_renewal(id, self.settings.due_at(&current)).await?;
                 return Ok(Renewal::NotDue);
             }
             Trigger::Invalidated { session_id } if session_id != current.session_id => return Ok(Renewal::Stale),
             _ => {}
         }
-        match self.opener.renew(&current, &credential.token_value).await {
+        match self.parts.opener.renew(&current, &credential.token_value).await {
             Ok(renewed) => {
                 handshake.session = Some(renewed.clone());
                 credential.unannounced = Some(renewed.session_id);
                 credential.failures = 0;
-                let ttl = self.opener.cache_ttl(&renewed, OffsetDateTime::now_utc());
+                let ttl = self.parts.opener.cache_ttl(&renewed, OffsetDateTime::now_utc());
                 // bunq has opened the session: held until Redis takes it, like an open.
-                let commit = || self.store.commit_session(&claim, &handshake, &renewed, Some(&credential), ttl);
+                let commit = || self.parts.store.commit_session(&claim, &handshake, &renewed, Some(&credential), ttl);
                 // A close marked meanwhile waits for this lock and closes the new session.
-                self.opener.durably(id, commit).await?;
+                self.parts.opener.durably(id, commit).await?;
                 let event = self.announce(&renewed, &claim, &mut credential).await?;
-                self.store.schedule_renewal(id, self.settings.due_at(&renewed)).await?;
+                self.parts.store.schedule_renewal(id, self.settings.due_at(&renewed)).await?;
                 Ok(Renewal::Renewed(Box::new(event)))
             }
             Err(failure) if failure.reason == Reason::RejectedByBunq => {
@@ -317,9 +307,9 @@ impl Renewer {
                 if at >= current.expires_at {
                     return self.close(&current, CloseReason::RenewalFailed).await;
                 }
-                let ttl = self.opener.cache_ttl(&current, OffsetDateTime::now_utc());
-                self.store.save_credential(&claim, &credential, ttl).await?;
-                self.store.schedule_renewal(id, at).await?;
+                let ttl = self.parts.opener.cache_ttl(&current, OffsetDateTime::now_utc());
+                self.parts.store.save_credential(&claim, &credential, ttl).await?;
+                self.parts.store.schedule_renewal(id, at).await?;
                 Ok(Renewal::Retrying { at, failure })
             }
         }
@@ -333,11 +323,11 @@ impl Renewer {
         credential: &mut Credential,
     ) -> Result<SessionReady, Failure> {
         let event_id = renewed_event_id(session.provision_id, session.session_id);
-        let event = session_event(&self.store, session, SESSION_RENEWED_EVENT_TYPE, event_id);
-        self.announcer.announce_renewed(&event, None).await?;
+        let event = session_event(&self.parts.store, session, SESSION_RENEWED_EVENT_TYPE, event_id);
+        self.parts.announcer.announce_renewed(&event, None).await?;
         credential.unannounced = None;
-        let ttl = self.opener.cache_ttl(session, OffsetDateTime::now_utc());
-        self.store.save_credential(claim, credential, ttl).await?;
+        let ttl = self.parts.opener.cache_ttl(session, OffsetDateTime::now_utc());
+        self.parts.store.save_credential(claim, credential, ttl).await?;
         Ok(event)
     }
 
@@ -345,10 +335,8 @@ impl Renewer {
     async fn close(&self, session: &Session, reason: CloseReason) -> Result<Renewal, Failure> {
         let request =
             CloseRequest { provision_id: session.provision_id, external_uuid: session.external_uuid.clone(), reason };
-        match self.closer.close_locked(&request, None).await? {
-            Outcome::Closed { reason, event } => Ok(Renewal::Closed { reason, event }),
-            other => unreachable!("close_locked closes: {other:?}"),
-        }
+        let event = self.closer.close_locked(&request, None).await?;
+        Ok(Renewal::Closed { reason, event })
     }
 }
 
@@ -397,5 +385,19 @@ mod tests {
         let waits: Vec<u64> = (1..=8).map(|f| s.retry_delay(f, None).as_secs()).collect();
         assert_eq!(waits, vec![5, 10, 20, 40, 80, 160, 300, 300]);
         assert_eq!(s.retry_delay(1, Some(Duration::from_secs(30))), Duration::from_secs(30));
+    }
+
+    /// The alert the chart ships, read at compile time so a renamed outcome fails here.
+    const ALERTS: &str = include_str!("../../../../helm/bunq-session-worker/templates/prometheusrule.yaml");
+
+    #[test]
+    fn the_renewal_alert_matches_the_outcomes_the_renewer_labels() {
+        // The renewal outcomes the renewal alert matches, as the renewer labels them.
+        let failure = Failure::transient(Reason::BunqUnavailable, "503");
+        let retrying = Renewal::Retrying { at: OffsetDateTime::now_utc(), failure };
+        let closes = [CloseReason::RenewalFailed, CloseReason::CredentialRevoked]
+            .map(|r| Renewal::Closed { reason: r, event: None });
+        let outcomes = [retrying.label(), closes[0].label(), closes[1].label(), "error"];
+        assert!(ALERTS.contains(&format!(r#"outcome=~"{}""#, outcomes.join("|"))), "{outcomes:?}");
     }
 }

@@ -2,16 +2,16 @@
 //! session-server, each step rate-limited and retried, progress saved after each step
 //! so a retry (or another replica, after a crash) continues where this one stopped.
 
-use crate::budget::Waiter;
-use crate::decide::ReadyProvision;
-use crate::failure::{Failure, Retry};
-use crate::outage::RedisGate;
-use crate::ratelimit::{RateLimitError, RateLimiter};
+use crate::failure::{Failure, Reason, Retry};
+use crate::ratelimit::budget::Waiter;
+use crate::ratelimit::limit::RateLimitError;
+use crate::ratelimit::RateLimiter;
 use crate::retry::{run_with_retries, RetryPolicy};
+use crate::store::gate::RedisGate;
 use crate::store::{Claim, Credential, Handshake, Session, Store, StoreError};
-use bunq_protocol::client::{BunqClient, Installation};
+use bunq_protocol::client::{BunqClient, CallObserver, ClientSettings, Installation};
 use bunq_protocol::error::{BunqError, Endpoint};
-use bunq_protocol::signing::PublicKey;
+use bunq_protocol::signing::{ClientKey, PublicKey};
 use secrecy::SecretString;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,8 +21,43 @@ use time::OffsetDateTime;
 /// window is 1 h (sandbox) to 4 h (production).
 const HANDSHAKE_TTL: Duration = Duration::from_secs(24 * 3600);
 
+/// A provision to open a session for (decided by `provision::decide`): everything the later steps need, secret wrapped.
+#[derive(Debug, Clone)]
+pub struct ReadyProvision {
+    pub(crate) provision_id: u64,
+    pub(crate) external_uuid: Option<String>,
+    pub(crate) credential_id: Option<u64>,
+    pub(crate) token_value: SecretString,
+    pub(crate) credential_expires_at: Option<OffsetDateTime>,
+}
+
+#[derive(Debug, Clone)]
+/// The bunq side of the worker's settings.
+pub struct BunqSettings {
+    pub(crate) base_url: String,
+    pub(crate) client_key: Arc<ClientKey>,
+    pub(crate) device_description: String,
+    /// `permitted_ips` of registered devices: IPv4 addresses, or `*` for any.
+    pub permitted_ips: Vec<String>,
+    pub(crate) request_timeout: Duration,
+}
+
+impl BunqSettings {
+    /// The bunq client, reporting each call to `observer`.
+    pub(crate) fn client(&self, observer: Arc<dyn CallObserver>) -> Result<BunqClient, reqwest::Error> {
+        let settings = ClientSettings {
+            base_url: self.base_url.clone(),
+            device_description: self.device_description.clone(),
+            permitted_ips: self.permitted_ips.clone(),
+            request_timeout: self.request_timeout,
+            user_agent: format!("bunq-session-worker/{}", env!("CARGO_PKG_VERSION")),
+        };
+        BunqClient::new(settings, self.client_key.clone(), observer)
+    }
+}
+
 #[derive(Clone)]
-pub struct SessionOpener {
+pub(crate) struct SessionOpener {
     client: BunqClient,
     store: Store,
     limiter: RateLimiter,
@@ -33,11 +68,11 @@ pub struct SessionOpener {
 }
 
 /// A session the handshake opened and recorded.
-pub struct Opened {
-    pub session: Session,
+pub(crate) struct Opened {
+    pub(crate) session: Session,
     /// The provision was marked closed while it opened: not to be announced (the close,
     /// waiting for the lock, ends it).
-    pub closed: bool,
+    pub(crate) closed: bool,
 }
 
 /// One step's error, for the retry loop.
@@ -74,7 +109,7 @@ impl From<&StepError> for Failure {
 }
 
 impl SessionOpener {
-    pub fn new(
+    pub(crate) fn new(
         client: BunqClient,
         store: Store,
         limiter: RateLimiter,
@@ -86,19 +121,19 @@ impl SessionOpener {
     }
 
     /// Whether a stored session is still worth announcing.
-    pub fn is_usable(&self, session: &Session, now: OffsetDateTime) -> bool {
+    pub(crate) fn is_usable(&self, session: &Session, now: OffsetDateTime) -> bool {
         session.expires_at - self.ttl_margin > now
     }
 
     /// Cache TTL for a session: its remaining life minus the margin, at least a second.
-    pub fn cache_ttl(&self, session: &Session, now: OffsetDateTime) -> Duration {
+    pub(crate) fn cache_ttl(&self, session: &Session, now: OffsetDateTime) -> Duration {
         let remaining = (session.expires_at - now - self.ttl_margin).whole_seconds();
         Duration::from_secs(remaining.max(1) as u64)
     }
 
     /// Runs the missing steps of the handshake and makes the new session durable, with
     /// `credential` when it is to be renewed. The caller holds the provision's lock.
-    pub async fn open(
+    pub(crate) async fn open(
         &self,
         provision: &ReadyProvision,
         mut handshake: Handshake,
@@ -123,9 +158,8 @@ impl SessionOpener {
         let installation = match &handshake.installation {
             Some((token, pem)) => Installation {
                 token: token.clone(),
-                server_key: PublicKey::from_pem(pem).map_err(|e| {
-                    Failure::permanent(crate::failure::Reason::CorruptState, format!("stored server key: {e}"))
-                })?,
+                server_key: PublicKey::from_pem(pem)
+                    .map_err(|e| Failure::permanent(Reason::CorruptState, format!("stored server key: {e}")))?,
             },
             None => {
                 let installation =
@@ -166,12 +200,11 @@ impl SessionOpener {
     /// Renewal: one session-server call on the installation and device `current` was
     /// opened on (no new installation, no new device), rate-limited and retried like a
     /// handshake step. The caller commits the new session.
-    pub async fn renew(&self, current: &Session, secret: &SecretString) -> Result<Session, Failure> {
+    pub(crate) async fn renew(&self, current: &Session, secret: &SecretString) -> Result<Session, Failure> {
         let installation = Installation {
             token: current.installation_token.clone(),
-            server_key: PublicKey::from_pem(&current.server_public_key).map_err(|e| {
-                Failure::permanent(crate::failure::Reason::CorruptState, format!("stored server key: {e}"))
-            })?,
+            server_key: PublicKey::from_pem(&current.server_public_key)
+                .map_err(|e| Failure::permanent(Reason::CorruptState, format!("stored server key: {e}")))?,
         };
         let deadline = Instant::now() + self.retry.budget;
         // Renewals share the budget with new sessions, by the same rule: the earliest
@@ -214,9 +247,9 @@ impl SessionOpener {
     /// rate-limited and retried like a handshake step. True when bunq ended it; false when
     /// bunq refused with a 4xx, i.e. the session had already expired or been ended: gone
     /// either way.
-    pub async fn end(&self, session: &Session) -> Result<bool, Failure> {
+    pub(crate) async fn end(&self, session: &Session) -> Result<bool, Failure> {
         let server_key = PublicKey::from_pem(&session.server_public_key)
-            .map_err(|e| Failure::permanent(crate::failure::Reason::CorruptState, format!("stored server key: {e}")))?;
+            .map_err(|e| Failure::permanent(Reason::CorruptState, format!("stored server key: {e}")))?;
         let deadline = Instant::now() + self.retry.budget;
         let call = || async {
             match self.client.end_session(&session.session_token, &server_key).await {

@@ -13,36 +13,16 @@
 //!
 //! A waiter whose slot falls after its deadline hears so at once: whatever it does, the
 //! budget serves the earlier deadlines first, so it is dead-lettered without waiting.
-//! Slots follow the same sliding-window log as [`crate::ratelimit`]; this module decides
+//! Slots follow the same sliding-window log and next-slot rule as every other call
+//! (`limit.rs`); this module decides
 //! who takes the next one.
 
-use crate::metrics::Metrics;
-use crate::ratelimit::{Limit, RateLimitError, Reservation};
+use super::limit::{Limit, RateLimitError, Reservation, SLOTS};
+use crate::metrics::{BudgetLine, Metrics};
 use crate::store::Redis;
 use std::sync::Arc;
 use std::time::Duration;
 use time::OffsetDateTime;
-
-/// Both scripts start here: Redis's clock (replicas with skewed clocks agree), the limit
-/// from ARGV[1] (spacing ms) and ARGV[2] (calls), and the slot after `times` (reserved
-/// call times, ascending): never before now, the last one, or the `limit`-th last plus
-/// the window.
-const SLOTS: &str = r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local window = tonumber(ARGV[1])
-local limit = tonumber(ARGV[2])
-local function next_slot(times)
-  local at = now
-  local n = #times
-  if n > 0 and times[n] > at then at = times[n] end
-  if n >= limit then
-    local free = times[n - limit + 1] + window
-    if free > at then at = free end
-  end
-  return at
-end
-"#;
 
 /// KEYS: log, waiting (score: deadline), present (score: lease end), parked (score: wake).
 /// ARGV: spacing ms, calls, member, deadline ms, take (0/1), hold ms, present lease ms,
@@ -84,9 +64,7 @@ for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)) do forget(
 for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)) do forget(m) end
 for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now - forget_after)) do forget(m) end
 
-local times = {}
-local log = redis.call('ZRANGE', KEYS[1], -limit, -1, 'WITHSCORES')
-for i = 2, #log, 2 do times[#times + 1] = tonumber(log[i]) end
+local times = recent(KEYS[1])
 
 -- The waiters before `me` in deadline order take their slots first, if they can use
 -- them: present, or parked and due back before the slot, and not past their deadline.
@@ -159,10 +137,7 @@ const PLAN: &str = r#"
 local lead = tonumber(ARGV[3])
 local cap = tonumber(ARGV[4])
 
-local base = {}
-local log = redis.call('ZRANGEBYSCORE', KEYS[1], now - window, '+inf', 'WITHSCORES')
-local first = math.max(1, #log / 2 - limit + 1)
-for i = first, #log / 2 do base[#base + 1] = tonumber(log[2 * i]) end
+local base = recent(KEYS[1])
 local function live(m)
   local lease = redis.call('ZSCORE', KEYS[3], m)
   if lease then return tonumber(lease) > now end
@@ -222,25 +197,9 @@ pub enum Admission {
     Hopeless { slot_in: Duration, ahead: u64 },
 }
 
-/// The budget's line as operators see it (the `budget_*` gauges).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Plan {
-    pub waiting: u64,
-    pub servable: u64,
-    pub hopeless: u64,
-    /// Until the slot of the last waiter the budget serves.
-    pub reserved_ahead: Duration,
-    /// Time the earliest-expiring waiter has left; `None` when nobody waits.
-    pub earliest_deadline_in: Option<Duration>,
-    /// Slots free before the earliest deadline (counted up to [`PLAN_SLOT_CAP`]).
-    pub servable_before_earliest: u64,
-    /// Least time between a servable waiter's slot and its deadline.
-    pub least_slack: Option<Duration>,
-}
-
-/// Slots counted for [`Plan::servable_before_earliest`] at most: enough for bunq's hours
+/// Slots counted for [`BudgetLine::servable_before_earliest`] at most: enough for bunq's hours
 /// of credential life, bounded for a script that runs every few seconds.
-pub const PLAN_SLOT_CAP: u64 = 20_000;
+pub(crate) const PLAN_SLOT_CAP: u64 = 20_000;
 
 /// Who waits: one entry per provision and purpose, so a redelivery or a second
 /// replica handling the same provision takes its place instead of a second one.
@@ -280,7 +239,7 @@ const LEAD: Duration = Duration::from_millis(250);
 const FORGET_AFTER: Duration = Duration::from_secs(600);
 
 impl Budget {
-    pub fn new(conn: Redis, log_key: String, limit: Limit, max_park: Duration) -> Self {
+    pub(crate) fn new(conn: Redis, log_key: String, limit: Limit, max_park: Duration) -> Self {
         Self {
             conn,
             log_key,
@@ -300,7 +259,7 @@ impl Budget {
     /// 3 s. Parked waiters come back half of it before their slot, which absorbs their
     /// being late behind a longer delay in the retry queue; and the waiters held meanwhile
     /// are who takes a slot a late one misses.
-    pub fn hold_horizon(&self) -> Duration {
+    pub(crate) fn hold_horizon(&self) -> Duration {
         (self.slot_interval() * 2).max(Duration::from_secs(3))
     }
 
@@ -396,7 +355,7 @@ impl Budget {
     /// Before a handshake starts: whether to go on (the slot is near), park, or give up,
     /// reserving nothing, so no installation or device is spent on a credential the
     /// budget cannot serve in time.
-    pub async fn check(&self, waiter: Waiter, deadline: OffsetDateTime) -> Result<(), RateLimitError> {
+    pub(crate) async fn check(&self, waiter: Waiter, deadline: OffsetDateTime) -> Result<(), RateLimitError> {
         match self.admit(waiter, deadline, false, self.hold_horizon()).await? {
             Admission::Go | Admission::Hold(_) => Ok(()),
             Admission::Park(after) => Err(RateLimitError::Parked { after }),
@@ -407,7 +366,7 @@ impl Budget {
     }
 
     /// The whole line, planned in deadline order.
-    pub async fn plan(&self) -> Result<Plan, RateLimitError> {
+    pub async fn plan(&self) -> Result<BudgetLine, RateLimitError> {
         let mut invocation = self.plan.prepare_invoke();
         self.keys(&mut invocation);
         invocation
@@ -419,7 +378,7 @@ impl Budget {
         let (waiting, servable, hopeless, last, earliest, before, slack): (u64, u64, u64, i64, i64, u64, i64) =
             invocation.invoke_async(&mut conn).await?;
         let ms = |v: i64| Duration::from_millis(v.max(0) as u64);
-        Ok(Plan {
+        Ok(BudgetLine {
             waiting,
             servable,
             hopeless,
@@ -432,10 +391,15 @@ impl Budget {
 
     /// Publishes the plan as gauges every `every` until shutdown; every replica does,
     /// dashboards take the max.
-    pub async fn watch(self, metrics: Arc<Metrics>, every: Duration, shutdown: tokio_util::sync::CancellationToken) {
+    pub(crate) async fn watch(
+        self,
+        metrics: Arc<Metrics>,
+        every: Duration,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
         loop {
             match self.plan().await {
-                Ok(plan) => metrics.budget_plan(&plan),
+                Ok(line) => metrics.budget_line(&line),
                 Err(e) => tracing::debug!(event = "budget_plan_failed", error = %e),
             }
             tokio::select! {

@@ -1,153 +1,77 @@
-//! One delivery, start to outcome: decode → decide → reuse a cached session or open one
-//! → announce, or close it (`close.rs`). Knows nothing of AMQP: the consumer turns the
-//! [`Outcome`] into an ack, a retry or a dead letter.
+//! One delivery, start to outcome: decoded once (`decode.rs`) → decide → reuse a cached
+//! session or open one → announce, or close it. Knows nothing of AMQP: the consumer turns
+//! the [`Outcome`] into an ack, a retry or a dead letter.
 
-use crate::close::{CloseReason, CloseRequest, Closer};
-use crate::decide::{decide, Decision, ReadyProvision, SkipReason};
-use crate::event::{self, SessionClosed, SessionReady, SESSION_READY_EVENT_TYPE};
+use super::decide::{decide, Decision, SkipReason};
+use super::decode::{self, Contract, Decoded, Read};
+use super::outcome::Outcome;
+use crate::event::{self, SESSION_READY_EVENT_TYPE};
 use crate::failure::{Failure, Reason, Retry};
-use crate::renew::{Renewal, Renewer};
-use crate::session::SessionOpener;
-use crate::store::{credential_tag, Begin, Claim, Credential, Handshake, Session, Store};
+use crate::lifecycle::announce::session_event;
+use crate::lifecycle::close::{CloseReason, CloseRequest, Closed, Closer};
+use crate::lifecycle::renew::{Renewal, Renewer};
+use crate::lifecycle::{Parts, ReadyProvision};
+use crate::store::{credential_tag, Begin, Claim, Credential, Handshake, Session};
 use std::sync::Arc;
 use std::time::Duration;
 use time::OffsetDateTime;
 
-/// Publishes session-ready events; the AMQP publisher in production.
-#[async_trait::async_trait]
-pub trait Announcer: Send + Sync {
-    /// Returns once the broker has confirmed the event.
-    async fn announce(&self, event: &SessionReady, correlation_id: Option<&str>) -> Result<(), Failure>;
-    /// The same for a renewed session (`bunq.session.renewed`, routing key `session.renewed`).
-    async fn announce_renewed(&self, event: &SessionReady, correlation_id: Option<&str>) -> Result<(), Failure>;
-    /// The same for a closed session.
-    async fn announce_closed(&self, event: &SessionClosed, correlation_id: Option<&str>) -> Result<(), Failure>;
-}
-
-/// What became of a delivery. Decided without side effects on the input message.
-#[derive(Debug)]
-pub enum Outcome {
-    /// A session-ready event was confirmed; `reused` when no bunq call was needed.
-    Announced { event: Box<SessionReady>, reused: bool },
-    /// Not for this worker.
-    Skipped(SkipReason),
-    /// The session was closed and announced so; `None` when there was none.
-    Closed { reason: CloseReason, event: Option<Box<SessionClosed>> },
-    /// A `session.invalid` renewed the session: `bunq.session.renewed` was confirmed.
-    Renewed { event: Box<SessionReady> },
-    /// A `session.invalid` found the renewal failing: the schedule tries again (and
-    /// closes the session `renewal_failed` if it never works before expiry).
-    RenewalScheduled { reason: Reason },
-    /// Try again later through the retry queue.
-    Retry { reason: Reason, detail: String, delay: Duration, counts_as_attempt: bool },
-    /// Never going to work as is.
-    DeadLetter { reason: Reason, detail: String },
-}
-
-impl Outcome {
-    /// Passes the detail through the one redaction gate before it reaches a log or a
-    /// header: a detail may quote bunq's text or an input's shape.
-    pub fn redacted(self) -> Self {
-        match self {
-            Outcome::Retry { reason, detail, delay, counts_as_attempt } => {
-                Outcome::Retry { reason, detail: bunq_protocol::redact::detail(&detail), delay, counts_as_attempt }
-            }
-            Outcome::DeadLetter { reason, detail } => {
-                Outcome::DeadLetter { reason, detail: bunq_protocol::redact::detail(&detail) }
-            }
-            other => other,
-        }
-    }
-
-    /// `(outcome, reason)` labels for metrics and logs.
-    pub fn labels(&self) -> (&'static str, &'static str) {
-        match self {
-            Outcome::Announced { reused: false, .. } => ("announced", "new_session"),
-            Outcome::Announced { reused: true, .. } => ("announced", "cached_session"),
-            Outcome::Skipped(reason) => ("skipped", reason.as_str()),
-            Outcome::Closed { reason, event: Some(_) } => ("closed", reason.as_str()),
-            Outcome::Closed { event: None, .. } => ("closed", "no_session"),
-            Outcome::Renewed { .. } => ("renewed", "session_invalid"),
-            Outcome::RenewalScheduled { reason } => ("renewal_scheduled", reason.as_str()),
-            Outcome::Retry { reason, .. } => ("retried", reason.as_str()),
-            Outcome::DeadLetter { reason, .. } => ("dead_lettered", reason.as_str()),
-        }
-    }
-}
-
-/// A delivery as the handler sees it.
+/// A delivery as the handler sees it, besides its decoded body.
 #[derive(Debug, Clone, Copy)]
-pub struct Incoming<'a> {
-    pub body: &'a [u8],
+pub(crate) struct Incoming<'a> {
     /// 1 for the first delivery; counted by the worker through the retry queue.
-    pub attempt: u32,
-    pub correlation_id: Option<&'a str>,
-    /// The routing key it was first published with (also after a trip through the retry
-    /// queue): tells a `session.invalid` message from a provision event.
-    pub routing_key: &'a str,
+    pub(crate) attempt: u32,
+    pub(crate) correlation_id: Option<&'a str>,
 }
 
 #[derive(Debug, Clone)]
-pub struct HandlerSettings {
-    pub max_message_bytes: usize,
-    pub max_attempts: u32,
-    pub retry_queue_delay: Duration,
-    pub retry_queue_max_delay: Duration,
-    pub lock_ttl: Duration,
+pub(crate) struct HandlerSettings {
+    pub(crate) max_message_bytes: usize,
+    pub(crate) max_attempts: u32,
+    pub(crate) retry_queue_delay: Duration,
+    pub(crate) retry_queue_max_delay: Duration,
+    pub(crate) lock_ttl: Duration,
     /// Routing key of downstream's invalidations, when bound.
-    pub invalidation_routing_key: Option<String>,
+    pub(crate) invalidation_routing_key: Option<String>,
 }
 
-pub struct Handler {
-    opener: SessionOpener,
-    store: Store,
-    announcer: Arc<dyn Announcer>,
+pub(crate) struct Handler {
+    parts: Parts,
     closer: Closer,
     settings: HandlerSettings,
-    /// Lock owner prefix (the consumer tag): who holds a provision is visible in Redis.
-    owner: String,
     /// With `SESSION_RENEWAL=on`: new sessions are stored with their credential and
     /// scheduled, and `session.invalid` renews.
     renewer: Option<Arc<Renewer>>,
 }
 
 impl Handler {
-    pub fn new(
-        opener: SessionOpener,
-        store: Store,
-        announcer: Arc<dyn Announcer>,
-        settings: HandlerSettings,
-        owner: String,
-    ) -> Self {
-        let closer = Closer {
-            opener: opener.clone(),
-            store: store.clone(),
-            announcer: announcer.clone(),
-            lock_ttl: settings.lock_ttl,
-            owner: owner.clone(),
-            busy_delay: settings.retry_queue_delay,
-        };
-        Self { opener, store, announcer, closer, settings, owner, renewer: None }
-    }
-
-    /// What closes sessions; the renewer closes with it too.
-    pub fn closer(&self) -> &Closer {
-        &self.closer
+    /// `parts.lock_ttl` is `settings.lock_ttl`.
+    pub(crate) fn new(parts: Parts, settings: HandlerSettings) -> Self {
+        Self { closer: Closer::new(parts.clone()), parts, settings, renewer: None }
     }
 
     /// Turns renewal on for the sessions this handler opens.
-    pub fn with_renewer(mut self, renewer: Arc<Renewer>) -> Self {
+    pub(crate) fn with_renewer(mut self, renewer: Arc<Renewer>) -> Self {
         self.renewer = Some(renewer);
         self
     }
 
-    pub async fn handle(&self, incoming: Incoming<'_>) -> Outcome {
-        if self.settings.invalidation_routing_key.as_deref() == Some(incoming.routing_key) {
-            return self.handle_invalidation(incoming).await;
-        }
-        let provision = match event::decode(incoming.body, self.settings.max_message_bytes) {
-            Ok(provision) => provision,
-            Err(e) => return Outcome::DeadLetter { reason: Reason::Malformed, detail: e.to_string() },
+    /// The one reading of a body: `routing_key` is the one it was first published with
+    /// (also after a trip through the retry queue), which tells a `session.invalid`
+    /// message from a provision event.
+    pub(crate) fn read(&self, body: &[u8], routing_key: &str) -> Decoded {
+        let contract = match self.settings.invalidation_routing_key.as_deref() == Some(routing_key) {
+            true => Contract::Invalidation,
+            false => Contract::Provision,
+        };
+        decode::read(body, self.settings.max_message_bytes, contract)
+    }
+
+    pub(crate) async fn handle(&self, decoded: &Decoded, incoming: Incoming<'_>) -> Outcome {
+        let provision = match &decoded.read {
+            Read::Provision(provision) => provision,
+            Read::Invalidation(invalidation) => return self.handle_invalidation(*invalidation, incoming).await,
+            Read::Malformed(e) => return Outcome::DeadLetter { reason: Reason::Malformed, detail: e.to_string() },
         };
         let provision_id = provision.id;
         // The consumer's span declares the field; the id is known only now.
@@ -183,12 +107,8 @@ impl Handler {
     /// provision stays open, so a later event with a usable credential opens a new one.
     /// A `session_id` other than the cached one is stale: the cache already holds a
     /// newer session.
-    async fn handle_invalidation(&self, incoming: Incoming<'_>) -> Outcome {
-        let invalidation = match event::decode_invalidation(incoming.body, self.settings.max_message_bytes) {
-            Ok(invalidation) => invalidation,
-            Err(e) => return Outcome::DeadLetter { reason: Reason::Malformed, detail: e.to_string() },
-        };
-        let session = match self.store.read_session(invalidation.user_id).await {
+    async fn handle_invalidation(&self, invalidation: decode::Invalidation, incoming: Incoming<'_>) -> Outcome {
+        let session = match self.parts.store.read_session(invalidation.user_id).await {
             Ok(session) => session,
             Err(e) => return self.after_failure(None, Failure::from(e), incoming.attempt),
         };
@@ -232,7 +152,18 @@ impl Handler {
 
     async fn close(&self, request: &CloseRequest, incoming: Incoming<'_>) -> Outcome {
         match self.closer.close(request, incoming.correlation_id).await {
-            Ok(outcome) => outcome,
+            Ok(Closed::Done { reason, event }) => Outcome::Closed { reason, event },
+            // An open under way holds the provision; it sees the closed marker and
+            // announces nothing, and this close goes after it.
+            Ok(Closed::Busy) => Outcome::Retry {
+                reason: Reason::LockBusy,
+                detail: format!(
+                    "provision {} is being opened by another delivery; the close goes after it",
+                    request.provision_id
+                ),
+                delay: self.settings.retry_queue_delay,
+                counts_as_attempt: false,
+            },
             Err(failure) => self.after_failure(None, failure, incoming.attempt),
         }
     }
@@ -244,7 +175,7 @@ impl Handler {
         let id = ready.provision_id;
         let credential = credential_tag(ready.credential_id, &ready.token_value);
         let ttl = self.settings.lock_ttl;
-        match self.store.begin_open(id, credential, &self.owner, ttl).await? {
+        match self.parts.store.begin_open(id, credential, &self.parts.owner, ttl).await? {
             Begin::Closed => Ok(Outcome::Skipped(SkipReason::ProvisionClosed)),
             Begin::Busy => Ok(Outcome::Retry {
                 reason: Reason::LockBusy,
@@ -254,7 +185,7 @@ impl Handler {
             }),
             Begin::Locked { claim, handshake } => {
                 let work = async { self.act_locked(ready, &claim, (*handshake)?, correlation_id).await };
-                self.store.hold(&claim, ttl, work).await
+                self.parts.store.hold(&claim, ttl, work).await
             }
         }
     }
@@ -274,29 +205,32 @@ impl Handler {
         });
         let now = OffsetDateTime::now_utc();
         // A redelivery or duplicate finds the session and re-announces it.
-        let (session, reused) = match handshake.session.as_ref().filter(|s| self.opener.is_usable(s, now)).cloned() {
-            Some(session) => {
-                // Repairs a cache entry lost between the writes of a crashed attempt, or
-                // evicted; meanwhile, a close marked since the lock was taken stops the
-                // announcement (two keys in two slots: side by side, not one script).
-                let ttl = self.opener.cache_ttl(&session, now);
-                let (cached, closed) =
-                    tokio::join!(self.store.cache_session(&session, ttl), self.store.is_closed(ready.provision_id));
-                cached?;
-                if closed? {
-                    return Ok(Outcome::Skipped(SkipReason::ProvisionClosed));
+        let (session, reused) =
+            match handshake.session.as_ref().filter(|s| self.parts.opener.is_usable(s, now)).cloned() {
+                Some(session) => {
+                    // Repairs a cache entry lost between the writes of a crashed attempt, or
+                    // evicted; meanwhile, a close marked since the lock was taken stops the
+                    // announcement (two keys in two slots: side by side, not one script).
+                    let ttl = self.parts.opener.cache_ttl(&session, now);
+                    let (cached, closed) = tokio::join!(
+                        self.parts.store.cache_session(&session, ttl),
+                        self.parts.store.is_closed(ready.provision_id)
+                    );
+                    cached?;
+                    if closed? {
+                        return Ok(Outcome::Skipped(SkipReason::ProvisionClosed));
+                    }
+                    (session, true)
                 }
-                (session, true)
-            }
-            None => {
-                let opened = self.opener.open(ready, handshake, claim, credential.as_ref()).await?;
-                if opened.closed {
-                    // Closed while we opened: the close, waiting for this lock, ends it.
-                    return Ok(Outcome::Skipped(SkipReason::ProvisionClosed));
+                None => {
+                    let opened = self.parts.opener.open(ready, handshake, claim, credential.as_ref()).await?;
+                    if opened.closed {
+                        // Closed while we opened: the close, waiting for this lock, ends it.
+                        return Ok(Outcome::Skipped(SkipReason::ProvisionClosed));
+                    }
+                    (opened.session, false)
                 }
-                (opened.session, false)
-            }
-        };
+            };
         if let (Some(renewer), Some(credential)) = (&self.renewer, &credential) {
             self.schedule_renewal(renewer, claim, &session, credential, reused).await?;
         }
@@ -316,19 +250,19 @@ impl Handler {
     ) -> Result<(), Failure> {
         let due = renewer.settings().due_at(session);
         if !reused {
-            return Ok(self.store.schedule_renewal(session.provision_id, due).await?);
+            return Ok(self.parts.store.schedule_renewal(session.provision_id, due).await?);
         }
-        if self.store.load_credential(session.provision_id).await?.is_none() {
-            let ttl = self.opener.cache_ttl(session, OffsetDateTime::now_utc());
-            self.store.save_credential(claim, credential, ttl).await?;
+        if self.parts.store.load_credential(session.provision_id).await?.is_none() {
+            let ttl = self.parts.opener.cache_ttl(session, OffsetDateTime::now_utc());
+            self.parts.store.save_credential(claim, credential, ttl).await?;
         }
-        Ok(self.store.schedule_renewal_if_absent(session.provision_id, due).await?)
+        Ok(self.parts.store.schedule_renewal_if_absent(session.provision_id, due).await?)
     }
 
     async fn announce(&self, session: Session, reused: bool, correlation_id: Option<&str>) -> Result<Outcome, Failure> {
         let event_id = event::event_id(session.provision_id, session.session_id);
-        let event = session_event(&self.store, &session, SESSION_READY_EVENT_TYPE, event_id);
-        self.announcer.announce(&event, correlation_id).await?;
+        let event = session_event(&self.parts.store, &session, SESSION_READY_EVENT_TYPE, event_id);
+        self.parts.announcer.announce(&event, correlation_id).await?;
         Ok(Outcome::Announced { event: Box::new(event), reused })
     }
 
@@ -337,26 +271,10 @@ impl Handler {
     }
 }
 
-/// The event announcing `session` (ready or renewed): where to read it, never its tokens.
-pub(crate) fn session_event(store: &Store, session: &Session, event_type: &str, event_id: uuid::Uuid) -> SessionReady {
-    SessionReady {
-        event_id,
-        event_type: event_type.to_owned(),
-        occurred_at: OffsetDateTime::now_utc(),
-        provision_id: session.provision_id,
-        external_uuid: session.external_uuid.clone(),
-        user_id: session.user_id,
-        granted_by_user_id: session.granted_by_user_id,
-        session_id: session.session_id,
-        expires_at: session.expires_at,
-        cache_key: store.keys().session(session.user_id),
-    }
-}
-
 /// Turns a failure into retry or dead letter: permanent failures, spent budgets and
 /// credentials that expire before the next try end in the dead-letter queue. Waiting for
 /// our own rate-limit budget is backpressure, not a failure: it spends no attempt.
-pub fn after_failure(
+pub(crate) fn after_failure(
     settings: &HandlerSettings,
     credential_expires_at: Option<OffsetDateTime>,
     failure: Failure,
@@ -392,7 +310,7 @@ pub fn after_failure(
 
 /// Retry-queue delay: doubling from the base per attempt, never below a hint, never above
 /// the configured maximum (a hint cannot push a message's `expiration` past it).
-pub fn retry_delay(settings: &HandlerSettings, attempt: u32, hint: Option<Duration>) -> Duration {
+pub(crate) fn retry_delay(settings: &HandlerSettings, attempt: u32, hint: Option<Duration>) -> Duration {
     let doubled = settings.retry_queue_delay.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
     let delay = hint.map_or(doubled, |hint| doubled.max(hint));
     delay.min(settings.retry_queue_max_delay)
