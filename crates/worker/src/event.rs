@@ -59,14 +59,6 @@ pub(crate) struct SessionClosed {
 pub(crate) const SESSION_CLOSED_EVENT_TYPE: &str = "bunq.session.closed";
 /// The routing key of [`SessionClosed`] on the output exchange.
 pub(crate) const SESSION_CLOSED_ROUTING_KEY: &str = "session.closed";
-/// [`SessionClosed::reason`] for a provision the partner cancelled or closed.
-pub(crate) const CLOSED_BY_PROVISION: &str = "provision_closed";
-/// [`SessionClosed::reason`] for a session downstream reported dead.
-pub(crate) const CLOSED_AS_INVALID: &str = "invalidated";
-/// [`SessionClosed::reason`] when bunq refused a renewal for good (400/401/403).
-pub(crate) const CLOSED_CREDENTIAL_REVOKED: &str = "credential_revoked";
-/// [`SessionClosed::reason`] when renewals kept failing until the session expired.
-pub(crate) const CLOSED_RENEWAL_FAILED: &str = "renewal_failed";
 
 /// The renewal that produced `session_id`: distinct from that session's ready and closed
 /// events, the same on every republish.

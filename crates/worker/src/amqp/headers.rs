@@ -6,7 +6,7 @@ use lapin::BasicProperties;
 pub(crate) const ATTEMPTS: &str = "x-attempts";
 pub const DEAD_LETTER_REASON: &str = "x-dead-letter-reason";
 pub const DEAD_LETTER_DETAIL: &str = "x-dead-letter-detail";
-pub(crate) const RETRY_REASON: &str = "x-retry-reason";
+pub const RETRY_REASON: &str = "x-retry-reason";
 /// How a dead letter's credential was handled: `sealed`, `removed`, `sealed-body`,
 /// `redacted` or `absent` (see `crate::dead_letter`).
 pub const CREDENTIAL: &str = "x-credential";

@@ -7,14 +7,12 @@
 //! redone by the redelivery, with the same event id.
 
 use super::Parts;
-use crate::event::{
-    closed_event_id, SessionClosed, CLOSED_AS_INVALID, CLOSED_BY_PROVISION, CLOSED_CREDENTIAL_REVOKED,
-    CLOSED_RENEWAL_FAILED, SESSION_CLOSED_EVENT_TYPE,
-};
+use crate::event::{closed_event_id, SessionClosed, SESSION_CLOSED_EVENT_TYPE};
 use crate::failure::Failure;
 use time::OffsetDateTime;
 
-/// Why a session is closed.
+/// Why a session is closed: [`SessionClosed::reason`] and the metrics' label, as
+/// [`CloseReason::as_str`] spells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum CloseReason {
     /// The partner cancelled or closed the provision: closed for good (marker set).
@@ -31,10 +29,10 @@ pub(crate) enum CloseReason {
 impl CloseReason {
     pub(crate) fn as_str(self) -> &'static str {
         match self {
-            CloseReason::ProvisionClosed => CLOSED_BY_PROVISION,
-            CloseReason::Invalidated => CLOSED_AS_INVALID,
-            CloseReason::CredentialRevoked => CLOSED_CREDENTIAL_REVOKED,
-            CloseReason::RenewalFailed => CLOSED_RENEWAL_FAILED,
+            CloseReason::ProvisionClosed => "provision_closed",
+            CloseReason::Invalidated => "invalidated",
+            CloseReason::CredentialRevoked => "credential_revoked",
+            CloseReason::RenewalFailed => "renewal_failed",
         }
     }
 }

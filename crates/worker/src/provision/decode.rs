@@ -34,7 +34,7 @@ impl Decoded {
     /// when it decoded as a provision and holds one.
     pub(crate) fn credential(&self) -> Option<&SecretString> {
         match &self.read {
-            Read::Provision(p) => p.credential.as_ref()?.token_value.as_ref().filter(|t| !t.expose_secret().is_empty()),
+            Read::Provision(p) => p.token_value(),
             _ => None,
         }
     }
@@ -105,6 +105,13 @@ pub struct Provision {
     pub(crate) sub_status: String,
     #[serde(default)]
     pub(crate) credential: Option<Credential>,
+}
+
+impl Provision {
+    /// `credential.token_value`, when there is one and it is not empty.
+    pub fn token_value(&self) -> Option<&SecretString> {
+        self.credential.as_ref()?.token_value.as_ref().filter(|t| !t.expose_secret().is_empty())
+    }
 }
 
 #[derive(Debug, Deserialize)]

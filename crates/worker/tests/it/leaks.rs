@@ -35,6 +35,16 @@ fn hostile_bodies(token: &str) -> Vec<(&'static str, Vec<u8>)> {
     let mut invalid_utf8 = format!(r#"{{"PartnerUserProvision":{{"id":1,"x":"{token}"#).into_bytes();
     invalid_utf8.extend_from_slice(&[0xff, 0xfe, b'"', b'}', b'}']);
     let deep = format!(r#"{{"PartnerUserProvision":{}"{token}"{}}}"#, "[".repeat(10_000), "]".repeat(10_000));
+    // Decodable, expired, the credential also elsewhere: a `null` NotificationUrl beside a
+    // bare provision, an unknown field holding it, and every character `\u`-escaped.
+    let expired = |token_json: &str, extra: &str| {
+        format!(
+            r#"{{"NotificationUrl":null,"PartnerUserProvision":{{"id":{},"status":"CREATED","sub_status":"PENDING_PROCESS_USER_ONBOARDING"{extra},"credential":{{"expiry_time":"{}","token_value":{token_json}}}}}}}"#,
+            random_id(),
+            expiry_in(time::Duration::hours(-2)),
+        )
+    };
+    let escaped: String = token.chars().map(|c| format!("\\u{:04x}", c as u32)).collect();
     vec![
         ("double-encoded", serde_json::to_vec(&ready).unwrap()),
         ("token as a number", object(&format!(r#"{{"id":1,"token_value":{}}}"#, "9".repeat(64))).into_bytes()),
@@ -45,7 +55,33 @@ fn hostile_bodies(token: &str) -> Vec<(&'static str, Vec<u8>)> {
         ("secret in an unknown field", format!(r#"{{"Unknown":{{"secret":"{token}"}}}}"#).into_bytes()),
         ("invalid UTF-8 around it", invalid_utf8),
         ("nested 10,000 deep", deep.into_bytes()),
+        (
+            "null NotificationUrl, token also in a note",
+            expired(&format!(r#""{token}""#), &format!(r#","note":"{token}""#)).into_bytes(),
+        ),
+        ("token as \\u escapes", expired(&format!(r#""{escaped}""#), "").into_bytes()),
     ]
+}
+
+/// `\uXXXX` escapes resolved wherever they stand.
+fn unescape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("\\u") {
+        out.push_str(&rest[..at]);
+        match rest.get(at + 2..at + 6).and_then(|h| u32::from_str_radix(h, 16).ok()).and_then(char::from_u32) {
+            Some(c) => {
+                out.push(c);
+                rest = &rest[at + 6..];
+            }
+            None => {
+                out.push_str("\\u");
+                rest = &rest[at + 2..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Every 16-character window of a secret's start: a leak of a cut-off secret counts too.
@@ -277,9 +313,12 @@ async fn no_secret_leaves_through_any_output_of_a_mixed_stream_at_trace() {
         ("CLI output", cli),
     ];
     for (output, text) in &outputs {
+        // Read as a JSON reader would, too: `\u0061` is an `a`.
+        let unescaped = unescape(text);
         for (name, secret) in &secrets {
             for needle in needles(secret) {
                 assert!(!text.contains(&needle), "a {name} appears in the {output}");
+                assert!(!unescaped.contains(&needle), "a {name} appears in the {output}, JSON-escaped");
             }
         }
     }

@@ -13,3 +13,4 @@ mod process;
 mod redis_parts;
 mod renewal;
 mod settlement;
+mod shapes;
