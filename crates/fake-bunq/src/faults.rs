@@ -207,6 +207,10 @@ mod tests {
         FaultRule { endpoint, action, trigger }
     }
 
+    fn with_rules(rules: Vec<FaultRule>) -> Faults {
+        Faults { rules, ..Faults::default() }
+    }
+
     #[test]
     fn rule_json_is_flat() {
         let json = r#"{"latency_ms":5,"rules":[
@@ -225,10 +229,7 @@ mod tests {
 
     #[test]
     fn next_calls_fire_exactly_n_times_on_matching_endpoint_only() {
-        let faults = Faults {
-            rules: vec![rule(EndpointMatch::SessionServer, FaultAction::Http503, Trigger::NextCalls(2))],
-            ..Faults::default()
-        };
+        let faults = with_rules(vec![rule(EndpointMatch::SessionServer, FaultAction::Http503, Trigger::NextCalls(2))]);
         let mut inj = FaultInjector::new(faults, 1);
         assert_eq!(inj.decide(Endpoint::DeviceServer), None);
         assert_eq!(inj.decide(Endpoint::SessionServer), Some(FaultAction::Http503));
@@ -238,10 +239,7 @@ mod tests {
 
     #[test]
     fn probability_is_reproducible_for_a_seed() {
-        let faults = Faults {
-            rules: vec![rule(EndpointMatch::Any, FaultAction::Hang, Trigger::Probability(0.5))],
-            ..Faults::default()
-        };
+        let faults = with_rules(vec![rule(EndpointMatch::Any, FaultAction::Hang, Trigger::Probability(0.5))]);
         let run = |seed| {
             let mut inj = FaultInjector::new(faults.clone(), seed);
             (0..64).map(|_| inj.decide(Endpoint::Installation).is_some()).collect::<Vec<_>>()
@@ -253,13 +251,10 @@ mod tests {
 
     #[test]
     fn probability_bounds_are_respected() {
-        let faults = Faults {
-            rules: vec![
-                rule(EndpointMatch::Any, FaultAction::Hang, Trigger::Probability(0.0)),
-                rule(EndpointMatch::Any, FaultAction::Http503, Trigger::Probability(1.0)),
-            ],
-            ..Faults::default()
-        };
+        let faults = with_rules(vec![
+            rule(EndpointMatch::Any, FaultAction::Hang, Trigger::Probability(0.0)),
+            rule(EndpointMatch::Any, FaultAction::Http503, Trigger::Probability(1.0)),
+        ]);
         let mut inj = FaultInjector::new(faults, 3);
         for _ in 0..100 {
             assert_eq!(inj.decide(Endpoint::SessionServer), Some(FaultAction::Http503));
@@ -268,13 +263,10 @@ mod tests {
 
     #[test]
     fn first_firing_rule_wins() {
-        let faults = Faults {
-            rules: vec![
-                rule(EndpointMatch::SessionServer, FaultAction::MissingSignature, Trigger::NextCalls(1)),
-                rule(EndpointMatch::Any, FaultAction::CorruptSignature, Trigger::NextCalls(5)),
-            ],
-            ..Faults::default()
-        };
+        let faults = with_rules(vec![
+            rule(EndpointMatch::SessionServer, FaultAction::MissingSignature, Trigger::NextCalls(1)),
+            rule(EndpointMatch::Any, FaultAction::CorruptSignature, Trigger::NextCalls(5)),
+        ]);
         let mut inj = FaultInjector::new(faults, 0);
         assert_eq!(inj.decide(Endpoint::SessionServer), Some(FaultAction::MissingSignature));
         assert_eq!(inj.decide(Endpoint::SessionServer), Some(FaultAction::CorruptSignature));
@@ -282,10 +274,7 @@ mod tests {
 
     #[test]
     fn invalid_probability_is_rejected() {
-        let faults = Faults {
-            rules: vec![rule(EndpointMatch::Any, FaultAction::Hang, Trigger::Probability(1.5))],
-            ..Faults::default()
-        };
+        let faults = with_rules(vec![rule(EndpointMatch::Any, FaultAction::Hang, Trigger::Probability(1.5))]);
         assert!(faults.validate().is_err());
     }
 }
