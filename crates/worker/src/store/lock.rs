@@ -1,8 +1,13 @@
 //! The provision lock: one delivery at a time runs a provision's handshake. The holder
 //! renews it while it works ([`Store::extend_lock`]), and every write of handshake
-//! progress or of the session is fenced by it ([`Store::fenced_write`]): a holder whose lock
-//! passed to another (a pause longer than its TTL) can no longer record anything, so the
-//! new holder never finds its progress overwritten by a stale one.
+//! progress or of the session is fenced by it ([`Store::fenced_write`]).
+//!
+//! The fence only moves forward: every taking of the lock raises the provision's
+//! generation (a counter kept beside the lock, outliving it), the holder's [`Claim`] names
+//! the generation it got, and a fenced write is refused once the counter has moved past
+//! it, whether the lock is now held by another or already released again. A holder paused
+//! past its lock (GC, VM freeze, partition) while another took the provision, opened,
+//! announced and released it, can no longer record anything when it resumes.
 
 use super::{Store, StoreError};
 use secrecy::{ExposeSecret, SecretString};
@@ -16,7 +21,29 @@ pub struct Claim {
     pub credential: String,
     /// The lock's value: unique per delivery.
     pub owner: String,
+    /// The lock's generation this holder got: its writes are refused once a later one exists.
+    pub generation: u64,
 }
+
+/// How long a provision's lock generation outlives its last taking. A holder paused
+/// longer than this finds the counter gone, which refuses its writes too (0 never
+/// matches a generation); the bound only keeps idle provisions from holding a key forever.
+const GENERATION_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// Takes the lock and raises its generation. KEYS[1] the lock, KEYS[2] its generation;
+/// ARGV[1] the owner, ARGV[2] the TTL in ms, ARGV[3] the generation's TTL in seconds.
+/// The new generation, or 0 when another holds the lock.
+const TAKE: &str = r#"
+local function take()
+  if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 0 end
+  local generation = redis.call('INCR', KEYS[2])
+  redis.call('EXPIRE', KEYS[2], ARGV[3])
+  return generation
+end
+"#;
+
+static TRY_LOCK: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(&format!("{TAKE}return take()")));
 
 /// Names a credential without revealing it: its id and the start of the secret's
 /// SHA-256, so a token reset (same provision, new secret) gets progress of its own.
@@ -40,23 +67,22 @@ static EXTEND: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| 
     )
 });
 
-/// KEYS[1] the lock, KEYS[2] the provision's closed marker, KEYS[3] its index of handshake
-/// records when ARGV[2] is a credential tag to add to it (else ''), then the records;
-/// ARGV[1] the lock's owner, ARGV[3] the index's TTL in seconds, then a value and a TTL
-/// in seconds per record. Writes everything unless another owner holds the lock (0);
-/// else 1, or 2 when the provision is marked closed.
+/// KEYS[1] the lock's generation, KEYS[2] the provision's closed marker, KEYS[3] its index
+/// of handshake records when ARGV[2] is a credential tag to add to it (else ''), then the
+/// records; ARGV[1] the holder's generation, ARGV[3] the index's TTL in seconds, then a
+/// value and a TTL in seconds per record. Writes everything unless the lock was taken
+/// again since the holder took it (0); else 1, or 2 when the provision is marked closed.
 ///
 /// A lock that expired with nobody taking it over (Redis was away longer than its TTL,
-/// so nobody could renew it or take it) does not stop the write: nobody else is working
-/// on the provision, and dropping what bunq already handed out would only make the next
-/// attempt ask again. The index lives as long as its longest-lived record (`EXPIRE … NX`
+/// so nobody could renew it or take it) does not stop the write: the generation is still
+/// the holder's, nobody else worked on the provision, and dropping what bunq already
+/// handed out would only make the next attempt ask again. The index lives as long as its longest-lived record (`EXPIRE … NX`
 /// sets a first TTL, `GT` only extends it) and is written with the record, so it always
 /// covers every record. Every key carries the provision's hash tag, so the script runs
 /// on one Redis Cluster node.
 static FENCED_WRITE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
     redis::Script::new(
-        r#"local holder = redis.call('GET', KEYS[1])
-if holder and holder ~= ARGV[1] then return 0 end
+        r#"if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 local first = 3
 if ARGV[2] ~= '' then
   redis.call('SADD', KEYS[3], ARGV[2])
@@ -73,16 +99,18 @@ return 1"#,
     )
 });
 
-/// An open's first step in one round trip: KEYS[1] the closed marker, KEYS[2] the lock,
-/// KEYS[3] the credential's handshake record; ARGV[1] the owner, ARGV[2] the TTL in ms.
-/// `closed` (nothing taken), `busy` (held by another), or `locked` and the record ('' when
-/// there is none).
+/// An open's first step in one round trip: KEYS[1] the lock, KEYS[2] its generation,
+/// KEYS[3] the closed marker, KEYS[4] the credential's handshake record; ARGV as for
+/// [`TAKE`]. `closed` (nothing taken), `busy` (held by another), or `locked` with the
+/// generation and the record ('' when there is none).
 static BEGIN_OPEN: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
-    redis::Script::new(
-        r#"if redis.call('EXISTS', KEYS[1]) == 1 then return {'closed', ''} end
-if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {'busy', ''} end
-return {'locked', redis.call('GET', KEYS[3]) or ''}"#,
-    )
+    redis::Script::new(&format!(
+        r#"{TAKE}
+if redis.call('EXISTS', KEYS[3]) == 1 then return {{'closed', 0, ''}} end
+local generation = take()
+if generation == 0 then return {{'busy', 0, ''}} end
+return {{'locked', generation, redis.call('GET', KEYS[4]) or ''}}"#
+    ))
 });
 
 /// What [`Store::begin_open`] found.
@@ -120,10 +148,10 @@ impl Store {
         Fut: std::future::Future<Output = T>,
     {
         let owner = lock_owner(owner_prefix);
-        if !self.try_lock(provision_id, &owner, ttl).await? {
+        let Some(generation) = self.try_lock(provision_id, &owner, ttl).await? else {
             return Ok(None);
-        }
-        let claim = Claim { provision_id, credential, owner };
+        };
+        let claim = Claim { provision_id, credential, owner, generation };
         Ok(Some(self.hold(&claim, ttl, work(claim.clone())).await))
     }
 
@@ -138,12 +166,14 @@ impl Store {
         let owner = lock_owner(owner_prefix);
         let record_key = self.keys.handshake(provision_id, &credential);
         let mut conn = self.conn.clone();
-        let (state, record): (String, Vec<u8>) = BEGIN_OPEN
-            .key(self.keys.closed(provision_id))
+        let (state, generation, record): (String, u64, Vec<u8>) = BEGIN_OPEN
             .key(self.keys.lock(provision_id))
+            .key(self.keys.lock_generation(provision_id))
+            .key(self.keys.closed(provision_id))
             .key(&record_key)
             .arg(&owner)
             .arg(ttl.as_millis() as u64)
+            .arg(GENERATION_TTL.as_secs())
             .invoke_async(&mut conn)
             .await?;
         Ok(match state.as_str() {
@@ -152,7 +182,8 @@ impl Store {
             _ => {
                 let raw = (!record.is_empty()).then_some(record);
                 let handshake = self.decode_handshake(provision_id, record_key, raw).map(Option::unwrap_or_default);
-                Begin::Locked { claim: Claim { provision_id, credential, owner }, handshake: Box::new(handshake) }
+                let claim = Claim { provision_id, credential, owner, generation };
+                Begin::Locked { claim, handshake: Box::new(handshake) }
             }
         })
     }
@@ -186,18 +217,18 @@ impl Store {
         }
     }
 
-    /// `SET NX PX`: true when this owner now holds the provision.
-    pub async fn try_lock(&self, provision_id: u64, owner: &str, ttl: Duration) -> Result<bool, StoreError> {
+    /// Takes the provision for `owner` unless another holds it: the generation it got.
+    pub async fn try_lock(&self, provision_id: u64, owner: &str, ttl: Duration) -> Result<Option<u64>, StoreError> {
         let mut conn = self.conn.clone();
-        let set: Option<String> = redis::cmd("SET")
-            .arg(self.keys.lock(provision_id))
+        let generation: u64 = TRY_LOCK
+            .key(self.keys.lock(provision_id))
+            .key(self.keys.lock_generation(provision_id))
             .arg(owner)
-            .arg("NX")
-            .arg("PX")
             .arg(ttl.as_millis() as u64)
-            .query_async(&mut conn)
+            .arg(GENERATION_TTL.as_secs())
+            .invoke_async(&mut conn)
             .await?;
-        Ok(set.is_some())
+        Ok((generation > 0).then_some(generation))
     }
 
     /// Gives the holder another `ttl`; false when the lock is no longer ours.
@@ -227,8 +258,8 @@ impl Store {
         index: Option<Duration>,
         writes: &[(String, Vec<u8>, Duration)],
     ) -> Result<Written, StoreError> {
-        let mut invocation = FENCED_WRITE.key(self.keys.lock(claim.provision_id));
-        invocation.key(self.keys.closed(claim.provision_id)).arg(&claim.owner);
+        let mut invocation = FENCED_WRITE.key(self.keys.lock_generation(claim.provision_id));
+        invocation.key(self.keys.closed(claim.provision_id)).arg(claim.generation);
         match index {
             Some(ttl) => {
                 invocation.key(self.keys.handshakes(claim.provision_id));

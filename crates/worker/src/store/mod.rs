@@ -93,6 +93,11 @@ impl Keys {
     pub(crate) fn lock(&self, provision_id: u64) -> String {
         format!("{}lock:provision:{{{provision_id}}}", self.prefix)
     }
+    /// The provision lock's generation: raised by every taking of the lock, kept past the
+    /// lock's expiry, so a fenced write can tell a holder that has been overtaken.
+    pub(crate) fn lock_generation(&self, provision_id: u64) -> String {
+        format!("{}lock-generation:provision:{{{provision_id}}}", self.prefix)
+    }
 }
 
 /// The cached session, as downstream services read it from `session:{user_id}`.

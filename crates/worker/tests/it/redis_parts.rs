@@ -107,12 +107,13 @@ async fn the_provision_lock_is_released_only_by_its_owner() {
     let prefix = prefix();
     let store = Store::new(connect_redis(REDIS_URL).unwrap(), Keys::new(&prefix), None);
     let ttl = Duration::from_secs(10);
-    assert!(store.try_lock(7, "a", ttl).await.unwrap());
-    assert!(!store.try_lock(7, "b", ttl).await.unwrap());
+    let first = store.try_lock(7, "a", ttl).await.unwrap().expect("free");
+    assert_eq!(store.try_lock(7, "b", ttl).await.unwrap(), None);
     store.unlock(7, "b").await.unwrap();
-    assert!(!store.try_lock(7, "c", ttl).await.unwrap(), "a non-owner released the lock");
+    assert_eq!(store.try_lock(7, "c", ttl).await.unwrap(), None, "a non-owner released the lock");
     store.unlock(7, "a").await.unwrap();
-    assert!(store.try_lock(7, "c", ttl).await.unwrap());
+    // Every taking raises the generation, by one: the fence only moves forward.
+    assert_eq!(store.try_lock(7, "c", ttl).await.unwrap(), Some(first + 1));
     delete_prefix(&prefix).await;
 }
 
@@ -120,12 +121,18 @@ async fn the_provision_lock_is_released_only_by_its_owner() {
 async fn a_holder_that_lost_the_lock_records_nothing_and_the_new_holder_keeps_its_work() {
     let prefix = prefix();
     let store = Store::new(connect_redis(REDIS_URL).unwrap(), Keys::new(&prefix), None);
-    let claim = |owner: &str| Claim { provision_id: 7, credential: "9:ab".into(), owner: owner.into() };
-    let (stale, fresh) = (claim("stale"), claim("fresh"));
-    assert!(store.try_lock(7, &stale.owner, Duration::from_millis(200)).await.unwrap());
+    let take = |owner: &'static str, ttl: Duration| {
+        let store = store.clone();
+        async move {
+            let generation = store.try_lock(7, owner, ttl).await.unwrap().expect("free");
+            Claim { provision_id: 7, credential: "9:ab".into(), owner: owner.into(), generation }
+        }
+    };
+    let stale = take("stale", Duration::from_millis(200)).await;
     assert!(store.extend_lock(&stale, Duration::from_millis(200)).await.unwrap(), "the holder extends its own lock");
     tokio::time::sleep(Duration::from_millis(300)).await; // paused past the TTL
-    assert!(store.try_lock(7, &fresh.owner, Duration::from_secs(10)).await.unwrap());
+    let fresh = take("fresh", Duration::from_secs(10)).await;
+    assert!(fresh.generation > stale.generation);
     let progress = |device_id| Handshake { device_id: Some(device_id), ..Default::default() };
     store.save_handshake(&fresh, &progress(2), Duration::from_secs(60)).await.unwrap();
 
@@ -140,10 +147,20 @@ async fn a_holder_that_lost_the_lock_records_nothing_and_the_new_holder_keeps_it
     assert_eq!(store.load_handshake(7, "9:ab").await.unwrap().device_id, Some(2), "the new holder's progress stays");
     assert!(store.read_session(1364).await.unwrap().is_none());
 
-    // A lock that merely expired, nobody holding it since (Redis was away): the holder
-    // still records what bunq handed out.
+    // The new holder finished and released: the lock is absent, and the stale holder
+    // resuming now is refused all the same (it would overwrite the finished work).
     store.unlock(7, &fresh.owner).await.unwrap();
-    store.commit_session(&stale, &progress(1), &session, None, Duration::from_secs(60)).await.unwrap();
+    assert!(matches!(
+        store.commit_session(&stale, &progress(1), &session, None, Duration::from_secs(60)).await,
+        Err(StoreError::LockLost { .. })
+    ));
+    assert!(store.read_session(1364).await.unwrap().is_none(), "a stale holder wrote after the next one released");
+
+    // A lock that merely expired, nobody taking it since (Redis was away): its holder
+    // still records what bunq handed out.
+    let alone = take("alone", Duration::from_millis(100)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    store.commit_session(&alone, &progress(3), &session, None, Duration::from_secs(60)).await.unwrap();
     assert!(store.read_session(1364).await.unwrap().is_some());
     delete_prefix(&prefix).await;
 }
@@ -185,7 +202,7 @@ async fn an_open_begins_in_one_round_trip_closed_busy_or_locked_with_its_progres
     assert!(store.read_session(1364).await.unwrap().is_some());
     store.unlock(7, &claim.owner).await.unwrap();
     assert!(matches!(store.begin_open(7, "9:ab".into(), "pod-c", ttl).await.unwrap(), Begin::Closed));
-    assert!(store.try_lock(7, "pod-d", ttl).await.unwrap(), "a closed provision's begin took the lock");
+    assert!(store.try_lock(7, "pod-d", ttl).await.unwrap().is_some(), "a closed provision's begin took the lock");
     delete_prefix(&prefix).await;
 }
 
@@ -228,8 +245,9 @@ async fn keys_rotate_records_are_resealed_with_the_new_key_and_the_old_key_can_t
         async move { redis::AsyncCommands::get::<_, String>(&mut conn, key).await.unwrap() }
     };
     assert!(raw(1).await.contains("plain-session"));
-    // A renewal credential sealed by the old key (nobody holds provision 5's lock).
-    let claim = Claim { provision_id: 5, credential: "0:ab".into(), owner: "test".into() };
+    // A renewal credential sealed by the old key.
+    let generation = store(None).try_lock(5, "test", Duration::from_secs(10)).await.unwrap().expect("free");
+    let claim = Claim { provision_id: 5, credential: "0:ab".into(), owner: "test".into(), generation };
     let credential =
         Credential { tag: "0:ab".into(), token_value: "old-credential".into(), unannounced: None, failures: 0 };
     let old = Sealer::from_key_files(old_key.as_bytes(), &[]).unwrap();
