@@ -17,6 +17,8 @@ pub(crate) enum Reason {
     /// Our own shared budget has no slot soon enough: backpressure, not a failure.
     Throttled,
     RedisUnavailable,
+    /// Written, but not on `REDIS_MIN_REPLICAS` replicas in time: not published yet.
+    NotReplicated,
     CorruptState,
     PublishFailed,
     OutputUnroutable,
@@ -39,6 +41,7 @@ impl Reason {
             Reason::RateLimited => "rate_limited",
             Reason::Throttled => "throttled",
             Reason::RedisUnavailable => "redis_unavailable",
+            Reason::NotReplicated => "not_replicated",
             Reason::CorruptState => "corrupt_state",
             Reason::PublishFailed => "publish_failed",
             Reason::OutputUnroutable => "output_unroutable",

@@ -14,7 +14,7 @@ use crate::ratelimit::limit::Limit;
 use crate::ratelimit::RateLimits;
 use crate::retry::RetryPolicy;
 use crate::seal::Sealer;
-use crate::store::RedisSettings;
+use crate::store::{RedisSettings, Replication};
 use crate::tls::{self, TlsFiles};
 use clap::Args;
 use parse::{
@@ -180,6 +180,15 @@ pub(crate) struct StoreArgs {
     /// PEM private key of REDIS_TLS_CERT_FILE.
     #[arg(long, env = "REDIS_TLS_KEY_FILE")]
     pub(crate) redis_tls_key_file: Option<PathBuf>,
+    /// Replicas a write must reach before anything depending on it is published (a
+    /// session-ready after its commit, a close after its marker): 0 for a single node;
+    /// set 1 or more with replicated Redis, so a failover cannot lose an announced session.
+    #[arg(long, env = "REDIS_MIN_REPLICAS", default_value_t = 0)]
+    pub(crate) redis_min_replicas: u32,
+    /// How long to wait for REDIS_MIN_REPLICAS, in ms (1..=1500: within the 2 s every
+    /// Redis command gets); a write they do not confirm in time is retried, not published.
+    #[arg(long, env = "REDIS_REPLICA_TIMEOUT_MS", default_value_t = 500)]
+    pub(crate) redis_replica_timeout_ms: u64,
     #[command(flatten)]
     pub(crate) seal: SealArgs,
 }
@@ -219,7 +228,14 @@ impl StoreArgs {
             let message = format!("TLS files are set, but {} is not rediss://", target.variable());
             return Err(invalid("REDIS_TLS_CA_FILE", message));
         }
-        Ok(RedisSettings { target, key_prefix: self.redis_key_prefix, sealer, tls: tls.map(Arc::new) })
+        if !(1..=1500).contains(&self.redis_replica_timeout_ms) {
+            return Err(invalid("REDIS_REPLICA_TIMEOUT_MS", "must be 1 to 1500 (ms)"));
+        }
+        let replication = (self.redis_min_replicas > 0).then(|| Replication {
+            replicas: self.redis_min_replicas,
+            timeout: Duration::from_millis(self.redis_replica_timeout_ms),
+        });
+        Ok(RedisSettings { target, key_prefix: self.redis_key_prefix, sealer, tls: tls.map(Arc::new), replication })
     }
 }
 

@@ -69,6 +69,9 @@ impl Closer {
         let id = closed.provision_id;
         if closed.reason == CloseReason::ProvisionClosed {
             self.parts.store.mark_closed(id).await?;
+            // The marker must survive a failover before anything acts on it: a lost one
+            // would let a late event or a renewal announce after the close.
+            self.parts.store.provision_replicated(id, None).await?;
         }
         let work = |_claim| self.close_locked(closed, correlation_id);
         match self.parts.store.with_lock(id, "close".to_owned(), &self.parts.owner, self.parts.lock_ttl, work).await? {
@@ -88,6 +91,7 @@ impl Closer {
         let Some(session) = self.parts.store.session_to_close(id).await? else {
             // An unfinished handshake's progress goes too: it holds an installation token.
             self.parts.store.purge_provision(id).await?;
+            self.parts.store.provision_replicated(id, None).await?;
             return Ok(None);
         };
         // Best effort: a session bunq does not end now lapses at its timeout, and nothing
@@ -111,6 +115,7 @@ impl Closer {
         };
         self.parts.announcer.announce_closed(&event, correlation_id).await?;
         self.parts.store.purge_provision(id).await?;
+        self.parts.store.provision_replicated(id, Some(session.user_id)).await?;
         Ok(Some(Box::new(event)))
     }
 }

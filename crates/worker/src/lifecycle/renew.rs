@@ -296,7 +296,7 @@ impl Renewer {
                     Retry::Transient { after } => after,
                     Retry::Permanent => None,
                 };
-                if failure.reason != Reason::Throttled {
+                if !matches!(failure.reason, Reason::Throttled | Reason::NotReplicated) {
                     credential.failures += 1;
                 }
                 let delay = match failure.budget_wait() {
@@ -324,6 +324,7 @@ impl Renewer {
     ) -> Result<SessionReady, Failure> {
         let event_id = renewed_event_id(session.provision_id, session.session_id);
         let event = session_event(&self.parts.store, session, SESSION_RENEWED_EVENT_TYPE, event_id);
+        self.parts.store.session_replicated(session).await?;
         self.parts.announcer.announce_renewed(&event, None).await?;
         credential.unannounced = None;
         let ttl = self.parts.opener.cache_ttl(session, OffsetDateTime::now_utc());

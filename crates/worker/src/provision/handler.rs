@@ -262,6 +262,8 @@ impl Handler {
     async fn announce(&self, session: Session, reused: bool, correlation_id: Option<&str>) -> Result<Outcome, Failure> {
         let event_id = event::event_id(session.provision_id, session.session_id);
         let event = session_event(&self.parts.store, &session, SESSION_READY_EVENT_TYPE, event_id);
+        // Durable before announced: a failover that lost the session would open a second.
+        self.parts.store.session_replicated(&session).await?;
         self.parts.announcer.announce(&event, correlation_id).await?;
         Ok(Outcome::Announced { event: Box::new(event), reused })
     }
@@ -285,7 +287,8 @@ pub(crate) fn after_failure(
         Retry::Permanent => return Outcome::DeadLetter { reason: failure.reason, detail: failure.detail },
         Retry::Transient { after } => after,
     };
-    let counts_as_attempt = failure.reason != Reason::Throttled;
+    // Our own budget's wait and replicas catching up are backpressure, not failures.
+    let counts_as_attempt = !matches!(failure.reason, Reason::Throttled | Reason::NotReplicated);
     if counts_as_attempt && attempt >= settings.max_attempts {
         return Outcome::DeadLetter {
             reason: Reason::RetriesExhausted,

@@ -7,7 +7,7 @@ use crate::tls::TlsFiles;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, Slot, SlotAddr};
 use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
 use secrecy::{ExposeSecret, SecretString};
 use std::time::Duration;
@@ -117,6 +117,24 @@ impl Redis {
             Redis::Cluster(conn) => primaries(&mut conn.clone()).await?.into_iter().map(Some).collect(),
         };
         Ok(Scan { conn: self.clone(), pattern: pattern.to_owned(), nodes, cursor: 0 })
+    }
+}
+
+impl Redis {
+    /// `WAIT replicas timeout` where `key` lives: how many replicas have every write this
+    /// worker sent there so far. On a cluster it goes to the primary of `key`'s slot, over
+    /// the connection that carried the writes.
+    pub(crate) async fn wait_for_replicas(&self, key: &str, replicas: u32, timeout: Duration) -> RedisResult<u32> {
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(replicas).arg(timeout.as_millis() as u64);
+        match self {
+            Redis::Single(conn) => wait.query_async(&mut conn.clone()).await,
+            Redis::Cluster(conn) => {
+                let route = Route::with_slot(Slot::for_key(key), SlotAddr::Master);
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
+                Ok(redis::from_redis_value(conn.clone().route_command(wait, routing).await?)?)
+            }
+        }
     }
 }
 

@@ -12,5 +12,6 @@ mod operations;
 mod process;
 mod redis_parts;
 mod renewal;
+mod replication;
 mod settlement;
 mod shapes;
