@@ -276,10 +276,16 @@ impl Renewer {
                 let ttl = self.parts.opener.cache_ttl(&renewed, OffsetDateTime::now_utc());
                 // bunq has opened the session: held until Redis takes it, like an open.
                 let commit = || self.parts.store.commit_session(&claim, &handshake, &renewed, Some(&credential), ttl);
-                // A close marked meanwhile waits for this lock and closes the new session.
-                self.parts.opener.durably(id, commit).await?;
+                let written = self.parts.opener.durably(id, commit).await?;
+                if written.closed {
+                    // Closed while renewing: the close, waiting for this lock, ends the new
+                    // session, and nothing may be announced after it; the old one goes here.
+                    self.end_replaced(&current).await;
+                    return Ok(Renewal::NothingToRenew);
+                }
                 let event = self.announce(&renewed, &claim, &mut credential).await?;
                 self.parts.store.schedule_renewal(id, self.settings.due_at(&renewed)).await?;
+                self.end_replaced(&current).await;
                 Ok(Renewal::Renewed(Box::new(event)))
             }
             Err(failure) if failure.reason == Reason::RejectedByBunq => {
@@ -330,6 +336,19 @@ impl Renewer {
         let ttl = self.parts.opener.cache_ttl(session, OffsetDateTime::now_utc());
         self.parts.store.save_credential(claim, credential, ttl).await?;
         Ok(event)
+    }
+
+    /// Ends at bunq the session a renewal replaced: nobody is served by it any more, and a
+    /// live session is a credential. Best effort: one bunq does not end lapses at its timeout.
+    async fn end_replaced(&self, replaced: &Session) {
+        match self.parts.opener.end(replaced).await {
+            Ok(_) => tracing::info!(event = "replaced_session_ended", session_id = replaced.session_id),
+            Err(failure) => tracing::warn!(
+                event = "replaced_session_not_ended",
+                session_id = replaced.session_id,
+                error = %failure.summary()
+            ),
+        }
     }
 
     /// Closes the session (the lock is held): ended at bunq, announced, purged.

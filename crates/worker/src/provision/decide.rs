@@ -44,6 +44,9 @@ pub enum SkipReason {
     /// A `session.invalid` naming a session the cache no longer holds: downstream reads
     /// the cache again and finds the newer one.
     StaleInvalidation,
+    /// The event carries a credential older than one already seen for the provision (a
+    /// retry copy from before a token reset): its session must not come back.
+    StaleCredential,
 }
 
 impl SkipReason {
@@ -53,6 +56,7 @@ impl SkipReason {
             SkipReason::NoCredentialToken => "no_credential_token",
             SkipReason::ProvisionClosed => "provision_closed",
             SkipReason::StaleInvalidation => "stale_invalidation",
+            SkipReason::StaleCredential => "stale_credential",
         }
     }
 }

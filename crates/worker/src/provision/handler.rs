@@ -175,8 +175,9 @@ impl Handler {
         let id = ready.provision_id;
         let credential = credential_tag(ready.credential_id, &ready.token_value);
         let ttl = self.settings.lock_ttl;
-        match self.parts.store.begin_open(id, credential, &self.parts.owner, ttl).await? {
+        match self.parts.store.begin_open(id, credential, ready.credential_id, &self.parts.owner, ttl).await? {
             Begin::Closed => Ok(Outcome::Skipped(SkipReason::ProvisionClosed)),
+            Begin::Stale => Ok(Outcome::Skipped(SkipReason::StaleCredential)),
             Begin::Busy => Ok(Outcome::Retry {
                 reason: Reason::LockBusy,
                 detail: format!("provision {id} is being processed by another delivery"),

@@ -100,15 +100,21 @@ return 1"#,
 });
 
 /// An open's first step in one round trip: KEYS[1] the lock, KEYS[2] its generation,
-/// KEYS[3] the closed marker, KEYS[4] the credential's handshake record; ARGV as for
-/// [`TAKE`]. `closed` (nothing taken), `busy` (held by another), or `locked` with the
-/// generation and the record ('' when there is none).
+/// KEYS[3] the closed marker, KEYS[4] the credential's handshake record, KEYS[5] the
+/// newest credential id seen; ARGV[1..3] as for [`TAKE`], ARGV[4] the credential's id (0:
+/// none). `closed` (nothing taken), `stale` (a newer credential was seen: nothing taken),
+/// `busy` (held by another), or `locked` with the generation and the record ('' when there
+/// is none).
 static BEGIN_OPEN: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
     redis::Script::new(&format!(
         r#"{TAKE}
 if redis.call('EXISTS', KEYS[3]) == 1 then return {{'closed', 0, ''}} end
+local ours = tonumber(ARGV[4])
+local newest = tonumber(redis.call('GET', KEYS[5]) or '0')
+if ours > 0 and newest > ours then return {{'stale', 0, ''}} end
 local generation = take()
 if generation == 0 then return {{'busy', 0, ''}} end
+if ours > newest then redis.call('SET', KEYS[5], ARGV[4], 'EX', ARGV[3]) end
 return {{'locked', generation, redis.call('GET', KEYS[4]) or ''}}"#
     ))
 });
@@ -117,6 +123,9 @@ return {{'locked', generation, redis.call('GET', KEYS[4]) or ''}}"#
 pub enum Begin {
     /// The provision is marked closed: nothing was taken.
     Closed,
+    /// A newer credential of the provision was seen (a token reset): this event's older
+    /// one must not replace or re-announce its session. Nothing was taken.
+    Stale,
     /// Another delivery holds the provision.
     Busy,
     /// The lock is ours (hold it with [`Store::hold`]), with the credential's handshake
@@ -155,11 +164,14 @@ impl Store {
         Ok(Some(self.hold(&claim, ttl, work(claim.clone())).await))
     }
 
-    /// An open's closed check, lock and handshake read, in one round trip.
+    /// An open's closed check, credential order check, lock and handshake read, in one
+    /// round trip. `credential_id`: bunq's id of the credential (issued in increasing
+    /// order); `None` takes no part in the order.
     pub async fn begin_open(
         &self,
         provision_id: u64,
         credential: String,
+        credential_id: Option<u64>,
         owner_prefix: &str,
         ttl: Duration,
     ) -> Result<Begin, StoreError> {
@@ -171,13 +183,16 @@ impl Store {
             .key(self.keys.lock_generation(provision_id))
             .key(self.keys.closed(provision_id))
             .key(&record_key)
+            .key(self.keys.newest_credential(provision_id))
             .arg(&owner)
             .arg(ttl.as_millis() as u64)
             .arg(GENERATION_TTL.as_secs())
+            .arg(credential_id.unwrap_or(0))
             .invoke_async(&mut conn)
             .await?;
         Ok(match state.as_str() {
             "closed" => Begin::Closed,
+            "stale" => Begin::Stale,
             "busy" => Begin::Busy,
             _ => {
                 let raw = (!record.is_empty()).then_some(record);

@@ -99,6 +99,11 @@ impl Keys {
     pub(crate) fn lock(&self, provision_id: u64) -> String {
         format!("{}lock:provision:{{{provision_id}}}", self.prefix)
     }
+    /// The newest credential id an open of the provision has seen: an older one's event
+    /// (a retry copy from before a token reset) neither replaces nor re-announces.
+    pub(crate) fn newest_credential(&self, provision_id: u64) -> String {
+        format!("{}newest-credential:{{{provision_id}}}", self.prefix)
+    }
     /// The provision lock's generation: raised by every taking of the lock, kept past the
     /// lock's expiry, so a fenced write can tell a holder that has been overtaken.
     pub(crate) fn lock_generation(&self, provision_id: u64) -> String {

@@ -298,3 +298,34 @@ async fn a_token_reset_starts_a_fresh_handshake_instead_of_reusing_the_old_devic
     assert_eq!(app.fake.sessions_created_for(&new), 1);
     app.teardown().await;
 }
+
+/// `body` with its credential's id set to `credential_id`.
+fn with_credential_id(body: &[u8], credential_id: u64) -> Vec<u8> {
+    let mut value: serde_json::Value = serde_json::from_slice(body).unwrap();
+    value["NotificationUrl"]["object"]["PartnerUserProvision"]["credential"]["id"] = credential_id.into();
+    serde_json::to_vec(&value).unwrap()
+}
+
+#[tokio::test]
+async fn an_older_credentials_event_after_a_token_reset_neither_replaces_nor_reannounces() {
+    let app = spawn_app().await;
+    let id = random_id();
+    let (old_token, new_token) = (random_token(), random_token());
+    let old = with_credential_id(&ready_body(id, &old_token), 100);
+    app.publish(&old).await;
+    let (first, _) = app.next_event(WAIT).await.expect("the first credential's session");
+    // The partner reset the token: credential 101.
+    app.publish(&with_credential_id(&ready_body(id, &new_token), 101)).await;
+    let (second, _) = app.next_event(WAIT).await.expect("the new credential's session");
+    assert_ne!(second.session_id, first.session_id);
+
+    // A retry copy of the old credential's event arrives late.
+    app.publish(&old).await;
+    let line = r#"outcome="skipped",reason="stale_credential"} 1"#;
+    assert!(app.metrics_with(line, WAIT).await.contains(line), "not skipped as stale_credential");
+    assert!(app.next_event(Duration::from_millis(500)).await.is_none(), "the older session was announced again");
+    let cached = app.store.read_session(second.user_id).await.unwrap().expect("cached");
+    assert_eq!(cached.session_id, second.session_id, "the older credential's session replaced the newer");
+    assert_eq!(app.fake.sessions_created_for(&old_token), 1);
+    app.teardown().await;
+}

@@ -174,12 +174,13 @@ async fn an_open_begins_in_one_round_trip_closed_busy_or_locked_with_its_progres
     let locked = |begin: Begin| match begin {
         Begin::Locked { claim, handshake } => (claim, (*handshake).unwrap()),
         Begin::Closed => panic!("closed"),
+        Begin::Stale => panic!("stale"),
         Begin::Busy => panic!("busy"),
     };
-    let (claim, handshake) = locked(store.begin_open(7, "9:ab".into(), "pod-a", ttl).await.unwrap());
+    let (claim, handshake) = locked(store.begin_open(7, "9:ab".into(), Some(9), "pod-a", ttl).await.unwrap());
     assert!(claim.owner.starts_with("pod-a:"), "{}", claim.owner);
     assert!(handshake.installation.is_none() && handshake.device_id.is_none());
-    assert!(matches!(store.begin_open(7, "9:ab".into(), "pod-b", ttl).await.unwrap(), Begin::Busy));
+    assert!(matches!(store.begin_open(7, "9:ab".into(), Some(9), "pod-b", ttl).await.unwrap(), Begin::Busy));
 
     // Progress is written with its index entry, in the same fenced script.
     let progress = Handshake { device_id: Some(2), ..Default::default() };
@@ -190,7 +191,7 @@ async fn an_open_begins_in_one_round_trip_closed_busy_or_locked_with_its_progres
     let index_ttl: i64 = redis::cmd("TTL").arg(keys.handshakes(7)).query_async(&mut redis).await.unwrap();
     assert!(index_ttl > 50 && index_ttl <= 60, "{index_ttl}");
     store.unlock(7, &claim.owner).await.unwrap();
-    let (claim, handshake) = locked(store.begin_open(7, "9:ab".into(), "pod-b", ttl).await.unwrap());
+    let (claim, handshake) = locked(store.begin_open(7, "9:ab".into(), Some(9), "pod-b", ttl).await.unwrap());
     assert_eq!(handshake.device_id, Some(2), "the next holder starts from the progress");
 
     // Closed while the holder opened: the session is still recorded (the close ends it),
@@ -201,7 +202,7 @@ async fn an_open_begins_in_one_round_trip_closed_busy_or_locked_with_its_progres
     assert!(written.closed);
     assert!(store.read_session(1364).await.unwrap().is_some());
     store.unlock(7, &claim.owner).await.unwrap();
-    assert!(matches!(store.begin_open(7, "9:ab".into(), "pod-c", ttl).await.unwrap(), Begin::Closed));
+    assert!(matches!(store.begin_open(7, "9:ab".into(), Some(9), "pod-c", ttl).await.unwrap(), Begin::Closed));
     assert!(store.try_lock(7, "pod-d", ttl).await.unwrap().is_some(), "a closed provision's begin took the lock");
     delete_prefix(&prefix).await;
 }

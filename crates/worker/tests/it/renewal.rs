@@ -60,9 +60,16 @@ async fn a_session_is_renewed_before_it_expires_on_the_installation_and_device_i
     assert!(time::OffsetDateTime::now_utc() < ready.expires_at);
 
     // One session-server call on the same installation; no installation, no device.
-    let calls = app.fake.calls();
+    let calls: Vec<_> = app.fake.calls().into_iter().filter(|c| c.endpoint != Endpoint::Session).collect();
     let endpoints: Vec<Endpoint> = calls.iter().map(|c| c.endpoint).collect();
     assert_eq!(endpoints, vec![Endpoint::SessionServer], "{calls:?}");
+    // The session it replaced is ended at bunq, once the new one is announced.
+    let deadline = std::time::Instant::now() + WAIT;
+    while !app.fake.ended_sessions().contains(&ready.session_id) {
+        assert!(std::time::Instant::now() < deadline, "the replaced session still lives at bunq");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!app.fake.ended_sessions().contains(&session_id), "the new session was ended");
     assert_eq!((calls[0].status, calls[0].installation_id), (Some(200), opened_on));
 
     // The record at the same cache_key is the new session (committed before the event).
