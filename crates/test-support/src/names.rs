@@ -1,7 +1,7 @@
 //! Names unique to one test or run, so tests run in parallel against one broker and one
 //! Redis and a run never meets another's leftovers.
 
-use bunq_session_worker::amqp::topology::{Names, Retention};
+use bunq_session_worker::amqp::topology::{Names, Retention, DEFAULT_RETRY_QUEUE_MAX_BYTES};
 
 #[derive(Debug, Clone)]
 pub struct TestNames {
@@ -28,6 +28,7 @@ impl TestNames {
             dead_letter_queue: format!("{id}.dead-letter"),
             retry_queue: format!("{id}.retry"),
             dead_letter_retention: Retention::DEFAULT,
+            retry_queue_max_bytes: Some(DEFAULT_RETRY_QUEUE_MAX_BYTES),
         };
         Self { key_prefix: format!("{id}:"), id, topology }
     }

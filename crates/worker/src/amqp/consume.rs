@@ -71,10 +71,18 @@ impl DeliveryContext {
 
     /// Handles one delivery and settles it through `settler`, the one of the channel it
     /// arrived on.
-    pub(crate) async fn process(&self, delivery: Delivery, settler: &Settler) {
+    pub(crate) async fn process(&self, mut delivery: Delivery, settler: &Settler) {
         // Counted while in flight; a guard, so a panicking delivery still leaves the gauge.
         let _in_flight = InFlight::enter(&self.metrics);
         let started = Instant::now();
+        // Before anything reads a header, and so no copy carries a forged one onward.
+        let vouched = headers::vouched(
+            &delivery.properties,
+            delivery.exchange.as_str(),
+            delivery.redelivered,
+            &self.names.retry_queue,
+        );
+        delivery.properties = vouched.properties;
         let attempt = headers::attempts(&delivery.properties).saturating_add(1);
         let message_id = delivery.properties.message_id().as_ref().map(|s| s.as_str().to_owned());
         let correlation_id = delivery.properties.correlation_id().as_ref().map(|s| s.as_str().to_owned());
@@ -88,10 +96,15 @@ impl DeliveryContext {
             provision_id = tracing::field::Empty,
         );
         async {
+            if !vouched.dropped.is_empty() {
+                // Names only: a forged header's value is the publisher's text.
+                tracing::warn!(event = "untrusted_headers_dropped", headers = ?vouched.dropped);
+            }
             let routing_key = headers::get_str(&delivery.properties, headers::ORIGINAL_ROUTING_KEY)
                 .unwrap_or_else(|| delivery.routing_key.as_str().to_owned());
             // The one reading of the body: the handler and the dead-letter copy use it.
             let decoded = self.handler.read(&delivery.data, &routing_key);
+            // Present only on a redelivery (see `headers::vouched`).
             let returned = headers::delivery_count(&delivery.properties);
             let outcome = if returned >= REDELIVERY_LIMIT {
                 Outcome::DeadLetter {
@@ -231,7 +244,8 @@ impl Drop for InFlight<'_> {
 }
 
 /// Where the message first arrived, recorded once: a message back from the retry queue
-/// arrives through the default exchange and already carries it. Replays use it.
+/// arrives through the default exchange and already carries it (a publisher's own is
+/// dropped on arrival, `headers::vouched`). Replays use it.
 fn original_route(delivery: &Delivery) -> Vec<(&'static str, AMQPValue)> {
     if headers::get_str(&delivery.properties, headers::ORIGINAL_EXCHANGE).is_some() {
         return Vec::new();

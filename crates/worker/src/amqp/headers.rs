@@ -18,8 +18,72 @@ pub(crate) const ORIGINAL_EXCHANGE: &str = "x-original-exchange";
 pub(crate) const ORIGINAL_ROUTING_KEY: &str = "x-original-routing-key";
 /// Unix seconds when the worker dead-lettered the message.
 pub(crate) const DEAD_LETTERED_AT: &str = "x-dead-lettered-at";
-/// Times an operator replayed the message from the dead-letter queue.
+/// Times an operator replayed the message from the dead-letter queue. Informational: a
+/// publisher can set it too, and nothing is decided by it.
 pub(crate) const REPLAYS: &str = "x-replays";
+
+/// The headers the worker writes on its copies and reads back when a copy returns. A
+/// publisher can set any of them (its own attempt count, or `x-original-routing-key:
+/// session.invalid` on a provision), so they are believed only on a copy back from the
+/// retry queue ([`vouched`]).
+pub(crate) const WORKER_OWNED: [&str; 9] = [
+    ATTEMPTS,
+    RETRY_REASON,
+    RETRY_DETAIL,
+    ORIGINAL_EXCHANGE,
+    ORIGINAL_ROUTING_KEY,
+    DEAD_LETTER_REASON,
+    DEAD_LETTER_DETAIL,
+    DEAD_LETTERED_AT,
+    CREDENTIAL,
+];
+
+/// The headers RabbitMQ writes when it dead-letters or returns a message.
+pub(crate) const BROKER_OWNED: [&str; 5] =
+    ["x-death", "x-first-death-exchange", "x-first-death-queue", "x-first-death-reason", DELIVERY_COUNT];
+
+/// A delivery's properties with only the headers its route vouches for.
+pub(crate) struct Vouched {
+    pub(crate) properties: BasicProperties,
+    /// Worker-owned headers that came from a publisher and were dropped (names only).
+    pub(crate) dropped: Vec<&'static str>,
+}
+
+/// Keeps the worker's headers only on a copy the worker made: one the retry queue
+/// dead-lettered back when its TTL ran out arrives through the default exchange with the
+/// retry queue as its latest `x-death`. A publisher's message comes through the input
+/// exchange, and whatever worker headers it carries are dropped, so its copies record its
+/// real route and count attempts from 1. (A client allowed to write to the default
+/// exchange, `amq.default`, could forge both; publishers must not be: docs/contracts.md
+/// §1.1.) `x-delivery-count` is RabbitMQ's, written over on each redelivery; on a first
+/// delivery it is whatever the publisher, or an earlier trip, left, so it is dropped.
+pub(crate) fn vouched(properties: &BasicProperties, exchange: &str, redelivered: bool, retry_queue: &str) -> Vouched {
+    let present = |name: &&str| properties.headers().as_ref().is_some_and(|h| h.inner().contains_key(*name));
+    let from_retry_queue = exchange.is_empty()
+        && latest_death(properties).is_some_and(|death| death.queue == retry_queue && death.reason == "expired");
+    let dropped: Vec<&'static str> =
+        if from_retry_queue { Vec::new() } else { WORKER_OWNED.into_iter().filter(present).collect() };
+    let stale_count = (!redelivered && present(&DELIVERY_COUNT)).then_some(DELIVERY_COUNT);
+    let remove: Vec<&str> = dropped.iter().copied().chain(stale_count).collect();
+    let properties = if remove.is_empty() { properties.clone() } else { without_headers(properties, &remove) };
+    Vouched { properties, dropped }
+}
+
+/// RabbitMQ's latest dead-lettering of the message: the first `x-death` entry.
+pub(crate) struct Death {
+    pub(crate) queue: String,
+    pub(crate) reason: String,
+}
+
+pub(crate) fn latest_death(properties: &BasicProperties) -> Option<Death> {
+    let AMQPValue::FieldArray(deaths) = properties.headers().as_ref()?.inner().get("x-death")? else { return None };
+    let AMQPValue::FieldTable(latest) = deaths.as_slice().first()? else { return None };
+    let field = |name: &str| match latest.inner().get(name)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        _ => None,
+    };
+    Some(Death { queue: field("queue")?, reason: field("reason")? })
+}
 
 /// Attempts already made, from our header; 0 for a first delivery. Any integer type
 /// or a numeric string is accepted, since other tools may rewrite headers.
@@ -130,6 +194,52 @@ mod tests {
         }
         let negative = with_headers(&BasicProperties::default(), &[(ATTEMPTS, AMQPValue::LongInt(-1))]);
         assert_eq!(attempts(&negative), 0);
+    }
+
+    fn death(queue: &str, reason: &str) -> AMQPValue {
+        let mut entry = FieldTable::default();
+        entry.insert("queue".into(), text(queue));
+        entry.insert("reason".into(), text(reason));
+        AMQPValue::FieldArray(vec![AMQPValue::FieldTable(entry)].into())
+    }
+
+    fn names(properties: &BasicProperties) -> Vec<String> {
+        let mut names: Vec<String> =
+            properties.headers().as_ref().map_or(Vec::new(), |h| h.inner().keys().map(|k| k.to_string()).collect());
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn worker_headers_are_believed_only_on_a_copy_back_from_the_retry_queue() {
+        let forged = [
+            (ATTEMPTS, number(999)),
+            (ORIGINAL_ROUTING_KEY, text("session.invalid")),
+            (DELIVERY_COUNT, number(12)),
+            ("x-death", death("retry", "expired")),
+            ("x-partner", text("kept")),
+        ];
+        let props = with_headers(&BasicProperties::default(), &forged);
+        // Through the input exchange: every worker header goes, whatever x-death says.
+        let from_publisher = vouched(&props, "provisioning", false, "retry");
+        assert_eq!(from_publisher.dropped, vec![ATTEMPTS, ORIGINAL_ROUTING_KEY]);
+        assert_eq!(names(&from_publisher.properties), ["x-death", "x-partner"]);
+        assert_eq!(attempts(&from_publisher.properties), 0);
+        // Back from the retry queue: kept, but a first delivery's count is not RabbitMQ's.
+        let from_retry = vouched(&props, "", false, "retry");
+        assert!(from_retry.dropped.is_empty());
+        assert_eq!(attempts(&from_retry.properties), 999);
+        assert_eq!(delivery_count(&from_retry.properties), 0);
+        // Redelivered: the count is RabbitMQ's own.
+        assert_eq!(delivery_count(&vouched(&props, "", true, "retry").properties), 12);
+        assert_eq!(delivery_count(&vouched(&props, "provisioning", true, "retry").properties), 12);
+        // The default exchange alone is not enough: the retry queue must have expired it.
+        for (queue, reason) in [("other", "expired"), ("retry", "rejected")] {
+            let props = with_headers(&props, &[("x-death", death(queue, reason))]);
+            assert_eq!(vouched(&props, "", false, "retry").dropped, vec![ATTEMPTS, ORIGINAL_ROUTING_KEY]);
+        }
+        let no_death = without_headers(&props, &["x-death"]);
+        assert_eq!(vouched(&no_death, "", false, "retry").dropped.len(), 2);
     }
 
     #[test]

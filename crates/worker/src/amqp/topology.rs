@@ -26,15 +26,20 @@ pub struct Names {
     pub retry_queue: String,
     /// Part of the dead-letter queue's declaration, so every process declares it alike.
     pub dead_letter_retention: Retention,
+    /// The retry queue's bound on its bodies' bytes (`x-max-length-bytes`), part of its
+    /// declaration like the retention; `None`: no bound.
+    pub retry_queue_max_bytes: Option<u64>,
 }
 
 /// How long the dead-letter queue keeps what it holds. A dead letter is for an operator to
 /// look at and replay; kept forever it becomes a store nobody curates, so it is bounded
-/// by age and by count (the oldest go first). `None`: no bound of that kind.
+/// by age, by count and by bytes (the oldest go first). `None`: no bound of that kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retention {
     pub(crate) max_age: Option<Duration>,
     pub(crate) max_length: Option<u64>,
+    /// Bytes of bodies (RabbitMQ counts bodies only, not headers).
+    pub(crate) max_bytes: Option<u64>,
 }
 
 impl Retention {
@@ -42,10 +47,23 @@ impl Retention {
     pub(crate) const MAX_AGE_LIMIT: Duration = Duration::from_millis(u32::MAX as u64);
 
     /// 14 days and 100,000 messages: long enough to span holidays, small enough that the
-    /// queue stays a list someone reads.
-    pub const DEFAULT: Retention =
-        Retention { max_age: Some(Duration::from_secs(14 * 86_400)), max_length: Some(100_000) };
+    /// queue stays a list someone reads. 256 MiB: 100,000 bodies of 2.6 KiB (a provision
+    /// event is about 1 KiB), or a thousand of `MAX_MESSAGE_BYTES`' default; a flood of large
+    /// bodies cannot fill the broker's memory and disk with dead letters.
+    pub const DEFAULT: Retention = Retention {
+        max_age: Some(Duration::from_secs(14 * 86_400)),
+        max_length: Some(100_000),
+        max_bytes: Some(DEFAULT_DEAD_LETTER_MAX_BYTES),
+    };
 }
+
+/// `DEAD_LETTER_MAX_BYTES`' default (see [`Retention::DEFAULT`]).
+pub const DEFAULT_DEAD_LETTER_MAX_BYTES: u64 = 256 << 20;
+
+/// `RETRY_QUEUE_MAX_BYTES`' default, 1 GiB: far above what an outage of bunq parks there
+/// (a million provision events), so it only stops a runaway before the broker's memory or
+/// disk alarm blocks every publisher; a full retry queue refuses copies (see `declare`).
+pub const DEFAULT_RETRY_QUEUE_MAX_BYTES: u64 = 1 << 30;
 
 impl Default for Retention {
     fn default() -> Self {
@@ -142,6 +160,11 @@ pub async fn declare(channel: &Channel, names: &Names) -> Result<(), lapin::Erro
     retry_args.insert("x-dead-letter-exchange".into(), long_string(""));
     retry_args.insert("x-dead-letter-routing-key".into(), long_string(&names.input_queue));
     at_least_once_dead_lettering(&mut retry_args);
+    // Overflow is `reject-publish` (above): a copy that does not fit is nacked, never
+    // dropped; the worker then holds its delivery and tries the move again (consume.rs).
+    if let Some(max_bytes) = names.retry_queue_max_bytes {
+        retry_args.insert("x-max-length-bytes".into(), long_long(max_bytes));
+    }
     channel.queue_declare(names.retry_queue.as_str().into(), durable_queue, retry_args).await?;
 
     let mut dead_letter_args = FieldTable::default();
@@ -152,7 +175,12 @@ pub async fn declare(channel: &Channel, names: &Names) -> Result<(), lapin::Erro
         dead_letter_args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ms));
     }
     if let Some(max_length) = retention.max_length {
-        dead_letter_args.insert("x-max-length".into(), AMQPValue::LongLongInt(max_length as i64));
+        dead_letter_args.insert("x-max-length".into(), long_long(max_length));
+    }
+    if let Some(max_bytes) = retention.max_bytes {
+        dead_letter_args.insert("x-max-length-bytes".into(), long_long(max_bytes));
+    }
+    if retention.max_length.is_some() || retention.max_bytes.is_some() {
         // The oldest dead letter goes first: the newest is the one someone looks for.
         dead_letter_args.insert("x-overflow".into(), long_string("drop-head"));
     }
@@ -167,6 +195,12 @@ pub async fn declare(channel: &Channel, names: &Names) -> Result<(), lapin::Erro
 fn at_least_once_dead_lettering(args: &mut FieldTable) {
     args.insert("x-dead-letter-strategy".into(), long_string("at-least-once"));
     args.insert("x-overflow".into(), long_string("reject-publish"));
+}
+
+/// RabbitMQ reads these arguments as signed 64-bit integers (start-up refuses byte bounds
+/// beyond; a count beyond means no bound in practice).
+fn long_long(value: u64) -> AMQPValue {
+    AMQPValue::LongLongInt(i64::try_from(value).unwrap_or(i64::MAX))
 }
 
 fn long_string(value: &str) -> AMQPValue {

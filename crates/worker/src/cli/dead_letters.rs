@@ -105,12 +105,7 @@ impl Row {
 
 /// RabbitMQ's own dead-lettering (the quorum queue's delivery limit) leaves `x-death`.
 fn x_death_reason(properties: &lapin::BasicProperties) -> Option<String> {
-    let AMQPValue::FieldArray(deaths) = properties.headers().as_ref()?.inner().get("x-death")? else { return None };
-    let AMQPValue::FieldTable(first) = deaths.as_slice().first()? else { return None };
-    match first.inner().get("reason")? {
-        AMQPValue::LongString(s) => Some(format!("rabbitmq_{}", String::from_utf8_lossy(s.as_bytes()))),
-        _ => None,
-    }
+    headers::latest_death(properties).map(|death| format!("rabbitmq_{}", death.reason))
 }
 
 pub async fn run(args: DeadLetterArgs) -> anyhow::Result<()> {
@@ -225,23 +220,11 @@ pub(crate) async fn replay(
             _ => (String::new(), names.input_queue.clone()),
         };
         let replays = headers::get_u64(properties, headers::REPLAYS).unwrap_or(0) + 1;
-        let fresh = headers::without_headers(
-            properties,
-            &[
-                headers::ATTEMPTS,
-                headers::DEAD_LETTER_REASON,
-                headers::DEAD_LETTER_DETAIL,
-                headers::DEAD_LETTERED_AT,
-                headers::CREDENTIAL,
-                headers::RETRY_REASON,
-                headers::RETRY_DETAIL,
-                "x-death",
-                "x-first-death-exchange",
-                "x-first-death-queue",
-                "x-first-death-reason",
-                "x-delivery-count",
-            ],
-        );
+        // As first published, plus the replay count: none of the worker's or RabbitMQ's
+        // headers, so it starts with fresh attempts and its route is recorded afresh (the
+        // worker would drop them anyway, arriving through the input exchange).
+        let fresh =
+            headers::without_headers(properties, &[&headers::WORKER_OWNED[..], &headers::BROKER_OWNED].concat());
         let fresh = headers::with_headers(&fresh, &[(headers::REPLAYS, AMQPValue::LongLongInt(replays as i64))]);
         publish
             .publish(&exchange, &routing_key, &body, fresh)

@@ -6,7 +6,7 @@
 
 use crate::amqp::broker::Broker;
 use crate::amqp::supervisor::AmqpSettings;
-use crate::amqp::topology::{Names, Retention};
+use crate::amqp::topology::{self, Names, Retention};
 use crate::lifecycle::open::BunqSettings;
 use crate::lifecycle::renew::RenewalSettings;
 use crate::provision::handler::HandlerSettings;
@@ -18,8 +18,8 @@ use crate::store::{RedisSettings, Replication};
 use crate::tls::{self, TlsFiles};
 use clap::Args;
 use parse::{
-    load_client_key, load_sealer, parse_base_url, parse_permitted_ips, parse_redis_target, parse_renewal, positive,
-    require_amqp_name, require_url, split_urls,
+    byte_bound, check_queue_bounds, load_client_key, load_sealer, parse_base_url, parse_permitted_ips,
+    parse_redis_target, parse_renewal, positive, require_amqp_name, require_url, split_urls,
 };
 use secrecy::{ExposeSecret, SecretString};
 use std::net::SocketAddr;
@@ -93,6 +93,15 @@ pub(crate) struct ConnectionArgs {
     /// At most this many dead letters, the oldest dropped first (`0`: no limit).
     #[arg(long, env = "DEAD_LETTER_MAX_LENGTH", default_value_t = 100_000)]
     pub(crate) dead_letter_max_length: u64,
+    /// At most this many bytes of dead-letter bodies, the oldest dropped first (`0`: no
+    /// limit; else at least twice MAX_MESSAGE_BYTES). Part of the queue's declaration.
+    #[arg(long, env = "DEAD_LETTER_MAX_BYTES", default_value_t = topology::DEFAULT_DEAD_LETTER_MAX_BYTES)]
+    pub(crate) dead_letter_max_bytes: u64,
+    /// At most this many bytes of bodies waiting in the retry queue; a copy beyond it is
+    /// refused and its delivery held (`0`: no limit; else at least MAX_MESSAGE_BYTES).
+    /// Part of the queue's declaration.
+    #[arg(long, env = "RETRY_QUEUE_MAX_BYTES", default_value_t = topology::DEFAULT_RETRY_QUEUE_MAX_BYTES)]
+    pub(crate) retry_queue_max_bytes: u64,
     /// PEM file of the CA(s) that sign the broker's certificate (`amqps://`), beside the system's roots.
     #[arg(long, env = "AMQP_TLS_CA_FILE")]
     pub(crate) amqp_tls_ca_file: Option<PathBuf>,
@@ -146,7 +155,9 @@ impl ConnectionArgs {
             dead_letter_retention: Retention {
                 max_age: (!max_age.is_zero()).then_some(max_age),
                 max_length: (self.dead_letter_max_length > 0).then_some(self.dead_letter_max_length),
+                max_bytes: byte_bound("DEAD_LETTER_MAX_BYTES", self.dead_letter_max_bytes)?,
             },
+            retry_queue_max_bytes: byte_bound("RETRY_QUEUE_MAX_BYTES", self.retry_queue_max_bytes)?,
         };
         for (variable, value) in names.as_env() {
             require_amqp_name(variable, value)?;
@@ -375,6 +386,7 @@ impl Settings {
         if args.max_message_bytes == 0 {
             return Err(invalid("MAX_MESSAGE_BYTES", "must be positive"));
         }
+        check_queue_bounds(&names, args.max_message_bytes)?;
         if args.max_attempts == 0 {
             return Err(invalid("MAX_ATTEMPTS", "must be at least 1"));
         }

@@ -2,6 +2,7 @@
 //! value that may carry a secret (URLs, key material).
 
 use super::{invalid, ConfigError, WorkerArgs};
+use crate::amqp::topology::Names;
 use crate::lifecycle::renew::RenewalSettings;
 use crate::seal::Sealer;
 use crate::store::Target;
@@ -14,6 +15,36 @@ use std::time::Duration;
 pub(super) fn positive(variable: &'static str, value: u64) -> Result<(), ConfigError> {
     if value == 0 {
         return Err(invalid(variable, "must be positive"));
+    }
+    Ok(())
+}
+
+/// A queue's bound in bytes, `0` for none. RabbitMQ reads it as a signed 64-bit integer.
+pub(super) fn byte_bound(variable: &'static str, value: u64) -> Result<Option<u64>, ConfigError> {
+    if i64::try_from(value).is_err() {
+        return Err(invalid(variable, format!("must be at most {} bytes", i64::MAX)));
+    }
+    Ok((value > 0).then_some(value))
+}
+
+/// Each queue's byte bound leaves room for the largest message it can get. A retry copy is
+/// the body as it came (at most `MAX_MESSAGE_BYTES`: larger ones are dead-lettered); a
+/// dead letter with its body sealed whole is about 4/3 of it, and a dead-letter queue
+/// dropping from its head to fit a letter larger than its whole bound would drop that
+/// letter too.
+pub(super) fn check_queue_bounds(names: &Names, max_message_bytes: usize) -> Result<(), ConfigError> {
+    let largest = max_message_bytes as u64;
+    if names.dead_letter_retention.max_bytes.is_some_and(|bound| bound < largest.saturating_mul(2)) {
+        return Err(invalid(
+            "DEAD_LETTER_MAX_BYTES",
+            format!("must be 0 (no bound) or at least twice MAX_MESSAGE_BYTES ({} bytes)", largest.saturating_mul(2)),
+        ));
+    }
+    if names.retry_queue_max_bytes.is_some_and(|bound| bound < largest) {
+        return Err(invalid(
+            "RETRY_QUEUE_MAX_BYTES",
+            format!("must be 0 (no bound) or at least MAX_MESSAGE_BYTES ({largest} bytes)"),
+        ));
     }
     Ok(())
 }

@@ -105,12 +105,40 @@ fn redis_is_one_server_by_default_or_a_cluster_of_seed_nodes() {
 fn dead_letter_retention_is_bounded_by_default_and_zero_lifts_a_bound() {
     let default = Settings::from_args(args(&[])).unwrap().amqp.names.dead_letter_retention;
     assert_eq!(default, Retention::DEFAULT);
-    let unbounded = Settings::from_args(args(&["--dead-letter-max-age", "0", "--dead-letter-max-length", "0"]))
-        .unwrap()
-        .amqp
-        .names
-        .dead_letter_retention;
-    assert_eq!(unbounded, Retention { max_age: None, max_length: None });
+    let unbounded = Settings::from_args(args(&[
+        "--dead-letter-max-age",
+        "0",
+        "--dead-letter-max-length",
+        "0",
+        "--dead-letter-max-bytes",
+        "0",
+        "--retry-queue-max-bytes",
+        "0",
+    ]))
+    .unwrap()
+    .amqp
+    .names;
+    assert_eq!(unbounded.dead_letter_retention, Retention { max_age: None, max_length: None, max_bytes: None });
+    assert_eq!(unbounded.retry_queue_max_bytes, None);
+}
+
+#[test]
+fn queue_byte_bounds_default_to_bounded_and_must_fit_the_largest_message() {
+    let names = Settings::from_args(args(&[])).unwrap().amqp.names;
+    assert_eq!(names.dead_letter_retention.max_bytes, Some(256 << 20));
+    assert_eq!(names.retry_queue_max_bytes, Some(1 << 30));
+    let small = ["--max-message-bytes", "1000", "--dead-letter-max-bytes", "2000", "--retry-queue-max-bytes", "1000"];
+    let names = Settings::from_args(args(&small)).unwrap().amqp.names;
+    assert_eq!((names.dead_letter_retention.max_bytes, names.retry_queue_max_bytes), (Some(2000), Some(1000)));
+
+    let err = error_of(&["--max-message-bytes", "1000", "--dead-letter-max-bytes", "1999"]);
+    assert_eq!(err.variable, "DEAD_LETTER_MAX_BYTES");
+    assert!(err.to_string().contains("2000"), "{err}");
+    let err = error_of(&["--max-message-bytes", "1000", "--retry-queue-max-bytes", "999"]);
+    assert_eq!(err.variable, "RETRY_QUEUE_MAX_BYTES");
+    // RabbitMQ reads the argument as a signed 64-bit integer.
+    assert_eq!(error_of(&["--retry-queue-max-bytes", &u64::MAX.to_string()]).variable, "RETRY_QUEUE_MAX_BYTES");
+    assert_eq!(error_of(&["--dead-letter-max-bytes", &u64::MAX.to_string()]).variable, "DEAD_LETTER_MAX_BYTES");
 }
 
 #[test]

@@ -1,4 +1,6 @@
 use crate::helpers::*;
+use bunq_session_worker::amqp::topology::{self, Names};
+use lapin::options::{BasicGetOptions, BasicRejectOptions};
 use std::time::Duration;
 use test_support::{expiry_in, provision_body, random_id, random_token, ready_body};
 
@@ -117,17 +119,67 @@ async fn the_dead_letter_queue_is_bounded_and_drops_its_oldest_first() {
 }
 
 #[tokio::test]
+async fn the_dead_letter_and_retry_queues_are_bounded_by_bytes() {
+    use lapin::options::BasicPublishOptions;
+    let flags = ["--max-message-bytes=1024", "--dead-letter-max-bytes=2500", "--retry-queue-max-bytes=2500"];
+    let app = spawn_app_with(AppOptions { flags: flags.map(String::from).to_vec(), ..Default::default() }).await;
+    // 1000 bytes each, nothing in them that could be a credential: kept as they came.
+    let body = |n: u32| format!("bad {n}{}", " ".repeat(994)).into_bytes();
+    for n in 1..=3 {
+        app.publish(&body(n)).await;
+        app.wait_idle(WAIT).await;
+    }
+    // Over 2500 bytes with the third: the oldest went.
+    assert_eq!(app.ready_count(&app.names.dead_letter_queue.clone()).await, 2);
+    assert_eq!(app.next_dead_letter(WAIT).await.unwrap().0, body(2));
+
+    // The retry queue is declared with its bound: RabbitMQ refuses another, naming it.
+    let connection = test_support::connect_amqp(test_support::AMQP_URL).await.unwrap();
+    let other = Names { retry_queue_max_bytes: Some(2501), ..app.names.clone() };
+    let refused = topology::declare(&connection.create_channel().await.unwrap(), &other).await.unwrap_err();
+    let refused = format!("{refused:?}");
+    assert!(refused.contains("x-max-length-bytes") && refused.contains("current is '2500'"), "{refused}");
+    let _ = connection.close(200, "done".into()).await;
+    // Full, it refuses a copy (the worker then holds the delivery and tries again) rather
+    // than dropping one: copies that never expire fill it past the bound, the next is nacked.
+    let mut confirms = Vec::new();
+    for n in 1..=4 {
+        let copy = body(n);
+        let publish = app.channel().basic_publish(
+            "".into(),
+            app.names.retry_queue.as_str().into(),
+            BasicPublishOptions::default(),
+            &copy,
+            lapin::BasicProperties::default(),
+        );
+        confirms.push(publish.await.unwrap().await.unwrap().is_ack());
+    }
+    assert_eq!(confirms, [true, true, true, false]);
+    assert_eq!(app.ready_count(&app.names.retry_queue.clone()).await, 3);
+    app.teardown().await;
+}
+
+#[tokio::test]
 async fn a_message_returned_too_often_is_dead_lettered_by_the_worker_with_its_credential_removed() {
-    let app = spawn_app().await;
+    let mut app = spawn_app().await;
+    // Returned unsettled 10 times before a worker sees it again, as when each delivery
+    // killed the worker handling it: RabbitMQ's own limit (20) would dead-letter the body
+    // as it came. RabbitMQ counts the returns in `x-delivery-count` on each redelivery.
+    app.stop_worker().await;
     let (id, token) = (random_id(), random_token());
-    // As a quorum queue marks a message returned unsettled 12 times (each time the worker
-    // died handling it): RabbitMQ's own limit (20) would dead-letter the body as it came.
-    let mut headers = lapin::types::FieldTable::default();
-    headers.insert("x-delivery-count".into(), lapin::types::AMQPValue::LongLongInt(12));
-    let properties = lapin::BasicProperties::default().with_message_id("m-returned".into()).with_headers(headers);
+    let properties = lapin::BasicProperties::default().with_message_id("m-returned".into());
     let confirm =
         test_support::publish_input(app.channel(), &app.names, &ready_body(id, &token), properties).await.unwrap();
     assert!(confirm.is_ack());
+    let queue = app.names.input_queue.clone();
+    for returned in 0..10 {
+        let message = app.channel().basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false }).await.unwrap();
+        let message = message.expect("the message is back in the queue");
+        assert_eq!(message.delivery.redelivered, returned > 0);
+        message.reject(BasicRejectOptions { requeue: true }).await.unwrap();
+    }
+    app.spawn_replica().await;
+
     let (body, properties) = app.next_dead_letter(WAIT).await.expect("dead-lettered");
     assert_eq!(header_str(&properties, "x-dead-letter-reason").as_deref(), Some("redelivered_too_often"));
     assert_eq!(header_str(&properties, "x-credential").as_deref(), Some("removed"));

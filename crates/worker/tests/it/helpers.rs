@@ -221,6 +221,15 @@ impl TestApp {
         ops_addr
     }
 
+    /// Stops the first worker: its unsettled deliveries return to the queue.
+    /// [`TestApp::spawn_replica`] starts another.
+    pub async fn stop_worker(&mut self) {
+        self.shutdown.cancel();
+        if let Some(worker) = self.worker.take() {
+            worker.await.unwrap().unwrap();
+        }
+    }
+
     /// Stops the worker and removes everything the test created.
     pub async fn teardown(mut self) {
         for (shutdown, replica) in self.replicas.drain(..) {

@@ -6,6 +6,7 @@ mod budget;
 mod closing;
 mod downstream;
 mod end_to_end;
+mod forged_headers;
 mod helpers;
 mod leaks;
 mod operations;

@@ -108,6 +108,53 @@ async fn without_a_key_a_dead_letter_holds_no_token_and_waits_for_a_fresh_event(
 }
 
 #[tokio::test]
+async fn a_replay_goes_back_the_way_the_message_came_with_none_of_the_workers_headers() {
+    use lapin::options::{BasicGetOptions, QueueBindOptions, QueueDeclareOptions};
+    use lapin::types::{AMQPValue, FieldTable, LongString};
+    let app = spawn_app().await;
+    // Sees what reaches the input exchange: the publish, then the replay. Exclusive, so it
+    // goes with the test's connection.
+    let tap = app
+        .channel()
+        .queue_declare("".into(), QueueDeclareOptions { exclusive: true, ..Default::default() }, FieldTable::default())
+        .await
+        .unwrap();
+    let exchange = app.names.input_exchange.as_str();
+    let bind = QueueBindOptions { nowait: false };
+    app.channel()
+        .queue_bind(tap.name().clone(), exchange.into(), "#".into(), bind, FieldTable::default())
+        .await
+        .unwrap();
+    // A publisher's forged route would send the replay elsewhere, were it kept.
+    let mut headers = FieldTable::default();
+    for (name, value) in [("x-original-exchange", "elsewhere"), ("x-attempts", "7"), ("x-partner", "kept")] {
+        headers.insert(name.into(), AMQPValue::LongString(LongString::from(value)));
+    }
+    let properties = lapin::BasicProperties::default().with_message_id("m-replayed".into()).with_headers(headers);
+    test_support::publish_input(app.channel(), &app.names, b"not an event", properties).await.unwrap();
+    app.wait_idle(WAIT).await;
+
+    let replayed = cli(&app, &["dead-letters", "replay"]);
+    assert!(replayed.status.success(), "{}", String::from_utf8_lossy(&replayed.stderr));
+    assert!(String::from_utf8_lossy(&replayed.stdout).contains("replayed 1 message"));
+    let get = || app.channel().basic_get(tap.name().as_str().into(), BasicGetOptions { no_ack: true });
+    get().await.unwrap().expect("the publish");
+    let replay = get().await.unwrap().expect("the replay went to the input exchange");
+    assert_eq!(replay.delivery.exchange.as_str(), exchange);
+    assert_eq!(replay.delivery.routing_key.as_str(), test_support::ROUTING_KEY);
+    let mut carried: Vec<String> =
+        replay.delivery.properties.headers().as_ref().unwrap().inner().keys().map(|k| k.to_string()).collect();
+    carried.sort();
+    // What the publisher sent that is not the worker's, and the replay count.
+    assert_eq!(carried, ["x-partner", "x-replays"]);
+
+    let (_, properties) = app.next_dead_letter(WAIT).await.expect("malformed again");
+    assert_eq!(header_str(&properties, "x-original-exchange").as_deref(), Some(exchange));
+    assert_eq!(bunq_session_worker::amqp::headers::attempts(&properties), 1);
+    app.teardown().await;
+}
+
+#[tokio::test]
 async fn check_names_the_dependency_that_fails() {
     let app = spawn_app().await;
     // Asynchronous: the fake answering `check` runs on this test's runtime.
