@@ -10,6 +10,7 @@
 //! - [`ops`]: waiting for `/readyz`, reading `/metrics`.
 //! - [`cleanup`]: removing what a test created, also when it panics ([`Leftovers`]).
 //! - [`bodies`]: provision events as bunq sends them.
+//! - [`redis_pair`]: a Redis primary with one replica, for writes that must be replicated.
 //! - [`oracle`]: what the worker should keep of an input, from the input alone.
 //! - [`logging`]: test logging, quiet unless `TEST_LOG` is set, with production's filter.
 
@@ -23,6 +24,7 @@ pub mod names;
 pub mod nodes;
 pub mod ops;
 pub mod oracle;
+pub mod redis_pair;
 pub mod services;
 pub mod settings;
 pub mod upstream;

@@ -7,7 +7,7 @@
 
 use crate::helpers::*;
 use std::time::Duration;
-use test_support::nodes::RedisPair;
+use test_support::redis_pair::RedisPair;
 use test_support::{random_id, random_token, ready_body};
 
 #[tokio::test]
