@@ -203,7 +203,7 @@ async fn main() -> anyhow::Result<()> {
     if let Ok(only) = std::env::var("BENCH_ONLY") {
         // Iterating on the budget: one backlog scenario alone, nothing written.
         let scenario = if only == "churn" { &churn_scenario } else { &deadline_scenario };
-        let outcome = backlog::run(scenario, &connection, &channel, names, &capture, &run).await?;
+        let outcome = backlog::run(scenario, &connection, &channel).await?;
         println!("{outcome:?}\nserved before expiry / possible: {:.3}", outcome.served_ratio());
         leftovers.clean().await?;
         return Ok(());
@@ -291,8 +291,8 @@ async fn main() -> anyhow::Result<()> {
     fake.shutdown().await;
 
     // Backlog: more credentials than the budget serves before they expire.
-    let backlog = backlog::run(&deadline_scenario, &connection, &channel, names, &capture, &run).await?;
-    let churn = backlog::run(&churn_scenario, &connection, &channel, names, &capture, &run).await?;
+    let backlog = backlog::run(&deadline_scenario, &connection, &channel).await?;
+    let churn = backlog::run(&churn_scenario, &connection, &channel).await?;
 
     let figures = Figures {
         cores,

@@ -38,22 +38,20 @@ async fn an_earlier_deadline_arriving_later_is_served_first_by_every_replica() {
     let (a, b) = (budget(&prefix, "1/1s", Duration::from_secs(300)), budget(&prefix, "1/1s", Duration::from_secs(300)));
     assert_eq!(a.admit(Waiter::Open(1), in_secs(600), true, HOLD).await.unwrap(), Admission::Go);
 
-    // Replica A holds provision 2 (deadline in 10 min) for the next slot, ~1 s away.
+    // Replica A holds provision 2 (deadline in 10 min) for the next slot.
     let late = hold_ms(a.admit(Waiter::Open(2), in_secs(600), true, HOLD).await.unwrap());
-    assert!((800..=1025).contains(&late), "{late}");
-    // Replica B gets provision 3, whose credential expires in 20 s: it goes first.
+    // Replica B gets provision 3, whose credential expires in 20 s: it goes first, and 2
+    // moves a slot back (order, not times: a loaded machine stretches the times).
     let early = hold_ms(b.admit(Waiter::Open(3), in_secs(20), true, HOLD).await.unwrap());
-    assert!((800..=1025).contains(&early), "{early}");
     let pushed = hold_ms(a.admit(Waiter::Open(2), in_secs(600), true, HOLD).await.unwrap());
-    assert!((1800..=2050).contains(&pushed), "provision 2 must wait behind 3: {pushed}");
+    assert!(pushed > early && pushed > late, "provision 2 must wait behind 3: {late} {early} {pushed}");
 
-    // At the slot, 2 finds it is 3's; 3 takes it, then 2 gets the one after.
-    tokio::time::sleep(Duration::from_millis(early as u64 + 20)).await;
-    assert!(matches!(a.admit(Waiter::Open(2), in_secs(600), true, HOLD).await.unwrap(), Admission::Hold(_)));
-    let waited = b.acquire(Waiter::Open(3), in_secs(20), HOLD).await.unwrap().waited;
-    assert!(waited < Duration::from_millis(100), "3's slot was free: {waited:?}");
-    let waited = a.acquire(Waiter::Open(2), in_secs(600), HOLD).await.unwrap().waited;
-    assert!(waited >= Duration::from_millis(900), "{waited:?}");
+    // Both wait for their slots at once, on two replicas: 3 gets the first, 2 the next.
+    let (first, second) = tokio::join!(
+        async { (b.acquire(Waiter::Open(3), in_secs(20), HOLD).await.unwrap(), std::time::Instant::now()) },
+        async { (a.acquire(Waiter::Open(2), in_secs(600), HOLD).await.unwrap(), std::time::Instant::now()) },
+    );
+    assert!(first.1 < second.1, "3 was served after 2");
     delete_keys(&mut connect_redis(REDIS_URL).unwrap(), &prefix).await.unwrap();
 }
 
@@ -63,26 +61,29 @@ async fn a_waiter_the_budget_cannot_reach_before_its_deadline_is_told_at_once() 
     let budget = budget(&prefix, "1/2s", Duration::from_secs(300));
     // Three present waiters expiring in 7 s hold the next three slots (~2, 4, 6 s).
     assert_eq!(budget.admit(Waiter::Open(1), in_secs(60), true, HOLD).await.unwrap(), Admission::Go);
-    for id in 2..=4 {
-        hold_ms(budget.admit(Waiter::Open(id), in_secs(7), true, HOLD).await.unwrap());
-    }
-    // A credential expiring in 8 s would get the slot at ~8.2 s: hopeless, told without
-    // waiting.
-    let started = std::time::Instant::now();
-    match budget.acquire(Waiter::Open(5), in_secs(8), HOLD).await {
+    let holds: Vec<u128> =
+        futures_util::future::join_all((2..=4).map(|id| budget.admit(Waiter::Open(id), in_secs(7), true, HOLD)))
+            .await
+            .into_iter()
+            .map(|admitted| hold_ms(admitted.unwrap()))
+            .collect();
+    let third = *holds.iter().max().unwrap();
+    // A credential expiring in 8 s would get the slot after the three: hopeless, told
+    // without waiting for it (the slot is seconds away; the answer comes well inside).
+    let told = tokio::time::timeout(Duration::from_secs(5), budget.acquire(Waiter::Open(5), in_secs(8), HOLD));
+    match told.await.expect("told at once, not at its slot") {
         Err(RateLimitError::NoSlotBeforeDeadline { slot_in, ahead, .. }) => {
             assert_eq!(ahead, 3);
-            assert!(slot_in >= Duration::from_secs(7), "{slot_in:?}");
+            assert!(slot_in.as_millis() > third, "{slot_in:?} after {third}");
         }
         other => panic!("expected no slot before the deadline, got {other:?}"),
     }
-    assert!(started.elapsed() < Duration::from_millis(500));
     // It took nothing and is not in the line: a credential with room is still planned
     // after the three.
     let plan = budget.plan().await.unwrap();
     assert_eq!((plan.waiting, plan.servable, plan.hopeless), (3, 3, 0), "{plan:?}");
     let next = hold_ms(budget.admit(Waiter::Open(6), in_secs(600), true, HOLD).await.unwrap());
-    assert!((7_000..=8_300).contains(&next), "{next}");
+    assert!(next > third, "{next} is not after the three ({third})");
     delete_keys(&mut connect_redis(REDIS_URL).unwrap(), &prefix).await.unwrap();
 }
 
@@ -98,10 +99,10 @@ async fn a_parked_waiter_keeps_its_slot_only_if_it_is_back_in_time() {
     }
     let parked = budget.admit(Waiter::Open(9), in_secs(40), true, Duration::from_secs(1)).await.unwrap();
     let Admission::Park(after) = parked else { panic!("expected to park, got {parked:?}") };
-    assert!(after >= Duration::from_millis(1900) && after <= Duration::from_millis(2125), "{after:?}");
+    assert!(after > Duration::from_secs(1), "parked for less than it would be held: {after:?}");
     // Its slot is kept: a later deadline present now is planned after it.
     let behind = hold_ms(budget.admit(Waiter::Open(10), in_secs(50), true, HOLD).await.unwrap());
-    assert!(behind >= 2_900, "{behind}");
+    assert!(behind > after.as_millis(), "{behind} is not after 9's slot ({after:?} away, minus its lead)");
     let plan = budget.plan().await.unwrap();
     assert_eq!((plan.waiting, plan.servable), (6, 6), "{plan:?}");
     assert!(plan.earliest_deadline_in.unwrap() > Duration::from_secs(25), "{plan:?}");
@@ -114,7 +115,7 @@ async fn a_parked_waiter_keeps_its_slot_only_if_it_is_back_in_time() {
         assert!(matches!(gone, Admission::Hopeless { .. }), "{gone:?}");
     }
     let waited = budget.acquire(Waiter::Open(10), in_secs(50), HOLD).await.unwrap().waited;
-    assert!(waited < Duration::from_millis(1_500), "10 waited for an absent waiter's slot: {waited:?}");
+    assert!(waited < after, "10 waited for an absent waiter's slot: {waited:?}");
     delete_keys(&mut connect_redis(REDIS_URL).unwrap(), &prefix).await.unwrap();
 }
 
@@ -160,10 +161,12 @@ async fn the_worker_serves_the_earliest_expiry_first_and_gives_up_early_on_what_
         let (letter, properties) =
             app.next_dead_letter(Duration::from_secs(4)).await.expect("the two that cannot fit, early");
         assert_eq!(header_str(&properties, "x-dead-letter-reason").as_deref(), Some("credential_expired"));
+        let detail = header_str(&properties, "x-dead-letter-detail").unwrap();
+        assert!(detail.contains("cannot serve this call before its deadline"), "{detail}");
         let value: serde_json::Value = serde_json::from_slice(&letter).unwrap();
         given_up.insert(value["NotificationUrl"]["object"]["PartnerUserProvision"]["id"].as_u64().unwrap());
     }
-    assert!(published.elapsed() < Duration::from_secs(3), "dead-lettered only after {:?}", published.elapsed());
+    // Given up because the budget cannot reach them in time, not because they expired.
     assert_eq!(given_up, short[3..].iter().copied().collect::<HashSet<_>>(), "the latest deadlines give up");
 
     // Everything else gets its session, the short ones before their expiry.

@@ -23,13 +23,15 @@ fn close_body(id: u64, status: &str) -> Vec<u8> {
 async fn keys_left(app: &TestApp) -> Vec<String> {
     let mut scan = app.redis.scan(&format!("{}*", app.prefix)).await.unwrap();
     let mut keys = Vec::new();
-    // The closed marker and the lock's generation outlive a close by design: the marker
-    // stops late events, the generation keeps the fence moving forward (a holder from
-    // before the close cannot write after it).
+    // The closed marker, the lock's generation and the newest credential outlive a close
+    // by design: the marker stops late events, the generation keeps the fence moving
+    // forward (a holder from before the close cannot write after it), the credential order
+    // keeps an older credential from coming back.
     let kept = [
         format!("{}closed:", app.prefix),
         format!("{}ratelimit:", app.prefix),
         format!("{}lock-generation:", app.prefix),
+        format!("{}newest-credential:", app.prefix),
     ];
     while let Some(batch) = scan.next_batch().await.unwrap() {
         keys.extend(batch.into_iter().filter(|k| !kept.iter().any(|p| k.starts_with(p.as_str()))));
@@ -105,7 +107,13 @@ async fn a_close_arriving_while_the_session_opens_wins() {
     let app = spawn_app_with(AppOptions { fake, ..Default::default() }).await;
     let (id, token) = (random_id(), random_token());
     app.publish(&ready_body(id, &token)).await;
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // The close goes out once the open is inside its handshake (holding the lock): bunq
+    // has seen its device-server call, and its session-server call is still to come.
+    let deadline = std::time::Instant::now() + WAIT;
+    while !app.fake.calls().iter().any(|c| c.endpoint == Endpoint::DeviceServer) {
+        assert!(std::time::Instant::now() < deadline, "the open never reached device-server");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     app.publish(&close_body(id, "CANCELLED")).await;
 
     let mut events = Vec::new();

