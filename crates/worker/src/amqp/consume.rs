@@ -12,8 +12,10 @@ use crate::provision::handler::{Handler, Incoming};
 use crate::provision::outcome::Outcome;
 use crate::seal::Sealer;
 use crate::store::gate::RedisGate;
+use futures_util::FutureExt as _;
 use lapin::message::Delivery;
 use lapin::types::AMQPValue;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Instant;
 use tracing::Instrument;
@@ -115,7 +117,16 @@ impl DeliveryContext {
                 }
             } else {
                 let incoming = Incoming { attempt, correlation_id: correlation_id.as_deref() };
-                let Some(outcome) = self.handle_holding_for_redis(&decoded, incoming).await else {
+                let handled = AssertUnwindSafe(self.handle_holding_for_redis(&decoded, incoming)).catch_unwind().await;
+                let Ok(handled) = handled else {
+                    // A bug met this delivery: back to the queue now, not unacked until
+                    // RabbitMQ's consumer timeout; returned too often, it is dead-lettered.
+                    tracing::error!(event = "delivery_panicked");
+                    self.settle(settler, delivery.delivery_tag, Settlement::Return, "returned").await;
+                    self.metrics.observe_delivery("returned", "panicked", started.elapsed());
+                    return;
+                };
+                let Some(outcome) = handled else {
                     // Shutdown while held: left unsettled, it returns to the queue with
                     // no attempt spent.
                     tracing::info!(event = "released_for_redis");

@@ -18,7 +18,7 @@ use super::headers;
 use super::topology;
 use super::topology::Names;
 use crate::metrics::Metrics;
-use lapin::options::{BasicAckOptions, BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::{BasicAckOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Confirmation, PublisherConfirm};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
@@ -30,6 +30,9 @@ const MAX_BATCH: usize = 256;
 pub(crate) enum Settlement {
     /// Done with (announced or skipped).
     Ack,
+    /// Back to the queue as it is (`basic.nack` with requeue): RabbitMQ counts it in
+    /// `x-delivery-count`, which the worker bounds.
+    Return,
     /// Moved: the copy is published and confirmed, then the original acked.
     Move(Box<Moved>),
 }
@@ -40,7 +43,7 @@ impl Settlement {
     pub(crate) fn try_clone(&self) -> Option<Self> {
         match self {
             Settlement::Move(moved) => Some(Settlement::Move(moved.clone())),
-            Settlement::Ack => None,
+            Settlement::Ack | Settlement::Return => None,
         }
     }
 }
@@ -157,7 +160,7 @@ impl Committer {
         let mut pending = Vec::with_capacity(batch.len());
         for request in batch {
             let published = match &request.settlement {
-                Settlement::Ack => None,
+                Settlement::Ack | Settlement::Return => None,
                 Settlement::Move(copy) => Some((self.publish(copy).await, copy)),
             };
             pending.push(published);
@@ -168,13 +171,18 @@ impl Committer {
                 None => Ok(()),
                 Some((published, copy)) => self.confirmed(published, copy).await,
             };
-            let result = match copied {
-                Ok(()) => self
+            let result = match (copied, &request.settlement) {
+                (Ok(()), Settlement::Return) => self
+                    .channel
+                    .basic_nack(request.delivery_tag, BasicNackOptions { multiple: false, requeue: true })
+                    .await
+                    .map_err(SettleError::from),
+                (Ok(()), _) => self
                     .channel
                     .basic_ack(request.delivery_tag, BasicAckOptions { multiple: false })
                     .await
                     .map_err(SettleError::from),
-                Err(e) => Err(e),
+                (Err(e), _) => Err(e),
             };
             results.push(result);
         }

@@ -48,6 +48,8 @@ pub(crate) struct Supervisor {
 
 const RECONNECT_MIN: Duration = Duration::from_millis(200);
 const RECONNECT_MAX: Duration = Duration::from_secs(15);
+/// A connection that lived this long was healthy: the backoff starts over after it.
+const RECONNECT_HEALTHY: Duration = Duration::from_secs(30);
 
 impl Supervisor {
     pub(crate) fn new(settings: &AmqpSettings, context: Arc<DeliveryContext>, publish: PublishChannel) -> Self {
@@ -83,17 +85,24 @@ impl Supervisor {
         let permits = Arc::new(Semaphore::new(usize::from(self.prefetch)));
         let mut delay = RECONNECT_MIN;
         while !shutdown.is_cancelled() {
+            let started = tokio::time::Instant::now();
             match self.connection_life(&shutdown, &permits).await {
                 Ok(()) => return,
                 Err(e) => {
                     self.consuming.store(false, Ordering::SeqCst);
                     self.publish.set(None);
+                    // A connection that lived a while was healthy: this loss starts afresh.
+                    if started.elapsed() >= RECONNECT_HEALTHY {
+                        delay = RECONNECT_MIN;
+                    }
                     tracing::warn!(event = "amqp_disconnected", error = %e, retry_in_ms = delay.as_millis() as u64);
                 }
             }
+            // Jittered: replicas that lost the broker together do not all return at once.
+            let pause = delay.mul_f64(0.5 + rand::random::<f64>());
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(delay) => {}
+                _ = tokio::time::sleep(pause) => {}
             }
             delay = (delay * 2).min(RECONNECT_MAX);
         }

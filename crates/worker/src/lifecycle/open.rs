@@ -21,6 +21,10 @@ use time::OffsetDateTime;
 /// window is 1 h (sandbox) to 4 h (production).
 const HANDSHAKE_TTL: Duration = Duration::from_secs(24 * 3600);
 
+/// The longest a session is taken to live, whatever bunq's `session_timeout` says (its
+/// users' settings go up to days; a year is beyond any of them).
+const MAX_SESSION_LIFE: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// A provision to open a session for (decided by `provision::decide`): everything the later steps need, secret wrapped.
 #[derive(Debug, Clone)]
 pub struct ReadyProvision {
@@ -239,7 +243,8 @@ impl SessionOpener {
             installation_token: installation.token.clone(),
             server_public_key: installation.server_key.pem().to_owned(),
             created_at: now,
-            expires_at: now + opened.session_timeout,
+            // bunq's value, bounded: a nonsensical one must not overflow the clock.
+            expires_at: now + opened.session_timeout.min(MAX_SESSION_LIFE),
         })
     }
 

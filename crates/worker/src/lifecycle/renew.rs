@@ -21,7 +21,7 @@ use crate::failure::{Failure, Reason, Retry};
 use crate::metrics::Metrics;
 use crate::store::gate::RedisGate;
 use crate::store::{Claim, Credential, Session};
-use futures_util::StreamExt as _;
+use futures_util::{FutureExt as _, StreamExt as _};
 use std::sync::Arc;
 use std::time::Duration;
 use time::OffsetDateTime;
@@ -141,7 +141,15 @@ impl Renewer {
                 continue;
             }
             loop {
-                match self.pass(&shutdown).await {
+                // A bug in one pass must not end renewal on this replica: the claimed
+                // entries' leases run out and they come due again.
+                let pass = std::panic::AssertUnwindSafe(self.pass(&shutdown)).catch_unwind().await;
+                let Ok(pass) = pass else {
+                    self.metrics.observe_renewal("panicked");
+                    tracing::error!(event = "renewal_pass_panicked");
+                    break;
+                };
+                match pass {
                     // A full claim: more may be due. Claiming a few at a time leaves the
                     // rest to other replicas' passes.
                     Ok(claimed) if claimed == BATCH && !shutdown.is_cancelled() => {}
@@ -225,13 +233,15 @@ impl Renewer {
     }
 
     async fn renew(&self, provision_id: u64, trigger: Trigger) -> Result<Renewal, Failure> {
-        let Some(credential) = self.parts.store.load_credential(provision_id).await? else {
-            self.parts.store.unschedule_renewal(provision_id).await?;
-            return Ok(Renewal::NothingToRenew);
+        // The tag names the credential the lock is for; without one the lock is still taken,
+        // so the entry is dropped only when no open is writing a credential right now.
+        let tag = match self.parts.store.load_credential(provision_id).await? {
+            Some(credential) => credential.tag,
+            None => "renewal".to_owned(),
         };
         let work = |claim| self.renew_locked(claim, trigger);
         let ttl = self.settings.lock_ttl;
-        match self.parts.store.with_lock(provision_id, credential.tag, &self.parts.owner, ttl, work).await? {
+        match self.parts.store.with_lock(provision_id, tag, &self.parts.owner, ttl, work).await? {
             Some(renewal) => renewal,
             None => Ok(Renewal::Busy),
         }

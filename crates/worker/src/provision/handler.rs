@@ -288,8 +288,9 @@ pub(crate) fn after_failure(
         Retry::Permanent => return Outcome::DeadLetter { reason: failure.reason, detail: failure.detail },
         Retry::Transient { after } => after,
     };
-    // Our own budget's wait and replicas catching up are backpressure, not failures.
-    let counts_as_attempt = !matches!(failure.reason, Reason::Throttled | Reason::NotReplicated);
+    // Our own budget's wait, replicas catching up and a lock another holder took over
+    // (it finishes the job) are not failures of this delivery.
+    let counts_as_attempt = !matches!(failure.reason, Reason::Throttled | Reason::NotReplicated | Reason::LockBusy);
     if counts_as_attempt && attempt >= settings.max_attempts {
         return Outcome::DeadLetter {
             reason: Reason::RetriesExhausted,
@@ -357,6 +358,14 @@ mod tests {
                 assert!(detail.contains("bunq_unavailable"), "{detail}");
             }
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_lock_another_holder_took_over_or_replicas_behind_spend_no_attempt() {
+        for reason in [Reason::LockBusy, Reason::NotReplicated] {
+            let outcome = after_failure(&settings(), None, transient(reason, None), 5, NOW);
+            assert!(matches!(outcome, Outcome::Retry { counts_as_attempt: false, .. }), "{reason:?}: {outcome:?}");
         }
     }
 
