@@ -18,6 +18,9 @@ pub(crate) enum Reason {
     Throttled,
     RedisUnavailable,
     CorruptState,
+    /// A record sealed by a key this replica does not hold: a key rotation rolling out
+    /// (docs/contracts.md §2.4). Retried, within the delivery's attempts.
+    UnknownKey,
     PublishFailed,
     OutputUnroutable,
     LockBusy,
@@ -40,6 +43,7 @@ impl Reason {
             Reason::Throttled => "throttled",
             Reason::RedisUnavailable => "redis_unavailable",
             Reason::CorruptState => "corrupt_state",
+            Reason::UnknownKey => "unknown_key",
             Reason::PublishFailed => "publish_failed",
             Reason::OutputUnroutable => "output_unroutable",
             Reason::LockBusy => "lock_busy",

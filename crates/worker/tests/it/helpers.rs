@@ -213,12 +213,28 @@ impl TestApp {
     /// Starts another worker on the same queues, Redis prefix and fake bunq (a second
     /// replica; its own consumer tag); stopped at teardown. Returns its ops address.
     pub async fn spawn_replica(&mut self) -> SocketAddr {
-        let worker = Worker::build(self.env.settings()).await.unwrap();
+        self.spawn_replica_with(&[]).await
+    }
+
+    /// The same, with `flags` on top of the first worker's settings (a replica of a
+    /// rollout's new configuration).
+    pub async fn spawn_replica_with(&mut self, flags: &[String]) -> SocketAddr {
+        let env = flags.iter().fold(self.env.clone(), |env, flag| env.set_flag(flag));
+        let worker = Worker::build(env.settings()).await.unwrap();
         let ops_addr = worker.ops_addr();
         let shutdown = CancellationToken::new();
         self.replicas.push((shutdown.clone(), tokio::spawn(worker.run_until_stopped(shutdown))));
         assert!(ops::wait_ready(ops_addr, Duration::from_secs(15)).await, "replica never became ready");
         ops_addr
+    }
+
+    /// Stops the first worker (as a rollout replaces a pod); replicas go on. Its ops
+    /// address answers no more: [`Self::metrics`] and [`Self::wait_idle`] need it.
+    pub async fn stop_first_worker(&mut self) {
+        self.shutdown.cancel();
+        if let Some(worker) = self.worker.take() {
+            worker.await.unwrap().unwrap();
+        }
     }
 
     /// Stops the worker and removes everything the test created.

@@ -12,4 +12,5 @@ mod operations;
 mod process;
 mod redis_parts;
 mod renewal;
+mod sealing;
 mod settlement;
