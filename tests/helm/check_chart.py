@@ -174,6 +174,13 @@ class Chart(unittest.TestCase):
                     key = Path(ARGS.tmp) / "session_encryption.key"
                     key.write_bytes(os.urandom(32))
                     env["SESSION_ENCRYPTION_KEY_FILE"] = str(key)
+                if "SESSION_ENCRYPTION_OLD_KEY_FILES" in env:
+                    olds = []
+                    for path in env["SESSION_ENCRYPTION_OLD_KEY_FILES"].split(","):
+                        old = Path(ARGS.tmp) / Path(path).name
+                        old.write_bytes(os.urandom(32))
+                        olds.append(str(old))
+                    env["SESSION_ENCRYPTION_OLD_KEY_FILES"] = ",".join(olds)
                 # TLS files as the Secrets would project them, and TLS URLs to go with them.
                 for service, scheme in (("AMQP", "amqps"), ("REDIS", "rediss")):
                     if f"{service}_TLS_CA_FILE" in env or f"{service}_TLS_CERT_FILE" in env:
@@ -203,6 +210,37 @@ class Chart(unittest.TestCase):
             self.assertEqual(projected[path.name], secret, variable)
         self.assertNotIn("REDIS_TLS_CERT_FILE", full.config, "certKey empty: no client certificate")
         self.assertNotIn("AMQP_TLS_CA_FILE", self.renders[0].config, "no TLS files by default")
+
+    def test_old_encryption_keys_come_from_their_secrets_where_the_configuration_points(self):
+        with_old = [r for r in self.renders if r.values.get("sessionEncryption", {}).get("oldKeys")]
+        self.assertTrue(with_old, "a ci/ values file must set sessionEncryption.oldKeys")
+        for rendered in self.renders:
+            with self.subTest(values=rendered.path.name):
+                old_keys = rendered.values.get("sessionEncryption", {}).get("oldKeys", [])
+                if not old_keys:
+                    self.assertNotIn("SESSION_ENCRYPTION_OLD_KEY_FILES", rendered.config)
+                    continue
+                mounts = {m["name"]: m for m in rendered.container["volumeMounts"]}
+                sources = rendered.pod["volumes"][[v["name"] for v in rendered.pod["volumes"]].index("keys")]
+                projected = {
+                    item["path"]: (s["secret"]["name"], item["key"])
+                    for s in sources["projected"]["sources"]
+                    for item in s["secret"]["items"]
+                }
+                paths = rendered.config["SESSION_ENCRYPTION_OLD_KEY_FILES"].split(",")
+                self.assertEqual(len(paths), len(old_keys))
+                for path, old in zip(paths, old_keys):
+                    path = Path(path)
+                    self.assertEqual(str(path.parent), mounts["keys"]["mountPath"])
+                    expected = (old["existingSecret"], old.get("secretKey", "session_encryption.key"))
+                    self.assertEqual(projected[path.name], expected, path)
+                    self.assertNotEqual(path.name, Path(rendered.config["SESSION_ENCRYPTION_KEY_FILE"]).name)
+        old_key = {"sessionEncryption": {"oldKeys": [{"existingSecret": "previous"}]}}
+        with self.assertRaisesRegex(helm_python.HelmError, r"sessionEncryption.oldKeys needs sessionEncryption.existingSecret"):
+            render(merge(self.minimal, old_key))
+        nameless = {"sessionEncryption": {"existingSecret": "current", "oldKeys": [{"secretKey": "k"}]}}
+        with self.assertRaisesRegex(helm_python.HelmError, re.escape("sessionEncryption.oldKeys[0].existingSecret")):
+            render(merge(self.minimal, nameless))
 
     def test_the_default_image_is_what_make_image_tags(self):
         chart = yaml.safe_load((Path(ARGS.chart) / "Chart.yaml").read_text())

@@ -52,7 +52,8 @@ pub struct ClientKey {
 impl ClientKey {
     /// Loads a PKCS#8 PEM (`BEGIN PRIVATE KEY`), as mounted from a Kubernetes Secret.
     pub fn from_pkcs8_pem(pem_text: &str) -> Result<Self, SigningError> {
-        let der = decode_pem(pem_text, "PRIVATE KEY")?;
+        // The DER is the private key itself: wiped once the key pair holds it.
+        let der = zeroize::Zeroizing::new(decode_pem(pem_text, "PRIVATE KEY")?);
         let pair = KeyPair::from_pkcs8(&der).map_err(|e| SigningError::KeyRejected(e.to_string()))?;
         Self::from_pair(pair)
     }

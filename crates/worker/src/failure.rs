@@ -20,6 +20,9 @@ pub(crate) enum Reason {
     /// Written, but not on `REDIS_MIN_REPLICAS` replicas in time: not published yet.
     NotReplicated,
     CorruptState,
+    /// A record sealed by a key this replica does not hold: a key rotation rolling out
+    /// (docs/contracts.md §2.4). Retried, within the delivery's attempts.
+    UnknownKey,
     PublishFailed,
     OutputUnroutable,
     LockBusy,
@@ -43,6 +46,7 @@ impl Reason {
             Reason::RedisUnavailable => "redis_unavailable",
             Reason::NotReplicated => "not_replicated",
             Reason::CorruptState => "corrupt_state",
+            Reason::UnknownKey => "unknown_key",
             Reason::PublishFailed => "publish_failed",
             Reason::OutputUnroutable => "output_unroutable",
             Reason::LockBusy => "lock_busy",

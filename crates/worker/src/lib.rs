@@ -24,7 +24,8 @@
 //!   schedule) and the gate that holds work while Redis is away.
 //! - leaves, using no other module of the crate: `failure` (every failure classified),
 //!   `event` (the events published), `seal` (secrets at rest), `tls`, `duration`,
-//!   `retry` (the one module that knows `backoff`), `metrics`, `telemetry`.
+//!   `retry` (the one module that knows `backoff`), `metrics`, `telemetry`, `hardening`
+//!   (core dumps off at start-up).
 //!
 //! Visibility: `pub(crate)` unless the binary, the demo, the bench or an integration test
 //! needs an item.
@@ -35,6 +36,7 @@ pub mod config;
 pub(crate) mod duration;
 pub mod event;
 pub(crate) mod failure;
+pub mod hardening;
 pub mod lifecycle;
 pub mod metrics;
 pub mod provision;

@@ -4,6 +4,7 @@
 use anyhow::Context as _;
 use bunq_session_worker::cli::{check, dead_letters, publish, session};
 use bunq_session_worker::config::{Settings, WorkerArgs};
+use bunq_session_worker::hardening;
 use bunq_session_worker::startup::{cancel_on_signal, Worker};
 use bunq_session_worker::telemetry::{self, LogFormat};
 use clap::{Parser, Subcommand};
@@ -41,6 +42,8 @@ enum Command {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
+    // Every subcommand holds secrets (`session show --reveal`, `dead-letters replay` too).
+    hardening::disable_core_dumps();
     let result = match cli.command {
         None => run(cli.run).await,
         Some(Command::Run(args)) => run(args).await,

@@ -42,6 +42,7 @@ pub struct Metrics {
     amqp_connections: Counter,
     redis_up: Gauge,
     held_for_redis: Counter,
+    plaintext_resealed: Counter,
     renewals: Family<OutcomeOnly, Counter>,
     renewals_scheduled: Gauge,
     renewals_due: Gauge,
@@ -169,6 +170,12 @@ impl Metrics {
             "Waits for Redis to answer again: deliveries and writes held in the worker, no attempt spent",
             held_for_redis.clone(),
         );
+        let plaintext_resealed = Counter::default();
+        registry.register(
+            "plaintext_resealed",
+            "Redis records found with a plaintext token while a key is configured, sealed in place on read",
+            plaintext_resealed.clone(),
+        );
         let renewals = Family::<OutcomeOnly, Counter>::default();
         registry.register(
             "renewals",
@@ -203,6 +210,7 @@ impl Metrics {
             amqp_connections,
             redis_up,
             held_for_redis,
+            plaintext_resealed,
         }
     }
 
@@ -253,6 +261,10 @@ impl Metrics {
 
     pub(crate) fn held_for_redis(&self) {
         self.held_for_redis.inc();
+    }
+
+    pub(crate) fn plaintext_resealed(&self) {
+        self.plaintext_resealed.inc();
     }
 
     pub(crate) fn amqp_connected(&self) {

@@ -11,6 +11,7 @@ use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LE
 use aws_lc_rs::digest::{digest, SHA256};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
+use zeroize::Zeroizing;
 
 const V2: &str = "v2:";
 const V1: &str = "v1:";
@@ -18,6 +19,43 @@ const V1: &str = "v1:";
 /// Whether a stored value is sealed (by any version).
 pub(crate) fn is_sealed(value: &str) -> bool {
     value.starts_with(V2) || value.starts_with(V1)
+}
+
+/// The key id a `v2:` value names, when it is one (8 hex digits); anything else in its
+/// place is no key id, and is never echoed (the value may be anything).
+pub(crate) fn key_id(sealed: &str) -> Option<&str> {
+    let (id, _) = sealed.strip_prefix(V2)?.split_once(':')?;
+    (id.len() == 8 && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(id)
+}
+
+/// Why a sealed value did not open. Names the field and, for a key this process does
+/// not hold, the key id; never the value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SealError {
+    /// Sealed by a key that is neither the current nor an old one: during a key rotation
+    /// a replica that has not got the new key yet reads what one that has wrote.
+    #[error("{field}: sealed with key {key_id}, which is neither SESSION_ENCRYPTION_KEY_FILE nor an old key")]
+    UnknownKey { field: String, key_id: String },
+    /// Sealed, and this process has no key at all.
+    #[error("{field}: sealed with key {key_id}, and no key is configured (SESSION_ENCRYPTION_KEY_FILE)")]
+    NoKey { field: String, key_id: String },
+    /// Anything else: not sealed where it must be, not base64, or the tag does not verify.
+    #[error("{field}: {problem}")]
+    Unreadable { field: String, problem: &'static str },
+}
+
+impl SealError {
+    /// The key id, when a key this process does not hold explains the failure.
+    pub(crate) fn missing_key(&self) -> Option<&str> {
+        match self {
+            SealError::UnknownKey { key_id, .. } | SealError::NoKey { key_id, .. } => Some(key_id),
+            SealError::Unreadable { .. } => None,
+        }
+    }
+
+    pub(crate) fn unreadable(field: &str, problem: &'static str) -> Self {
+        SealError::Unreadable { field: field.to_owned(), problem }
+    }
 }
 
 /// What a sealed value belongs to: the associated data of its encryption.
@@ -68,15 +106,18 @@ impl Sealer {
 
     /// The current key and the old keys (read only), each from a key file's bytes.
     pub fn from_key_files(current: &[u8], old: &[Vec<u8>]) -> Result<Self, String> {
-        let current = Key::new(&parse_key_file(current)?);
+        let current = parse_key_file(current)?;
         let old = old
             .iter()
             .enumerate()
-            .map(|(i, bytes)| {
-                parse_key_file(bytes).map(|k| Key::new(&k)).map_err(|p| format!("old key {}: {p}", i + 1))
-            })
+            .map(|(i, bytes)| parse_key_file(bytes).map_err(|p| format!("old key {}: {p}", i + 1)))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self { current, old })
+        Ok(Self::from_keys(&current, &old))
+    }
+
+    /// The current key and the old keys, parsed ([`parse_key_file`]).
+    pub(crate) fn from_keys(current: &[u8; 32], old: &[Zeroizing<[u8; 32]>]) -> Self {
+        Self { current: Key::new(current), old: old.iter().map(|k| Key::new(k)).collect() }
     }
 
     /// The id sealed values of the current key carry.
@@ -109,26 +150,31 @@ impl Sealer {
     }
 
     /// Opens a value sealed by any accepted key. Errors name the field, never the value.
-    pub(crate) fn open(&self, context: Context<'_>, sealed: &str) -> Result<String, String> {
+    pub(crate) fn open(&self, context: Context<'_>, sealed: &str) -> Result<String, SealError> {
         let bytes = self.open_bytes(context, sealed)?;
-        String::from_utf8(bytes).map_err(|_| format!("{}: not UTF-8", context.field))
+        String::from_utf8(bytes).map_err(|e| {
+            zeroize::Zeroize::zeroize(&mut e.into_bytes());
+            SealError::unreadable(context.field, "not UTF-8")
+        })
     }
 
     /// Opens what [`Self::seal_bytes`] sealed.
-    pub(crate) fn open_bytes(&self, context: Context<'_>, sealed: &str) -> Result<Vec<u8>, String> {
+    pub(crate) fn open_bytes(&self, context: Context<'_>, sealed: &str) -> Result<Vec<u8>, SealError> {
         let field = context.field;
         if let Some(rest) = sealed.strip_prefix(V2) {
-            let (id, encoded) = rest.split_once(':').ok_or_else(|| format!("{field}: no key id"))?;
-            let key = self.keys().find(|k| k.id == id).ok_or_else(|| {
-                format!("{field}: sealed with key {id}, which is neither SESSION_ENCRYPTION_KEY_FILE nor an old key")
-            })?;
+            let id = key_id(sealed).ok_or_else(|| SealError::unreadable(field, "no key id"))?;
+            let encoded = &rest[id.len() + 1..];
+            let key = self
+                .keys()
+                .find(|k| k.id == id)
+                .ok_or_else(|| SealError::UnknownKey { field: field.to_owned(), key_id: id.to_owned() })?;
             return open_with(&key.key, &context.aad(), encoded, field);
         }
-        let encoded = sealed.strip_prefix(V1).ok_or_else(|| format!("{field} is not encrypted"))?;
+        let encoded = sealed.strip_prefix(V1).ok_or_else(|| SealError::unreadable(field, "is not encrypted"))?;
         // v1 carried no key id and bound the field alone.
         self.keys()
             .find_map(|k| open_with(&k.key, field.as_bytes(), encoded, field).ok())
-            .ok_or_else(|| format!("{field}: cannot decrypt (wrong SESSION_ENCRYPTION_KEY_FILE?)"))
+            .ok_or_else(|| SealError::unreadable(field, "cannot decrypt (wrong SESSION_ENCRYPTION_KEY_FILE?)"))
     }
 
     fn keys(&self) -> impl Iterator<Item = &Key> {
@@ -136,43 +182,47 @@ impl Sealer {
     }
 }
 
-fn open_with(key: &LessSafeKey, aad: &[u8], encoded: &str, field: &str) -> Result<Vec<u8>, String> {
-    let mut bytes = BASE64.decode(encoded).map_err(|_| format!("{field}: not base64"))?;
+fn open_with(key: &LessSafeKey, aad: &[u8], encoded: &str, field: &str) -> Result<Vec<u8>, SealError> {
+    let mut bytes = BASE64.decode(encoded).map_err(|_| SealError::unreadable(field, "not base64"))?;
     if bytes.len() < NONCE_LEN {
-        return Err(format!("{field}: too short"));
+        return Err(SealError::unreadable(field, "too short"));
     }
-    let mut ciphertext = bytes.split_off(NONCE_LEN);
-    let nonce = Nonce::try_assume_unique_for_key(&bytes).map_err(|_| format!("{field}: bad nonce"))?;
+    // Opened in place: the plaintext is wiped with the buffer, only the copy returned lives on.
+    let mut ciphertext = Zeroizing::new(bytes.split_off(NONCE_LEN));
+    let nonce = Nonce::try_assume_unique_for_key(&bytes).map_err(|_| SealError::unreadable(field, "bad nonce"))?;
     let plaintext = key
         .open_in_place(nonce, Aad::from(aad), &mut ciphertext)
-        .map_err(|_| format!("{field}: cannot decrypt (wrong key, or sealed for another record)"))?;
+        .map_err(|_| SealError::unreadable(field, "cannot decrypt (wrong key, or sealed for another record)"))?;
     Ok(plaintext.to_vec())
 }
 
 /// A key file: 32 raw bytes, 64 hex characters, or base64 of 32 bytes; refused when it
-/// looks like a passphrase or a made-up key rather than 32 random bytes.
-pub(crate) fn parse_key_file(bytes: &[u8]) -> Result<[u8; 32], String> {
-    if let Ok(key) = <[u8; 32]>::try_from(bytes) {
+/// looks like a passphrase or a made-up key rather than 32 random bytes. The key and
+/// every decoded copy of it are wiped when dropped.
+pub(crate) fn parse_key_file(bytes: &[u8]) -> Result<Zeroizing<[u8; 32]>, String> {
+    if let Ok(key) = <&[u8; 32]>::try_from(bytes) {
         if key.iter().all(|b| (0x20..0x7f).contains(b)) {
             return Err("32 printable characters look like a passphrase, not a key: \
                         write 32 random bytes (e.g. `head -c 32 /dev/urandom`)"
                 .to_owned());
         }
-        return random_looking(key);
+        return random_looking(Zeroizing::new(*key));
     }
     let text = std::str::from_utf8(bytes).map_err(|_| "must be 32 raw bytes, 64 hex characters or base64")?.trim();
-    let decoded = hex::decode(text)
-        .ok()
-        .or_else(|| BASE64.decode(text).ok())
-        .ok_or("must be 32 raw bytes, 64 hex characters or base64")?;
-    let key = <[u8; 32]>::try_from(decoded.as_slice())
+    let decoded = Zeroizing::new(
+        hex::decode(text)
+            .ok()
+            .or_else(|| BASE64.decode(text).ok())
+            .ok_or("must be 32 raw bytes, 64 hex characters or base64")?,
+    );
+    let key = <&[u8; 32]>::try_from(decoded.as_slice())
         .map_err(|_| format!("key is {} bytes, AES-256 needs 32", decoded.len()))?;
-    random_looking(key)
+    random_looking(Zeroizing::new(*key))
 }
 
 /// 32 random bytes almost surely hold more than 16 distinct values (fewer than 16 has a
 /// probability below 1e-10); a repeated or counted pattern does not.
-fn random_looking(key: [u8; 32]) -> Result<[u8; 32], String> {
+fn random_looking(key: Zeroizing<[u8; 32]>) -> Result<Zeroizing<[u8; 32]>, String> {
     let distinct = key.iter().collect::<std::collections::BTreeSet<_>>().len();
     if distinct < 16 {
         return Err(format!(
@@ -204,7 +254,9 @@ mod tests {
         assert_eq!(sealer.open(ALICE, &sealed).unwrap(), "f981bd6d");
         assert!(sealer.open(Context { field: "installation_token", ..ALICE }, &sealed).is_err());
         assert!(sealer.open(Context { owner: "user:1365", ..ALICE }, &sealed).is_err(), "moved to another user");
-        assert!(Sealer::new(&random_key()).open(ALICE, &sealed).unwrap_err().contains("neither"));
+        let unknown = Sealer::new(&random_key()).open(ALICE, &sealed).unwrap_err();
+        assert_eq!(unknown.missing_key(), Some(sealer.current_key_id()), "{unknown}");
+        assert!(unknown.to_string().contains("neither"), "{unknown}");
         assert_ne!(sealer.seal(ALICE, "f981bd6d"), sealed, "nonces must differ");
     }
 
@@ -237,7 +289,7 @@ mod tests {
     fn key_files_in_raw_hex_and_base64_are_accepted() {
         let raw = random_key();
         for file in [raw.to_vec(), hex::encode(raw).into_bytes(), format!("{}\n", BASE64.encode(raw)).into_bytes()] {
-            assert_eq!(parse_key_file(&file).unwrap(), raw);
+            assert_eq!(*parse_key_file(&file).unwrap(), raw);
         }
         assert!(parse_key_file(b"short").unwrap_err().contains("32"));
     }

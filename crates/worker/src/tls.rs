@@ -4,6 +4,7 @@
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::Path;
+use zeroize::Zeroizing;
 
 /// A TLS file or handshake that cannot work, naming the variable to fix; configuration
 /// turns it into its own error, so start-up stops with the setting named.
@@ -45,7 +46,8 @@ pub struct TlsFiles {
 #[derive(Clone)]
 pub(crate) struct Identity {
     pub(crate) cert_pem: Vec<u8>,
-    pub(crate) key_pem: Vec<u8>,
+    /// Wiped when dropped; the clients get copies they own.
+    pub(crate) key_pem: Zeroizing<Vec<u8>>,
 }
 
 impl std::fmt::Debug for TlsFiles {
@@ -72,7 +74,7 @@ impl TlsFiles {
             (None, Some(_)) => return Err(invalid(variables.cert, format!("required with {}", variables.key))),
             (Some(cert), Some(key)) => {
                 let cert_pem = read_certificates(cert, variables.cert)?;
-                let key_pem = read(key, variables.key)?;
+                let key_pem = Zeroizing::new(read(key, variables.key)?);
                 PrivateKeyDer::from_pem_slice(&key_pem)
                     .map_err(|_| invalid(variables.key, "holds no PEM private key (PKCS#8, PKCS#1 or SEC1)"))?;
                 Some(Identity { cert_pem, key_pem })

@@ -98,6 +98,25 @@ pointing at them never disagree with the volume).
 {{- end }}
 
 {{/*
+File name of the n-th old encryption key (from 1), inside keysMountPath.
+*/}}
+{{- define "bunq-session-worker.sessionEncryptionOldKeyName" -}}
+{{- printf "session_encryption.old-%d.key" (add1 .) }}
+{{- end }}
+
+{{/*
+SESSION_ENCRYPTION_OLD_KEY_FILES: the old keys' paths, comma-separated.
+*/}}
+{{- define "bunq-session-worker.sessionEncryptionOldKeyFiles" -}}
+{{- $keys := .Values.keysMountPath | trimSuffix "/" }}
+{{- $paths := list }}
+{{- range $i, $_ := .Values.sessionEncryption.oldKeys }}
+{{- $paths = append $paths (printf "%s/%s" $keys (include "bunq-session-worker.sessionEncryptionOldKeyName" $i)) }}
+{{- end }}
+{{- join "," $paths }}
+{{- end }}
+
+{{/*
 Replica count that can exist at once, for deciding whether a
 PodDisruptionBudget makes sense.
 */}}
@@ -136,6 +155,14 @@ Fail early, at render time, on values that would only fail at start-up
 {{- end }}
 {{- if contains "@" .Values.redis.clusterUrls }}
 {{- fail "redis.clusterUrls looks like it carries credentials ('@'); it would land in a ConfigMap. Put it in a Secret and set redis.existingSecret with redis.cluster" }}
+{{- end }}
+{{- if and .Values.sessionEncryption.oldKeys (not .Values.sessionEncryption.existingSecret) }}
+{{- fail "sessionEncryption.oldKeys needs sessionEncryption.existingSecret: old keys only open, the current key seals" }}
+{{- end }}
+{{- range $i, $old := .Values.sessionEncryption.oldKeys }}
+{{- if not $old.existingSecret }}
+{{- fail (printf "sessionEncryption.oldKeys[%d].existingSecret is required: the name of a Secret holding an old key" $i) }}
+{{- end }}
 {{- end }}
 {{- if and .Values.sessionRenewal.enabled (not .Values.sessionEncryption.existingSecret) }}
 {{- fail "sessionRenewal.enabled stores each user's credential in Redis: set sessionEncryption.existingSecret to seal it" }}

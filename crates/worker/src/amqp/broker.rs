@@ -64,10 +64,10 @@ impl Broker {
     async fn connect_to(&self, node: usize, name: &str) -> Result<Connection, lapin::Error> {
         let properties = ConnectionProperties::default().with_connection_name(name.to_owned().into());
         let tls = self.tls.as_deref().map_or_else(OwnedTLSConfig::default, |files| OwnedTLSConfig {
-            identity: files
-                .identity
-                .as_ref()
-                .map(|identity| OwnedIdentity::PKCS8 { pem: identity.cert_pem.clone(), key: identity.key_pem.clone() }),
+            identity: files.identity.as_ref().map(|identity| OwnedIdentity::PKCS8 {
+                pem: identity.cert_pem.clone(),
+                key: identity.key_pem.to_vec(),
+            }),
             cert_chain: files.ca_pem.as_ref().map(|pem| String::from_utf8_lossy(pem).into_owned()),
         });
         let runtime = lapin::runtime::default_runtime()?;

@@ -19,6 +19,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Instant;
 use tracing::Instrument;
+use zeroize::{Zeroize as _, Zeroizing};
 
 /// What a delivery task needs, shared by all of them.
 pub(crate) struct DeliveryContext {
@@ -199,7 +200,11 @@ impl DeliveryContext {
             | Outcome::Skipped(_)
             | Outcome::Closed { .. }
             | Outcome::Renewed { .. }
-            | Outcome::RenewalScheduled { .. } => return Settlement::Ack,
+            | Outcome::RenewalScheduled { .. } => {
+                // Done with: the body (it may hold the credential) is wiped, not just freed.
+                delivery.data.zeroize();
+                return Settlement::Ack;
+            }
             Outcome::Retry { reason, detail, delay, counts_as_attempt } => {
                 let attempts = if *counts_as_attempt { attempt } else { attempt - 1 };
                 let mut set = original_route(&delivery);
@@ -233,7 +238,7 @@ impl DeliveryContext {
                 (&self.names.dead_letter_queue, with_headers(&delivery.properties, &set))
             }
         };
-        let body = body.unwrap_or(delivery.data);
+        let body = Zeroizing::new(body.unwrap_or(delivery.data));
         Settlement::Move(Box::new(Moved { queue: queue.clone(), body, properties }))
     }
 }

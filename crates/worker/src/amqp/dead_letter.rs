@@ -66,7 +66,7 @@ pub enum RestoreError {
     #[error("it is sealed, and no SESSION_ENCRYPTION_KEY_FILE is configured")]
     NoKey,
     #[error("cannot unseal it: {0}")]
-    Unseal(String),
+    Unseal(crate::seal::SealError),
     #[error("its sealed body is not what the worker wrote")]
     Shape,
 }
@@ -90,6 +90,8 @@ pub(crate) fn protect(
     sealer: Option<&Sealer>,
     message_id: Option<&str>,
 ) -> (Vec<u8>, Credential) {
+    // The body as it came may hold the credential: wiped unless it is what is kept.
+    let mut body = zeroize::Zeroizing::new(body);
     if let (Some(token), Some(id), Some(document)) = (decoded.credential(), decoded.provision_id(), &decoded.document) {
         let token = token.expose_secret();
         let mut kept = document.clone();
@@ -107,7 +109,7 @@ pub(crate) fn protect(
     if let Read::Provision(_) = decoded.read {
         // Decoded, and no credential where the contract puts one (names given twice are
         // refused by the decoder, so there is no other value it could have read).
-        return (body, Credential::Absent);
+        return (std::mem::take(&mut *body), Credential::Absent);
     }
     let too_large = matches!(decoded.read, Read::Malformed(DecodeError::TooLarge { .. }));
     let masked = match &decoded.document {
@@ -118,7 +120,7 @@ pub(crate) fn protect(
         }
         None => mask_raw(&body),
     };
-    let Some(masked) = masked else { return (body, Credential::Absent) };
+    let Some(masked) = masked else { return (std::mem::take(&mut *body), Credential::Absent) };
     match sealer {
         // Sealing whole keeps the body restorable, but makes it larger: not for a body
         // already over the limit.

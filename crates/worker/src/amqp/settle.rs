@@ -52,7 +52,8 @@ impl Settlement {
 #[derive(Clone)]
 pub(crate) struct Moved {
     pub(crate) queue: String,
-    pub(crate) body: Vec<u8>,
+    /// A retry copy carries the credential: wiped once the copy is settled.
+    pub(crate) body: zeroize::Zeroizing<Vec<u8>>,
     pub(crate) properties: BasicProperties,
 }
 

@@ -18,8 +18,10 @@ pub struct SessionArgs {
 pub(crate) enum Action {
     /// Print the session cached for a user as JSON, tokens masked.
     Show(ShowArgs),
-    /// Re-seal every session and handshake record with SESSION_ENCRYPTION_KEY_FILE
-    /// (plaintext ones, and ones sealed by a key in SESSION_ENCRYPTION_OLD_KEY_FILES).
+    /// Re-seal every session, handshake and credential record with
+    /// SESSION_ENCRYPTION_KEY_FILE (plaintext ones, `v1:` ones, and ones sealed by a key in
+    /// SESSION_ENCRYPTION_OLD_KEY_FILES). Unreadable records are listed and skipped; the
+    /// exit status is then 1.
     Reseal(ResealArgs),
 }
 
@@ -40,7 +42,7 @@ pub(crate) struct ResealArgs {
     pub(crate) store: StoreArgs,
 }
 
-/// `Ok(false)` when there is no such session.
+/// `Ok(false)` when there is no such session, or a re-seal left unreadable records.
 pub async fn run(args: SessionArgs) -> anyhow::Result<bool> {
     match args.action {
         Action::Show(args) => {
@@ -59,10 +61,17 @@ pub async fn run(args: SessionArgs) -> anyhow::Result<bool> {
             anyhow::ensure!(redis.sealer.is_some(), "SESSION_ENCRYPTION_KEY_FILE: required, it is the key that seals");
             let report = redis.store(redis.connect()?).reseal().await?;
             println!(
-                "records {}  rewritten {}  changed meanwhile (left as the worker wrote them) {}",
-                report.records, report.rewritten, report.skipped
+                "records {}  rewritten {}  changed meanwhile (left as the worker wrote them) {}  unreadable {}",
+                report.records,
+                report.rewritten,
+                report.skipped,
+                report.unreadable.len()
             );
-            Ok(true)
+            // Keys and problems only: a problem names a field or a key id, never a value.
+            for unreadable in &report.unreadable {
+                println!("unreadable {}: {}", unreadable.key, unreadable.problem);
+            }
+            Ok(report.unreadable.is_empty())
         }
     }
 }
@@ -117,5 +126,7 @@ mod tests {
         assert!(masked.contains("[masked, 16 characters"), "{masked}");
         let revealed = shown(&session(), Some(60), true).to_string();
         assert!(revealed.contains("f981bd6d-session") && revealed.contains("a1b2c3-installation"));
+        let debug = format!("{:?}", session());
+        assert!(!debug.contains("f981bd6d") && !debug.contains("a1b2c3"), "{debug}");
     }
 }

@@ -11,6 +11,7 @@ use secrecy::{ExposeSecret, SecretString};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use zeroize::Zeroizing;
 
 pub(super) fn positive(variable: &'static str, value: u64) -> Result<(), ConfigError> {
     if value == 0 {
@@ -174,8 +175,10 @@ pub(super) fn load_client_key(path: Option<&std::path::Path>) -> Result<ClientKe
     const VARIABLE: &str = "BUNQ_CLIENT_PRIVATE_KEY_FILE";
     let path =
         path.ok_or_else(|| invalid(VARIABLE, "is required: a PEM file with an RSA-2048 private key (PKCS#8)"))?;
-    let text =
-        std::fs::read_to_string(path).map_err(|e| invalid(VARIABLE, format!("cannot read {}: {e}", path.display())))?;
+    // The PEM text is the private key: wiped once parsed.
+    let text = Zeroizing::new(
+        std::fs::read_to_string(path).map_err(|e| invalid(VARIABLE, format!("cannot read {}: {e}", path.display())))?,
+    );
     ClientKey::from_pkcs8_pem(&text).map_err(|e| invalid(VARIABLE, format!("{}: {e}", path.display())))
 }
 
@@ -185,8 +188,12 @@ pub(super) fn load_sealer(
 ) -> Result<Option<Arc<Sealer>>, ConfigError> {
     const VARIABLE: &str = "SESSION_ENCRYPTION_KEY_FILE";
     const OLD: &str = "SESSION_ENCRYPTION_OLD_KEY_FILES";
+    // A key file's bytes and the key parsed from them are wiped when dropped.
     let read = |variable, path: &std::path::Path| {
-        std::fs::read(path).map_err(|e| invalid(variable, format!("cannot read {}: {e}", path.display())))
+        let bytes =
+            std::fs::read(path).map_err(|e| invalid(variable, format!("cannot read {}: {e}", path.display())))?;
+        crate::seal::parse_key_file(&Zeroizing::new(bytes))
+            .map_err(|p| invalid(variable, format!("{}: {p}", path.display())))
     };
     let Some(current) = current else {
         if !old.is_empty() {
@@ -194,12 +201,9 @@ pub(super) fn load_sealer(
         }
         return Ok(None);
     };
-    let current_bytes = read(VARIABLE, current)?;
-    crate::seal::parse_key_file(&current_bytes)
-        .map_err(|p| invalid(VARIABLE, format!("{}: {p}", current.display())))?;
-    let old_bytes = old.iter().map(|path| read(OLD, path)).collect::<Result<Vec<_>, _>>()?;
-    let sealer = Sealer::from_key_files(&current_bytes, &old_bytes).map_err(|p| invalid(OLD, p))?;
-    Ok(Some(Arc::new(sealer)))
+    let current = read(VARIABLE, current)?;
+    let old = old.iter().map(|path| read(OLD, path)).collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(Arc::new(Sealer::from_keys(&current, &old))))
 }
 
 /// How often each replica looks at the renewal schedule.

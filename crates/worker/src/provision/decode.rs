@@ -334,6 +334,25 @@ mod tests {
     }
 
     #[test]
+    fn debug_of_a_reading_prints_no_token_in_any_shape() {
+        let token = &SECRET[..48];
+        let bodies = [
+            OBJECT.replace("a0239a79", token),
+            // Decodes, with the token also under a field the schema does not know.
+            OBJECT.replace(r#""permitted_device":null"#, &format!(r#""note":"{token}""#)).replace("a0239a79", token),
+            // JSON, but not a provision: the document alone holds it.
+            format!(r#"{{"PartnerUserProvision":{{"id":"seven","{token}":"{token}"}}}}"#),
+        ];
+        for body in bodies {
+            let decoded = read(body.as_bytes(), 1 << 20, Contract::Provision);
+            assert!(decoded.document.is_some(), "{body}");
+            for printed in [format!("{decoded:?}"), format!("{decoded:#?}")] {
+                assert!(!printed.contains(&token[..16]), "{printed}");
+            }
+        }
+    }
+
+    #[test]
     fn invalidations_decode_or_say_what_is_wrong_without_quoting() {
         let ok = decode_invalidation(br#"{"user_id":1364,"session_id":2173,"extra":1}"#, 1024).unwrap();
         assert_eq!(ok, Invalidation { user_id: 1364, session_id: 2173 });

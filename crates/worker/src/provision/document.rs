@@ -7,8 +7,11 @@ use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::ser::{SerializeMap, SerializeSeq, Serializer};
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use zeroize::Zeroize as _;
 
-#[derive(Debug, Clone, PartialEq)]
+/// Holds a body's credential wherever it stands: `Debug` prints no string, and every
+/// string is wiped when dropped.
+#[derive(Clone, PartialEq)]
 pub(crate) enum Json {
     Null,
     Bool(bool),
@@ -16,6 +19,32 @@ pub(crate) enum Json {
     String(String),
     Array(Vec<Json>),
     Object(Vec<(String, Json)>),
+}
+
+impl fmt::Debug for Json {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Json::Null => f.write_str("Null"),
+            Json::Bool(b) => write!(f, "Bool({b})"),
+            Json::Number(n) => write!(f, "Number({n})"),
+            Json::String(s) => write!(f, "String([REDACTED, {} bytes])", s.len()),
+            Json::Array(items) => f.debug_list().entries(items).finish(),
+            Json::Object(entries) => {
+                f.debug_map().entries(entries.iter().map(|(_, value)| ("[REDACTED]", value))).finish()
+            }
+        }
+    }
+}
+
+/// Children wipe their own strings as they are dropped after this.
+impl Drop for Json {
+    fn drop(&mut self) {
+        match self {
+            Json::String(s) => s.zeroize(),
+            Json::Object(entries) => entries.iter_mut().for_each(|(name, _)| name.zeroize()),
+            Json::Null | Json::Bool(_) | Json::Number(_) | Json::Array(_) => {}
+        }
+    }
 }
 
 impl Json {
@@ -57,8 +86,8 @@ impl Json {
                 .map(|(name, value)| {
                     let renamed = match f(name) {
                         // A name is a string whatever replaces it.
-                        Some(Json::String(new)) => {
-                            *name = new;
+                        Some(Json::String(ref mut new)) => {
+                            *name = std::mem::take(new);
                             1
                         }
                         Some(_) => {

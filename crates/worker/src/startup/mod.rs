@@ -42,7 +42,7 @@ impl Worker {
         verify_tls(&settings).await?;
         let metrics = Arc::new(Metrics::new());
         let conn = settings.redis.connect()?;
-        let store = settings.redis.store(conn.clone());
+        let store = settings.redis.store(conn.clone()).with_metrics(metrics.clone());
         let gate = RedisGate::new(store.clone(), metrics.clone());
         let limiter = settings.rate_limits.limiter(conn, &settings.redis.key_prefix, metrics.clone());
         let budget = limiter.budget().cloned();

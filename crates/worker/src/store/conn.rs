@@ -101,7 +101,7 @@ fn certificates(files: &TlsFiles) -> redis::TlsCertificates {
     redis::TlsCertificates {
         client_tls: files.identity.as_ref().map(|identity| redis::ClientTlsConfig {
             client_cert: identity.cert_pem.clone(),
-            client_key: identity.key_pem.clone(),
+            client_key: identity.key_pem.to_vec(),
         }),
         root_cert: files.ca_pem.clone(),
     }

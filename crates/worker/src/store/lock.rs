@@ -196,7 +196,10 @@ impl Store {
             "busy" => Begin::Busy,
             _ => {
                 let raw = (!record.is_empty()).then_some(record);
-                let handshake = self.decode_handshake(provision_id, record_key, raw).map(Option::unwrap_or_default);
+                let handshake = self
+                    .open_record(record_key, raw, |stored| self.open_handshake(provision_id, stored))
+                    .await
+                    .map(Option::unwrap_or_default);
                 let claim = Claim { provision_id, credential, owner, generation };
                 Begin::Locked { claim, handshake: Box::new(handshake) }
             }

@@ -6,11 +6,11 @@
 //! commands run on Redis Cluster (see [`conn`]).
 
 use crate::failure::{Failure, Reason, Retry};
-use crate::seal::{self, Context, Sealer};
+use crate::metrics::Metrics;
+use crate::seal::{SealError, Sealer};
 use crate::tls::TlsFiles;
 use redis::AsyncCommands;
-use secrecy::{ExposeSecret, SecretString};
-use serde::{Deserialize, Serialize};
+use secrecy::SecretString;
 use std::sync::Arc;
 use std::time::Duration;
 use time::OffsetDateTime;
@@ -21,6 +21,11 @@ pub enum StoreError {
     Redis(#[from] redis::RedisError),
     #[error("stored record `{key}` is unreadable: {problem}")]
     Corrupt { key: String, problem: String },
+    /// Sealed by a key this process does not hold. During a key rotation's rollout a
+    /// replica without the new key reads what one with it wrote: the record is fine, and
+    /// this replica soon gone or given the key (docs/contracts.md §2.4).
+    #[error("stored record `{key}` is sealed with a key this worker does not hold: {problem}")]
+    UnknownKey { key: String, key_id: String, problem: String },
     #[error(
         "the lock of provision {provision_id} passed to another delivery while this one worked; it finishes the job"
     )]
@@ -32,10 +37,19 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// Redis coming back helps; a record we cannot read stays unreadable.
+    /// A record that failed to unseal: sealed by a key this process lacks, or unreadable.
+    pub(crate) fn unsealable(key: String, error: SealError) -> Self {
+        match error.missing_key() {
+            Some(id) => StoreError::UnknownKey { key, key_id: id.to_owned(), problem: error.to_string() },
+            None => StoreError::Corrupt { key, problem: error.to_string() },
+        }
+    }
+
+    /// Redis coming back helps; a record we cannot read stays unreadable, unless a key
+    /// rotation under way explains it (bounded by the delivery's attempts).
     pub(crate) fn retry(&self) -> Retry {
         match self {
-            StoreError::Redis(_) => Retry::Transient { after: None },
+            StoreError::Redis(_) | StoreError::UnknownKey { .. } => Retry::Transient { after: None },
             StoreError::Corrupt { .. } => Retry::Permanent,
             // Retrying the write cannot win the lock back; the delivery as a whole can wait
             // for the new holder (see `Failure::from`).
@@ -68,7 +82,7 @@ impl Keys {
     /// installation or device-server, and a token reset (a new credential) starts afresh
     /// instead of reusing a device registered with the old secret. `credential` is
     /// [`credential_tag`].
-    pub(crate) fn handshake(&self, provision_id: u64, credential: &str) -> String {
+    pub fn handshake(&self, provision_id: u64, credential: &str) -> String {
         format!("{}handshake:{{{provision_id}}}:{credential}", self.prefix)
     }
     /// Every credential tag of a provision that has handshake progress: what a close
@@ -111,33 +125,6 @@ impl Keys {
     }
 }
 
-/// The cached session, as downstream services read it from `session:{user_id}`.
-/// Token fields hold plaintext, or a sealed value (see [`crate::seal`]) when a key is set.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct StoredSession {
-    pub(crate) provision_id: u64,
-    pub(crate) external_uuid: Option<String>,
-    pub(crate) user_id: u64,
-    pub(crate) granted_by_user_id: Option<u64>,
-    pub(crate) session_id: u64,
-    pub(crate) session_token: String,
-    pub(crate) installation_token: String,
-    pub(crate) server_public_key: String,
-    #[serde(with = "time::serde::rfc3339")]
-    pub(crate) created_at: OffsetDateTime,
-    #[serde(with = "time::serde::rfc3339")]
-    pub(crate) expires_at: OffsetDateTime,
-}
-
-/// Progress of one provision's handshake.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub(crate) struct StoredHandshake {
-    pub(crate) installation_token: Option<String>,
-    pub(crate) server_public_key: Option<String>,
-    pub(crate) device_id: Option<u64>,
-    pub(crate) session: Option<StoredSession>,
-}
-
 /// A session in memory: tokens unsealed and wrapped.
 #[derive(Debug, Clone)]
 pub struct Session {
@@ -165,6 +152,7 @@ mod close;
 mod conn;
 pub(crate) mod gate;
 mod lock;
+mod record;
 mod renewal;
 mod replication;
 mod reseal;
@@ -173,7 +161,9 @@ pub use conn::{connect, Redis, Target};
 pub use replication::Replication;
 
 pub use lock::{credential_tag, Begin, Claim, Written};
+pub(crate) use record::{StoredHandshake, StoredSession};
 pub use renewal::Credential;
+pub use reseal::{Resealed, Unreadable};
 
 #[derive(Debug, Clone)]
 /// The Redis side of the worker's settings.
@@ -211,11 +201,19 @@ pub struct Store {
     keys: Keys,
     sealer: Option<Arc<Sealer>>,
     replication: Option<Replication>,
+    /// Counts plaintext tokens sealed on read; tools and tests leave it out.
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Store {
     pub fn new(conn: impl Into<Redis>, keys: Keys, sealer: Option<Arc<Sealer>>) -> Self {
-        Self { conn: conn.into(), keys, sealer, replication: None }
+        Self { conn: conn.into(), keys, sealer, replication: None, metrics: None }
+    }
+
+    /// The same store, counting what it does in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     pub fn keys(&self) -> &Keys {
@@ -226,34 +224,6 @@ impl Store {
         let mut conn = self.conn.clone();
         let _: String = redis::cmd("PING").query_async(&mut conn).await?;
         Ok(())
-    }
-
-    pub async fn load_handshake(&self, provision_id: u64, credential: &str) -> Result<Handshake, StoreError> {
-        let key = self.keys.handshake(provision_id, credential);
-        let mut conn = self.conn.clone();
-        let raw: Option<Vec<u8>> = conn.get(&key).await?;
-        Ok(self.decode_handshake(provision_id, key, raw)?.unwrap_or_default())
-    }
-
-    /// Decodes and unseals a handshake record read as `raw` from `key`.
-    pub(super) fn decode_handshake(
-        &self,
-        provision_id: u64,
-        key: String,
-        raw: Option<Vec<u8>>,
-    ) -> Result<Option<Handshake>, StoreError> {
-        decode_record(key, raw, |stored| self.open_handshake(provision_id, stored))
-    }
-
-    /// GET, decode and unseal one record; a record that fails either is `Corrupt`.
-    async fn read_record<S: serde::de::DeserializeOwned, T>(
-        &self,
-        key: String,
-        open: impl FnOnce(S) -> Result<T, String>,
-    ) -> Result<Option<T>, StoreError> {
-        let mut conn = self.conn.clone();
-        let raw: Option<Vec<u8>> = conn.get(&key).await?;
-        decode_record(key, raw, open)
     }
 
     /// Records progress before the session exists, if `claim` still holds the lock.
@@ -314,123 +284,12 @@ impl Store {
         Ok(())
     }
 
-    /// Reads a cached session by user id (downstream's view; used by tests and tools).
-    pub async fn read_session(&self, user_id: u64) -> Result<Option<Session>, StoreError> {
-        self.read_record(self.keys.session(user_id), |stored| self.open_session(stored)).await
-    }
-
     /// How long `session:{user_id}` has left, for inspection tools.
     pub(crate) async fn session_ttl(&self, user_id: u64) -> Result<Option<Duration>, StoreError> {
         let mut conn = self.conn.clone();
         let ttl_ms: i64 = redis::cmd("PTTL").arg(self.keys.session(user_id)).query_async(&mut conn).await?;
         Ok(u64::try_from(ttl_ms).ok().map(Duration::from_millis))
     }
-
-    fn seal(&self, owner: &str, field: &str, value: &SecretString) -> String {
-        match &self.sealer {
-            Some(sealer) => sealer.seal(Context { owner, field }, value.expose_secret()),
-            None => value.expose_secret().to_owned(),
-        }
-    }
-
-    fn unseal(&self, owner: &str, field: &str, value: String) -> Result<SecretString, String> {
-        match &self.sealer {
-            Some(sealer) if seal::is_sealed(&value) => {
-                sealer.open(Context { owner, field }, &value).map(SecretString::from)
-            }
-            // Written before a key was configured: still readable, sealed on the next write.
-            Some(_) => Ok(SecretString::from(value)),
-            None if seal::is_sealed(&value) => Err(format!("{field} is encrypted but no key is configured")),
-            None => Ok(SecretString::from(value)),
-        }
-    }
-
-    fn seal_session(&self, s: &Session) -> StoredSession {
-        let owner = user_owner(s.user_id);
-        StoredSession {
-            provision_id: s.provision_id,
-            external_uuid: s.external_uuid.clone(),
-            user_id: s.user_id,
-            granted_by_user_id: s.granted_by_user_id,
-            session_id: s.session_id,
-            session_token: self.seal(&owner, "session_token", &s.session_token),
-            installation_token: self.seal(&owner, "installation_token", &s.installation_token),
-            server_public_key: s.server_public_key.clone(),
-            created_at: s.created_at,
-            expires_at: s.expires_at,
-        }
-    }
-
-    fn open_session(&self, s: StoredSession) -> Result<Session, String> {
-        let owner = user_owner(s.user_id);
-        Ok(Session {
-            session_token: self.unseal(&owner, "session_token", s.session_token)?,
-            installation_token: self.unseal(&owner, "installation_token", s.installation_token)?,
-            provision_id: s.provision_id,
-            external_uuid: s.external_uuid,
-            user_id: s.user_id,
-            granted_by_user_id: s.granted_by_user_id,
-            session_id: s.session_id,
-            server_public_key: s.server_public_key,
-            created_at: s.created_at,
-            expires_at: s.expires_at,
-        })
-    }
-
-    fn seal_handshake(&self, provision_id: u64, h: &Handshake) -> StoredHandshake {
-        let owner = provision_owner(provision_id);
-        StoredHandshake {
-            installation_token: h
-                .installation
-                .as_ref()
-                .map(|(token, _)| self.seal(&owner, "installation_token", token)),
-            server_public_key: h.installation.as_ref().map(|(_, key)| key.clone()),
-            device_id: h.device_id,
-            session: h.session.as_ref().map(|s| self.seal_session(s)),
-        }
-    }
-
-    fn open_handshake(&self, provision_id: u64, h: StoredHandshake) -> Result<Handshake, String> {
-        let owner = provision_owner(provision_id);
-        let installation = match (h.installation_token, h.server_public_key) {
-            (Some(token), Some(key)) => Some((self.unseal(&owner, "installation_token", token)?, key)),
-            _ => None,
-        };
-        let session = h.session.map(|s| self.open_session(s)).transpose()?;
-        Ok(Handshake { installation, device_id: h.device_id, session })
-    }
-}
-
-/// Decodes and unseals a record read from `key`; one that fails either is `Corrupt`.
-fn decode_record<S: serde::de::DeserializeOwned, T>(
-    key: String,
-    raw: Option<Vec<u8>>,
-    open: impl FnOnce(S) -> Result<T, String>,
-) -> Result<Option<T>, StoreError> {
-    let Some(raw) = raw else { return Ok(None) };
-    serde_json::from_slice(&raw)
-        .map_err(|e| record_error(&e))
-        .and_then(open)
-        .map(Some)
-        .map_err(|problem| StoreError::Corrupt { key, problem })
-}
-
-/// A record that does not parse is described by shape, never by content: it holds tokens.
-fn record_error(err: &serde_json::Error) -> String {
-    bunq_protocol::redact::json_error(
-        err,
-        &["session_token", "installation_token", "user_id", "provision_id", "session_id"],
-    )
-}
-
-/// Sealed fields of a session record belong to its user; of a handshake record, to its
-/// provision.
-fn user_owner(user_id: u64) -> String {
-    format!("user:{user_id}")
-}
-
-fn provision_owner(provision_id: u64) -> String {
-    format!("provision:{provision_id}")
 }
 
 /// How the handler classifies a store error.
@@ -440,6 +299,7 @@ impl From<&StoreError> for Failure {
             StoreError::Redis(_) => Reason::RedisUnavailable,
             StoreError::Corrupt { .. } => Reason::CorruptState,
             StoreError::NotReplicated { .. } => Reason::NotReplicated,
+            StoreError::UnknownKey { .. } => Reason::UnknownKey,
             // The new holder finishes the job; this delivery comes back and finds it done.
             StoreError::LockLost { .. } => {
                 return Failure {

@@ -7,6 +7,7 @@
 //! an entry whose claimant died comes due again when the lease runs out: that is the
 //! takeover. The provision lock, not the lease, is what makes a renewal happen once.
 
+use super::record::{provision_owner, record_error, without_key, Tokens, REDACTED};
 use super::{Claim, Store, StoreError};
 use crate::seal::Context;
 use redis::AsyncCommands as _;
@@ -38,7 +39,7 @@ pub struct Credential {
 }
 
 #[derive(Serialize, Deserialize)]
-struct StoredCredential {
+pub(super) struct StoredCredential {
     tag: String,
     /// Always sealed: renewal is refused at start-up without a key.
     token_value: String,
@@ -46,6 +47,25 @@ struct StoredCredential {
     unannounced: Option<u64>,
     #[serde(default)]
     failures: u32,
+}
+
+impl std::fmt::Debug for StoredCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredCredential")
+            .field("tag", &self.tag)
+            .field("token_value", &REDACTED)
+            .field("unannounced", &self.unannounced)
+            .field("failures", &self.failures)
+            .finish()
+    }
+}
+
+/// A plaintext `token_value` is never sealed on read: one is never written, so it is
+/// unreadable (`corrupt_state`), not trusted.
+impl Tokens for StoredCredential {
+    fn tokens(&self) -> impl Iterator<Item = &String> {
+        std::iter::empty()
+    }
 }
 
 /// Claims up to ARGV[3] entries due at ARGV[1] (ms) by moving them to ARGV[2].
@@ -60,10 +80,6 @@ return due"#,
 });
 
 impl Store {
-    fn credential_context(provision_id: u64) -> String {
-        format!("provision:{provision_id}")
-    }
-
     /// The `(key, value, ttl)` of a credential record, for a fenced write.
     pub(super) fn credential_write(
         &self,
@@ -71,7 +87,7 @@ impl Store {
         credential: &Credential,
         ttl: Duration,
     ) -> Option<(String, Vec<u8>, Duration)> {
-        let owner = Self::credential_context(provision_id);
+        let owner = provision_owner(provision_id);
         // Without a key nothing is written: configuration refuses renewal without one,
         // and a credential is never stored in the clear.
         let sealer = self.sealer.as_ref()?;
@@ -87,11 +103,11 @@ impl Store {
     }
 
     pub async fn load_credential(&self, provision_id: u64) -> Result<Option<Credential>, StoreError> {
-        let owner = Self::credential_context(provision_id);
+        let owner = provision_owner(provision_id);
         self.read_record(self.keys.credential(provision_id), |stored: StoredCredential| {
             let token_value = match &self.sealer {
                 Some(sealer) => sealer.open(Context { owner: &owner, field: "token_value" }, &stored.token_value)?,
-                None => return Err("token_value is encrypted but no key is configured".to_owned()),
+                None => return Err(without_key("token_value", &stored.token_value)),
             };
             Ok(Credential {
                 tag: stored.tag,
@@ -103,20 +119,26 @@ impl Store {
         .await
     }
 
-    /// `session reseal`: the record sealed by the current key, `None` when it already is.
+    /// `session reseal`: the record at `key` sealed by the current key, `None` when it
+    /// already is.
     pub(super) fn resealed_credential(
         &self,
+        key: &str,
         provision_id: u64,
         raw: &[u8],
         sealer: &crate::seal::Sealer,
-    ) -> Result<Option<Vec<u8>>, String> {
-        let mut stored: StoredCredential = serde_json::from_slice(raw).map_err(|e| super::record_error(&e))?;
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut stored: StoredCredential = serde_json::from_slice(raw)
+            .map_err(|e| StoreError::Corrupt { key: key.to_owned(), problem: record_error(&e) })?;
         if sealer.is_current(&stored.token_value) {
             return Ok(None);
         }
-        let owner = Self::credential_context(provision_id);
+        let owner = provision_owner(provision_id);
         let context = Context { owner: &owner, field: "token_value" };
-        stored.token_value = sealer.seal(context, &sealer.open(context, &stored.token_value)?);
+        let opened = SecretString::from(
+            sealer.open(context, &stored.token_value).map_err(|e| StoreError::unsealable(key.to_owned(), e))?,
+        );
+        stored.token_value = sealer.seal(context, opened.expose_secret());
         Ok(Some(serde_json::to_vec(&stored).expect("records serialise")))
     }
 
@@ -203,4 +225,21 @@ impl Store {
 
 fn unix_ms(at: OffsetDateTime) -> i64 {
     (at.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_of_a_stored_credential_prints_no_token() {
+        let stored = StoredCredential {
+            tag: "0:ab".into(),
+            token_value: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".into(),
+            unannounced: Some(3),
+            failures: 1,
+        };
+        let printed = format!("{stored:?}");
+        assert!(!printed.contains("9f86d081884c7d65") && printed.contains(REDACTED), "{printed}");
+    }
 }

@@ -213,7 +213,14 @@ impl TestApp {
     /// Starts another worker on the same queues, Redis prefix and fake bunq (a second
     /// replica; its own consumer tag); stopped at teardown. Returns its ops address.
     pub async fn spawn_replica(&mut self) -> SocketAddr {
-        let worker = Worker::build(self.env.settings()).await.unwrap();
+        self.spawn_replica_with(&[]).await
+    }
+
+    /// The same, with `flags` on top of the first worker's settings (a replica of a
+    /// rollout's new configuration).
+    pub async fn spawn_replica_with(&mut self, flags: &[String]) -> SocketAddr {
+        let env = flags.iter().fold(self.env.clone(), |env, flag| env.set_flag(flag));
+        let worker = Worker::build(env.settings()).await.unwrap();
         let ops_addr = worker.ops_addr();
         let shutdown = CancellationToken::new();
         self.replicas.push((shutdown.clone(), tokio::spawn(worker.run_until_stopped(shutdown))));
@@ -221,8 +228,9 @@ impl TestApp {
         ops_addr
     }
 
-    /// Stops the first worker: its unsettled deliveries return to the queue.
-    /// [`TestApp::spawn_replica`] starts another.
+    /// Stops the first worker (as a rollout replaces a pod): its unsettled deliveries
+    /// return to the queue; replicas go on. Its ops address answers no more, so
+    /// [`Self::metrics`] and [`Self::wait_idle`] need a replica's.
     pub async fn stop_worker(&mut self) {
         self.shutdown.cancel();
         if let Some(worker) = self.worker.take() {

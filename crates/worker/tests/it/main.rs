@@ -14,5 +14,6 @@ mod process;
 mod redis_parts;
 mod renewal;
 mod replication;
+mod sealing;
 mod settlement;
 mod shapes;
