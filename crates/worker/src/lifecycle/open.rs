@@ -232,7 +232,16 @@ impl SessionOpener {
                 self.client.create_session_server(installation, secret)
             })
             .await?;
-        let now = OffsetDateTime::now_utc();
+        // Redis's clock: the session's expiry, and so its renewal, must mean the same on
+        // every replica. Redis away just now, the local clock stands in (the commit that
+        // follows waits for Redis anyway).
+        let now = match self.store.now().await {
+            Ok(now) => now,
+            Err(e) => {
+                tracing::warn!(event = "redis_clock_unavailable", error = %e);
+                OffsetDateTime::now_utc()
+            }
+        };
         Ok(Session {
             provision_id,
             external_uuid,

@@ -168,7 +168,8 @@ impl Renewer {
 
     /// Claims up to [`BATCH`] due entries and renews them; returns how many it claimed.
     async fn pass(&self, shutdown: &CancellationToken) -> Result<usize, Failure> {
-        let now = OffsetDateTime::now_utc();
+        // Redis's clock, not this replica's: what is due is due for every replica alike.
+        let now = self.parts.store.now().await?;
         let (scheduled, due) = self.parts.store.renewal_backlog(now).await?;
         self.metrics.renewal_backlog(scheduled, due);
         if due == 0 || shutdown.is_cancelled() {
@@ -269,7 +270,7 @@ impl Renewer {
             }
             credential.unannounced = None;
         }
-        let now = OffsetDateTime::now_utc();
+        let now = self.parts.store.now().await?;
         match trigger {
             Trigger::Due if self.settings.due_at(&current) > now => {
                 self.parts.store.schedule_renewal(id, self.settings.due_at(&current)).await?;
@@ -319,11 +320,12 @@ impl Renewer {
                     Some(wait) => wait.min(self.settings.max_retry_delay),
                     None => self.settings.retry_delay(credential.failures.max(1), hint),
                 };
-                let at = OffsetDateTime::now_utc() + delay;
+                let now = self.parts.store.now().await?;
+                let at = now + delay;
                 if at >= current.expires_at {
                     return self.close(&current, CloseReason::RenewalFailed).await;
                 }
-                let ttl = self.parts.opener.cache_ttl(&current, OffsetDateTime::now_utc());
+                let ttl = self.parts.opener.cache_ttl(&current, now);
                 self.parts.store.save_credential(&claim, &credential, ttl).await?;
                 self.parts.store.schedule_renewal(id, at).await?;
                 Ok(Renewal::Retrying { at, failure })

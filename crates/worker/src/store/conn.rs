@@ -121,6 +121,14 @@ impl Redis {
 }
 
 impl Redis {
+    /// Redis's clock (`TIME`): every replica reads the same one, whatever its own says.
+    pub(crate) async fn time(&self) -> RedisResult<time::OffsetDateTime> {
+        let (seconds, micros): (i64, i64) = redis::cmd("TIME").query_async(&mut self.clone()).await?;
+        let at = time::OffsetDateTime::from_unix_timestamp(seconds)
+            .map_err(|_| redis::RedisError::from((redis::ErrorKind::Parse, "TIME out of range")))?;
+        Ok(at + time::Duration::microseconds(micros))
+    }
+
     /// `WAIT replicas timeout` where `key` lives: how many replicas have every write this
     /// worker sent there so far. On a cluster it goes to the primary of `key`'s slot, over
     /// the connection that carried the writes.

@@ -1,5 +1,6 @@
 //! Durable before announced: how many replicas a write must reach before anything that
-//! depends on it is published, and the `WAIT` that checks it.
+//! depends on it is published, and the `WAIT` that checks it; and the one clock every
+//! replica reads (Redis's `TIME`).
 
 use super::{Session, Store, StoreError};
 use std::time::Duration;
@@ -55,5 +56,11 @@ impl Store {
         let mut keys = vec![self.keys.lock(provision_id)];
         keys.extend(user_id.map(|user_id| self.keys.session(user_id)));
         self.replicated(provision_id, &keys).await
+    }
+
+    /// Now, by Redis's clock: expiries and renewal times every replica agrees on (a
+    /// replica's own clock may be off by any amount).
+    pub(crate) async fn now(&self) -> Result<time::OffsetDateTime, StoreError> {
+        Ok(self.conn.time().await?)
     }
 }

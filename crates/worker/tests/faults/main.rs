@@ -5,6 +5,7 @@
 //! its confirm and the original's ack may leave a second, identical copy: counted).
 //! Each prints a `LEDGER` line; run with `--nocapture` to see them.
 
+mod clock;
 mod harness;
 mod renewal;
 

@@ -14,6 +14,16 @@ const BIN: &str = env!("CARGO_BIN_EXE_bunq-session-worker");
 impl Env {
     /// Starts `bunq-session-worker run` as a process; its logs go to a file per start.
     pub fn start_worker(&self, name: &str) -> Worker {
+        self.start(name, None)
+    }
+
+    /// The same, its clock off by `offset` (`faketime -f`, e.g. `+30s`); monotonic time
+    /// is left alone, so its timers run as anyone's.
+    pub fn start_worker_with_clock(&self, name: &str, offset: &str) -> Worker {
+        self.start(name, Some(offset))
+    }
+
+    fn start(&self, name: &str, clock: Option<&str>) -> Worker {
         let ops_port = free_port();
         let log_path = self.logs.path().join(format!("{name}.log"));
         let log = std::fs::File::create(&log_path).unwrap();
@@ -36,8 +46,18 @@ impl Env {
             .set("MAX_ATTEMPTS", "30")
             .set("SHUTDOWN_TIMEOUT", "10s");
         let env = self.worker_env.iter().fold(env, |env, (variable, value)| env.set(variable, value));
-        let mut command = Command::new(BIN);
+        let mut command = match clock {
+            None => Command::new(BIN),
+            Some(offset) => {
+                let mut faketime = Command::new("faketime");
+                faketime.args(["-f", offset, BIN]);
+                faketime
+            }
+        };
         command.arg("run").env_clear().envs(env.vars()).stdout(Stdio::null()).stderr(log).kill_on_drop(true);
+        if clock.is_some() {
+            command.env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+        }
         Worker { child: command.spawn().unwrap(), ops_port, log_path }
     }
 }
