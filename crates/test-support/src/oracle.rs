@@ -24,11 +24,13 @@ pub fn canonical(body: &[u8]) -> Vec<u8> {
     }
 }
 
-/// The dead letter of `body` without an encryption key, in [`canonical`] form: a JSON
-/// body with a credential keeps everything but the credential, each string equal to it
-/// set to `null`; a body without one is kept as it came.
-pub fn dead_letter_without_key(body: &[u8]) -> Vec<u8> {
-    let Some(token) = credential_of(body) else { return canonical(body) };
+/// The dead letter of `body` without an encryption key, in [`canonical`] form. `decodes`:
+/// the test wrote it as a valid provision event (a malformed one is dead-lettered
+/// `malformed`, and the tests' malformed bodies hold nothing credential-like, so they are
+/// kept as they came). A decoding body with a credential keeps everything but the
+/// credential, each string equal to it set to `null`; one without is kept as it came.
+pub fn dead_letter_without_key(body: &[u8], decodes: bool) -> Vec<u8> {
+    let Some(token) = credential_of(body).filter(|_| decodes) else { return canonical(body) };
     let mut value: Value = serde_json::from_slice(body).expect("a body with a credential is JSON");
     null_every(&mut value, &token);
     serde_json::to_vec(&value).expect("JSON")
@@ -51,11 +53,13 @@ mod tests {
     fn nulls_the_credential_wherever_it_stands_and_keeps_the_rest() {
         let body = br#"{"PartnerUserProvision":{"id":7,"note":"tok","credential":{"token_value":"tok"}}}"#;
         assert_eq!(credential_of(body).as_deref(), Some("tok"));
-        let kept: Value = serde_json::from_slice(&dead_letter_without_key(body)).unwrap();
+        let kept: Value = serde_json::from_slice(&dead_letter_without_key(body, true)).unwrap();
         assert_eq!(
             kept,
             serde_json::json!({"PartnerUserProvision":{"id":7,"note":null,"credential":{"token_value":null}}})
         );
-        assert_eq!(dead_letter_without_key(b"garbage 1"), b"garbage 1");
+        assert_eq!(dead_letter_without_key(b"garbage 1", false), b"garbage 1");
+        let malformed = br#"{"PartnerUserProvision":{"credential":{"token_value":"x","expiry_time":"yesterday"}}}"#;
+        assert_eq!(dead_letter_without_key(malformed, false), canonical(malformed));
     }
 }

@@ -20,7 +20,7 @@ use crate::event::{renewed_event_id, SessionClosed, SessionReady, SESSION_RENEWE
 use crate::failure::{Failure, Reason, Retry};
 use crate::metrics::Metrics;
 use crate::store::gate::RedisGate;
-use crate::store::{Claim, Credential, Session};
+use crate::store::{Claim, Credential, Fence, Session, StoreError};
 use futures_util::{FutureExt as _, StreamExt as _};
 use std::sync::Arc;
 use std::time::Duration;
@@ -343,6 +343,11 @@ impl Renewer {
         let event_id = renewed_event_id(session.provision_id, session.session_id);
         let event = session_event(&self.parts.store, session, SESSION_RENEWED_EVENT_TYPE, event_id);
         self.parts.store.session_replicated(session).await?;
+        // Still the holder and still open (see the handler's announce): a renewal overtaken
+        // or closed since its commit announces nothing; the entry comes due again.
+        if self.parts.store.check_fence(claim).await? != Fence::Held {
+            return Err(Failure::from(StoreError::LockLost { provision_id: claim.provision_id }));
+        }
         self.parts.announcer.announce_renewed(&event, None).await?;
         credential.unannounced = None;
         let ttl = self.parts.opener.cache_ttl(session, OffsetDateTime::now_utc());

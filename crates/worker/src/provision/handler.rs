@@ -11,7 +11,7 @@ use crate::lifecycle::announce::session_event;
 use crate::lifecycle::close::{CloseReason, CloseRequest, Closed, Closer};
 use crate::lifecycle::renew::{Renewal, Renewer};
 use crate::lifecycle::{Parts, ReadyProvision};
-use crate::store::{credential_tag, Begin, Claim, Credential, Handshake, Session};
+use crate::store::{credential_tag, Begin, Claim, Credential, Fence, Handshake, Session, StoreError};
 use std::sync::Arc;
 use std::time::Duration;
 use time::OffsetDateTime;
@@ -235,7 +235,7 @@ impl Handler {
         if let (Some(renewer), Some(credential)) = (&self.renewer, &credential) {
             self.schedule_renewal(renewer, claim, &session, credential, reused).await?;
         }
-        self.announce(session, reused, correlation_id).await
+        self.announce(session, claim, reused, correlation_id).await
     }
 
     /// A new session goes into the schedule at its due time. A reused one keeps its entry
@@ -260,11 +260,24 @@ impl Handler {
         Ok(self.parts.store.schedule_renewal_if_absent(session.provision_id, due).await?)
     }
 
-    async fn announce(&self, session: Session, reused: bool, correlation_id: Option<&str>) -> Result<Outcome, Failure> {
+    async fn announce(
+        &self,
+        session: Session,
+        claim: &Claim,
+        reused: bool,
+        correlation_id: Option<&str>,
+    ) -> Result<Outcome, Failure> {
         let event_id = event::event_id(session.provision_id, session.session_id);
         let event = session_event(&self.parts.store, &session, SESSION_READY_EVENT_TYPE, event_id);
         // Durable before announced: a failover that lost the session would open a second.
         self.parts.store.session_replicated(&session).await?;
+        // Last, still the holder and still open: a holder paused since its commit must not
+        // announce after a close or over the next holder's session.
+        match self.parts.store.check_fence(claim).await? {
+            Fence::Held => {}
+            Fence::Closed => return Ok(Outcome::Skipped(SkipReason::ProvisionClosed)),
+            Fence::Overtaken => return Err(Failure::from(StoreError::LockLost { provision_id: claim.provision_id })),
+        }
         self.parts.announcer.announce(&event, correlation_id).await?;
         Ok(Outcome::Announced { event: Box::new(event), reused })
     }

@@ -119,6 +119,28 @@ return {{'locked', generation, redis.call('GET', KEYS[4]) or ''}}"#
     ))
 });
 
+/// KEYS[1] the lock's generation, KEYS[2] the closed marker; ARGV[1] the holder's
+/// generation. 0: overtaken (a later generation exists), 2: the provision is closed, 1:
+/// neither. Run right before publishing what the holder did.
+static CHECK_FENCE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r#"if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if redis.call('EXISTS', KEYS[2]) == 1 then return 2 end
+return 1"#,
+    )
+});
+
+/// What [`Store::check_fence`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fence {
+    /// The holder's generation is still the latest and the provision is open.
+    Held,
+    /// Another holder took the provision since.
+    Overtaken,
+    /// The provision was closed.
+    Closed,
+}
+
 /// What [`Store::begin_open`] found.
 pub enum Begin {
     /// The provision is marked closed: nothing was taken.
@@ -160,6 +182,12 @@ impl Store {
         let Some(generation) = self.try_lock(provision_id, &owner, ttl).await? else {
             return Ok(None);
         };
+        // The taking must survive a failover, or the next holder is handed this generation
+        // again and both pass the fence.
+        if let Err(e) = self.replicated(provision_id, &[self.keys.lock_generation(provision_id)]).await {
+            self.unlock(provision_id, &owner).await?;
+            return Err(e);
+        }
         let claim = Claim { provision_id, credential, owner, generation };
         Ok(Some(self.hold(&claim, ttl, work(claim.clone())).await))
     }
@@ -200,6 +228,10 @@ impl Store {
                     .open_record(record_key, raw, |stored| self.open_handshake(provision_id, stored))
                     .await
                     .map(Option::unwrap_or_default);
+                if let Err(e) = self.replicated(provision_id, &[self.keys.lock_generation(provision_id)]).await {
+                    self.unlock(provision_id, &owner).await?;
+                    return Err(e);
+                }
                 let claim = Claim { provision_id, credential, owner, generation };
                 Begin::Locked { claim, handshake: Box::new(handshake) }
             }
@@ -247,6 +279,24 @@ impl Store {
             .invoke_async(&mut conn)
             .await?;
         Ok((generation > 0).then_some(generation))
+    }
+
+    /// Whether `claim` may still publish what it did: its generation is the latest and the
+    /// provision is not closed. Checked right before publishing; the publish itself cannot
+    /// be fenced (RabbitMQ knows no generation), so a pause between the two stays possible.
+    pub(crate) async fn check_fence(&self, claim: &Claim) -> Result<Fence, StoreError> {
+        let mut conn = self.conn.clone();
+        let found: i64 = CHECK_FENCE
+            .key(self.keys.lock_generation(claim.provision_id))
+            .key(self.keys.closed(claim.provision_id))
+            .arg(claim.generation)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(match found {
+            0 => Fence::Overtaken,
+            2 => Fence::Closed,
+            _ => Fence::Held,
+        })
     }
 
     /// Gives the holder another `ttl`; false when the lock is no longer ours.

@@ -160,7 +160,7 @@ mod reseal;
 pub use conn::{connect, Redis, Target};
 pub use replication::Replication;
 
-pub use lock::{credential_tag, Begin, Claim, Written};
+pub use lock::{credential_tag, Begin, Claim, Fence, Written};
 pub(crate) use record::{StoredHandshake, StoredSession};
 pub use renewal::Credential;
 pub use reseal::{Resealed, Unreadable};

@@ -111,8 +111,13 @@ impl Env {
             assert!(tokens.iter().all(|t| !text.contains(t)), "a dead letter keeps a live token");
             dead_by_body.entry(oracle::canonical(body)).or_default().push((reason, message_id));
         }
-        let kept: HashMap<&[u8], Vec<u8>> =
-            inputs.iter().map(|i| (i.body.as_slice(), oracle::dead_letter_without_key(&i.body))).collect();
+        let kept: HashMap<&[u8], Vec<u8>> = inputs
+            .iter()
+            .map(|i| {
+                let decodes = !matches!(i.expect, Expect::DeadLetter("malformed"));
+                (i.body.as_slice(), oracle::dead_letter_without_key(&i.body, decodes))
+            })
+            .collect();
         let mut seen_bodies = HashSet::new();
         for input in inputs {
             // A duplicate input shares its body and expectation with its original.
