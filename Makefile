@@ -19,7 +19,7 @@ test: test-rust test-faults test-infra test-image test-sdk test-helm ## Run ever
 
 test-rust: ## Unit, doc and integration tests of every crate
 	$(CARGO) test --locked -p bunq-protocol -p fake-bunq -p bsw-test-support -- --test-threads=$(TEST_THREADS)
-	$(CARGO) test --locked -p bunq-session-worker --lib --bins --examples --test it --test corpus --test secrets -- --test-threads=$(TEST_THREADS)
+	$(CARGO) test --locked -p bunq-session-worker --lib --bins --examples --test it --test corpus --test secrets --test model -- --test-threads=$(TEST_THREADS)
 	$(CARGO) test --locked -p bunq-session-worker --doc
 	# The bench harness with tiny sizes, so it cannot rot; figures come from `make bench`.
 	BENCH_SMOKE=1 $(CARGO) test --locked -p bunq-session-worker --bench throughput
