@@ -338,19 +338,12 @@ impl Budget {
         let started = tokio::time::Instant::now();
         let member = uuid::Uuid::new_v4().to_string();
         loop {
-            let left = max_hold.saturating_sub(started.elapsed());
-            let hold = self.hold_horizon().min(left);
+            let hold = self.hold_horizon().min(max_hold.saturating_sub(started.elapsed()));
             match self.admit_as(waiter, deadline, true, hold, &member).await? {
                 Admission::Go => return Ok(Reservation::new(self.log_key.clone(), member, started.elapsed())),
-                // The caller's retry budget is spent: it waits in the retry queue, not here
-                // holding a delivery, its lock and a prefetch slot (the line may say to
-                // stay when parking would bring it back late; the budget bounds that too).
-                Admission::Hold(wait) if left.is_zero() => return Err(RateLimitError::Parked { after: wait }),
                 // Half the wait at most: a slot that moves earlier (a waiter ahead left or
-                // is away) is noticed before it comes; never past the caller's budget.
-                Admission::Hold(wait) => {
-                    tokio::time::sleep(wait.min(self.poll_interval().max(wait / 2)).min(left)).await;
-                }
+                // is away) is noticed before it comes.
+                Admission::Hold(wait) => tokio::time::sleep(wait.min(self.poll_interval().max(wait / 2))).await,
                 Admission::Park(after) => return Err(RateLimitError::Parked { after }),
                 Admission::Hopeless { slot_in, ahead } => {
                     return Err(RateLimitError::NoSlotBeforeDeadline { deadline, slot_in, ahead })

@@ -88,26 +88,6 @@ async fn a_waiter_the_budget_cannot_reach_before_its_deadline_is_told_at_once() 
 }
 
 #[tokio::test]
-async fn a_waiter_whose_retry_budget_is_spent_is_parked_not_held() {
-    let prefix = TestNames::new("budget").key_prefix;
-    let budget = budget(&prefix, "1/5s", Duration::from_secs(300));
-    assert_eq!(budget.admit(Waiter::Open(1), in_secs(600), true, HOLD).await.unwrap(), Admission::Go);
-    // Provision 2 is parked until the next slot, ~5 s away.
-    let parked = budget.admit(Waiter::Open(2), in_secs(600), true, Duration::ZERO).await.unwrap();
-    assert!(matches!(parked, Admission::Park(_)), "{parked:?}");
-    // Provision 3's earlier deadline takes that slot; parked now it would come back behind
-    // 2 in the retry queue, too late, so the line tells it to stay. With its retry budget
-    // spent it must not: it is parked, not held for seconds.
-    let spent =
-        tokio::time::timeout(Duration::from_secs(3), budget.acquire(Waiter::Open(3), in_secs(20), Duration::ZERO));
-    match spent.await.expect("held past its retry budget") {
-        Err(RateLimitError::Parked { .. }) => {}
-        other => panic!("expected to be parked, got {other:?}"),
-    }
-    delete_keys(&mut connect_redis(REDIS_URL).unwrap(), &prefix).await.unwrap();
-}
-
-#[tokio::test]
 async fn a_parked_waiter_keeps_its_slot_only_if_it_is_back_in_time() {
     let prefix = TestNames::new("budget").key_prefix;
     let budget = budget(&prefix, "1/500ms", Duration::from_secs(300));
