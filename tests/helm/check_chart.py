@@ -21,9 +21,28 @@ import unittest
 from pathlib import Path
 
 import helm_python
+import kubernetes_validate
 import yaml
 
 ARGS = argparse.Namespace()
+# Values the schema refuses, each with the variable and value the worker refuses alike.
+SCHEMA_REFUSES = [
+    ({"amqp": {"prefetch": 0}}, "PREFETCH", "0"),
+    ({"amqp": {"prefetch": 1001}}, "PREFETCH", "1001"),
+    ({"redis": {"replicaTimeoutMs": 1501}}, "REDIS_REPLICA_TIMEOUT_MS", "1501"),
+    ({"redis": {"replicaTimeoutMs": 0}}, "REDIS_REPLICA_TIMEOUT_MS", "0"),
+    ({"bunq": {"rateLimitScope": "egress"}}, "RATE_LIMIT_SCOPE", "egress"),
+    ({"rateLimit": {"sessionServer": "0/30s"}}, "RATE_LIMIT_SESSION_SERVER", "0/30s"),
+    ({"rateLimit": {"otherPost": "5 per 3s"}}, "RATE_LIMIT_OTHER_POST", "5 per 3s"),
+    ({"retry": {"maxAttempts": 0}}, "MAX_ATTEMPTS", "0"),
+    ({"lock": {"ttlMs": 999}}, "LOCK_TTL_MS", "999"),
+    ({"amqp": {"deadLetterMaxAge": "2w"}}, "DEAD_LETTER_MAX_AGE", "2w"),
+    ({"logging": {"format": "text"}}, "LOG_FORMAT", "text"),
+    ({"shutdown": {"timeoutSeconds": 0}}, "SHUTDOWN_TIMEOUT", "0s"),
+]
+HERE = Path(__file__).resolve().parent
+ALERT_TESTS = HERE / "alerts.test.yaml"
+RUNBOOK = HERE.parent.parent / "docs" / "runbook.md"
 # Read by the worker, but by the log filter rather than a flag.
 EXTRA_WORKER_VARIABLES = {"RUST_LOG"}
 REQUIRED = {
@@ -98,12 +117,51 @@ def test_certificate():
     return str(cert), str(key)
 
 
+def check_env(rendered):
+    """The environment a cluster would give the worker for this render: the ConfigMap,
+    Secrets and mounted files."""
+    env = {"PATH": "/usr/bin:/bin"}
+    env.update({k: str(v) for k, v in rendered.config.items()})
+    # Secrets and mounted files as a cluster would provide them.
+    env["AMQP_URL"] = "amqp://user:password@rabbitmq:5672/%2f"
+    if "REDIS_CLUSTER_URLS" not in env:
+        env.setdefault("REDIS_URL", "redis://redis:6379/0")
+    env["BUNQ_CLIENT_PRIVATE_KEY_FILE"] = ARGS.client_key
+    if "SESSION_ENCRYPTION_KEY_FILE" in env:
+        key = Path(ARGS.tmp) / "session_encryption.key"
+        key.write_bytes(os.urandom(32))
+        env["SESSION_ENCRYPTION_KEY_FILE"] = str(key)
+    if "SESSION_ENCRYPTION_OLD_KEY_FILES" in env:
+        olds = []
+        for path in env["SESSION_ENCRYPTION_OLD_KEY_FILES"].split(","):
+            old = Path(ARGS.tmp) / Path(path).name
+            old.write_bytes(os.urandom(32))
+            olds.append(str(old))
+        env["SESSION_ENCRYPTION_OLD_KEY_FILES"] = ",".join(olds)
+    # TLS files as the Secrets would project them, and TLS URLs to go with them.
+    for service, scheme in (("AMQP", "amqps"), ("REDIS", "rediss")):
+        if f"{service}_TLS_CA_FILE" in env or f"{service}_TLS_CERT_FILE" in env:
+            cert, key = test_certificate()
+            for suffix, path in (("CA", cert), ("CERT", cert), ("KEY", key)):
+                if f"{service}_TLS_{suffix}_FILE" in env:
+                    env[f"{service}_TLS_{suffix}_FILE"] = path
+            for url in (f"{service}_URL", f"{service}_CLUSTER_URLS"):
+                if url in env:
+                    env[url] = env[url].replace(scheme[:-1] + "://", scheme + "://")
+    env["POD_NAME"] = "release-bunq-session-worker-0"
+    return env
+
+
+def worker_check(env):
+    return subprocess.run([ARGS.worker, "check"], env=env, capture_output=True, text=True, timeout=60)
+
+
 class Rendered:
     """One values file's render: the objects and the container the worker runs in."""
 
-    def __init__(self, path):
+    def __init__(self, path, values=None):
         self.path = path
-        self.values = load_values(path)
+        self.values = load_values(path) if values is None else values
         self.objects = render(self.values)
         self.deployment = one(self.objects, "Deployment")
         self.service = one(self.objects, "Service")["metadata"]["name"]
@@ -111,6 +169,10 @@ class Rendered:
         self.config = config["data"]
         self.pod = self.deployment["spec"]["template"]["spec"]
         (self.container,) = self.pod["containers"]
+
+    @classmethod
+    def of(cls, values):
+        return cls(Path("inline.yaml"), values)
 
     def own_variables(self):
         """Variable names the chart itself sets, not the user's extraConfig / extraEnv."""
@@ -133,11 +195,16 @@ class Chart(unittest.TestCase):
         # The first file is the minimal install; the failure cases start from it.
         cls.minimal = cls.renders[0].values
 
-    def assert_every_selector(self, expr, *matchers):
-        """Every `{…}` selector in a PromQL query carries each of `matchers`."""
-        selectors = re.findall(r"\{([^{}]*)\}", expr)
+    def assert_every_selector(self, expr, *matchers, deployment=None):
+        """Every `{…}` selector in a PromQL query carries each of `matchers`; a
+        kube-state-metrics selector names this release's Deployment instead."""
+        selectors = re.findall(r"(\w*)\{([^{}]*)\}", expr)
         self.assertTrue(selectors, expr)
-        for selector in selectors:
+        for name, selector in selectors:
+            if name.startswith("kube_"):
+                self.assertIn(f'deployment="{deployment}"', selector, expr)
+                self.assertIn(matchers[0], selector, expr)
+                continue
             for matcher in matchers:
                 self.assertIn(matcher, selector, expr)
 
@@ -163,40 +230,66 @@ class Chart(unittest.TestCase):
     def test_the_rendered_configuration_passes_the_workers_validation(self):
         for rendered in self.renders:
             with self.subTest(values=rendered.path.name):
-                env = {"PATH": "/usr/bin:/bin"}
-                env.update({k: str(v) for k, v in rendered.config.items()})
-                # Secrets and mounted files as a cluster would provide them.
-                env["AMQP_URL"] = "amqp://user:password@rabbitmq:5672/%2f"
-                if "REDIS_CLUSTER_URLS" not in env:
-                    env.setdefault("REDIS_URL", "redis://redis:6379/0")
-                env["BUNQ_CLIENT_PRIVATE_KEY_FILE"] = ARGS.client_key
-                if "SESSION_ENCRYPTION_KEY_FILE" in env:
-                    key = Path(ARGS.tmp) / "session_encryption.key"
-                    key.write_bytes(os.urandom(32))
-                    env["SESSION_ENCRYPTION_KEY_FILE"] = str(key)
-                if "SESSION_ENCRYPTION_OLD_KEY_FILES" in env:
-                    olds = []
-                    for path in env["SESSION_ENCRYPTION_OLD_KEY_FILES"].split(","):
-                        old = Path(ARGS.tmp) / Path(path).name
-                        old.write_bytes(os.urandom(32))
-                        olds.append(str(old))
-                    env["SESSION_ENCRYPTION_OLD_KEY_FILES"] = ",".join(olds)
-                # TLS files as the Secrets would project them, and TLS URLs to go with them.
-                for service, scheme in (("AMQP", "amqps"), ("REDIS", "rediss")):
-                    if f"{service}_TLS_CA_FILE" in env or f"{service}_TLS_CERT_FILE" in env:
-                        cert, key = test_certificate()
-                        for suffix, path in (("CA", cert), ("CERT", cert), ("KEY", key)):
-                            if f"{service}_TLS_{suffix}_FILE" in env:
-                                env[f"{service}_TLS_{suffix}_FILE"] = path
-                        for url in (f"{service}_URL", f"{service}_CLUSTER_URLS"):
-                            if url in env:
-                                env[url] = env[url].replace(scheme[:-1] + "://", scheme + "://")
-                env["POD_NAME"] = "release-bunq-session-worker-0"
-                check = subprocess.run(
-                    [ARGS.worker, "check"], env=env, capture_output=True, text=True, timeout=60
-                )
+                check = worker_check(check_env(rendered))
                 first = check.stdout.splitlines()[0] if check.stdout else check.stderr
                 self.assertEqual(first.split(), ["config", "ok"], check.stdout + check.stderr)
+
+    def test_the_schema_refuses_what_the_worker_refuses(self):
+        base = check_env(self.renders[0])
+        for override, variable, value in SCHEMA_REFUSES:
+            with self.subTest(values=override):
+                with self.assertRaisesRegex(helm_python.HelmError, "schema"):
+                    render(merge(self.minimal, override))
+                check = worker_check(dict(base, **{variable: value}))
+                self.assertNotEqual(check.returncode, 0, f"the worker accepts {variable}={value}")
+                self.assertIn(variable, check.stdout + check.stderr)
+        # The bounds themselves pass both.
+        edge = {"amqp": {"prefetch": 1000}, "redis": {"replicaTimeoutMs": 1500}, "lock": {"ttlMs": 1000},
+                "rateLimit": {"sessionServer": "2/1m"}, "retry": {"maxAttempts": 1}}
+        check = worker_check(check_env(Rendered.of(merge(self.minimal, edge))))
+        self.assertEqual(check.stdout.split()[:2], ["config", "ok"], check.stdout + check.stderr)
+
+    def test_every_manifest_is_valid_for_kubernetes(self):
+        custom = {"ServiceMonitor", "PrometheusRule", "ScaledObject", "TriggerAuthentication"}
+        seen = set()
+        for rendered in self.renders:
+            # The newest bundled schemas: helm-python-sdk renders for Helm's default (recent)
+            # Kubernetes version, with the fields gated on it (the PDB's eviction policy).
+            for version in (kubernetes_validate.latest_version(),):
+                for obj in rendered.objects:
+                    with self.subTest(values=rendered.path.name, kind=obj["kind"], version=version):
+                        try:
+                            kubernetes_validate.validate(obj, version, strict=True)
+                            seen.add(obj["kind"])
+                        except kubernetes_validate.SchemaNotFoundError:
+                            # Custom resources: no bundled schema (their CRDs are not Kubernetes').
+                            self.assertIn(obj["kind"], custom)
+                        except kubernetes_validate.ValidationError as e:
+                            self.fail(f"{obj['kind']} {obj['metadata']['name']}: {e.message} at {list(e.path)}")
+        self.assertLessEqual({"Deployment", "ConfigMap", "Service", "NetworkPolicy", "PodDisruptionBudget"}, seen)
+
+    def test_the_chart_version_follows_the_crate(self):
+        chart = yaml.safe_load((Path(ARGS.chart) / "Chart.yaml").read_text())
+        cargo = (Path(ARGS.chart) / ".." / ".." / "Cargo.toml").read_text()
+        version = re.search(r'^version = "([^"]+)"', cargo, re.M).group(1)
+        self.assertEqual(chart["version"], version, "Chart.yaml version follows Cargo.toml's workspace version")
+        self.assertEqual(chart["appVersion"], version, "appVersion follows Cargo.toml's workspace version")
+
+    def test_keda_has_its_own_host_and_tls(self):
+        full = self.renders[-1]
+        (auth,) = [o for o in full.objects if o["kind"] == "TriggerAuthentication"]
+        params = {p["parameter"]: (p["name"], p["key"]) for p in auth["spec"]["secretTargetRef"]}
+        self.assertEqual(params["host"], ("rabbitmq-keda", "amqp-url"))
+        for parameter, key in (("ca", "ca.crt"), ("cert", "tls.crt"), ("key", "tls.key")):
+            self.assertEqual(params[parameter], ("rabbitmq-client-tls", key), parameter)
+        (scaled,) = [o for o in full.objects if o["kind"] == "ScaledObject"]
+        self.assertEqual(scaled["spec"]["triggers"][0]["metadata"]["tls"], "enable")
+        plain = render(merge(self.minimal, {"autoscaling": {"enabled": True}}))
+        (auth,) = [o for o in plain if o["kind"] == "TriggerAuthentication"]
+        self.assertEqual([p["parameter"] for p in auth["spec"]["secretTargetRef"]], ["host"])
+        with self.assertRaisesRegex(helm_python.HelmError, "autoscaling.rabbitmq.tls.enabled needs"):
+            render(merge(self.minimal, {"autoscaling": {"enabled": True, "rabbitmq": {"tls": {"enabled": True}}}}))
+
 
     def test_tls_files_come_from_secrets_and_are_configured_where_they_are_mounted(self):
         full = self.renders[-1]
@@ -239,7 +332,8 @@ class Chart(unittest.TestCase):
         with self.assertRaisesRegex(helm_python.HelmError, r"sessionEncryption.oldKeys needs sessionEncryption.existingSecret"):
             render(merge(self.minimal, old_key))
         nameless = {"sessionEncryption": {"existingSecret": "current", "oldKeys": [{"secretKey": "k"}]}}
-        with self.assertRaisesRegex(helm_python.HelmError, re.escape("sessionEncryption.oldKeys[0].existingSecret")):
+        # The schema refuses it before the template's own message would.
+        with self.assertRaisesRegex(helm_python.HelmError, "/sessionEncryption/oldKeys/0': missing property 'existingSecret'"):
             render(merge(self.minimal, nameless))
 
     def test_the_default_image_is_what_make_image_tags(self):
@@ -326,10 +420,41 @@ class Chart(unittest.TestCase):
                     self.assertTrue(alert["annotations"]["summary"] and alert["annotations"]["description"])
                     # Every selector is scoped to this release's series, never to all pods.
                     self.assert_every_selector(
-                        alert["expr"], 'namespace="payments"', f'service="{rendered.service}"'
+                        alert["expr"], 'namespace="payments"', f'service="{rendered.service}"',
+                        deployment=rendered.deployment["metadata"]["name"],
                     )
+                    anchor = alert["alert"].lower()
+                    self.assertTrue(alert["annotations"]["runbook_url"].endswith(f"docs/runbook.md#{anchor}"))
+                    self.assertIn(f"\n## {alert['alert']}\n", RUNBOOK.read_text(), "a runbook section per alert")
             templated = " ".join(a["annotations"]["summary"] for a in alerts)
             self.assertIn("{{ $labels.reason }}", templated, "Prometheus templates must reach Prometheus")
+
+    def test_the_alerts_pass_promtool_and_their_unit_tests(self):
+        values = merge(self.minimal, {"prometheusRule": {"enabled": True}})
+        (rule,) = [o for o in render(values) if o["kind"] == "PrometheusRule"]
+        groups = rule["spec"]["groups"]
+        tmp = Path(ARGS.tmp)
+        (tmp / "rules-full.yaml").write_text(yaml.safe_dump({"groups": groups}))
+        check = subprocess.run([ARGS.promtool, "check", "rules", str(tmp / "rules-full.yaml")],
+                               capture_output=True, text=True)
+        self.assertEqual(check.returncode, 0, check.stdout + check.stderr)
+        # promtool compares annotations verbatim: the tests hold expressions, `for` and labels.
+        bare = [dict(g, rules=[{k: v for k, v in r.items() if k != "annotations"} for r in g["rules"]])
+                for g in groups]
+        (tmp / "rules.yaml").write_text(yaml.safe_dump({"groups": bare}))
+        tests = yaml.safe_load(ALERT_TESTS.read_text())
+        tests["rule_files"] = [str(tmp / "rules.yaml")]
+        (tmp / "alerts.test.yaml").write_text(yaml.safe_dump(tests))
+        run = subprocess.run([ARGS.promtool, "test", "rules", str(tmp / "alerts.test.yaml")],
+                             capture_output=True, text=True)
+        self.assertEqual(run.returncode, 0, run.stdout + run.stderr)
+        # Every alert has a case where it fires and one where it stays quiet.
+        cases = [c for t in tests["tests"] for c in t["alert_rule_test"]]
+        for alert in [r["alert"] for g in groups for r in g["rules"] if "alert" in r]:
+            with self.subTest(alert=alert):
+                mine = [c for c in cases if c["alertname"] == alert]
+                self.assertTrue([c for c in mine if c["exp_alerts"]], "no case where it fires")
+                self.assertTrue([c for c in mine if not c["exp_alerts"]], "no case where it stays quiet")
 
     def test_the_dashboard_ships_for_the_sidecar_and_filters_by_release(self):
         enabled = [r for r in self.renders if r.values.get("grafanaDashboard", {}).get("enabled")]
@@ -366,6 +491,7 @@ def main():
     parser.add_argument("--chart", required=True)
     parser.add_argument("--worker", required=True)
     parser.add_argument("--client-key", required=True)
+    parser.add_argument("--promtool", default="promtool")
     parsed, rest = parser.parse_known_args()
     with tempfile.TemporaryDirectory() as tmp:
         vars(ARGS).update(vars(parsed), tmp=tmp)

@@ -34,6 +34,27 @@ pub(crate) enum Reason {
 }
 
 impl Reason {
+    /// Every reason; `as_str`'s match below lists the same variants.
+    #[cfg(test)]
+    pub(crate) const ALL: [Reason; 16] = [
+        Reason::Malformed,
+        Reason::CredentialExpired,
+        Reason::RejectedByBunq,
+        Reason::UnexpectedResponse,
+        Reason::BunqUnavailable,
+        Reason::RateLimited,
+        Reason::Throttled,
+        Reason::RedisUnavailable,
+        Reason::NotReplicated,
+        Reason::CorruptState,
+        Reason::UnknownKey,
+        Reason::PublishFailed,
+        Reason::OutputUnroutable,
+        Reason::LockBusy,
+        Reason::RetriesExhausted,
+        Reason::RedeliveredTooOften,
+    ];
+
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             Reason::Malformed => "malformed",

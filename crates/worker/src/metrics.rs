@@ -12,6 +12,49 @@ use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
+/// The label values the chart's alerts and dashboard select on, created at 0 when the
+/// registry is built: a series born at 1 reads as no increase, so an alert on
+/// `increase()` would miss a pod's first event. Plain strings: this module names no type
+/// of the crate; the tests of `provision::outcome` and `lifecycle::renew` hold these
+/// lists to the enums that produce the labels.
+pub const DEAD_LETTER_REASONS: [&str; 16] = [
+    "malformed",
+    "credential_expired",
+    "rejected_by_bunq",
+    "unexpected_response",
+    "bunq_unavailable",
+    "rate_limited",
+    "throttled",
+    "redis_unavailable",
+    "not_replicated",
+    "corrupt_state",
+    "unknown_key",
+    "publish_failed",
+    "output_unroutable",
+    "lock_busy",
+    "retries_exhausted",
+    "redelivered_too_often",
+];
+/// Outcomes of a pass over a renewal entry (`renewals_total{outcome}`).
+pub const RENEWAL_OUTCOMES: [&str; 10] = [
+    "renewed",
+    "not_due",
+    "stale",
+    "nothing_to_renew",
+    "credential_revoked",
+    "renewal_failed",
+    "retrying",
+    "busy",
+    "error",
+    "panicked",
+];
+/// bunq endpoints as `Endpoint::path` names them.
+const BUNQ_ENDPOINTS: [&str; 5] =
+    ["installation", "device-server", "session-server", "session", "notification-filter-url"];
+/// Statuses created at 0 per endpoint: success, the rate limit, and the failures bunq and
+/// the network most often give; other statuses appear when first seen.
+const BUNQ_STATUSES: [&str; 8] = ["200", "429", "500", "502", "503", "504", "timeout", "transport"];
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
     outcome: &'static str,
@@ -193,6 +236,19 @@ impl Metrics {
         );
         let budget = BudgetGauges::default();
         budget.register(&mut registry);
+        for reason in DEAD_LETTER_REASONS {
+            let _ = deliveries.get_or_create(&OutcomeLabels { outcome: "dead_lettered", reason });
+        }
+        for outcome in RENEWAL_OUTCOMES {
+            let _ = renewals.get_or_create(&OutcomeOnly { outcome });
+        }
+        for endpoint in BUNQ_ENDPOINTS {
+            for status in BUNQ_STATUSES {
+                let _ = bunq_requests.get_or_create(&BunqLabels { endpoint, status });
+            }
+            let _ = bunq_seconds.get_or_create(&EndpointLabels { endpoint });
+            let _ = rate_limit_wait_seconds.get_or_create(&EndpointLabels { endpoint });
+        }
         Self {
             registry,
             budget,
@@ -356,5 +412,108 @@ mod tests {
             assert!(exposition.contains(needle), "{needle} not in\n{exposition}");
         }
         assert!(ALERTS.contains(r#"reason="retries_exhausted""#));
+    }
+
+    /// The label matchers of each `bunq_session_worker_…{…}` selector in `text`: the
+    /// series name and `(label, operator, value)`; the scrape's labels (namespace,
+    /// service, pod) and Helm's `{{ $match }}` are left out.
+    /// `(label, operator, value)`.
+    type Matcher<'a> = (&'a str, &'a str, &'a str);
+    /// `(name, [(label, value)], value)`.
+    type Sample<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str);
+
+    fn selectors(text: &str) -> Vec<(&str, Vec<Matcher<'_>>)> {
+        let mut found = Vec::new();
+        for (at, _) in text.match_indices("bunq_session_worker_") {
+            let rest = &text[at..];
+            let end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len());
+            let (name, after) = rest.split_at(end);
+            if !after.starts_with(['{', '[']) {
+                continue; // prose naming a family, not a query
+            }
+            let mut matchers = Vec::new();
+            if let Some(inside) = after.strip_prefix('{') {
+                let inside = &inside[..inside.find('}').unwrap_or(inside.len())];
+                for part in inside.split(',') {
+                    let part = part.trim();
+                    let Some(op_at) = part.find(['=', '!']) else { continue };
+                    let (label, op_value) = part.split_at(op_at);
+                    let op = ["=~", "!=", "!~", "="].into_iter().find(|op| op_value.starts_with(op)).unwrap();
+                    let value = op_value[op.len()..].trim_matches('"');
+                    if !["namespace", "service", "pod"].contains(&label.trim()) {
+                        matchers.push((label.trim(), op, value));
+                    }
+                }
+            }
+            found.push((name, matchers));
+        }
+        found
+    }
+
+    /// `name{labels} value` lines of the exposition, labels as `(label, value)` pairs.
+    fn samples(exposition: &str) -> Vec<Sample<'_>> {
+        exposition
+            .lines()
+            .filter(|line| !line.starts_with('#'))
+            .filter_map(|line| {
+                let (series, value) = line.rsplit_once(' ')?;
+                let (name, labels) = series.split_once('{').unwrap_or((series, "}"));
+                let labels = labels
+                    .trim_end_matches('}')
+                    .split(',')
+                    .filter_map(|pair| pair.split_once('='))
+                    .map(|(label, value)| (label, value.trim_matches('"')))
+                    .collect();
+                Some((name, labels, value))
+            })
+            .collect()
+    }
+
+    fn label<'a>(labels: &[(&str, &'a str)], key: &str) -> Option<&'a str> {
+        labels.iter().find(|(l, _)| *l == key).map(|(_, v)| *v)
+    }
+
+    /// A pod's first event fires the alerts only if every series they read is there at 0
+    /// before it: `increase()` over a series born at 1 is 0. Read from the chart's rules and
+    /// dashboard; a selector `label="v"` needs that series, `label=~"a|b"` each of them,
+    /// `label!="v"` at least one other.
+    #[test]
+    fn a_fresh_worker_exposes_every_series_the_alerts_and_dashboard_read_at_zero() {
+        let exposition = Metrics::new().encode();
+        let samples = samples(&exposition);
+        let dashboard = DASHBOARD.replace("\\\"", "\"");
+        let mut checked = 0;
+        for (name, matchers) in selectors(ALERTS).into_iter().chain(selectors(&dashboard)) {
+            let of_name: Vec<_> = samples.iter().filter(|(n, _, _)| *n == name).collect();
+            let mut wanted: Vec<Vec<Matcher>> = vec![vec![]];
+            for &(key, op, value) in &matchers {
+                if op == "=~" {
+                    wanted = wanted
+                        .into_iter()
+                        .flat_map(|w| value.split('|').map(move |v| [w.clone(), vec![(key, "=", v)]].concat()))
+                        .collect();
+                } else {
+                    wanted.iter_mut().for_each(|w| w.push((key, op, value)));
+                }
+            }
+            for want in wanted {
+                let present = of_name.iter().any(|(_, labels, value)| {
+                    value.parse::<f64>() == Ok(0.0)
+                        && want.iter().all(|&(key, op, v)| match op {
+                            "=" => label(labels, key) == Some(v),
+                            "!=" => label(labels, key).is_some_and(|l| l != v),
+                            _ => true,
+                        })
+                });
+                assert!(present, "no `{name}` series matching {want:?} at 0 on a fresh worker:\n{exposition}");
+                checked += 1;
+            }
+        }
+        assert!(checked >= 30, "only {checked} selectors found");
+        for reason in DEAD_LETTER_REASONS {
+            let line =
+                format!(r#"bunq_session_worker_deliveries_total{{outcome="dead_lettered",reason="{reason}"}} 0"#);
+            assert!(exposition.contains(&line), "{line}");
+        }
     }
 }

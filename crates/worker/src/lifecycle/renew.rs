@@ -436,5 +436,9 @@ mod tests {
             .map(|r| Renewal::Closed { reason: r, event: None });
         let outcomes = [retrying.label(), closes[0].label(), closes[1].label(), "error"];
         assert!(ALERTS.contains(&format!(r#"outcome=~"{}""#, outcomes.join("|"))), "{outcomes:?}");
+        let others = [Renewal::NotDue, Renewal::Stale, Renewal::NothingToRenew, Renewal::Busy].map(|r| r.label());
+        for outcome in outcomes.iter().chain(&others).chain(&["renewed", "panicked"]) {
+            assert!(crate::metrics::RENEWAL_OUTCOMES.contains(outcome), "{outcome} is not created at 0");
+        }
     }
 }

@@ -57,3 +57,14 @@ impl Outcome {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::failure::Reason;
+
+    #[test]
+    fn every_dead_letter_reason_is_created_at_zero_by_the_metrics() {
+        let reasons: Vec<_> = Reason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(reasons, crate::metrics::DEAD_LETTER_REASONS, "metrics::DEAD_LETTER_REASONS follows Reason");
+    }
+}
