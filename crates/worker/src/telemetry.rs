@@ -36,9 +36,17 @@ pub fn filter(default: &str) -> impl Filter<Registry> {
     env.and(caps())
 }
 
+/// Colour codes only for a person at a terminal: never into a file, a pipe or a log
+/// collector, and not with `NO_COLOR` set (no-color.org).
+fn colour(stderr_is_terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
 /// Installs the global subscriber. Logs go to stderr, so stdout stays for command output.
 pub fn init(format: LogFormat) {
-    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    use std::io::IsTerminal as _;
+    let ansi = colour(std::io::stderr().is_terminal(), std::env::var_os("NO_COLOR"));
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
     match format {
         LogFormat::Json => {
             let layer = layer.json().with_current_span(true).with_span_list(false);
@@ -51,6 +59,14 @@ pub fn init(format: LogFormat) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(colour(true, None));
+        assert!(!colour(false, None), "a file or a pipe gets no escape codes");
+        assert!(!colour(true, Some("1".into())));
+        assert!(colour(true, Some("".into())), "an empty NO_COLOR is unset");
+    }
 
     #[test]
     fn lapin_frames_and_returned_messages_stay_off_at_any_level_asked() {

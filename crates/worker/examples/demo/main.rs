@@ -7,6 +7,10 @@
 //! the demo prints what the stand-in holds; then the partner cancels one provision and
 //! the demo shows the session-closed event and the emptied cache. Stops both processes
 //! with SIGTERM and removes what it created.
+//!
+//! The terminal shows only the demo's narrative; each process's log goes to a file the
+//! demo names at the start and the end (`target/demo/`, overwritten each run), without
+//! colour codes (the worker colours only a terminal).
 
 mod downstream;
 
@@ -35,7 +39,18 @@ async fn main() -> anyhow::Result<()> {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("target/debug"));
     require_services().await?;
+    let logs = Logs::new(&bin_dir)?;
+    step("logs of the processes go to files, not here");
+    println!("    fake-bunq:           {}", logs.fake.display());
+    println!("    bunq-session-worker: {}", logs.worker.display());
+    let result = demo(&bin_dir, &logs).await;
+    if result.is_err() {
+        eprintln!("\nthe demo failed; the processes' logs: {} and {}", logs.worker.display(), logs.fake.display());
+    }
+    result
+}
 
+async fn demo(bin_dir: &std::path::Path, logs: &Logs) -> anyhow::Result<()> {
     let run = TestNames::new("demo");
     let names = &run.topology;
     let work = tempfile::tempdir()?;
@@ -44,7 +59,7 @@ async fn main() -> anyhow::Result<()> {
     std::fs::write(&key_path, &pem)?;
 
     step("starting fake-bunq (the local stand-in for bunq's API)");
-    let (mut fake, base_url) = start_fake(&bin_dir).await?;
+    let (mut fake, base_url) = start_fake(bin_dir, &logs.fake).await?;
     println!("    {base_url}");
 
     // Downstream's view: a queue on the output exchange, declared before anything is published.
@@ -62,8 +77,14 @@ async fn main() -> anyhow::Result<()> {
     let env = WorkerEnv::local(&base_url, &key_path, &run)
         .set("LOG_FORMAT", "pretty")
         .set("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info,lapin=warn".into()));
-    let mut worker =
-        Command::new(bin_dir.join("bunq-session-worker")).arg("run").envs(env.vars()).kill_on_drop(true).spawn()?;
+    let log = std::fs::File::create(&logs.worker)?;
+    let mut worker = Command::new(bin_dir.join("bunq-session-worker"))
+        .arg("run")
+        .envs(env.vars())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()?;
 
     step("publishing provision events: 3 ready, 1 still onboarding, 1 malformed");
     let base = u64::from(rand::random::<u32>()) * 10;
@@ -152,7 +173,23 @@ async fn main() -> anyhow::Result<()> {
     leftovers.clean().await?;
     connection.close(200, "demo done".into()).await?;
     step("done: 3 sessions opened, cached and announced, their notification filters set; 1 closed; 1 skipped; 1 dead-lettered");
+    println!("    logs: {} and {}", logs.worker.display(), logs.fake.display());
     Ok(())
+}
+
+/// Where each process's log goes: `demo/` next to the binaries' profile directory.
+struct Logs {
+    worker: PathBuf,
+    fake: PathBuf,
+}
+
+impl Logs {
+    fn new(bin_dir: &std::path::Path) -> anyhow::Result<Self> {
+        let dir = bin_dir.parent().unwrap_or(bin_dir).join("demo");
+        std::fs::create_dir_all(&dir)?;
+        let dir = dir.canonicalize()?;
+        Ok(Self { worker: dir.join("bunq-session-worker.log"), fake: dir.join("fake-bunq.log") })
+    }
 }
 
 fn step(text: &str) {
@@ -174,10 +211,11 @@ async fn require_services() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn start_fake(bin_dir: &std::path::Path) -> anyhow::Result<(Child, String)> {
+async fn start_fake(bin_dir: &std::path::Path, log: &std::path::Path) -> anyhow::Result<(Child, String)> {
     let mut fake = Command::new(bin_dir.join("fake-bunq"))
         .args(["--listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(log)?)
         .kill_on_drop(true)
         .spawn()?;
     let stdout = fake.stdout.take().expect("piped");

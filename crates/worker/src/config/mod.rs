@@ -314,15 +314,15 @@ pub struct WorkerArgs {
     /// every third of it; a replica that dies holding it delays its provision this long.
     #[arg(long, env = "LOCK_TTL_MS", default_value_t = 30_000)]
     pub(crate) lock_ttl_ms: u64,
-    /// Rate limit of POST /session-server, as CALLS/SECONDSs (bunq: 1 per 30 s).
+    /// Rate limit of POST /session-server, as CALLS/DURATION, e.g. 1/30s (bunq: 1 per 30 s).
     #[arg(long, env = "RATE_LIMIT_SESSION_SERVER", default_value = "1/30s")]
     pub(crate) rate_limit_session_server: String,
-    /// Rate limit of the other POSTs (installation, device-server) (bunq: 5 per 3 s).
+    /// Rate limit of the other POSTs (installation, device-server), as CALLS/DURATION (bunq: 5 per 3 s).
     #[arg(long, env = "RATE_LIMIT_OTHER_POST", default_value = "5/3s")]
     pub(crate) rate_limit_other_post: String,
     /// `global`: one budget for all replicas, the safe reading of bunq counting per egress IP;
     /// `credential`: one per credential, for bunq counting per device (newer docs).
-    #[arg(long, env = "RATE_LIMIT_SCOPE", default_value = "global")]
+    #[arg(long, env = "RATE_LIMIT_SCOPE", default_value = "global", value_parser = ["global", "credential"])]
     pub(crate) rate_limit_scope: String,
     /// How long in-flight deliveries may take to finish after SIGTERM, e.g. 30s.
     #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "30s")]
@@ -330,7 +330,7 @@ pub struct WorkerArgs {
     /// `on`: keep each user's credential (an API key) sealed in Redis and renew every cached
     /// session SESSION_RENEW_BEFORE before it expires; needs SESSION_ENCRYPTION_KEY_FILE.
     /// `off`: sessions lapse at bunq's session_timeout.
-    #[arg(long, env = "SESSION_RENEWAL", default_value = "off")]
+    #[arg(long, env = "SESSION_RENEWAL", default_value = "off", value_parser = ["on", "off"])]
     pub(crate) session_renewal: String,
     /// How long before a session expires it is renewed, e.g. 1h (more than
     /// SESSION_TTL_MARGIN_SECS, less than 7d); a session shorter than twice this is renewed
