@@ -15,34 +15,29 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     && install -D -m 0755 target/release/bunq-session-worker -t /out/worker \
     && install -D -m 0755 target/release/fake-bunq -t /out/fake-bunq
 
-FROM gcr.io/distroless/cc-debian12:nonroot AS fake-bunq
+# What both images share: the distroless base (glibc, libgcc, CA certificates; no shell),
+# the release's labels and the unprivileged user.
+FROM gcr.io/distroless/cc-debian12:nonroot AS runtime
 ARG VERSION=unknown
 ARG REVISION=unknown
 ARG CREATED=unknown
-LABEL org.opencontainers.image.title="fake-bunq" \
-      org.opencontainers.image.description="A stand-in for bunq's API (installation, device-server, session-server) for tests; never for production" \
-      org.opencontainers.image.version="${VERSION}" \
+LABEL org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.created="${CREATED}" \
       org.opencontainers.image.licenses="MIT OR Apache-2.0" \
       org.opencontainers.image.documentation="image/README.md"
-COPY --from=build /out/fake-bunq/ /usr/local/bin/
 USER 65532:65532
+
+FROM runtime AS fake-bunq
+LABEL org.opencontainers.image.title="fake-bunq" \
+      org.opencontainers.image.description="A stand-in for bunq's API (installation, device-server, session-server) for tests; never for production"
+COPY --from=build /out/fake-bunq/ /usr/local/bin/
 ENTRYPOINT ["/usr/local/bin/fake-bunq"]
 
-FROM gcr.io/distroless/cc-debian12:nonroot AS worker
-ARG VERSION=unknown
-ARG REVISION=unknown
-ARG CREATED=unknown
+FROM runtime AS worker
 LABEL org.opencontainers.image.title="bunq-session-worker" \
-      org.opencontainers.image.description="Opens bunq API sessions for partner-provisioned users: RabbitMQ in, Redis cache, session events out" \
-      org.opencontainers.image.version="${VERSION}" \
-      org.opencontainers.image.revision="${REVISION}" \
-      org.opencontainers.image.created="${CREATED}" \
-      org.opencontainers.image.licenses="MIT OR Apache-2.0" \
-      org.opencontainers.image.documentation="image/README.md"
+      org.opencontainers.image.description="Opens bunq API sessions for partner-provisioned users: RabbitMQ in, Redis cache, session events out"
 COPY --from=build /out/worker/ /usr/local/bin/
-USER 65532:65532
 EXPOSE 9090
 ENTRYPOINT ["/usr/local/bin/bunq-session-worker"]
 CMD ["run"]

@@ -118,6 +118,12 @@ pub struct Faults {
 }
 
 impl Faults {
+    /// Every `/v1` call answered with `action`, every time: bunq down for good.
+    pub fn always(action: FaultAction) -> Faults {
+        let rule = FaultRule { endpoint: EndpointMatch::Any, action, trigger: Trigger::Probability(1.0) };
+        Faults { rules: vec![rule], ..Faults::default() }
+    }
+
     /// Rejects probabilities outside 0..=1 (NaN included).
     pub fn validate(&self) -> Result<(), String> {
         for (i, rule) in self.rules.iter().enumerate() {

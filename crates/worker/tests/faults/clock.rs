@@ -15,20 +15,10 @@ const DUE_AFTER: Duration = Duration::from_secs(31);
 
 #[tokio::test]
 async fn a_replica_whose_clock_is_30_s_fast_renews_neither_early_nor_twice() {
-    let key_dir = tempfile::tempdir().unwrap();
-    let key_path = key_dir.path().join("session.key");
-    std::fs::write(&key_path, hex::encode(rand::random::<[u8; 32]>())).unwrap();
     let fake = FakeConfig { session_timeout_secs: 62, ..relaxed_fake() };
     let mut env = Env::new(fake, REDIS_URL).await;
-    env.worker_env = [
-        ("SESSION_RENEWAL", "on"),
-        ("SESSION_ENCRYPTION_KEY_FILE", key_path.to_str().unwrap()),
-        ("SESSION_RENEW_BEFORE", "31s"),
-        ("SESSION_TTL_MARGIN_SECS", "30"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect();
+    let (_key_dir, vars) = renewing(&[]);
+    env.worker_env = vars;
     let right = env.start_worker("right");
     let fast = env.start_worker_with_clock("fast", "+30s");
     right.wait_ready().await;

@@ -17,24 +17,12 @@ const PER_BATCH: usize = 20;
 
 #[tokio::test]
 async fn renewals_survive_a_worker_sigkill_and_a_broker_connection_loss() {
-    let key_dir = tempfile::tempdir().unwrap();
-    let key_path = key_dir.path().join("session.key");
-    let key: [u8; 32] = std::array::from_fn(|_| rand::random::<u8>());
-    std::fs::write(&key_path, hex::encode(key)).unwrap();
     let mut fake = FakeConfig { session_timeout_secs: 62, ..relaxed_fake() };
     fake.faults.latency_ms = 150;
     let mut env = Env::new(fake, REDIS_URL).await;
-    env.worker_env = [
-        ("SESSION_RENEWAL", "on"),
-        ("SESSION_ENCRYPTION_KEY_FILE", key_path.to_str().unwrap()),
-        ("SESSION_RENEW_BEFORE", "31s"),
-        ("SESSION_TTL_MARGIN_SECS", "30"),
-        // A dead replica's lock and lease run out within 3 s.
-        ("LOCK_TTL_MS", "3000"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect();
+    // A dead replica's lock and lease run out within 3 s.
+    let (_key_dir, vars) = renewing(&[("LOCK_TTL_MS", "3000")]);
+    env.worker_env = vars;
 
     let first = env.start_worker("first");
     let second = env.start_worker("second");

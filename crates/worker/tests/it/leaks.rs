@@ -225,15 +225,7 @@ async fn no_secret_leaves_through_any_output_of_a_mixed_stream_at_trace() {
 
     // Phase 2: bunq down for good while a credential runs out: retries, then a dead letter
     // that carries the retry headers.
-    fake.set_faults(Faults {
-        latency_ms: 0,
-        seed: None,
-        rules: vec![FaultRule {
-            endpoint: EndpointMatch::Any,
-            action: FaultAction::Http500Html,
-            trigger: Trigger::Probability(1.0),
-        }],
-    });
+    fake.set_faults(Faults::always(FaultAction::Http500Html));
     let exhausted = random_token();
     publish_input(&channel, &names.topology, &ready_body(random_id(), &exhausted), Default::default()).await.unwrap();
     tokens.push(exhausted);

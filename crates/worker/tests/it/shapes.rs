@@ -4,7 +4,7 @@
 
 use crate::helpers::*;
 use bunq_session_worker::amqp::headers;
-use fake_bunq::{CredentialState, EndpointMatch, FaultAction, FaultRule, Faults, Trigger};
+use fake_bunq::{CredentialState, FaultAction, Faults};
 use lapin::options::{BasicGetOptions, BasicNackOptions};
 use std::time::Duration;
 use test_support::{expiry_in, future_expiry, random_id, random_token};
@@ -162,15 +162,7 @@ async fn named_credential_shapes_with_a_key_keep_no_credential() {
 #[tokio::test]
 async fn retry_copies_carry_no_credential_in_their_headers() {
     let app = spawn_app().await;
-    app.fake.set_faults(Faults {
-        latency_ms: 0,
-        seed: None,
-        rules: vec![FaultRule {
-            endpoint: EndpointMatch::Any,
-            action: FaultAction::Http500Html,
-            trigger: Trigger::Probability(1.0),
-        }],
-    });
+    app.fake.set_faults(Faults::always(FaultAction::Http500Html));
     let token = random_token();
     let body =
         format!(r#"{{"NotificationUrl":null,{}}}"#, inner(random_id(), &format!("\"{token}\""), &future_expiry(), ""));

@@ -69,6 +69,15 @@ pub struct Env {
     leftovers: Leftovers,
 }
 
+/// Where a test's broker objects are, and its connection to them.
+struct Broker {
+    vhost: String,
+    amqp_url: String,
+    connection: Connection,
+    channel: Channel,
+    capture: String,
+}
+
 impl Env {
     pub async fn new(fake: FakeConfig, redis_url: &str) -> Env {
         Self::on_redis(fake, RedisAt::Url(redis_url.to_owned())).await
@@ -90,8 +99,14 @@ impl Env {
         channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
         let capture = names.queue("capture");
         capture_queue(&channel, &names.topology, &capture, Some("#")).await.unwrap();
-        let store = redis.store(&names);
+        let broker = Broker { vhost, amqp_url, connection, channel, capture };
+        Self::assemble(names, leftovers, redis, fake, broker)
+    }
+
+    fn assemble(names: TestNames, leftovers: Leftovers, redis: RedisAt, fake: FakeHandle, broker: Broker) -> Env {
+        let Broker { vhost, amqp_url, connection, channel, capture } = broker;
         Env {
+            store: redis.store(&names),
             leftovers,
             names,
             vhost,
@@ -99,7 +114,6 @@ impl Env {
             redis,
             capture,
             fake,
-            store,
             connection,
             channel,
             logs: logs_dir(),
@@ -126,22 +140,8 @@ impl Env {
         let capture = names.queue("capture");
         capture_queue(&channel, &names.topology, &capture, Some("#")).await.unwrap();
         channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
-        let redis = RedisAt::Url(redis_url.to_owned());
-        let store = redis.store(&names);
-        Env {
-            leftovers,
-            names,
-            vhost: "/".to_owned(),
-            amqp_url: urls.join(","),
-            redis,
-            capture,
-            fake,
-            store,
-            connection,
-            channel,
-            logs: logs_dir(),
-            worker_env: Vec::new(),
-        }
+        let broker = Broker { vhost: "/".to_owned(), amqp_url: urls.join(","), connection, channel, capture };
+        Self::assemble(names, leftovers, RedisAt::Url(redis_url.to_owned()), fake, broker)
     }
 
     pub async fn publish_all(&self, inputs: &[Input]) {
@@ -192,4 +192,21 @@ impl Env {
 fn logs_dir() -> tempfile::TempDir {
     let keep = std::env::var_os("KEEP_TEST_LOGS").is_some_and(|v| v == "1");
     tempfile::Builder::new().prefix("bsw-logs-").disable_cleanup(keep).tempdir().unwrap()
+}
+
+/// Worker settings for renewal tests: sessions (62 s at the stand-in) renewed 31 s before
+/// they expire with a key of the test's own (kept in the returned directory), plus `extra`.
+pub fn renewing(extra: &[(&str, &str)]) -> (tempfile::TempDir, Vec<(String, String)>) {
+    let dir = tempfile::tempdir().unwrap();
+    let key_path = dir.path().join("session.key");
+    std::fs::write(&key_path, hex::encode(rand::random::<[u8; 32]>())).unwrap();
+    let key = key_path.to_str().unwrap().to_owned();
+    let base = [
+        ("SESSION_RENEWAL", "on"),
+        ("SESSION_ENCRYPTION_KEY_FILE", key.as_str()),
+        ("SESSION_RENEW_BEFORE", "31s"),
+        ("SESSION_TTL_MARGIN_SECS", "30"),
+    ];
+    let vars = base.iter().chain(extra).map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    (dir, vars)
 }
