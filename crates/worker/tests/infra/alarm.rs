@@ -21,9 +21,7 @@ async fn a_memory_alarm_turns_readiness_false_and_the_work_completes_when_it_cle
     .await
     .unwrap();
     let mut fake_config = relaxed_fake();
-    // The alarm goes off while bunq answers: each of the three calls takes 3 s, which
-    // outlasts a `rabbitmqctl` on a loaded machine (with 1.5 s the event was once out first).
-    fake_config.faults.latency_ms = 3_000;
+    fake_config.faults.latency_ms = 1_500; // the alarm goes off while bunq answers
     let fake =
         fake_bunq::spawn(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(), fake_config).await.unwrap();
     let names = TestNames::new("infra");
