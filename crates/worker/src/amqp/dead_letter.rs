@@ -215,8 +215,9 @@ fn mask_runs(text: &str) -> Option<String> {
             (false, start) => {
                 if let Some(start) = start {
                     let run = &text[start..i];
-                    masked |= could_be_credential(run);
-                    out.push_str(if could_be_credential(run) { MASK } else { run });
+                    let credential = could_be_credential(run);
+                    masked |= credential;
+                    out.push_str(if credential { MASK } else { run });
                     run_start = None;
                 }
                 if i < text.len() {

@@ -174,7 +174,7 @@ impl Handler {
     async fn act(&self, ready: &ReadyProvision, correlation_id: Option<&str>) -> Result<Outcome, Failure> {
         let id = ready.provision_id;
         let credential = credential_tag(ready.credential_id, &ready.token_value);
-        let ttl = self.settings.lock_ttl;
+        let ttl = self.parts.lock_ttl;
         match self.parts.store.begin_open(id, credential, ready.credential_id, &self.parts.owner, ttl).await? {
             Begin::Closed => Ok(Outcome::Skipped(SkipReason::ProvisionClosed)),
             Begin::Stale => Ok(Outcome::Skipped(SkipReason::StaleCredential)),
