@@ -15,7 +15,7 @@
 //!   upper-case identifier, a run of one character, a number, a UUID) is kept, so an
 //!   operator still reads what came in; a body over the size limit is only masked, so it
 //!   is never stored larger than it came;
-//! - a body with no credential in it is kept as it came, byte for byte.
+//! - a body in which nothing is or could be a credential is kept as it came, byte for byte.
 //!
 //! The `x-credential` header says which happened.
 
