@@ -38,13 +38,17 @@ SCHEMA_REFUSES = [
     ({"lock": {"ttlMs": 999}}, "LOCK_TTL_MS", "999"),
     ({"amqp": {"deadLetterMaxAge": "2w"}}, "DEAD_LETTER_MAX_AGE", "2w"),
     ({"logging": {"format": "text"}}, "LOG_FORMAT", "text"),
+    ({"tracing": {"endpoint": "http://c:4318", "protocol": "http/json"}}, "OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+    ({"tracing": {"endpoint": "http://c:4318", "sampler": "sometimes"}}, "OTEL_TRACES_SAMPLER", "sometimes"),
     ({"shutdown": {"timeoutSeconds": 0}}, "SHUTDOWN_TIMEOUT", "0s"),
 ]
 HERE = Path(__file__).resolve().parent
 ALERT_TESTS = HERE / "alerts.test.yaml"
 RUNBOOK = HERE.parent.parent / "docs" / "runbook.md"
-# Read by the worker, but by the log filter rather than a flag.
-EXTRA_WORKER_VARIABLES = {"RUST_LOG"}
+# Read by the worker, but by the log filter and the OpenTelemetry SDK rather than a flag
+# (listed in `run --help`'s epilogue).
+EXTRA_WORKER_VARIABLES = {"RUST_LOG", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_PROTOCOL",
+                          "OTEL_SERVICE_NAME", "OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG"}
 REQUIRED = {
     "bunq.baseUrl": {"bunq": {"baseUrl": ""}},
     "bunq.clientKey.existingSecret": {"bunq": {"clientKey": {"existingSecret": ""}}},

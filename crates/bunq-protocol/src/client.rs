@@ -11,6 +11,7 @@ use reqwest::header::{HeaderMap, HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use secrecy::{ExposeSecret, SecretString};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracing::Instrument as _;
 
 const HEADER_AUTH: &str = "X-Bunq-Client-Authentication";
 const HEADER_SIGNATURE: &str = "X-Bunq-Client-Signature";
@@ -117,6 +118,8 @@ pub struct BunqClient {
     settings: Arc<ClientSettings>,
     key: Arc<ClientKey>,
     observer: Arc<dyn CallObserver>,
+    /// bunq's host and port, for the client spans.
+    server: Arc<(String, u16)>,
 }
 
 impl BunqClient {
@@ -140,7 +143,11 @@ impl BunqClient {
             // A redirect would carry the secret and tokens to wherever it points.
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
-        Ok(Self { http, settings: Arc::new(settings), key, observer })
+        let server = reqwest::Url::parse(&settings.base_url)
+            .ok()
+            .and_then(|url| Some((url.host_str()?.to_owned(), url.port_or_known_default()?)))
+            .unwrap_or_default();
+        Ok(Self { http, settings: Arc::new(settings), key, observer, server: Arc::new(server) })
     }
 
     /// Where this client sends its calls.
@@ -273,7 +280,37 @@ impl BunqClient {
         result
     }
 
+    /// One call in a client span (OpenTelemetry's HTTP conventions): method, bunq's
+    /// address, the path's template, the status and bunq's response id; never a header
+    /// or a body.
     async fn exchange(
+        &self,
+        endpoint: Endpoint,
+        request: reqwest::RequestBuilder,
+        server_key: Option<&PublicKey>,
+    ) -> Result<Bytes, BunqError> {
+        let (address, port) = (&self.server.0, self.server.1);
+        let span = tracing::info_span!(
+            "bunq_call",
+            otel.name = endpoint.call(),
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            http.request.method = endpoint.method(),
+            server.address = address.as_str(),
+            server.port = port,
+            url.template = endpoint.template(),
+            http.response.status_code = tracing::field::Empty,
+            bunq.response_id = tracing::field::Empty,
+            error.r#type = tracing::field::Empty,
+        );
+        let result = self.exchange_in_span(endpoint, request, server_key).instrument(span.clone()).await;
+        if let Err(e) = &result {
+            span.record("otel.status_code", "ERROR").record("error.type", e.status_label());
+        }
+        result
+    }
+
+    async fn exchange_in_span(
         &self,
         endpoint: Endpoint,
         request: reqwest::RequestBuilder,
@@ -290,6 +327,9 @@ impl BunqClient {
         let status = response.status();
         let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let response_id = header(HEADER_RESPONSE_ID).map_or_else(|| "none".to_owned(), |id| redact::detail(&id));
+        tracing::Span::current()
+            .record("http.response.status_code", status.as_u16())
+            .record("bunq.response_id", response_id.as_str());
         let signature = header(HEADER_SERVER_SIGNATURE);
         let bytes = response.bytes().await.map_err(transport)?;
 

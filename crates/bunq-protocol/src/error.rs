@@ -42,6 +42,19 @@ impl Endpoint {
         }
     }
 
+    /// The path below `/v1` with its ids as placeholders: a span's `url.template`.
+    pub fn template(self) -> &'static str {
+        match self {
+            Endpoint::Installation => "/v1/installation",
+            Endpoint::DeviceServer => "/v1/device-server",
+            Endpoint::SessionServer => "/v1/session-server",
+            Endpoint::Session => "/v1/session/{sessionId}",
+            Endpoint::NotificationFilterUrl | Endpoint::NotificationFilterUrlList => {
+                "/v1/user/{userId}/notification-filter-url"
+            }
+        }
+    }
+
     /// Method and path, as errors name the call: `POST /session-server`.
     pub fn call(self) -> String {
         format!("{} /{}", self.method(), self.path())

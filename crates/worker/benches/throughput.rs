@@ -25,6 +25,8 @@
 //!    `credential_expired` (how soon), retry-queue trips and broker messages per provision.
 //! 8. Churn: 50,000 credentials (60 s life) behind a budget of 2 calls/s: what waiting costs
 //!    the broker, in messages per provision (an input, its output, and retry trips).
+//! 9. Traces: new sessions with tracing off and on (OTLP/HTTP to a sink in this process),
+//!    alternated: the worker's CPU per session in each, and the export's size.
 //!
 //! `BENCH_SMOKE=1` runs every part with tiny sizes (the test suite does, so the harness
 //! cannot rot); its report goes to `target/bench/report-smoke.json` and says nothing
@@ -40,6 +42,8 @@ mod in_process;
 mod profile;
 #[path = "support/report.rs"]
 mod report;
+#[path = "support/traces.rs"]
+mod traces;
 #[path = "support/traffic.rs"]
 mod traffic;
 #[path = "support/worker.rs"]
@@ -241,6 +245,42 @@ async fn main() -> anyhow::Result<()> {
     let paced = through(ready_bodies(20_000_000, sizes.events), Some(Duration::from_secs_f64(1.0 / half_rate))).await?;
     let stand_in_ms = fake.calls().iter().map(|c| c.handled_us as f64).sum::<f64>() / 1000.0 / sizes.events as f64;
     worker.stop().await?;
+
+    // Traces: new sessions with tracing off and on (exported over OTLP/HTTP to a sink),
+    // alternated, the least worker CPU per session of each kept.
+    let sink = traces::Sink::start().await?;
+    let trace_events = (sizes.events / 3).max(2);
+    let (mut traces_off_ms, mut traces_on_ms) = (f64::MAX, f64::MAX);
+    for (round, on) in [false, true, false, true].into_iter().enumerate().take(if smoke { 2 } else { 4 }) {
+        let env = if on {
+            env.clone().set("OTEL_EXPORTER_OTLP_ENDPOINT", &sink.endpoint).set("OTEL_BSP_SCHEDULE_DELAY", "1000")
+        } else {
+            env.clone()
+        };
+        let worker = BenchWorker::start(&env, PREFETCH).await?;
+        let meter = cpu_meter(&worker);
+        through(ready_bodies(70_000_000 + round as u64 * 1_000_000, trace_events), None).await?;
+        // Past one export interval, so the last spans are exported inside the measure.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let usage = meter.stop(cores);
+        worker.stop().await?;
+        let (_, ms, _) =
+            usage.ms_per_event(trace_events).into_iter().find(|(name, ..)| *name == "worker").expect("worker");
+        let best = if on { &mut traces_on_ms } else { &mut traces_off_ms };
+        *best = best.min(ms);
+    }
+    let exported_kib = sink.taken.bytes.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1024.0;
+    let exported_per_session = exported_kib * 1024.0 / (trace_events * if smoke { 1 } else { 2 }) as f64;
+    println!(
+        "\ntraces, worker CPU ms per new session (best of {}, {trace_events} each): off {traces_off_ms:.3}, on \
+         {traces_on_ms:.3} ({:+.1}%); {exported_per_session:.0} bytes of OTLP per session",
+        if smoke { 1 } else { 2 },
+        100.0 * (traces_on_ms / traces_off_ms - 1.0)
+    );
+    report.set("traces_off_worker_cpu_ms_per_session", traces_off_ms);
+    report.set("traces_on_worker_cpu_ms_per_session", traces_on_ms);
+    report.set("traces_otlp_bytes_per_session", exported_per_session);
+    drop(sink);
     fake.shutdown().await;
 
     // Slow bunq: every answer 300 ms late, prefetch 256; the peak memory of this worker.

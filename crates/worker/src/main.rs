@@ -27,6 +27,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Consume provision events and open sessions (the default).
+    #[command(after_help = telemetry::trace::HELP)]
     Run(WorkerArgs),
     /// Validate the configuration and reach RabbitMQ, Redis and bunq.
     Check(WorkerArgs),
@@ -41,7 +42,14 @@ enum Command {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(cli.log_format);
+    let traces = match telemetry::init(cli.log_format) {
+        Ok(traces) => traces,
+        Err(e) => {
+            tracing::error!(event = "fatal", error = %e);
+            eprintln!("bunq-session-worker: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     // Every subcommand holds secrets (`session show --reveal`, `dead-letters replay` too).
     hardening::disable_core_dumps();
     let result = match cli.command {
@@ -60,6 +68,10 @@ async fn main() -> ExitCode {
             Err(e) => Err(e),
         },
     };
+    if let Some(traces) = traces {
+        // The exporter blocks while it flushes: off the runtime's threads.
+        let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -5,6 +5,7 @@ use super::dead_letter;
 use super::headers::{self, number, text, with_headers};
 use super::settle::{Moved, SettleError, Settlement, Settler};
 use super::topology::Names;
+use super::trace_context;
 use crate::failure::Reason;
 use crate::metrics::Metrics;
 use crate::provision::decode::Decoded;
@@ -19,6 +20,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Instant;
 use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use zeroize::{Zeroize as _, Zeroizing};
 
 /// What a delivery task needs, shared by all of them.
@@ -89,15 +91,34 @@ impl DeliveryContext {
         let attempt = headers::attempts(&delivery.properties).saturating_add(1);
         let message_id = delivery.properties.message_id().as_ref().map(|s| s.as_str().to_owned());
         let correlation_id = delivery.properties.correlation_id().as_ref().map(|s| s.as_str().to_owned());
+        // The consumer span (OpenTelemetry's messaging conventions), the publisher's
+        // context its parent; its fields are also every log line's context.
         let span = tracing::info_span!(
             "delivery",
+            otel.name = format!("process {}", self.names.input_queue),
+            otel.kind = "consumer",
+            otel.status_code = tracing::field::Empty,
+            messaging.system = "rabbitmq",
+            messaging.operation.type = "process",
+            messaging.destination.name = delivery.exchange.as_str(),
+            messaging.rabbitmq.destination.routing_key = delivery.routing_key.as_str(),
+            messaging.message.id = message_id.as_deref(),
+            messaging.message.conversation_id = correlation_id.as_deref(),
             delivery_tag = delivery.delivery_tag,
             message_id = message_id.as_deref(),
             correlation_id = correlation_id.as_deref(),
             attempt,
             redelivered = delivery.redelivered,
             provision_id = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+            reason = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
         );
+        if let Err(e) = span.set_parent(trace_context::extract(&delivery.properties)) {
+            tracing::debug!(event = "trace_parent_not_set", error = %e);
+        }
+        crate::telemetry::trace::record_ids(&span);
         async {
             if !vouched.dropped.is_empty() {
                 // Names only: a forged header's value is the publisher's text.
@@ -136,6 +157,11 @@ impl DeliveryContext {
                 outcome
             };
             let (label, reason) = outcome.labels();
+            let span = tracing::Span::current();
+            span.record("outcome", label).record("reason", reason);
+            if let Outcome::DeadLetter { .. } = outcome {
+                span.record("otel.status_code", "ERROR");
+            }
             log_outcome(&outcome);
             let delivery_tag = delivery.delivery_tag;
             let settlement = self.settlement(delivery, &decoded, &outcome, attempt);
@@ -208,6 +234,7 @@ impl DeliveryContext {
             Outcome::Retry { reason, detail, delay, counts_as_attempt } => {
                 let attempts = if *counts_as_attempt { attempt } else { attempt - 1 };
                 let mut set = original_route(&delivery);
+                set.extend(trace_context::of(&tracing::Span::current()));
                 set.extend([
                     (headers::ATTEMPTS, number(attempts)),
                     (headers::RETRY_REASON, text(reason.as_str())),
@@ -228,6 +255,7 @@ impl DeliveryContext {
                 );
                 body = Some(kept);
                 let mut set = original_route(&delivery);
+                set.extend(trace_context::of(&tracing::Span::current()));
                 set.extend([
                     (headers::CREDENTIAL, text(credential.as_str())),
                     (headers::DEAD_LETTER_REASON, text(reason.as_str())),

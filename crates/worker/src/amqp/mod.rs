@@ -8,3 +8,4 @@ pub(crate) mod publish;
 pub(crate) mod settle;
 pub(crate) mod supervisor;
 pub mod topology;
+pub(crate) mod trace_context;

@@ -3,12 +3,14 @@
 //! before their original is acked: see [`super::settle`].)
 
 use super::topology::Names;
+use super::trace_context;
 use crate::event::{SessionClosed, SessionReady, SESSION_CLOSED_ROUTING_KEY, SESSION_RENEWED_ROUTING_KEY};
 use crate::failure::{Failure, Reason};
 use crate::lifecycle::announce::Announcer;
 use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Channel, Confirmation};
 use std::sync::{Arc, RwLock};
+use tracing::Instrument as _;
 
 /// Why a publish did not become the broker's responsibility.
 #[derive(Debug, thiserror::Error)]
@@ -108,9 +110,30 @@ impl AmqpAnnouncer {
         if let Some(correlation_id) = correlation_id {
             properties = properties.with_correlation_id(correlation_id.into());
         }
-        self.channel.publish(&self.exchange, routing_key, &body, properties).await.map_err(|e| match e {
-            PublishError::Unroutable { .. } => Failure::transient(Reason::OutputUnroutable, e.to_string()),
-            _ => Failure::transient(Reason::PublishFailed, e.to_string()),
+        // The producer span (OpenTelemetry's messaging conventions); the event carries its
+        // context, so a consumer's span continues the trace.
+        let span = tracing::info_span!(
+            "publish",
+            otel.name = format!("send {}", self.exchange),
+            otel.kind = "producer",
+            otel.status_code = tracing::field::Empty,
+            messaging.system = "rabbitmq",
+            messaging.operation.type = "send",
+            messaging.destination.name = self.exchange.as_str(),
+            messaging.rabbitmq.destination.routing_key = routing_key,
+            messaging.message.id = %event_id,
+            messaging.message.conversation_id = correlation_id,
+            event_type,
+        );
+        let properties = trace_context::inject(properties, &span);
+        let published =
+            self.channel.publish(&self.exchange, routing_key, &body, properties).instrument(span.clone()).await;
+        published.map_err(|e| {
+            span.record("otel.status_code", "ERROR");
+            match e {
+                PublishError::Unroutable { .. } => Failure::transient(Reason::OutputUnroutable, e.to_string()),
+                _ => Failure::transient(Reason::PublishFailed, e.to_string()),
+            }
         })
     }
 }

@@ -179,7 +179,16 @@ impl Renewer {
         let count = claimed.len();
         futures_util::stream::iter(claimed)
             .for_each_concurrent(BATCH, |provision_id| {
-                self.renew_entry(provision_id).instrument(tracing::info_span!("renewal", provision_id))
+                // A trace of its own per renewal: nothing upstream asked for it.
+                let span = tracing::info_span!(
+                    "renewal",
+                    otel.name = "renew session",
+                    provision_id,
+                    trace_id = tracing::field::Empty,
+                    span_id = tracing::field::Empty,
+                );
+                crate::telemetry::trace::record_ids(&span);
+                self.renew_entry(provision_id).instrument(span)
             })
             .await;
         Ok(count)

@@ -1,9 +1,12 @@
 //! Logging: `tracing` with JSON in production, pretty for people; `RUST_LOG` filters.
+//! Traces, when asked for: [`trace`].
 //!
 //! Some of lapin's targets log what must never be written: whole frames at trace
 //! (message bodies with the credential's `token_value`; `connection.start-ok` with the
 //! AMQP password) and returned messages at warn (bodies). Those are capped by a filter
 //! of its own, checked after `RUST_LOG`'s, so no directive (however specific) lifts it.
+
+pub mod trace;
 
 use tracing::Level;
 use tracing_subscriber::filter::{FilterExt as _, Targets};
@@ -27,6 +30,13 @@ pub(crate) fn caps() -> Targets {
         .fold(Targets::new().with_default(Level::TRACE), |caps, (target, level)| caps.with_target(*target, *level))
 }
 
+/// What becomes a span or span event when traces are on: `info` and above, whatever
+/// `RUST_LOG` says (quieter logs must not thin out traces), under the same caps.
+fn span_filter() -> Targets {
+    CAPS.iter()
+        .fold(Targets::new().with_default(Level::INFO), |caps, (target, level)| caps.with_target(*target, *level))
+}
+
 /// `RUST_LOG` (or `default` without it), then the caps above. Production and the tests
 /// use this one filter. The caps are a `Targets` filter rather than a closure: it decides
 /// per callsite, once, and keeps the level hint, so a capped trace callsite in lapin's hot
@@ -42,18 +52,41 @@ fn colour(stderr_is_terminal: bool, no_color: Option<std::ffi::OsString>) -> boo
     stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
-/// Installs the global subscriber. Logs go to stderr, so stdout stays for command output.
-pub fn init(format: LogFormat) {
+type BoxedLayer = Box<dyn tracing_subscriber::Layer<Registry> + Send + Sync>;
+
+/// Installs the global subscriber, with the OpenTelemetry layer when the environment asks
+/// for traces ([`trace`]). Logs go to stderr, so stdout stays for command output. A
+/// tracing setting the worker cannot use is returned after logging is installed, so it
+/// is reported like any other setting.
+pub fn init(format: LogFormat) -> Result<Option<trace::Tracing>, trace::TraceSettingError> {
     use std::io::IsTerminal as _;
     let ansi = colour(std::io::stderr().is_terminal(), std::env::var_os("NO_COLOR"));
     let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
-    match format {
+    let logs: BoxedLayer = match format {
+        // The current span's fields carry `trace_id` and `span_id` when traces are on.
         LogFormat::Json => {
-            let layer = layer.json().with_current_span(true).with_span_list(false);
-            tracing_subscriber::registry().with(layer.with_filter(filter("info"))).init();
+            layer.json().with_current_span(true).with_span_list(false).with_filter(filter("info")).boxed()
         }
-        LogFormat::Pretty => tracing_subscriber::registry().with(layer.compact().with_filter(filter("info"))).init(),
+        LogFormat::Pretty => layer.compact().with_filter(filter("info")).boxed(),
+    };
+    let tracing = match trace::wanted(|name| std::env::var(name).ok()) {
+        Ok(true) => trace::Tracing::start().map(Some),
+        Ok(false) => Ok(None),
+        Err(e) => Err(e),
+    };
+    let mut layers = vec![logs];
+    if let Ok(Some(tracing)) = &tracing {
+        // The same caps as the logs: lapin's frames never become span events either.
+        let spans = tracing_opentelemetry::layer()
+            .with_tracer(tracing.tracer())
+            .with_location(false)
+            .with_threads(false)
+            .with_filter(span_filter())
+            .boxed();
+        layers.push(spans);
     }
+    tracing_subscriber::registry().with(layers).init();
+    tracing
 }
 
 #[cfg(test)]
@@ -66,6 +99,16 @@ mod tests {
         assert!(!colour(false, None), "a file or a pipe gets no escape codes");
         assert!(!colour(true, Some("1".into())));
         assert!(colour(true, Some("".into())), "an empty NO_COLOR is unset");
+    }
+
+    #[test]
+    fn spans_keep_the_caps_and_ignore_a_quieter_rust_log() {
+        let spans = span_filter();
+        assert!(spans.would_enable("bunq_session_worker::amqp::consume", &Level::INFO));
+        assert!(!spans.would_enable("bunq_session_worker::amqp::consume", &Level::DEBUG));
+        assert!(!spans.would_enable("lapin::frames", &Level::DEBUG));
+        assert!(!spans.would_enable("lapin::returned_messages", &Level::WARN));
+        assert!(!spans.would_enable("amq_protocol::frame", &Level::DEBUG));
     }
 
     #[test]

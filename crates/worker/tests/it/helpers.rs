@@ -266,3 +266,64 @@ pub fn key_file() -> (tempfile::TempDir, String) {
 pub fn header_str(properties: &BasicProperties, name: &str) -> Option<String> {
     bunq_session_worker::amqp::headers::get_str(properties, name)
 }
+
+/// The worker binary as a process: `run` with exactly `vars` (JSON logs at debug), its
+/// stderr collected for the test to read after [`Binary::terminate`].
+pub struct Binary {
+    pub child: tokio::process::Child,
+    logs: JoinHandle<String>,
+}
+
+impl Binary {
+    pub fn run<'a>(vars: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        use tokio::io::AsyncReadExt as _;
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_bunq-session-worker"))
+            .arg("run")
+            .env_clear()
+            .env("LOG_FORMAT", "json")
+            .env("RUST_LOG", "debug")
+            .envs(vars)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut stderr = child.stderr.take().unwrap();
+        let logs = tokio::spawn(async move {
+            let mut text = String::new();
+            stderr.read_to_string(&mut text).await.unwrap();
+            text
+        });
+        Self { child, logs }
+    }
+
+    /// Fails the test if the process has exited.
+    pub fn assert_running(&mut self) {
+        assert!(self.child.try_wait().unwrap().is_none(), "worker exited early");
+    }
+
+    /// SIGTERM; the worker drains and must exit 0 within 30 s. Returns what it logged.
+    pub async fn terminate(mut self) -> String {
+        let pid = self.child.id().unwrap();
+        std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("exits after SIGTERM")
+            .unwrap();
+        assert!(status.success(), "exit status {status}");
+        self.logs.await.unwrap()
+    }
+}
+
+/// A test's own view of the output, the way downstream would have it: a connection, the
+/// worker's topology declared, and a capture queue bound to every event (deleted with the
+/// rest by the returned [`Leftovers`]).
+pub async fn observe_output(names: &TestNames) -> (Connection, Channel, String, Leftovers) {
+    let connection = connect_amqp(AMQP_URL).await.unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    topology::declare(&channel, &names.topology).await.unwrap();
+    let capture = names.queue("capture");
+    let leftovers = Leftovers::new(Cleanup::new(names).queue(&capture));
+    capture_queue(&channel, &names.topology, &capture, Some("#")).await.unwrap();
+    (connection, channel, capture, leftovers)
+}

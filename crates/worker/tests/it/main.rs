@@ -17,3 +17,4 @@ mod replication;
 mod sealing;
 mod settlement;
 mod shapes;
+mod traces;

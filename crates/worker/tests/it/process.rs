@@ -1,15 +1,13 @@
 //! The real binary as a process: secrets in logs, configuration errors, SIGTERM.
 
-use bunq_session_worker::amqp::topology;
+use crate::helpers::{observe_output, Binary};
 use bunq_session_worker::store::{Keys, Store};
 use secrecy::ExposeSecret;
-use std::process::Stdio;
 use std::time::Duration;
 use test_support::{
-    capture_queue, connect_amqp, connect_redis, publish_input, random_id, random_token, ready_body, relaxed_fake,
-    Cleanup, Leftovers, TestNames, WorkerEnv, AMQP_URL, CLIENT_KEY, REDIS_URL,
+    connect_redis, publish_input, random_id, random_token, ready_body, relaxed_fake, TestNames, WorkerEnv, CLIENT_KEY,
+    REDIS_URL,
 };
-use tokio::io::AsyncReadExt;
 
 const BIN: &str = env!("CARGO_BIN_EXE_bunq-session-worker");
 
@@ -19,31 +17,9 @@ async fn no_secret_reaches_the_logs_or_the_published_event() {
         fake_bunq::spawn(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(), relaxed_fake()).await.unwrap();
     let names = TestNames::new("it");
     let env = WorkerEnv::fast(&fake.base_url(), &names);
-    let mut child = tokio::process::Command::new(BIN)
-        .arg("run")
-        .env_clear()
-        .envs(env.vars())
-        .env("LOG_FORMAT", "json")
-        .env("RUST_LOG", "debug")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let logs = tokio::spawn(async move {
-        let mut text = String::new();
-        stderr.read_to_string(&mut text).await.unwrap();
-        text
-    });
-
+    let mut worker = Binary::run(env.vars());
     // Observe the output with our own queue, the way downstream would.
-    let connection = connect_amqp(AMQP_URL).await.unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    topology::declare(&channel, &names.topology).await.unwrap();
-    let capture = names.queue("capture");
-    let leftovers = Leftovers::new(Cleanup::new(&names).queue(&capture));
-    capture_queue(&channel, &names.topology, &capture, Some("#")).await.unwrap();
+    let (_connection, channel, capture, leftovers) = observe_output(&names).await;
     let token = random_token();
     let body = ready_body(random_id(), &token);
     publish_input(&channel, &names.topology, &body, Default::default()).await.unwrap();
@@ -53,7 +29,7 @@ async fn no_secret_reaches_the_logs_or_the_published_event() {
             message.ack(Default::default()).await.unwrap();
             break message.delivery.data.clone();
         }
-        assert!(child.try_wait().unwrap().is_none(), "worker exited early");
+        worker.assert_running();
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let event: serde_json::Value = serde_json::from_slice(&event_body).unwrap();
@@ -62,12 +38,7 @@ async fn no_secret_reaches_the_logs_or_the_published_event() {
     let session = store.read_session(user_id).await.unwrap().expect("cached session");
 
     // SIGTERM: the worker drains and exits 0.
-    let pid = child.id().unwrap() as i32;
-    std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
-    let status =
-        tokio::time::timeout(Duration::from_secs(20), child.wait()).await.expect("exits after SIGTERM").unwrap();
-    assert!(status.success(), "exit status {status}");
-    let logs = logs.await.unwrap();
+    let logs = worker.terminate().await;
 
     assert!(logs.contains("session_announced"), "the logs are not what this test thinks: {logs}");
     let event_text = String::from_utf8(event_body).unwrap();
