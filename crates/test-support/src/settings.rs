@@ -12,13 +12,13 @@ use std::path::Path;
 const FAST: [(&str, &str); 9] = [
     ("RATE_LIMIT_SESSION_SERVER", "1000/1s"),
     ("RATE_LIMIT_OTHER_POST", "1000/1s"),
-    ("RETRY_INITIAL_INTERVAL_MS", "20"),
-    ("RETRY_MAX_INTERVAL_MS", "200"),
-    ("RETRY_BUDGET_MS", "5000"),
-    ("RETRY_QUEUE_DELAY_MS", "200"),
-    ("RETRY_QUEUE_MAX_DELAY_MS", "1000"),
-    ("LOCK_TTL_MS", "15000"),
-    ("BUNQ_REQUEST_TIMEOUT_MS", "2000"),
+    ("RETRY_INITIAL_INTERVAL", "20ms"),
+    ("RETRY_MAX_INTERVAL", "200ms"),
+    ("RETRY_BUDGET", "5s"),
+    ("RETRY_QUEUE_DELAY", "200ms"),
+    ("RETRY_QUEUE_MAX_DELAY", "1s"),
+    ("LOCK_TTL", "15s"),
+    ("BUNQ_REQUEST_TIMEOUT", "2s"),
 ];
 
 /// Worker settings by variable name; setting a variable again replaces it.

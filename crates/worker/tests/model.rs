@@ -11,7 +11,7 @@
 //! every key; replication is a step that copies the primary (so the replica holds any
 //! prefix of the stream); a failover promotes the replica, losing what it had not got.
 //! A lock's expiry is a step that may come at any time (a holder paused past
-//! `LOCK_TTL_MS`); a crash at any step returns the delivery to the queue and leaves the
+//! `LOCK_TTL`); a crash at any step returns the delivery to the queue and leaves the
 //! lock to expire. Protocol variants ([`Protocol`]): the fence rule, WAIT before
 //! publishing (`REDIS_MIN_REPLICAS`) and after taking the lock, a last check of fence
 //! and marker in the step that publishes, a cache write that refuses a lower generation.

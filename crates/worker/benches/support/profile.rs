@@ -27,8 +27,8 @@ pub async fn run(out: &std::path::Path) -> anyhow::Result<()> {
     // Under callgrind everything is ~50 times slower: generous timeouts, few in flight.
     let env = WorkerEnv::local(&fake.base_url(), CLIENT_KEY, &run)
         .allowing(super::UNLIMITED)
-        .set("BUNQ_REQUEST_TIMEOUT_MS", "120000")
-        .set("RETRY_BUDGET_MS", "600000");
+        .set("BUNQ_REQUEST_TIMEOUT", "120000ms")
+        .set("RETRY_BUDGET", "600000ms");
     let wrapper = ["valgrind", "--tool=callgrind", &format!("--callgrind-out-file={}", out.display())];
     let worker = BenchWorker::start_wrapped(&env, 8, &wrapper, Duration::from_secs(180)).await?;
     let control = |command: &str| {

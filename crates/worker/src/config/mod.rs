@@ -17,6 +17,7 @@ use crate::seal::Sealer;
 use crate::store::{RedisSettings, Replication};
 use crate::tls::{self, TlsFiles};
 use clap::Args;
+use durations::{Setting, Unit};
 use parse::{
     byte_bound, check_queue_bounds, load_client_key, load_sealer, parse_base_url, parse_permitted_ips,
     parse_redis_target, parse_renewal, positive, require_amqp_name, require_url, split_urls,
@@ -27,6 +28,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod durations;
 mod parse;
 
 /// A setting that is missing or wrong. Always names the variable.
@@ -196,10 +198,14 @@ pub(crate) struct StoreArgs {
     /// set 1 or more with replicated Redis, so a failover cannot lose an announced session.
     #[arg(long, env = "REDIS_MIN_REPLICAS", default_value_t = 0)]
     pub(crate) redis_min_replicas: u32,
-    /// How long to wait for REDIS_MIN_REPLICAS, in ms (1..=1500: within the 2 s every
-    /// Redis command gets); a write they do not confirm in time is retried, not published.
-    #[arg(long, env = "REDIS_REPLICA_TIMEOUT_MS", default_value_t = 500)]
-    pub(crate) redis_replica_timeout_ms: u64,
+    /// How long to wait for REDIS_MIN_REPLICAS, 1ms to 1500ms (within the 2 s every Redis
+    /// command gets); a write they do not confirm in time is retried, not published.
+    /// [default: 500ms]
+    #[arg(long, env = "REDIS_REPLICA_TIMEOUT")]
+    pub(crate) redis_replica_timeout: Option<String>,
+    /// Deprecated: REDIS_REPLICA_TIMEOUT in milliseconds.
+    #[arg(long, env = "REDIS_REPLICA_TIMEOUT_MS", hide = true)]
+    pub(crate) redis_replica_timeout_ms: Option<u64>,
     #[command(flatten)]
     pub(crate) seal: SealArgs,
 }
@@ -239,13 +245,19 @@ impl StoreArgs {
             let message = format!("TLS files are set, but {} is not rediss://", target.variable());
             return Err(invalid("REDIS_TLS_CA_FILE", message));
         }
-        if !(1..=1500).contains(&self.redis_replica_timeout_ms) {
-            return Err(invalid("REDIS_REPLICA_TIMEOUT_MS", "must be 1 to 1500 (ms)"));
+        let (timeout, name) = durations::duration(Setting {
+            name: "REDIS_REPLICA_TIMEOUT",
+            value: self.redis_replica_timeout.as_deref(),
+            default: "500ms",
+            old_name: "REDIS_REPLICA_TIMEOUT_MS",
+            old_value: self.redis_replica_timeout_ms,
+            unit: Unit::Millis,
+        })?;
+        if !(Duration::from_millis(1)..=Duration::from_millis(1500)).contains(&timeout) {
+            return Err(invalid(name, "must be 1ms to 1500ms"));
         }
-        let replication = (self.redis_min_replicas > 0).then(|| Replication {
-            replicas: self.redis_min_replicas,
-            timeout: Duration::from_millis(self.redis_replica_timeout_ms),
-        });
+        let replication =
+            (self.redis_min_replicas > 0).then_some(Replication { replicas: self.redis_min_replicas, timeout });
         Ok(RedisSettings { target, key_prefix: self.redis_key_prefix, sealer, tls: tls.map(Arc::new), replication })
     }
 }
@@ -274,9 +286,12 @@ pub struct WorkerArgs {
     /// `description` sent with POST /device-server.
     #[arg(long, env = "BUNQ_DEVICE_DESCRIPTION", default_value = "bunq-session-worker")]
     pub(crate) bunq_device_description: String,
-    /// Timeout of one bunq HTTP request, in milliseconds.
-    #[arg(long, env = "BUNQ_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
-    pub(crate) bunq_request_timeout_ms: u64,
+    /// Timeout of one bunq HTTP request, e.g. 10s. [default: 10s]
+    #[arg(long, env = "BUNQ_REQUEST_TIMEOUT")]
+    pub(crate) bunq_request_timeout: Option<String>,
+    /// Deprecated: BUNQ_REQUEST_TIMEOUT in milliseconds.
+    #[arg(long, env = "BUNQ_REQUEST_TIMEOUT_MS", hide = true)]
+    pub(crate) bunq_request_timeout_ms: Option<u64>,
     /// Deliveries processed at once; also the AMQP prefetch.
     #[arg(long, env = "PREFETCH", default_value_t = 16)]
     pub(crate) prefetch: u16,
@@ -289,31 +304,52 @@ pub struct WorkerArgs {
     /// Largest accepted message body, in bytes; larger ones are dead-lettered.
     #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 256 * 1024)]
     pub(crate) max_message_bytes: usize,
-    /// Subtracted from bunq's session timeout to get the cache TTL, in seconds (at least 30).
-    #[arg(long, env = "SESSION_TTL_MARGIN_SECS", default_value_t = 60)]
-    pub(crate) session_ttl_margin_secs: u64,
-    /// In-process retry budget of one delivery attempt across all bunq calls, in milliseconds.
-    #[arg(long, env = "RETRY_BUDGET_MS", default_value_t = 60_000)]
-    pub(crate) retry_budget_ms: u64,
-    /// First in-process backoff interval, in milliseconds.
-    #[arg(long, env = "RETRY_INITIAL_INTERVAL_MS", default_value_t = 200)]
-    pub(crate) retry_initial_interval_ms: u64,
-    /// Longest in-process backoff interval, in milliseconds.
-    #[arg(long, env = "RETRY_MAX_INTERVAL_MS", default_value_t = 10_000)]
-    pub(crate) retry_max_interval_ms: u64,
+    /// Subtracted from bunq's session timeout to get the cache TTL (at least 30s). [default: 60s]
+    #[arg(long, env = "SESSION_TTL_MARGIN")]
+    pub(crate) session_ttl_margin: Option<String>,
+    /// Deprecated: SESSION_TTL_MARGIN in seconds.
+    #[arg(long, env = "SESSION_TTL_MARGIN_SECS", hide = true)]
+    pub(crate) session_ttl_margin_secs: Option<u64>,
+    /// In-process retry budget of one delivery attempt across all bunq calls. [default: 60s]
+    #[arg(long, env = "RETRY_BUDGET")]
+    pub(crate) retry_budget: Option<String>,
+    /// Deprecated: RETRY_BUDGET in milliseconds.
+    #[arg(long, env = "RETRY_BUDGET_MS", hide = true)]
+    pub(crate) retry_budget_ms: Option<u64>,
+    /// First in-process backoff interval. [default: 200ms]
+    #[arg(long, env = "RETRY_INITIAL_INTERVAL")]
+    pub(crate) retry_initial_interval: Option<String>,
+    /// Deprecated: RETRY_INITIAL_INTERVAL in milliseconds.
+    #[arg(long, env = "RETRY_INITIAL_INTERVAL_MS", hide = true)]
+    pub(crate) retry_initial_interval_ms: Option<u64>,
+    /// Longest in-process backoff interval. [default: 10s]
+    #[arg(long, env = "RETRY_MAX_INTERVAL")]
+    pub(crate) retry_max_interval: Option<String>,
+    /// Deprecated: RETRY_MAX_INTERVAL in milliseconds.
+    #[arg(long, env = "RETRY_MAX_INTERVAL_MS", hide = true)]
+    pub(crate) retry_max_interval_ms: Option<u64>,
     /// Total delivery attempts (through the retry queue) before dead-lettering as retries_exhausted.
     #[arg(long, env = "MAX_ATTEMPTS", default_value_t = 10)]
     pub(crate) max_attempts: u32,
-    /// First retry-queue delay, in milliseconds; doubles per attempt.
-    #[arg(long, env = "RETRY_QUEUE_DELAY_MS", default_value_t = 5_000)]
-    pub(crate) retry_queue_delay_ms: u64,
-    /// Longest retry-queue delay, in milliseconds.
-    #[arg(long, env = "RETRY_QUEUE_MAX_DELAY_MS", default_value_t = 300_000)]
-    pub(crate) retry_queue_max_delay_ms: u64,
-    /// TTL of the per-provision lock, in milliseconds (at least 1000). The holder renews it
-    /// every third of it; a replica that dies holding it delays its provision this long.
-    #[arg(long, env = "LOCK_TTL_MS", default_value_t = 30_000)]
-    pub(crate) lock_ttl_ms: u64,
+    /// First retry-queue delay; doubles per attempt. [default: 5s]
+    #[arg(long, env = "RETRY_QUEUE_DELAY")]
+    pub(crate) retry_queue_delay: Option<String>,
+    /// Deprecated: RETRY_QUEUE_DELAY in milliseconds.
+    #[arg(long, env = "RETRY_QUEUE_DELAY_MS", hide = true)]
+    pub(crate) retry_queue_delay_ms: Option<u64>,
+    /// Longest retry-queue delay. [default: 5m]
+    #[arg(long, env = "RETRY_QUEUE_MAX_DELAY")]
+    pub(crate) retry_queue_max_delay: Option<String>,
+    /// Deprecated: RETRY_QUEUE_MAX_DELAY in milliseconds.
+    #[arg(long, env = "RETRY_QUEUE_MAX_DELAY_MS", hide = true)]
+    pub(crate) retry_queue_max_delay_ms: Option<u64>,
+    /// TTL of the per-provision lock (at least 1s). The holder renews it every third of it;
+    /// a replica that dies holding it delays its provision this long. [default: 30s]
+    #[arg(long, env = "LOCK_TTL")]
+    pub(crate) lock_ttl: Option<String>,
+    /// Deprecated: LOCK_TTL in milliseconds.
+    #[arg(long, env = "LOCK_TTL_MS", hide = true)]
+    pub(crate) lock_ttl_ms: Option<u64>,
     /// Rate limit of POST /session-server, as CALLS/DURATION, e.g. 1/30s (bunq: 1 per 30 s).
     #[arg(long, env = "RATE_LIMIT_SESSION_SERVER", default_value = "1/30s")]
     pub(crate) rate_limit_session_server: String,
@@ -333,7 +369,7 @@ pub struct WorkerArgs {
     #[arg(long, env = "SESSION_RENEWAL", default_value = "off", value_parser = ["on", "off"])]
     pub(crate) session_renewal: String,
     /// How long before a session expires it is renewed, e.g. 1h (more than
-    /// SESSION_TTL_MARGIN_SECS, less than 7d); a session shorter than twice this is renewed
+    /// SESSION_TTL_MARGIN, less than 7d); a session shorter than twice this is renewed
     /// at half its life.
     #[arg(long, env = "SESSION_RENEW_BEFORE", default_value = "1h")]
     pub(crate) session_renew_before: String,
@@ -363,7 +399,8 @@ impl Settings {
         let permitted_ips = parse_permitted_ips(&args.bunq_permitted_ips)?;
         let client_key = load_client_key(args.bunq_client_private_key_file.as_deref())?;
         let broker = args.connection.broker()?;
-        let renewal = parse_renewal(&args, args.store.seal.session_encryption_key_file.is_some())?;
+        let d = args.durations()?;
+        let renewal = parse_renewal(&args, args.store.seal.session_encryption_key_file.is_some(), &d)?;
         let redis = args.store.settings()?;
         let names = args.connection.names()?;
         let invalidation_routing_key = names.invalidation_binding_key.clone();
@@ -377,10 +414,10 @@ impl Settings {
             .ops_addr
             .parse()
             .map_err(|_| invalid("OPS_ADDR", format!("`{}` is not HOST:PORT, e.g. 0.0.0.0:9090", args.ops_addr)))?;
-        if args.session_ttl_margin_secs < 30 {
+        if d.session_ttl_margin.0 < Duration::from_secs(30) {
             return Err(invalid(
-                "SESSION_TTL_MARGIN_SECS",
-                "must be at least 30 (bunq's SDKs treat the last 30 s as expired)",
+                d.session_ttl_margin.1,
+                "must be at least 30s (bunq's SDKs treat the last 30 s as expired)",
             ));
         }
         if args.max_message_bytes == 0 {
@@ -390,19 +427,19 @@ impl Settings {
         if args.max_attempts == 0 {
             return Err(invalid("MAX_ATTEMPTS", "must be at least 1"));
         }
-        positive("BUNQ_REQUEST_TIMEOUT_MS", args.bunq_request_timeout_ms)?;
-        positive("RETRY_BUDGET_MS", args.retry_budget_ms)?;
-        positive("RETRY_INITIAL_INTERVAL_MS", args.retry_initial_interval_ms)?;
-        positive("RETRY_QUEUE_DELAY_MS", args.retry_queue_delay_ms)?;
-        if args.retry_max_interval_ms < args.retry_initial_interval_ms {
-            return Err(invalid("RETRY_MAX_INTERVAL_MS", "must not be below RETRY_INITIAL_INTERVAL_MS"));
+        for (duration, name) in [d.bunq_request_timeout, d.retry_budget, d.retry_initial_interval, d.retry_queue_delay]
+        {
+            positive(name, duration)?;
         }
-        if args.retry_queue_max_delay_ms < args.retry_queue_delay_ms {
-            return Err(invalid("RETRY_QUEUE_MAX_DELAY_MS", "must not be below RETRY_QUEUE_DELAY_MS"));
+        if d.retry_max_interval.0 < d.retry_initial_interval.0 {
+            return Err(invalid(d.retry_max_interval.1, "must not be below RETRY_INITIAL_INTERVAL"));
+        }
+        if d.retry_queue_max_delay.0 < d.retry_queue_delay.0 {
+            return Err(invalid(d.retry_queue_max_delay.1, "must not be below RETRY_QUEUE_DELAY"));
         }
         // Renewed every third of it, so it only has to outlast a few Redis round trips.
-        if args.lock_ttl_ms < 1_000 {
-            return Err(invalid("LOCK_TTL_MS", "must be at least 1000 (the lock is renewed every third of it)"));
+        if d.lock_ttl.0 < Duration::from_secs(1) {
+            return Err(invalid(d.lock_ttl.1, "must be at least 1s (the lock is renewed every third of it)"));
         }
         let shutdown_timeout =
             crate::duration::parse(&args.shutdown_timeout).map_err(|p| invalid("SHUTDOWN_TIMEOUT", p))?;
@@ -414,7 +451,7 @@ impl Settings {
                 .map_err(|p| invalid("RATE_LIMIT_SESSION_SERVER", p))?,
             other_post: Limit::parse(&args.rate_limit_other_post).map_err(|p| invalid("RATE_LIMIT_OTHER_POST", p))?,
             scope: args.rate_limit_scope.parse().map_err(|p: String| invalid("RATE_LIMIT_SCOPE", p))?,
-            max_park: Duration::from_millis(args.retry_queue_max_delay_ms),
+            max_park: d.retry_queue_max_delay.0,
         };
         let consumer_tag =
             format!("{}.{}", args.pod_name.clone().unwrap_or_else(default_pod_name), uuid::Uuid::new_v4().simple());
@@ -426,25 +463,105 @@ impl Settings {
                 client_key: Arc::new(client_key),
                 device_description: args.bunq_device_description,
                 permitted_ips,
-                request_timeout: Duration::from_millis(args.bunq_request_timeout_ms),
+                request_timeout: d.bunq_request_timeout.0,
             },
             rate_limits,
             retry: RetryPolicy {
-                budget: Duration::from_millis(args.retry_budget_ms),
-                initial_interval: Duration::from_millis(args.retry_initial_interval_ms),
-                max_interval: Duration::from_millis(args.retry_max_interval_ms),
+                budget: d.retry_budget.0,
+                initial_interval: d.retry_initial_interval.0,
+                max_interval: d.retry_max_interval.0,
             },
             handler: HandlerSettings {
                 max_message_bytes: args.max_message_bytes,
                 max_attempts: args.max_attempts,
-                retry_queue_delay: Duration::from_millis(args.retry_queue_delay_ms),
-                retry_queue_max_delay: Duration::from_millis(args.retry_queue_max_delay_ms),
-                lock_ttl: Duration::from_millis(args.lock_ttl_ms),
+                retry_queue_delay: d.retry_queue_delay.0,
+                retry_queue_max_delay: d.retry_queue_max_delay.0,
+                lock_ttl: d.lock_ttl.0,
                 invalidation_routing_key,
             },
-            session_ttl_margin: Duration::from_secs(args.session_ttl_margin_secs),
+            session_ttl_margin: d.session_ttl_margin.0,
             renewal,
             ops_addr,
+        })
+    }
+}
+
+/// Each duration of [`WorkerArgs`] with the name it was read from.
+pub(super) struct Durations {
+    pub(super) bunq_request_timeout: (Duration, &'static str),
+    pub(super) session_ttl_margin: (Duration, &'static str),
+    pub(super) retry_budget: (Duration, &'static str),
+    pub(super) retry_initial_interval: (Duration, &'static str),
+    pub(super) retry_max_interval: (Duration, &'static str),
+    pub(super) retry_queue_delay: (Duration, &'static str),
+    pub(super) retry_queue_max_delay: (Duration, &'static str),
+    pub(super) lock_ttl: (Duration, &'static str),
+}
+
+impl WorkerArgs {
+    fn durations(&self) -> Result<Durations, ConfigError> {
+        let setting = |name, value: &Option<String>, default, old_name, old_value: Option<u64>, unit| {
+            durations::duration(Setting { name, value: value.as_deref(), default, old_name, old_value, unit })
+        };
+        let ms = Unit::Millis;
+        Ok(Durations {
+            bunq_request_timeout: setting(
+                "BUNQ_REQUEST_TIMEOUT",
+                &self.bunq_request_timeout,
+                "10s",
+                "BUNQ_REQUEST_TIMEOUT_MS",
+                self.bunq_request_timeout_ms,
+                ms,
+            )?,
+            session_ttl_margin: setting(
+                "SESSION_TTL_MARGIN",
+                &self.session_ttl_margin,
+                "60s",
+                "SESSION_TTL_MARGIN_SECS",
+                self.session_ttl_margin_secs,
+                Unit::Secs,
+            )?,
+            retry_budget: setting(
+                "RETRY_BUDGET",
+                &self.retry_budget,
+                "60s",
+                "RETRY_BUDGET_MS",
+                self.retry_budget_ms,
+                ms,
+            )?,
+            retry_initial_interval: setting(
+                "RETRY_INITIAL_INTERVAL",
+                &self.retry_initial_interval,
+                "200ms",
+                "RETRY_INITIAL_INTERVAL_MS",
+                self.retry_initial_interval_ms,
+                ms,
+            )?,
+            retry_max_interval: setting(
+                "RETRY_MAX_INTERVAL",
+                &self.retry_max_interval,
+                "10s",
+                "RETRY_MAX_INTERVAL_MS",
+                self.retry_max_interval_ms,
+                ms,
+            )?,
+            retry_queue_delay: setting(
+                "RETRY_QUEUE_DELAY",
+                &self.retry_queue_delay,
+                "5s",
+                "RETRY_QUEUE_DELAY_MS",
+                self.retry_queue_delay_ms,
+                ms,
+            )?,
+            retry_queue_max_delay: setting(
+                "RETRY_QUEUE_MAX_DELAY",
+                &self.retry_queue_max_delay,
+                "5m",
+                "RETRY_QUEUE_MAX_DELAY_MS",
+                self.retry_queue_max_delay_ms,
+                ms,
+            )?,
+            lock_ttl: setting("LOCK_TTL", &self.lock_ttl, "30s", "LOCK_TTL_MS", self.lock_ttl_ms, ms)?,
         })
     }
 }

@@ -1,7 +1,7 @@
 //! Checks of single settings: each names its variable on failure and never echoes a
 //! value that may carry a secret (URLs, key material).
 
-use super::{invalid, ConfigError, WorkerArgs};
+use super::{invalid, ConfigError, Durations, WorkerArgs};
 use crate::amqp::topology::Names;
 use crate::lifecycle::renew::RenewalSettings;
 use crate::seal::Sealer;
@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use zeroize::Zeroizing;
 
-pub(super) fn positive(variable: &'static str, value: u64) -> Result<(), ConfigError> {
-    if value == 0 {
+pub(super) fn positive(variable: &'static str, value: Duration) -> Result<(), ConfigError> {
+    if value.is_zero() {
         return Err(invalid(variable, "must be positive"));
     }
     Ok(())
@@ -213,7 +213,11 @@ const RENEWAL_POLL_INTERVAL: Duration = Duration::from_secs(1);
 const LONGEST_SESSION: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// `SESSION_RENEWAL` and `SESSION_RENEW_BEFORE`, checked against the key and the margin.
-pub(super) fn parse_renewal(args: &WorkerArgs, has_key: bool) -> Result<Option<RenewalSettings>, ConfigError> {
+pub(super) fn parse_renewal(
+    args: &WorkerArgs,
+    has_key: bool,
+    d: &Durations,
+) -> Result<Option<RenewalSettings>, ConfigError> {
     match args.session_renewal.trim() {
         "off" => return Ok(None),
         "on" => {}
@@ -227,10 +231,10 @@ pub(super) fn parse_renewal(args: &WorkerArgs, has_key: bool) -> Result<Option<R
     }
     let renew_before =
         crate::duration::parse(&args.session_renew_before).map_err(|p| invalid("SESSION_RENEW_BEFORE", p))?;
-    if renew_before <= Duration::from_secs(args.session_ttl_margin_secs) {
+    if renew_before <= d.session_ttl_margin.0 {
         return Err(invalid(
             "SESSION_RENEW_BEFORE",
-            "must be more than SESSION_TTL_MARGIN_SECS: the cached session is gone that long before it expires",
+            "must be more than SESSION_TTL_MARGIN: the cached session is gone that long before it expires",
         ));
     }
     if renew_before >= LONGEST_SESSION {
@@ -239,8 +243,8 @@ pub(super) fn parse_renewal(args: &WorkerArgs, has_key: bool) -> Result<Option<R
     Ok(Some(RenewalSettings {
         renew_before,
         poll_interval: RENEWAL_POLL_INTERVAL,
-        lock_ttl: Duration::from_millis(args.lock_ttl_ms),
-        retry_delay: Duration::from_millis(args.retry_queue_delay_ms),
-        max_retry_delay: Duration::from_millis(args.retry_queue_max_delay_ms),
+        lock_ttl: d.lock_ttl.0,
+        retry_delay: d.retry_queue_delay.0,
+        max_retry_delay: d.retry_queue_max_delay.0,
     }))
 }

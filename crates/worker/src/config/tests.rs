@@ -39,6 +39,70 @@ fn defaults_validate() {
 }
 
 #[test]
+fn every_duration_takes_one_syntax_and_the_old_names_still_work() {
+    let secs = Duration::from_secs;
+    let ms = Duration::from_millis;
+    let of = |s: &Settings| {
+        [
+            s.bunq.request_timeout,
+            s.session_ttl_margin,
+            s.retry.budget,
+            s.retry.initial_interval,
+            s.retry.max_interval,
+            s.handler.retry_queue_delay,
+            s.handler.retry_queue_max_delay,
+            s.handler.lock_ttl,
+        ]
+    };
+    // The defaults, as the README states them.
+    let defaults = Settings::from_args(args(&[])).unwrap();
+    assert_eq!(of(&defaults), [secs(10), secs(60), secs(60), ms(200), secs(10), secs(5), secs(300), secs(30)]);
+    let new = [
+        "--bunq-request-timeout",
+        "2500ms",
+        "--session-ttl-margin",
+        "2m",
+        "--retry-budget",
+        "90s",
+        "--retry-initial-interval",
+        "50ms",
+        "--retry-max-interval",
+        "3s",
+        "--retry-queue-delay",
+        "1s",
+        "--retry-queue-max-delay",
+        "1h",
+        "--lock-ttl",
+        "45s",
+    ];
+    let expected = [ms(2500), secs(120), secs(90), ms(50), secs(3), secs(1), secs(3600), secs(45)];
+    assert_eq!(of(&Settings::from_args(args(&new)).unwrap()), expected);
+    let old = [
+        "--bunq-request-timeout-ms",
+        "2500",
+        "--session-ttl-margin-secs",
+        "120",
+        "--retry-budget-ms",
+        "90000",
+        "--retry-initial-interval-ms",
+        "50",
+        "--retry-max-interval-ms",
+        "3000",
+        "--retry-queue-delay-ms",
+        "1000",
+        "--retry-queue-max-delay-ms",
+        "3600000",
+        "--lock-ttl-ms",
+        "45000",
+    ];
+    assert_eq!(of(&Settings::from_args(args(&old)).unwrap()), expected);
+    let redis = |flags: &[&str]| Settings::from_args(args(flags)).unwrap().redis.replication.unwrap().timeout;
+    assert_eq!(redis(&["--redis-min-replicas", "1"]), ms(500));
+    assert_eq!(redis(&["--redis-min-replicas", "1", "--redis-replica-timeout", "1500ms"]), ms(1500));
+    assert_eq!(redis(&["--redis-min-replicas", "1", "--redis-replica-timeout-ms", "20"]), ms(20));
+}
+
+#[test]
 fn each_bad_setting_names_its_variable() {
     let cases: &[(&[&str], &str)] = &[
         (&["--bunq-base-url", "https://api.bunq.com"], "BUNQ_BASE_URL"),
@@ -53,10 +117,19 @@ fn each_bad_setting_names_its_variable() {
         (&["--redis-url", "mysql://x"], "REDIS_URL"),
         (&["--prefetch", "0"], "PREFETCH"),
         (&["--ops-addr", "nine"], "OPS_ADDR"),
+        (&["--session-ttl-margin", "29s"], "SESSION_TTL_MARGIN"),
+        // A deprecated name is named in errors about its own value.
         (&["--session-ttl-margin-secs", "5"], "SESSION_TTL_MARGIN_SECS"),
+        (&["--retry-budget", "0s"], "RETRY_BUDGET"),
+        (&["--retry-max-interval", "100ms"], "RETRY_MAX_INTERVAL"),
+        (&["--retry-queue-max-delay", "1s"], "RETRY_QUEUE_MAX_DELAY"),
+        (&["--redis-replica-timeout", "2s"], "REDIS_REPLICA_TIMEOUT"),
+        (&["--bunq-request-timeout", "ten seconds"], "BUNQ_REQUEST_TIMEOUT"),
+        (&["--lock-ttl", "30s", "--lock-ttl-ms", "30000"], "LOCK_TTL"),
         (&["--rate-limit-session-server", "fast"], "RATE_LIMIT_SESSION_SERVER"),
         (&["--input-queue", "amq.x"], "INPUT_QUEUE"),
         (&["--lock-ttl-ms", "999"], "LOCK_TTL_MS"),
+        (&["--lock-ttl", "999ms"], "LOCK_TTL"),
         (&["--shutdown-timeout", "soon"], "SHUTDOWN_TIMEOUT"),
         (&["--dead-letter-max-age", "60d"], "DEAD_LETTER_MAX_AGE"),
         (&["--amqp-url", "amqp://a:5672/%2f, http://b"], "AMQP_URL"),

@@ -19,7 +19,7 @@ pub mod budget;
 pub mod limit;
 
 /// The longest a far slot's waiter is parked at a time unless configured: the default
-/// `RETRY_QUEUE_MAX_DELAY_MS`.
+/// `RETRY_QUEUE_MAX_DELAY`.
 const DEFAULT_MAX_PARK: Duration = Duration::from_secs(300);
 
 /// KEYS[1] the log; ARGV: window ms, limit, max wait ms, unique member.

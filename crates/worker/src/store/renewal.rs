@@ -17,7 +17,7 @@ use std::time::Duration;
 use time::OffsetDateTime;
 
 /// How long a renewable session's records (credential, handshake, provision index)
-/// outlive its cache entry, which ends `SESSION_TTL_MARGIN_SECS` before the session does.
+/// outlive its cache entry, which ends `SESSION_TTL_MARGIN` before the session does.
 const RECORDS_OUTLIVE_CACHE: Duration = Duration::from_secs(15 * 60);
 
 /// The TTL of a renewable session's records, given its cache entry's.

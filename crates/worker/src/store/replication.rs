@@ -6,7 +6,7 @@ use super::{Session, Store, StoreError};
 use std::time::Duration;
 
 /// How many replicas a write must reach before anything that depends on it is published
-/// (`REDIS_MIN_REPLICAS`, `REDIS_REPLICA_TIMEOUT_MS`): asynchronous replication loses the
+/// (`REDIS_MIN_REPLICAS`, `REDIS_REPLICA_TIMEOUT`): asynchronous replication loses the
 /// last writes when a primary fails over, and an announced session the cache then lacks
 /// would be opened and announced a second time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

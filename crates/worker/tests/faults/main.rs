@@ -276,7 +276,7 @@ async fn a_long_redis_outage_under_load_spends_no_attempt_and_no_bunq_call() {
     let calls_before = env.fake.calls().len();
     // With the retry settings of these tests (200 ms doubling to 1 s, 10 attempts), a
     // delivery sent round the retry queue would be dead-lettered within seconds.
-    // In-process retries (RETRY_BUDGET_MS, 5 s here) run out first, then deliveries are held.
+    // In-process retries (RETRY_BUDGET, 5 s here) run out first, then deliveries are held.
     let look = Duration::from_secs(20).min(outage);
     tokio::time::sleep(look).await;
     let ready = test_support::ops::wait_ready(worker.ops_addr(), Duration::from_millis(500)).await;

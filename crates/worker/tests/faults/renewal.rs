@@ -21,7 +21,7 @@ async fn renewals_survive_a_worker_sigkill_and_a_broker_connection_loss() {
     fake.faults.latency_ms = 150;
     let mut env = Env::new(fake, REDIS_URL).await;
     // A dead replica's lock and lease run out within 3 s.
-    let (_key_dir, vars) = renewing(&[("LOCK_TTL_MS", "3000")]);
+    let (_key_dir, vars) = renewing(&[("LOCK_TTL", "3000ms")]);
     env.worker_env = vars;
 
     let first = env.start_worker("first");

@@ -227,7 +227,7 @@ async fn waiting_for_the_shared_rate_limit_spends_no_attempts() {
         flags: vec![
             "--rate-limit-scope=global".into(),
             "--rate-limit-session-server=1/2s".into(),
-            "--retry-budget-ms=1000".into(),
+            "--retry-budget=1000ms".into(),
             "--max-attempts=1".into(),
         ],
         ..Default::default()
@@ -254,7 +254,7 @@ async fn waiting_for_the_shared_rate_limit_spends_no_attempts() {
 async fn a_handshake_outlasting_the_lock_ttl_still_opens_one_session() {
     // Each bunq answer takes 600 ms: the handshake takes about 1.8 s, the lock lives 1 s.
     // Duplicates come back through the retry queue every 200 ms meanwhile.
-    let app = spawn_app_with(AppOptions { flags: vec!["--lock-ttl-ms=1000".into()], ..Default::default() }).await;
+    let app = spawn_app_with(AppOptions { flags: vec!["--lock-ttl=1000ms".into()], ..Default::default() }).await;
     app.fake.set_faults(fake_bunq::Faults { latency_ms: 600, ..Default::default() });
     let (id, token) = (random_id(), random_token());
     let body = ready_body(id, &token);

@@ -46,7 +46,7 @@ async fn expect_session(app: &TestApp, id: u64) {
 #[tokio::test]
 async fn a_publishers_attempt_count_is_not_believed() {
     // One attempt's bunq budget is short, so a failing bunq ends the attempt quickly.
-    let app = spawn_app_with(AppOptions { flags: vec!["--retry-budget-ms=200".into()], ..Default::default() }).await;
+    let app = spawn_app_with(AppOptions { flags: vec!["--retry-budget=200ms".into()], ..Default::default() }).await;
     let failing = FaultRule {
         endpoint: EndpointMatch::Installation,
         action: FaultAction::Http503,

@@ -55,6 +55,20 @@ async fn no_secret_reaches_the_logs_or_the_published_event() {
     fake.shutdown().await;
 }
 
+/// `run` with a valid minimum (bunq unreachable) and `overrides`, to its exit.
+async fn run_configured(overrides: &[(&str, &str)]) -> std::process::Output {
+    tokio::process::Command::new(BIN)
+        .arg("run")
+        .env_clear()
+        .env("BUNQ_BASE_URL", "http://127.0.0.1:9/v1")
+        .env("BUNQ_ALLOW_INSECURE_HTTP", "true")
+        .env("BUNQ_CLIENT_PRIVATE_KEY_FILE", CLIENT_KEY)
+        .envs(overrides.iter().copied())
+        .output()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn bad_configuration_stops_start_up_naming_the_variable() {
     let cases = [
@@ -63,23 +77,28 @@ async fn bad_configuration_stops_start_up_naming_the_variable() {
         (vec![("BUNQ_CLIENT_PRIVATE_KEY_FILE", "/nonexistent/key.pem")], "BUNQ_CLIENT_PRIVATE_KEY_FILE"),
         (vec![("RATE_LIMIT_SCOPE", "everywhere")], "RATE_LIMIT_SCOPE"),
         (vec![("OPS_ADDR", "not-an-address")], "OPS_ADDR"),
+        (vec![("LOCK_TTL", "999ms")], "LOCK_TTL"),
+        (vec![("LOCK_TTL_MS", "999")], "LOCK_TTL_MS"),
+        (vec![("LOCK_TTL", "30s"), ("LOCK_TTL_MS", "30000")], "LOCK_TTL"),
     ];
     for (overrides, variable) in cases {
-        let output = tokio::process::Command::new(BIN)
-            .arg("run")
-            .env_clear()
-            .env("BUNQ_BASE_URL", "http://127.0.0.1:9/v1")
-            .env("BUNQ_ALLOW_INSECURE_HTTP", "true")
-            .env("BUNQ_CLIENT_PRIVATE_KEY_FILE", CLIENT_KEY)
-            .env("LOG_FORMAT", "pretty")
-            .envs(overrides.iter().copied())
-            .output()
-            .await
-            .unwrap();
+        let output = run_configured(&[&[("LOG_FORMAT", "pretty")], &overrides[..]].concat()).await;
         assert!(!output.status.success(), "{variable}: started anyway");
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.contains(variable), "{variable} not named in: {stderr}");
     }
+}
+
+#[tokio::test]
+async fn a_deprecated_duration_name_is_read_with_a_warning_naming_its_successor() {
+    // PREFETCH=0 stops start-up after the durations are read: no broker needed.
+    let output =
+        run_configured(&[("LOG_FORMAT", "json"), ("RETRY_QUEUE_MAX_DELAY_MS", "120000"), ("PREFETCH", "0")]).await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let warning = stderr.lines().find(|l| l.contains(r#""event":"deprecated_setting""#)).expect("a warning");
+    assert!(warning.contains(r#""level":"WARN""#), "{warning}");
+    assert!(warning.contains("set RETRY_QUEUE_MAX_DELAY=120000ms instead"), "{warning}");
+    assert!(stderr.contains("PREFETCH"), "read past the durations: {stderr}");
 }
 
 #[tokio::test]

@@ -22,8 +22,8 @@ async fn renewing_app(session_timeout_secs: u64, lock_ttl_ms: u64) -> (TestApp, 
         format!("--session-encryption-key-file={key}"),
         "--session-renewal=on".to_owned(),
         "--session-renew-before=31s".to_owned(),
-        "--session-ttl-margin-secs=30".to_owned(),
-        format!("--lock-ttl-ms={lock_ttl_ms}"),
+        "--session-ttl-margin=30s".to_owned(),
+        format!("--lock-ttl={lock_ttl_ms}ms"),
     ];
     (spawn_app_with(AppOptions { fake, flags, ..Default::default() }).await, dir)
 }

@@ -16,7 +16,7 @@ async fn a_session_is_announced_only_once_a_replica_has_it() {
     let flags = vec![
         format!("--redis-url={}", pair.url()),
         "--redis-min-replicas=1".to_owned(),
-        "--redis-replica-timeout-ms=200".to_owned(),
+        "--redis-replica-timeout=200ms".to_owned(),
         // Every try of the paused phase would spend one otherwise.
         "--max-attempts=2".to_owned(),
     ];

@@ -33,7 +33,7 @@ impl ProtocolModel {
             Action::Wait(w) if ended(w) => format!("r{w} WAIT fails (write lost): not done, retried"),
             Action::Wait(w) => format!("r{w} WAIT: on the replica"),
             Action::Crash(w) => format!("r{w} crashes (its delivery is redelivered)"),
-            Action::LockExpires => "the lock expires (holder paused past LOCK_TTL_MS)".to_owned(),
+            Action::LockExpires => "the lock expires (holder paused past LOCK_TTL)".to_owned(),
             Action::Replicate => "Redis replicates to the replica".to_owned(),
             Action::Failover => "Redis fails over: the replica is promoted".to_owned(),
             Action::Step(w) => format!("r{w} {}", self.describe_step(before, &after, w)),

@@ -205,7 +205,7 @@ pub fn renewing(extra: &[(&str, &str)]) -> (tempfile::TempDir, Vec<(String, Stri
         ("SESSION_RENEWAL", "on"),
         ("SESSION_ENCRYPTION_KEY_FILE", key.as_str()),
         ("SESSION_RENEW_BEFORE", "31s"),
-        ("SESSION_TTL_MARGIN_SECS", "30"),
+        ("SESSION_TTL_MARGIN", "30s"),
     ];
     let vars = base.iter().chain(extra).map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
     (dir, vars)

@@ -40,9 +40,9 @@ impl Env {
             // a hang costs one short request timeout; a killed worker's locks expire soon;
             // a stream through many faults gets more attempts; SIGTERM drains within 10 s.
             .set("PREFETCH", "16")
-            .set("BUNQ_REQUEST_TIMEOUT_MS", "1000")
-            .set("LOCK_TTL_MS", "12000")
-            .set("RETRY_MAX_INTERVAL_MS", "300")
+            .set("BUNQ_REQUEST_TIMEOUT", "1000ms")
+            .set("LOCK_TTL", "12000ms")
+            .set("RETRY_MAX_INTERVAL", "300ms")
             .set("MAX_ATTEMPTS", "30")
             .set("SHUTDOWN_TIMEOUT", "10s");
         let env = self.worker_env.iter().fold(env, |env, (variable, value)| env.set(variable, value));
