@@ -54,6 +54,11 @@ pub(crate) enum Closed {
     Busy,
 }
 
+/// How often a close looks again for the lock an open holds: from this, doubling, to
+/// [`CLOSE_LOCK_POLL_MAX`].
+const CLOSE_LOCK_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+const CLOSE_LOCK_POLL_MAX: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Cloned by the renewer, which closes sessions it cannot renew.
 #[derive(Clone)]
 pub(crate) struct Closer {
@@ -73,10 +78,25 @@ impl Closer {
             // would let a late event or a renewal announce after the close.
             self.parts.store.provision_replicated(id, None).await?;
         }
-        let work = |_claim| self.close_locked(closed, correlation_id);
-        match self.parts.store.with_lock(id, "close".to_owned(), &self.parts.owner, self.parts.lock_ttl, work).await? {
-            Some(event) => Ok(Closed::Done { reason: closed.reason, event: event? }),
-            None => Ok(Closed::Busy),
+        // An open under way holds the provision. It sees the marker at its next write or
+        // fence check and gives up, so the close waits for it here, for as long as a dead
+        // holder could keep the lock: through the retry queue it could wait behind budget
+        // parks of minutes (RabbitMQ expires that queue from its head).
+        let give_up = tokio::time::Instant::now() + self.parts.lock_ttl;
+        let mut pause = CLOSE_LOCK_POLL;
+        loop {
+            let work = |_claim| self.close_locked(closed, correlation_id);
+            let owner = &self.parts.owner;
+            if let Some(event) =
+                self.parts.store.with_lock(id, "close".to_owned(), owner, self.parts.lock_ttl, work).await?
+            {
+                return Ok(Closed::Done { reason: closed.reason, event: event? });
+            }
+            if tokio::time::Instant::now() + pause > give_up {
+                return Ok(Closed::Busy);
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(CLOSE_LOCK_POLL_MAX);
         }
     }
 

@@ -214,7 +214,7 @@ impl Handler {
                     // announcement (two keys in two slots: side by side, not one script).
                     let ttl = self.parts.opener.cache_ttl(&session, now);
                     let (cached, closed) = tokio::join!(
-                        self.parts.store.cache_session(&session, ttl),
+                        self.parts.store.cache_session(&session, ttl, claim.generation),
                         self.parts.store.is_closed(ready.provision_id)
                     );
                     cached?;

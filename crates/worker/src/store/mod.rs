@@ -261,7 +261,7 @@ impl Store {
             writes.push(write);
         }
         let written = self.fenced_write(claim, Some(keep), &writes).await?;
-        self.cache_session(session, ttl).await?;
+        self.cache_session(session, ttl, claim.generation).await?;
         Ok(written)
     }
 
@@ -275,13 +275,33 @@ impl Store {
         }
     }
 
-    /// Writes `session:{user_id}`. Idempotent: redeliveries call it to repair a cache
-    /// entry lost between the two writes of [`Self::commit_session`].
-    pub async fn cache_session(&self, session: &Session, ttl: Duration) -> Result<(), StoreError> {
-        let body = serde_json::to_vec(&self.seal_session(session)).expect("records serialise");
+    /// Writes `session:{user_id}` under the lock `generation` its writer holds, unless
+    /// the entry holds the same provision's session from a later generation (then false,
+    /// and nothing is written: the writer was overtaken, and its fence check before
+    /// publishing stops it). Idempotent: redeliveries call it to repair a cache entry lost
+    /// between the two writes of [`Self::commit_session`].
+    pub async fn cache_session(&self, session: &Session, ttl: Duration, generation: u64) -> Result<bool, StoreError> {
+        let mut stored = self.seal_session(session);
+        stored.generation = Some(generation);
+        let body = serde_json::to_vec(&stored).expect("records serialise");
         let mut conn = self.conn.clone();
-        let () = conn.set_ex(self.keys.session(session.user_id), body, ttl.as_secs().max(1)).await?;
-        Ok(())
+        let written: i64 = record::CACHE_SESSION
+            .key(self.keys.session(session.user_id))
+            .arg(body)
+            .arg(ttl.as_secs().max(1))
+            .arg(generation)
+            .arg(session.provision_id)
+            .invoke_async(&mut conn)
+            .await?;
+        if written == 0 {
+            tracing::info!(
+                event = "cache_write_refused",
+                provision_id = session.provision_id,
+                generation,
+                "a later lock generation cached this provision's session; this holder was overtaken"
+            );
+        }
+        Ok(written == 1)
     }
 
     /// How long `session:{user_id}` has left, for inspection tools.

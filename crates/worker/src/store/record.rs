@@ -31,6 +31,10 @@ pub(crate) struct StoredSession {
     pub(crate) created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
     pub(crate) expires_at: OffsetDateTime,
+    /// In `session:{user_id}` only: the lock generation of the write, so a holder whose
+    /// lock was taken over cannot roll the cache back (see [`CACHE_SESSION`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) generation: Option<u64>,
 }
 
 /// Tokens may be plaintext: `Debug` never prints them.
@@ -101,6 +105,29 @@ fn user_owner(user_id: u64) -> String {
 pub(super) fn provision_owner(provision_id: u64) -> String {
     format!("provision:{provision_id}")
 }
+
+/// Writes `session:{user_id}` unless it holds the same provision's session written under a
+/// later lock generation: a holder paused past its lock (and past a failover that lost
+/// the generation's counter) cannot replace the newer holder's session with its own.
+/// Another provision's session for the same user is replaced (the later provision wins,
+/// as before). KEYS[1] the cache key; ARGV[1] the record, ARGV[2] its TTL in seconds,
+/// ARGV[3] the writer's generation, ARGV[4] its provision id. 1 written, 0 refused.
+pub(super) static CACHE_SESSION: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+local current = redis.call('GET', KEYS[1])
+if current then
+  local ok, record = pcall(cjson.decode, current)
+  if ok and type(record) == 'table' and tonumber(record.provision_id) == tonumber(ARGV[4])
+     and tonumber(record.generation) and tonumber(record.generation) > tonumber(ARGV[3]) then
+    return 0
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return 1
+"#,
+    )
+});
 
 /// Replaces a record only if it still holds what was read, keeping its TTL.
 static REPLACE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
@@ -225,6 +252,7 @@ impl Store {
             server_public_key: s.server_public_key.clone(),
             created_at: s.created_at,
             expires_at: s.expires_at,
+            generation: None,
         }
     }
 
@@ -296,6 +324,7 @@ mod tests {
             server_public_key: "pem".into(),
             created_at: now,
             expires_at: now,
+            generation: Some(3),
         }
     }
 

@@ -178,3 +178,45 @@ async fn session_invalid_closes_the_named_session_and_ignores_a_stale_one() {
     assert!(metrics.contains(r#"outcome="closed",reason="no_session"} 1"#), "{metrics}");
     app.teardown().await;
 }
+
+#[tokio::test]
+async fn a_close_finding_the_provision_locked_waits_for_it_in_process_not_behind_the_retry_queue() {
+    let app = spawn_app().await;
+    let (id, token) = (random_id(), random_token());
+    app.publish(&ready_body(id, &token)).await;
+    let (ready, _) = app.next_event(WAIT).await.expect("session-ready");
+    app.wait_idle(WAIT).await;
+
+    // A budget park of five minutes at the head of the retry queue: a close sent there
+    // would wait behind it.
+    let park = lapin::BasicProperties::default().with_expiration("300000".into());
+    let queue = app.names.retry_queue.as_str();
+    let confirm = app.channel().basic_publish("".into(), queue.into(), Default::default(), b"parked", park);
+    confirm.await.unwrap().await.unwrap();
+    // An open under way holds the provision when the close arrives.
+    let holder = app.store.try_lock(id, "an-open-under-way", Duration::from_secs(30)).await.unwrap();
+    assert!(holder.is_some(), "the test could not take the lock");
+    app.publish(&close_body(id, "CANCELLED")).await;
+    // The close marks the provision first, then asks for the lock: once the marker is
+    // there, the open under way finishes (here: the test lets go a little later).
+    let marked = tokio::time::Instant::now() + WAIT;
+    while !app.store.is_closed(id).await.unwrap() {
+        assert!(tokio::time::Instant::now() < marked, "the close never marked the provision");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    app.store.unlock(id, "an-open-under-way").await.unwrap();
+
+    // Far sooner than the park ahead of it in the retry queue, and without a trip there.
+    let closed = app.next_json(Duration::from_secs(60)).await.expect("session-closed");
+    assert_eq!(
+        (closed["event_type"].as_str(), closed["session_id"].as_u64()),
+        (Some("bunq.session.closed"), Some(ready.session_id))
+    );
+    let metrics = app.metrics().await;
+    let busy = r#"bunq_session_worker_deliveries_total{outcome="retried",reason="lock_busy"}"#;
+    let sent_round = metrics.lines().any(|l| l.starts_with(busy) && !l.ends_with(" 0"));
+    assert!(!sent_round, "a close went round the retry queue: {metrics}");
+    assert_eq!(app.ready_count(queue).await, 1, "the park is still there, untouched");
+    app.teardown().await;
+}

@@ -207,6 +207,42 @@ async fn an_open_begins_in_one_round_trip_closed_busy_or_locked_with_its_progres
     delete_prefix(&prefix).await;
 }
 
+#[tokio::test]
+async fn the_cache_refuses_an_older_generation_of_the_same_provision_only() {
+    let prefix = prefix();
+    let store = Store::new(connect_redis(REDIS_URL).unwrap(), Keys::new(&prefix), None);
+    let ttl = Duration::from_secs(60);
+    let user = 4242;
+    // Sessions of one provision (user + 1), told apart by session id.
+    let of = |session_id: u64| Session { session_id, ..session_of(user, "t") };
+    let cached = || async { store.read_session(user).await.unwrap().map(|s| s.session_id) };
+
+    assert!(store.cache_session(&of(50), ttl, 5).await.unwrap());
+    // The holder paused past its lock, still at generation 3, cannot roll the cache back.
+    assert!(!store.cache_session(&of(30), ttl, 3).await.unwrap());
+    assert_eq!(cached().await, Some(50));
+    // The same generation rewrites (a repair), a later one replaces.
+    assert!(store.cache_session(&of(51), ttl, 5).await.unwrap());
+    assert!(store.cache_session(&of(70), ttl, 7).await.unwrap());
+    assert_eq!(cached().await, Some(70));
+    // Another provision of the same user replaces it whatever its generation.
+    let other = Session { provision_id: user + 99, session_id: 1, ..session_of(user, "t") };
+    assert!(store.cache_session(&other, ttl, 1).await.unwrap());
+    assert_eq!(cached().await, Some(1));
+    // A record written before generations were kept is replaced too.
+    let mut redis = connect_redis(REDIS_URL).unwrap();
+    let mut legacy: serde_json::Value = serde_json::from_slice(
+        &redis::AsyncCommands::get::<_, Vec<u8>>(&mut redis, Keys::new(&prefix).session(user)).await.unwrap(),
+    )
+    .unwrap();
+    legacy.as_object_mut().unwrap().remove("generation");
+    legacy["provision_id"] = (user + 1).into();
+    let () = redis::AsyncCommands::set(&mut redis, Keys::new(&prefix).session(user), legacy.to_string()).await.unwrap();
+    assert!(store.cache_session(&of(2), ttl, 1).await.unwrap());
+    assert_eq!(cached().await, Some(2));
+    delete_prefix(&prefix).await;
+}
+
 /// A session of `user_id` for an hour, its tokens `{token}-session` and `{token}-installation`.
 pub(crate) fn session_of(user_id: u64, token: &str) -> Session {
     let now = time::OffsetDateTime::now_utc();
@@ -235,10 +271,10 @@ async fn keys_rotate_records_are_resealed_with_the_new_key_and_the_old_key_can_t
     let rotated = || Some(Sealer::from_key_files(new_key.as_bytes(), &[old_key.clone().into_bytes()]).unwrap());
     let new_id = rotated().unwrap().current_key_id().to_owned();
     // One record from before any key, one sealed by the old key, one by the new.
-    store(None).cache_session(&session_of(1, "plain"), Duration::from_secs(300)).await.unwrap();
-    store(Some(old)).cache_session(&session_of(2, "old"), Duration::from_secs(300)).await.unwrap();
+    store(None).cache_session(&session_of(1, "plain"), Duration::from_secs(300), 1).await.unwrap();
+    store(Some(old)).cache_session(&session_of(2, "old"), Duration::from_secs(300), 1).await.unwrap();
     store(Some(Sealer::from_key_files(new_key.as_bytes(), &[]).unwrap()))
-        .cache_session(&session_of(3, "new"), Duration::from_secs(300))
+        .cache_session(&session_of(3, "new"), Duration::from_secs(300), 1)
         .await
         .unwrap();
     let raw = |user_id: u64| {
@@ -305,7 +341,7 @@ async fn with_a_key_tokens_never_rest_in_plaintext() {
         created_at: now,
         expires_at: now + time::Duration::hours(1),
     };
-    sealed.cache_session(&session, Duration::from_secs(60)).await.unwrap();
+    sealed.cache_session(&session, Duration::from_secs(60), 1).await.unwrap();
 
     let raw: String =
         redis::cmd("GET").arg(format!("{prefix}session:1364")).query_async(&mut conn.clone()).await.unwrap();

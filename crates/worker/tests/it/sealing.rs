@@ -100,12 +100,12 @@ async fn the_two_phase_procedure_never_leaves_a_replica_a_record_it_cannot_read(
     for (user_id, (writer, reader)) in
         (1..).zip([(&before, &phase_1), (&phase_1, &before), (&phase_1, &phase_2), (&phase_2, &phase_1)])
     {
-        writer.cache_session(&session(7, user_id, "t"), Duration::from_secs(60)).await.unwrap();
+        writer.cache_session(&session(7, user_id, "t"), Duration::from_secs(60), 1).await.unwrap();
         let read = reader.read_session(user_id).await.unwrap().expect("readable");
         assert_eq!(read.session_token.expose_secret(), "t-session");
     }
     // Skipping phase 1: a replica with A alone meets B's records, which a rollout explains.
-    phase_2.cache_session(&session(7, 9, "t"), Duration::from_secs(60)).await.unwrap();
+    phase_2.cache_session(&session(7, 9, "t"), Duration::from_secs(60), 1).await.unwrap();
     let b_id = sealer(&b, &[]).current_key_id().to_owned();
     match before.read_session(9).await {
         Err(StoreError::UnknownKey { key_id, .. }) => assert_eq!(key_id, b_id),
@@ -180,7 +180,7 @@ async fn session_reseal_rewrites_v1_and_plaintext_records_and_reports_unreadable
     write(1, record(1, &v1("session_token"), &v1("installation_token"))).await;
     write(2, format!("not a record {secret}")).await;
     let foreign = Store::new(conn.clone(), Keys::new(&prefix), Some(sealer(&other, &[])));
-    foreign.cache_session(&session(7, 3, &secret), Duration::from_secs(600)).await.unwrap();
+    foreign.cache_session(&session(7, 3, &secret), Duration::from_secs(600), 1).await.unwrap();
     write(4, record(4, &format!("{secret}-plain"), &format!("{secret}-plain"))).await;
 
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_bunq-session-worker"))
