@@ -8,8 +8,13 @@
 
 use super::Parts;
 use crate::event::{closed_event_id, SessionClosed, SESSION_CLOSED_EVENT_TYPE};
-use crate::failure::Failure;
+use crate::failure::{Failure, Reason};
+use crate::metrics::Metrics;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::Duration;
 use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
 
 /// Why a session is closed: [`SessionClosed::reason`] and the metrics' label, as
 /// [`CloseReason::as_str`] spells it.
@@ -56,8 +61,18 @@ pub(crate) enum Closed {
 
 /// How often a close looks again for the lock an open holds: from this, doubling, to
 /// [`CLOSE_LOCK_POLL_MAX`].
-const CLOSE_LOCK_POLL: std::time::Duration = std::time::Duration::from_millis(100);
-const CLOSE_LOCK_POLL_MAX: std::time::Duration = std::time::Duration::from_secs(1);
+const CLOSE_LOCK_POLL: Duration = Duration::from_millis(100);
+const CLOSE_LOCK_POLL_MAX: Duration = Duration::from_secs(1);
+
+/// A `session.closed` no queue took, as held in Redis.
+#[derive(Serialize, Deserialize)]
+struct HeldEvent {
+    event: SessionClosed,
+    correlation_id: Option<String>,
+}
+
+/// Held events published per pass.
+const HELD_BATCH: isize = 100;
 
 /// Cloned by the renewer, which closes sessions it cannot renew.
 #[derive(Clone)]
@@ -133,9 +148,71 @@ impl Closer {
             session_id: session.session_id,
             reason: closed.reason.as_str().to_owned(),
         };
-        self.parts.announcer.announce_closed(&event, correlation_id).await?;
+        match self.parts.announcer.announce_closed(&event, correlation_id).await {
+            Ok(()) => {}
+            // No queue is bound for `session.closed`: the close still ends and purges (the
+            // tokens must not stay in Redis for want of a listener), and the event waits in
+            // Redis until one is bound ([`Closer::deliver_held`]).
+            Err(failure) if failure.reason == Reason::OutputUnroutable => {
+                let held = HeldEvent { event: event.clone(), correlation_id: correlation_id.map(str::to_owned) };
+                self.parts.store.hold_event(&serde_json::to_vec(&held).expect("events serialise")).await?;
+                self.parts.store.replicated(id, &[self.parts.store.keys().held_events()]).await?;
+                tracing::warn!(
+                    event = "session_closed_held",
+                    provision_id = id,
+                    "no queue takes session.closed: the event is held in Redis until one is bound"
+                );
+            }
+            Err(failure) => return Err(failure),
+        }
         self.parts.store.purge_provision(id).await?;
         self.parts.store.provision_replicated(id, Some(session.user_id)).await?;
         Ok(Some(Box::new(event)))
+    }
+
+    /// Publishes held `session.closed` events, oldest first, until one is still
+    /// unroutable; each is forgotten once the broker confirmed it. Several replicas may
+    /// publish the same one: consumers take repeats (same `event_id`). The count still
+    /// held, for the metric.
+    pub(crate) async fn deliver_held(&self) -> Result<u64, Failure> {
+        let store = &self.parts.store;
+        let (events, mut held) = store.held_events(HELD_BATCH).await?;
+        for raw in events {
+            let Ok(one) = serde_json::from_slice::<HeldEvent>(&raw) else {
+                tracing::warn!(event = "held_event_unreadable", "dropped a held event that does not decode");
+                store.release_event(&raw).await?;
+                held -= 1;
+                continue;
+            };
+            match self.parts.announcer.announce_closed(&one.event, one.correlation_id.as_deref()).await {
+                Ok(()) => {
+                    store.release_event(&raw).await?;
+                    held -= 1;
+                    tracing::info!(event = "held_event_delivered", provision_id = one.event.provision_id);
+                }
+                Err(failure) if failure.reason == Reason::OutputUnroutable => break,
+                Err(failure) => return Err(failure),
+            }
+        }
+        Ok(held)
+    }
+
+    /// [`Self::deliver_held`] every `interval` until `shutdown`.
+    pub(crate) async fn deliver_held_every(
+        self,
+        interval: Duration,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            match self.deliver_held().await {
+                Ok(held) => metrics.held_events(held),
+                Err(failure) => tracing::warn!(event = "held_events_not_delivered", error = %failure.summary()),
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(interval) => {}
+            }
+        }
     }
 }

@@ -89,6 +89,7 @@ pub struct Metrics {
     renewals: Family<OutcomeOnly, Counter>,
     renewals_scheduled: Gauge,
     renewals_due: Gauge,
+    held_events: Gauge,
     budget: BudgetGauges,
 }
 
@@ -234,6 +235,12 @@ impl Metrics {
             "Renewal entries past their due time and not claimed (a backlog when it stays above 0)",
             renewals_due.clone(),
         );
+        let held_events = Gauge::default();
+        registry.register(
+            "held_events",
+            "session.closed events no queue took, held in Redis until one is bound for them",
+            held_events.clone(),
+        );
         let budget = BudgetGauges::default();
         budget.register(&mut registry);
         for reason in DEAD_LETTER_REASONS {
@@ -255,6 +262,7 @@ impl Metrics {
             renewals,
             renewals_scheduled,
             renewals_due,
+            held_events,
             deliveries,
             delivery_seconds,
             in_flight,
@@ -302,6 +310,10 @@ impl Metrics {
     pub(crate) fn renewal_backlog(&self, scheduled: u64, due: u64) {
         self.renewals_scheduled.set(scheduled as i64);
         self.renewals_due.set(due as i64);
+    }
+
+    pub(crate) fn held_events(&self, held: u64) {
+        self.held_events.set(held as i64);
     }
 
     pub(crate) fn budget_line(&self, plan: &BudgetLine) {

@@ -5,6 +5,7 @@ use crate::amqp::publish::{AmqpAnnouncer, PublishChannel};
 use crate::amqp::supervisor::Supervisor;
 use crate::config::Settings;
 use crate::lifecycle::announce::Announcer;
+use crate::lifecycle::close::Closer;
 use crate::lifecycle::open::SessionOpener;
 use crate::lifecycle::renew::Renewer;
 use crate::lifecycle::Parts;
@@ -27,6 +28,8 @@ pub struct Worker {
     ops_listener: tokio::net::TcpListener,
     ops_state: OpsState,
     renewer: Option<Arc<Renewer>>,
+    /// Publishes `session.closed` events held for want of a queue.
+    held_events: (Closer, Arc<Metrics>),
     /// The shared session-server budget's line, published as gauges.
     budget_watch: Option<(Budget, Arc<Metrics>)>,
     drain_timeout: std::time::Duration,
@@ -34,6 +37,8 @@ pub struct Worker {
 
 /// How often each replica publishes the budget's plan.
 const BUDGET_WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+/// How often held `session.closed` events are offered again (see `Closer::deliver_held`).
+const HELD_EVENT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Worker {
     /// Builds every part from its settings and binds the ops port; connects to nothing
@@ -64,6 +69,7 @@ impl Worker {
             lock_ttl: settings.handler.lock_ttl,
             owner: settings.amqp.consumer_tag.clone(),
         };
+        let held_events = (Closer::new(parts.clone()), metrics.clone());
         let renewer = settings
             .renewal
             .map(|renewal| Arc::new(Renewer::new(parts.clone(), metrics.clone(), gate.clone(), renewal)));
@@ -84,6 +90,7 @@ impl Worker {
             ops_listener,
             ops_state,
             renewer,
+            held_events,
             budget_watch,
             drain_timeout: settings.amqp.shutdown_timeout,
         })
@@ -99,6 +106,8 @@ impl Worker {
         let ops_shutdown = CancellationToken::new();
         let ops = tokio::spawn(ops::serve(self.ops_listener, self.ops_state, ops_shutdown.clone()));
         let renewals = self.renewer.map(|renewer| tokio::spawn(renewer.run(shutdown.clone())));
+        let (closer, metrics) = self.held_events;
+        tokio::spawn(closer.deliver_held_every(HELD_EVENT_INTERVAL, metrics, shutdown.clone()));
         if let Some((budget, metrics)) = self.budget_watch {
             tokio::spawn(budget.watch(metrics, BUDGET_WATCH_INTERVAL, shutdown.clone()));
         }

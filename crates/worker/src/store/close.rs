@@ -10,6 +10,11 @@ use std::time::Duration;
 /// redelivered ready event never opens or announces one again.
 pub(crate) const CLOSED_MARKER_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
+/// How long a `session.closed` event no queue took is held for one to be bound; older
+/// ones are dropped (the close itself is done: only the notice is lost), as dead letters
+/// are after `DEAD_LETTER_MAX_AGE`'s default.
+pub(crate) const HELD_EVENT_MAX_AGE: Duration = Duration::from_secs(14 * 24 * 3600);
+
 /// Deletes a key only if it still holds what was read.
 static DELETE_IF_UNCHANGED: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
     redis::Script::new(
@@ -28,6 +33,34 @@ impl Store {
     pub async fn is_closed(&self, provision_id: u64) -> Result<bool, StoreError> {
         let mut conn = self.conn.clone();
         Ok(conn.exists(self.keys.closed(provision_id)).await?)
+    }
+
+    /// Holds `event` (a `session.closed` no queue took; it holds no secret) until a queue
+    /// for it is bound, ordered by when it was held.
+    pub(crate) async fn hold_event(&self, event: &[u8]) -> Result<(), StoreError> {
+        let now = self.now().await?.unix_timestamp();
+        let mut conn = self.conn.clone();
+        let _: i64 = conn.zadd(self.keys.held_events(), event, now).await?;
+        Ok(())
+    }
+
+    /// The oldest held events, at most `limit`, after dropping those held longer than
+    /// [`HELD_EVENT_MAX_AGE`]; and how many are held in all.
+    pub(crate) async fn held_events(&self, limit: isize) -> Result<(Vec<Vec<u8>>, u64), StoreError> {
+        let oldest_kept = self.now().await?.unix_timestamp() - HELD_EVENT_MAX_AGE.as_secs() as i64;
+        let key = self.keys.held_events();
+        let mut conn = self.conn.clone();
+        let _: i64 = conn.zrembyscore(&key, "-inf", format!("({oldest_kept}")).await?;
+        let events: Vec<Vec<u8>> = conn.zrange(&key, 0, limit - 1).await?;
+        let held: u64 = conn.zcard(&key).await?;
+        Ok((events, held))
+    }
+
+    /// Forgets a held event once it is published.
+    pub(crate) async fn release_event(&self, event: &[u8]) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let _: i64 = conn.zrem(self.keys.held_events(), event).await?;
+        Ok(())
     }
 
     /// The session a close must end: the cached one if it is still this provision's,

@@ -90,6 +90,10 @@ impl Keys {
     pub fn handshakes(&self, provision_id: u64) -> String {
         format!("{}handshakes:{{{provision_id}}}", self.prefix)
     }
+    /// `session.closed` events no queue took, waiting for one to be bound.
+    pub fn held_events(&self) -> String {
+        format!("{}held-events:closed", self.prefix)
+    }
     /// Set when the provision is cancelled or closed: no session is announced for it after.
     pub(crate) fn closed(&self, provision_id: u64) -> String {
         format!("{}closed:{{{provision_id}}}", self.prefix)

@@ -220,3 +220,42 @@ async fn a_close_finding_the_provision_locked_waits_for_it_in_process_not_behind
     assert_eq!(app.ready_count(queue).await, 1, "the park is still there, untouched");
     app.teardown().await;
 }
+
+#[tokio::test]
+async fn with_no_queue_for_session_closed_the_close_still_purges_and_the_event_waits_for_one() {
+    let app = spawn_app_with(AppOptions { bind_output: false, ..Default::default() }).await;
+    let bind = |routing_key: &'static str| {
+        let (channel, queue, exchange) =
+            (app.channel(), app.capture_queue.as_str(), app.names.output_exchange.as_str());
+        async move {
+            let (options, args) = (Default::default(), Default::default());
+            channel.queue_bind(queue.into(), exchange.into(), routing_key.into(), options, args).await.unwrap();
+        }
+    };
+    // Downstream listens for session-ready only.
+    bind("session.ready").await;
+    let (id, token) = (random_id(), random_token());
+    app.publish(&ready_body(id, &token)).await;
+    let (ready, _) = app.next_event(WAIT).await.expect("session-ready");
+
+    // Nobody takes session.closed: the close is done all the same, its event held.
+    app.publish(&close_body(id, "CANCELLED")).await;
+    app.wait_idle(WAIT).await;
+    assert!(app.store.read_session(ready.user_id).await.unwrap().is_none(), "the close did not purge");
+    assert_eq!(keys_left(&app).await, vec![app.store.keys().held_events()], "only the held event is left");
+    assert!(app.next_dead_letter(Duration::from_millis(300)).await.is_none());
+
+    // Once a queue is bound for it, the held event is delivered, once, and forgotten.
+    bind("session.closed").await;
+    let closed = app.next_json(Duration::from_secs(60)).await.expect("the held session-closed");
+    assert_eq!(closed["event_type"], "bunq.session.closed");
+    assert_eq!((closed["provision_id"].as_u64(), closed["session_id"].as_u64()), (Some(id), Some(ready.session_id)));
+    assert_eq!(closed["event_id"], closed_event_id(id, ready.session_id).to_string());
+    let held = tokio::time::Instant::now() + WAIT;
+    while !keys_left(&app).await.is_empty() {
+        assert!(tokio::time::Instant::now() < held, "the delivered event is still held");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(app.next_json(Duration::from_secs(12)).await.is_none(), "delivered twice by one replica");
+    app.teardown().await;
+}
