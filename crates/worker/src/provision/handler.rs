@@ -16,6 +16,11 @@ use std::sync::Arc;
 use std::time::Duration;
 use time::OffsetDateTime;
 
+/// How long a credential without an `expiry_time` is taken to live, from when it was
+/// first seen: bunq's production window for a partner credential (docs/bunq-api.md §7.3:
+/// 4 h; 1 h in the sandbox, where bunq always sends the expiry).
+const UNDATED_CREDENTIAL_LIFE: Duration = Duration::from_secs(4 * 3600);
+
 /// A delivery as the handler sees it, besides its decoded body.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Incoming<'a> {
@@ -87,10 +92,19 @@ impl Handler {
                     None => format!("credential is EXPIRED; request a token reset for provision {provision_id}"),
                 },
             },
-            Decision::Act(ready) => match self.act(&ready, incoming.correlation_id).await {
-                Ok(outcome) => outcome,
-                Err(failure) => self.after_failure(ready.credential_expires_at, failure, incoming.attempt),
-            },
+            Decision::Act(mut ready) => {
+                if ready.credential_expires_at.is_none() {
+                    match self.undated_deadline(&ready).await {
+                        Ok(Ok(deadline)) => ready.credential_expires_at = Some(deadline),
+                        Ok(Err(expired)) => return expired,
+                        Err(failure) => return self.after_failure(None, failure, incoming.attempt),
+                    }
+                }
+                match self.act(&ready, incoming.correlation_id).await {
+                    Ok(outcome) => outcome,
+                    Err(failure) => self.after_failure(ready.credential_expires_at, failure, incoming.attempt),
+                }
+            }
             Decision::Close(closed) => {
                 let request = CloseRequest {
                     provision_id: closed.provision_id,
@@ -166,6 +180,29 @@ impl Handler {
             },
             Err(failure) => self.after_failure(None, failure, incoming.attempt),
         }
+    }
+
+    /// The one deadline of a credential without an `expiry_time`: bunq's production
+    /// window from when it was first seen (by any replica, on any try), or, once that has
+    /// passed, the dead letter an expired credential gets.
+    async fn undated_deadline(&self, ready: &ReadyProvision) -> Result<Result<OffsetDateTime, Outcome>, Failure> {
+        let credential = credential_tag(ready.credential_id, &ready.token_value);
+        let keep = UNDATED_CREDENTIAL_LIFE * 2;
+        let (first, now) = self.parts.store.first_seen(ready.provision_id, &credential, keep).await?;
+        let first = OffsetDateTime::from_unix_timestamp(first).unwrap_or(OffsetDateTime::UNIX_EPOCH);
+        let deadline = first + UNDATED_CREDENTIAL_LIFE;
+        if deadline.unix_timestamp() > now {
+            return Ok(Ok(deadline));
+        }
+        let hours = UNDATED_CREDENTIAL_LIFE.as_secs() / 3600;
+        Ok(Err(Outcome::DeadLetter {
+            reason: Reason::CredentialExpired,
+            detail: format!(
+                "credential has no expiry_time and was first seen at {first}, over {hours} h ago (bunq's \
+                 window); request a token reset for provision {}",
+                ready.provision_id
+            ),
+        }))
     }
 
     /// Everything under the provision's lock, announcing included: a close takes the

@@ -90,6 +90,11 @@ impl Keys {
     pub fn handshakes(&self, provision_id: u64) -> String {
         format!("{}handshakes:{{{provision_id}}}", self.prefix)
     }
+    /// When a credential without an `expiry_time` was first seen (one hash tag with the
+    /// provision's records).
+    pub fn first_seen(&self, provision_id: u64, credential: &str) -> String {
+        format!("{}first-seen:{{{provision_id}}}:{credential}", self.prefix)
+    }
     /// `session.closed` events no queue took, waiting for one to be bound.
     pub fn held_events(&self) -> String {
         format!("{}held-events:closed", self.prefix)
@@ -154,6 +159,7 @@ pub struct Handshake {
 
 mod close;
 mod conn;
+mod first_seen;
 pub(crate) mod gate;
 mod lock;
 mod record;

@@ -1,5 +1,6 @@
 use crate::helpers::*;
 use bunq_session_worker::amqp::topology::{self, Names};
+use bunq_session_worker::store::credential_tag;
 use lapin::options::{BasicGetOptions, BasicRejectOptions};
 use std::time::Duration;
 use test_support::{expiry_in, provision_body, random_id, random_token, ready_body};
@@ -63,6 +64,42 @@ async fn expired_credential_is_dead_lettered_without_calling_bunq() {
     assert_eq!(header_str(&properties, "x-dead-letter-reason").as_deref(), Some("credential_expired"));
     assert!(header_str(&properties, "x-dead-letter-detail").unwrap().contains("token reset"));
     assert!(app.fake.calls().is_empty());
+    app.teardown().await;
+}
+
+#[tokio::test]
+async fn a_credential_without_an_expiry_gets_one_deadline_from_its_first_sight() {
+    let app = spawn_app().await;
+    // Two provisions whose credentials carry no expiry_time.
+    let undated = |id: u64, token: &str| {
+        let mut body: serde_json::Value = serde_json::from_slice(&ready_body(id, token)).unwrap();
+        let object = &mut body["NotificationUrl"]["object"]["PartnerUserProvision"]["credential"];
+        object.as_object_mut().unwrap().remove("expiry_time").expect("the body had an expiry");
+        serde_json::to_vec(&body).unwrap()
+    };
+    let (fresh, seen_long_ago) = (random_id(), random_id());
+    let (fresh_token, old_token) = (random_token(), random_token());
+    // One was first seen 4 h and a minute ago (by some replica, on some earlier try).
+    let tag = credential_tag(Some(seen_long_ago + 500), &old_token.clone().into());
+    let key = bunq_session_worker::store::Keys::new(&app.prefix).first_seen(seen_long_ago, &tag);
+    let long_ago = (time::OffsetDateTime::now_utc() - time::Duration::minutes(241)).unix_timestamp();
+    let mut redis = app.redis.clone();
+    let () = redis::AsyncCommands::set_ex(&mut redis, &key, long_ago, 3600).await.unwrap();
+
+    app.publish(&undated(seen_long_ago, &old_token)).await;
+    let (_, properties) = app.next_dead_letter(WAIT).await.expect("dead letter");
+    assert_eq!(header_str(&properties, "x-dead-letter-reason").as_deref(), Some("credential_expired"));
+    assert!(header_str(&properties, "x-dead-letter-detail").unwrap().contains("no expiry_time"));
+    assert!(app.fake.calls().is_empty(), "bunq was called for a credential past its window");
+
+    // The other is served, and its first sighting is kept, not renewed on each try.
+    app.publish(&undated(fresh, &fresh_token)).await;
+    assert_eq!(app.next_event(WAIT).await.expect("session-ready").0.provision_id, fresh);
+    let tag = credential_tag(Some(fresh + 500), &fresh_token.into());
+    let key = bunq_session_worker::store::Keys::new(&app.prefix).first_seen(fresh, &tag);
+    let first: i64 = redis::AsyncCommands::get(&mut redis, &key).await.unwrap();
+    let (again, _) = app.store.first_seen(fresh, &tag, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(again, first, "a second sighting moved the first");
     app.teardown().await;
 }
 
