@@ -10,6 +10,12 @@ use secrecy::{ExposeSecret, SecretString};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+/// The largest AMQP frame the worker asks for (RabbitMQ's default is 128 KiB). lapin keeps
+/// a receive and a send buffer of 32 frames each, zeroed, per connection: 8 MiB resident
+/// at RabbitMQ's default, for events of a few kilobytes (a larger body, up to
+/// `MAX_MESSAGE_BYTES`, is split into more frames). At 32 KiB they take 2 MiB.
+const FRAME_MAX: u32 = 32 * 1024;
+
 #[derive(Debug, Clone)]
 pub struct Broker {
     urls: Arc<[SecretString]>,
@@ -71,6 +77,16 @@ impl Broker {
             cert_chain: files.ca_pem.as_ref().map(|pem| String::from_utf8_lossy(pem).into_owned()),
         });
         let runtime = lapin::runtime::default_runtime()?;
-        self.urls[node].expose_secret().connect_with_config(properties, tls, runtime).await
+        let url = self.urls[node].expose_secret();
+        match url.parse::<lapin::uri::AMQPUri>() {
+            Ok(mut uri) => {
+                // Unless the URL asks for one (`?frame_max=`), a frame size fit for the
+                // events' few kilobytes; see FRAME_MAX.
+                uri.query.frame_max.get_or_insert(FRAME_MAX);
+                uri.connect_with_config(properties, tls, runtime).await
+            }
+            // The same parse error, as lapin words it.
+            Err(_) => url.connect_with_config(properties, tls, runtime).await,
+        }
     }
 }

@@ -329,3 +329,31 @@ async fn an_older_credentials_event_after_a_token_reset_neither_replaces_nor_rea
     assert_eq!(app.fake.sessions_created_for(&old_token), 1);
     app.teardown().await;
 }
+
+#[tokio::test]
+async fn the_worker_asks_the_broker_for_small_frames() {
+    let app = spawn_app().await;
+    // The connection is named after the consumer tag, which starts with POD_NAME: the
+    // run's id, the first part of every queue name.
+    let pod = app.names.input_queue.split('.').next().unwrap().to_owned();
+    let frame_max = || {
+        let output = std::process::Command::new("rabbitmqctl")
+            .args(["list_connections", "client_properties", "frame_max", "--formatter", "json"])
+            .output()
+            .unwrap();
+        let connections: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap();
+        let ours = connections.into_iter().find(|c| c["client_properties"].to_string().contains(&pod));
+        ours.and_then(|c| c["frame_max"].as_u64())
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let found = loop {
+        if let Some(found) = frame_max() {
+            break found;
+        }
+        assert!(std::time::Instant::now() < deadline, "the worker's connection is not listed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // 32 KiB, not RabbitMQ's 128 KiB: lapin keeps 64 frames of buffer per connection.
+    assert_eq!(found, 32 * 1024);
+    app.teardown().await;
+}
