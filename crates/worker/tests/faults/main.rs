@@ -179,6 +179,122 @@ async fn two_worker_processes_given_duplicates_open_one_session_per_provision() 
     env.teardown().await;
 }
 
+/// Holder paused (`SIGSTOP`, as a GC pause or a frozen VM) inside its handshakes, past its
+/// locks and its broker connection; the other replica finishes its provisions; then it
+/// resumes and finishes what it was doing. Its late writes are fenced and it announces
+/// nothing: every provision ends with one session, cached as announced.
+#[tokio::test]
+async fn a_worker_paused_past_its_locks_and_connection_announces_nothing_when_it_resumes() {
+    let mut env = Env::new(fake(300), REDIS_URL).await;
+    // A 2 s heartbeat: RabbitMQ drops the paused worker's connection in seconds, so its
+    // deliveries go to the other replica while it is still paused.
+    // A request timeout longer than the pause, so the paused session-server calls finish
+    // with bunq's answer when the worker resumes, not with a timeout.
+    env.worker_env = vec![
+        ("AMQP_URL".into(), format!("{}?heartbeat=2", env.amqp_url)),
+        ("BUNQ_REQUEST_TIMEOUT".into(), "120s".into()),
+    ];
+    let mut inputs = mixed_stream(60);
+    let ready: Vec<Input> = inputs.iter().filter(|i| matches!(i.expect, Expect::Session { .. })).cloned().collect();
+    inputs.extend(ready.iter().cloned());
+    let paused = env.start_worker("paused");
+    paused.wait_ready().await;
+    env.publish_all(&inputs).await;
+    wait_for_announcements(&paused, 3.0, Duration::from_secs(60)).await;
+    // Paused inside a session-server call: stopped, then its locks and records are looked
+    // at (they stay while it is stopped); in no such call at that instant, it goes on and
+    // is stopped again.
+    let pod = format!("{}-paused", env.names.id);
+    let mut held = 0;
+    for _ in 0..200 {
+        paused.signal("-STOP");
+        held = in_session_server(&env.names.key_prefix, &pod).await;
+        if held > 0 {
+            break;
+        }
+        paused.signal("-CONT");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(held > 0, "never paused inside a session-server call");
+    let other = env.start_worker("other");
+    other.wait_ready().await;
+
+    // The other replica ends every input while the first is paused: its locks run out
+    // after LOCK_TTL, and its deliveries come back once RabbitMQ drops its connection.
+    wait_until(Duration::from_secs(90), "the paused worker's connection is dropped", || async {
+        !rabbitmq_connection_names(&env.vhost).contains(&pod)
+    })
+    .await;
+    wait_until(SETTLE, "the other replica finishes the stream", || async {
+        env.queues_idle().await && other.metric("bunq_session_worker_in_flight").await == 0.0
+    })
+    .await;
+    // From its log: its ops port does not answer while it is stopped.
+    paused.signal("-CONT");
+    // Back: it reconnects, and what it held finishes against moved fences.
+    paused.wait_ready().await;
+    wait_until(Duration::from_secs(60), "the resumed worker finishes what it held", || async {
+        paused.metric("bunq_session_worker_in_flight").await == 0.0
+    })
+    .await;
+    let ledger = env.settle_and_check(&inputs, SETTLE).await;
+    ledger.print("paused_past_its_locks");
+    println!("LEDGER paused_past_its_locks: paused with {held} provisions at session-server");
+    // Sessions its paused session-server calls opened at bunq are orphans, never
+    // announced: at most its prefetch.
+    assert!(ledger.extra_sessions_at_bunq <= 16, "{ledger:?}");
+    env.teardown().await;
+}
+
+/// Waits until `done` says so, failing the test with `what` after `timeout`.
+async fn wait_until<F, Fut>(timeout: Duration, what: &str, done: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !done().await {
+        assert!(Instant::now() < deadline, "not within {timeout:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The client-given names of RabbitMQ's connections (the worker names its connection
+/// after its consumer tag, which starts with POD_NAME).
+fn rabbitmq_connection_names(vhost: &str) -> String {
+    let output = std::process::Command::new("rabbitmqctl")
+        .args(["list_connections", "-p", vhost, "client_properties", "--formatter", "json"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// How many provisions a worker (by its POD_NAME, the prefix of its lock values) holds
+/// between its device-server and the record of a session: in (or waiting for) its
+/// session-server call, where a pause does the most harm.
+async fn in_session_server(key_prefix: &str, pod: &str) -> usize {
+    let mut redis = test_support::connect_redis(REDIS_URL).unwrap();
+    let scanner = redis.clone();
+    let keys = |pattern: String| {
+        let mut redis = scanner.clone();
+        async move { redis::cmd("KEYS").arg(pattern).query_async::<Vec<String>>(&mut redis).await.unwrap() }
+    };
+    let mut found = 0;
+    for lock in keys(format!("{key_prefix}lock:provision:*")).await {
+        let owner: Option<String> = redis::AsyncCommands::get(&mut redis, &lock).await.unwrap();
+        if !owner.is_some_and(|o| o.starts_with(pod)) {
+            continue;
+        }
+        let id = lock.rsplit_once(':').map(|(_, tag)| tag.to_owned()).unwrap_or_default();
+        for record in keys(format!("{key_prefix}handshake:{id}:*")).await {
+            let raw: Option<String> = redis::AsyncCommands::get(&mut redis, &record).await.unwrap();
+            let record: serde_json::Value = raw.and_then(|r| serde_json::from_str(&r).ok()).unwrap_or_default();
+            found += usize::from(!record["device_id"].is_null() && record["session"].is_null());
+        }
+    }
+    found
+}
+
 #[tokio::test]
 async fn sigterm_under_load_drains_in_time_and_loses_nothing() {
     let env = Env::new(fake(40), REDIS_URL).await;

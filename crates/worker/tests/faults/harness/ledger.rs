@@ -55,6 +55,13 @@ impl Env {
         self.check(inputs, &events, &dead).await
     }
 
+    /// Nothing ready in the input or the retry queue (deliveries a live connection holds
+    /// unacked are not counted).
+    pub async fn queues_idle(&self) -> bool {
+        self.queue_empty(&self.names.topology.input_queue).await
+            && self.queue_empty(&self.names.topology.retry_queue).await
+    }
+
     async fn queue_empty(&self, queue: &str) -> bool {
         let declared = self
             .channel
@@ -76,12 +83,12 @@ impl Env {
     ) -> Ledger {
         let mut ledger = Ledger { inputs: inputs.len(), events: events.len(), ..Default::default() };
         let mut event_ids: HashMap<u64, HashSet<String>> = HashMap::new();
+        let mut session_ids: HashMap<u64, HashSet<u64>> = HashMap::new();
         for (body, _) in events {
             let event: serde_json::Value = serde_json::from_slice(body).unwrap();
-            event_ids
-                .entry(event["provision_id"].as_u64().unwrap())
-                .or_default()
-                .insert(event["event_id"].as_str().unwrap().to_owned());
+            let provision_id = event["provision_id"].as_u64().unwrap();
+            event_ids.entry(provision_id).or_default().insert(event["event_id"].as_str().unwrap().to_owned());
+            session_ids.entry(provision_id).or_default().insert(event["session_id"].as_u64().unwrap());
         }
         // The worker runs without an encryption key: a dead letter keeps the body with its
         // credential removed (or masked), which is deterministic, so inputs are matched by
@@ -131,8 +138,15 @@ impl Env {
                         .get(provision_id)
                         .unwrap_or_else(|| panic!("provision {provision_id}: never announced"));
                     assert_eq!(ids.len(), 1, "provision {provision_id}: announced with several event ids {ids:?}");
+                    let announced = &session_ids[provision_id];
+                    assert_eq!(announced.len(), 1, "provision {provision_id}: announced with two session ids");
                     let session = self.store.session_of_provision(*provision_id).await.unwrap();
-                    assert!(session.is_some(), "provision {provision_id}: no session recorded and cached");
+                    let cached = session.map(|s| s.session_id);
+                    assert!(cached.is_some(), "provision {provision_id}: no session recorded and cached");
+                    assert!(
+                        cached.is_some_and(|id| announced.contains(&id)),
+                        "provision {provision_id}: the cache holds session {cached:?}, not the announced {announced:?}"
+                    );
                     let opened = self.fake.sessions_created_for(token);
                     assert!(opened >= 1, "provision {provision_id}: fake-bunq opened no session");
                     ledger.sessions += 1;
