@@ -160,6 +160,33 @@ async fn main() -> anyhow::Result<()> {
         backlog: sizes.churn_backlog,
         first_id: 60_000_000,
     };
+    if std::env::var("BENCH_ONLY").is_ok_and(|only| only == "paced") {
+        // Iterating on latency: new sessions paced at BENCH_RATE per second (default 370),
+        // less the stand-in's own time, nothing written.
+        let rate: f64 = std::env::var("BENCH_RATE").ok().and_then(|r| r.parse().ok()).unwrap_or(370.0);
+        let fake =
+            fake_bunq::spawn(tokio::net::TcpListener::bind("127.0.0.1:0").await?, fake_allowing(UNLIMITED)).await?;
+        let env = WorkerEnv::local(&fake.base_url(), CLIENT_KEY, &run).allowing(UNLIMITED);
+        let worker = BenchWorker::start(&env, PREFETCH).await?;
+        let pace = Some(Duration::from_secs_f64(1.0 / rate));
+        let paced = run_through_worker(
+            &channel,
+            &connection,
+            names,
+            &capture,
+            ready_bodies(20_000_000, sizes.events),
+            provision_id,
+            pace,
+        )
+        .await?;
+        let stand_in_ms = fake.calls().iter().map(|c| c.handled_us as f64).sum::<f64>() / 1000.0 / sizes.events as f64;
+        paced.print(&format!("new sessions paced at {rate:.0}/s"));
+        println!("p99 overhead {:.1} ms (stand-in {stand_in_ms:.1} ms)", paced.percentile(0.99) - stand_in_ms);
+        worker.stop().await?;
+        fake.shutdown().await;
+        leftovers.clean().await?;
+        return Ok(());
+    }
     if let Some(slow) = std::env::var("BENCH_ONLY").ok().and_then(|only| match only.as_str() {
         "new" => Some(false),
         "slow" => Some(true),
