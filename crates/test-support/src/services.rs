@@ -38,7 +38,18 @@ pub fn rabbitmqctl(args: &[&str]) -> anyhow::Result<()> {
 }
 
 /// A port free right now, for a child process whose port the test must know in advance.
+/// Never the same port twice in one test process: the kernel may hand a released port out
+/// again, and two nodes started side by side would then race for it (a TLS client once
+/// reached another test's plaintext node that way: `InvalidContentType`).
 pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("an ephemeral port");
-    listener.local_addr().expect("a bound listener has an address").port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("an ephemeral port");
+        let port = listener.local_addr().expect("a bound listener has an address").port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
