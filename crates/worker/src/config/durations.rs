@@ -3,7 +3,7 @@
 //! number in that unit, are still read for this release with a warning at start-up
 //! (`deprecated_setting`); setting an old and a new name together is refused.
 
-use super::{invalid, ConfigError};
+use super::{invalid, ConfigError, WorkerArgs};
 use std::time::Duration;
 
 /// The unit an old name's bare number was in.
@@ -63,6 +63,86 @@ pub(super) fn duration(setting: Setting<'_>) -> Result<(Duration, &'static str),
         tracing::warn!(event = "deprecated_setting", setting = deprecated.old, "{deprecated}");
     }
     Ok((duration, name))
+}
+
+/// Each duration of [`WorkerArgs`] with the name it was read from.
+pub(crate) struct Durations {
+    pub(crate) bunq_request_timeout: (Duration, &'static str),
+    pub(crate) session_ttl_margin: (Duration, &'static str),
+    pub(crate) retry_budget: (Duration, &'static str),
+    pub(crate) retry_initial_interval: (Duration, &'static str),
+    pub(crate) retry_max_interval: (Duration, &'static str),
+    pub(crate) retry_queue_delay: (Duration, &'static str),
+    pub(crate) retry_queue_max_delay: (Duration, &'static str),
+    pub(crate) lock_ttl: (Duration, &'static str),
+}
+
+impl WorkerArgs {
+    pub(super) fn durations(&self) -> Result<Durations, ConfigError> {
+        let setting = |name, value: &Option<String>, default, old_name, old_value: Option<u64>, unit| {
+            duration(Setting { name, value: value.as_deref(), default, old_name, old_value, unit })
+        };
+        let ms = Unit::Millis;
+        Ok(Durations {
+            bunq_request_timeout: setting(
+                "BUNQ_REQUEST_TIMEOUT",
+                &self.bunq_request_timeout,
+                "10s",
+                "BUNQ_REQUEST_TIMEOUT_MS",
+                self.bunq_request_timeout_ms,
+                ms,
+            )?,
+            session_ttl_margin: setting(
+                "SESSION_TTL_MARGIN",
+                &self.session_ttl_margin,
+                "60s",
+                "SESSION_TTL_MARGIN_SECS",
+                self.session_ttl_margin_secs,
+                Unit::Secs,
+            )?,
+            retry_budget: setting(
+                "RETRY_BUDGET",
+                &self.retry_budget,
+                "60s",
+                "RETRY_BUDGET_MS",
+                self.retry_budget_ms,
+                ms,
+            )?,
+            retry_initial_interval: setting(
+                "RETRY_INITIAL_INTERVAL",
+                &self.retry_initial_interval,
+                "200ms",
+                "RETRY_INITIAL_INTERVAL_MS",
+                self.retry_initial_interval_ms,
+                ms,
+            )?,
+            retry_max_interval: setting(
+                "RETRY_MAX_INTERVAL",
+                &self.retry_max_interval,
+                "10s",
+                "RETRY_MAX_INTERVAL_MS",
+                self.retry_max_interval_ms,
+                ms,
+            )?,
+            retry_queue_delay: setting(
+                "RETRY_QUEUE_DELAY",
+                &self.retry_queue_delay,
+                "5s",
+                "RETRY_QUEUE_DELAY_MS",
+                self.retry_queue_delay_ms,
+                ms,
+            )?,
+            retry_queue_max_delay: setting(
+                "RETRY_QUEUE_MAX_DELAY",
+                &self.retry_queue_max_delay,
+                "5m",
+                "RETRY_QUEUE_MAX_DELAY_MS",
+                self.retry_queue_max_delay_ms,
+                ms,
+            )?,
+            lock_ttl: setting("LOCK_TTL", &self.lock_ttl, "30s", "LOCK_TTL_MS", self.lock_ttl_ms, ms)?,
+        })
+    }
 }
 
 #[cfg(test)]

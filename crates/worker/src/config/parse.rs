@@ -1,7 +1,8 @@
 //! Checks of single settings: each names its variable on failure and never echoes a
 //! value that may carry a secret (URLs, key material).
 
-use super::{invalid, ConfigError, Durations, WorkerArgs};
+use super::durations::Durations;
+use super::{invalid, ConfigError, WorkerArgs};
 use crate::amqp::topology::Names;
 use crate::lifecycle::renew::RenewalSettings;
 use crate::seal::Sealer;

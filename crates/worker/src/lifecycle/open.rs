@@ -147,8 +147,9 @@ impl SessionOpener {
         let deadline = Instant::now() + self.retry.budget;
         let id = provision.provision_id;
         let secret = &provision.token_value;
-        // bunq takes the secret until the credential expires; one without an expiry is
-        // ordered after every one with.
+        // bunq takes the secret until the credential expires. A delivery's credential
+        // without one already has its deadline from first sight (`provision/handler.rs`);
+        // the fallback only orders any other caller's after every dated one.
         let due = (
             Waiter::Open(id),
             provision.credential_expires_at.unwrap_or_else(|| OffsetDateTime::now_utc() + HANDSHAKE_TTL),

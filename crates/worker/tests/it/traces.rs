@@ -35,8 +35,9 @@ struct Received {
 }
 
 impl Received {
-    fn take(&mut self, request: ExportTraceServiceRequest) {
-        self.raw.push(request.encode_to_vec());
+    /// `raw`: the request's bytes as they came over the wire.
+    fn take(&mut self, request: ExportTraceServiceRequest, raw: Vec<u8>) {
+        self.raw.push(raw);
         for resource in request.resource_spans {
             for attribute in resource.resource.iter().flat_map(|r| &r.attributes) {
                 if attribute.key == "service.name" {
@@ -55,10 +56,7 @@ type Shared = Arc<Mutex<Received>>;
 /// OTLP/HTTP with protobuf: `POST /v1/traces`.
 async fn export(State(received): State<Shared>, body: Bytes) -> impl axum::response::IntoResponse {
     let request = ExportTraceServiceRequest::decode(body.as_ref()).expect("OTLP protobuf");
-    let mut received = received.lock().unwrap();
-    received.take(request);
-    // What came over the wire, not the re-encoding.
-    *received.raw.last_mut().unwrap() = body.to_vec();
+    received.lock().unwrap().take(request, body.to_vec());
     ([("content-type", "application/x-protobuf")], ExportTraceServiceResponse::default().encode_to_vec())
 }
 
@@ -71,7 +69,10 @@ impl TraceService for Grpc {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        self.0.lock().unwrap().take(request.into_inner());
+        // tonic hands over the decoded message; its encoding is what the worker sent.
+        let request = request.into_inner();
+        let raw = request.encode_to_vec();
+        self.0.lock().unwrap().take(request, raw);
         Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
     }
 }
