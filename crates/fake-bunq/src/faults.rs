@@ -78,6 +78,9 @@ pub enum FaultAction {
     Hang,
     /// Read the request, then close the connection without a response.
     DropConnection,
+    /// Process the call (a session-server call opens its session), then close the
+    /// connection without a response: the answer bunq sent is lost on the way.
+    LoseAnswer,
     /// Process normally but send no `X-Bunq-Server-Signature`.
     MissingSignature,
     /// Process normally but send a signature that does not verify.

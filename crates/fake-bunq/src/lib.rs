@@ -33,7 +33,8 @@
 //! - `GET /_fake/faults`, `PUT /_fake/faults`: the [`Faults`] configuration, e.g.
 //!   `{"latency_ms":0,"seed":7,"rules":[{"endpoint":"session-server",
 //!   "action":"http_500_html","next_calls":2},{"endpoint":"any",
-//!   "action":"drop_connection","probability":0.1}]}`.
+//!   "action":"drop_connection","probability":0.1}]}`. `lose_answer` does the call's
+//!   work (a session-server call opens its session), then drops the connection unanswered.
 //! - `POST /_fake/credentials`: `{"secret":"…","state":"EXPIRED"}` (states
 //!   `PENDING_FIRST_USE`, `ACTIVE`, `EXPIRED`, `REJECTED`, also lowercase).
 //! - `GET /_fake/stats`: [`Stats`].
@@ -229,6 +230,11 @@ impl FakeHandle {
 
     pub fn sessions_created_for(&self, secret: &str) -> usize {
         lock(&self.app.state).sessions_created_for(SecretDigest::of(secret))
+    }
+
+    /// Sessions `secret` opened that bunq would still accept (not ended, not timed out).
+    pub fn live_sessions_for(&self, secret: &str) -> usize {
+        lock(&self.app.state).live_sessions_for(SecretDigest::of(secret))
     }
 
     /// The URL notification filters `user_id` has set, in order.

@@ -84,6 +84,8 @@ struct LiveSession {
     id: u64,
     /// `UserApiKey.id`: the `{userId}` the session may act for.
     user_id: u64,
+    /// The credential that opened it.
+    secret: SecretDigest,
     installation_token: String,
     expires: Instant,
     ended: bool,
@@ -268,6 +270,7 @@ impl BunqState {
         let live = LiveSession {
             id,
             user_id: users.user_api_key_id,
+            secret,
             installation_token: token.to_owned(),
             expires: Instant::now() + self.session_timeout,
             ended: false,
@@ -346,6 +349,12 @@ impl BunqState {
 
     pub fn sessions_created_for(&self, secret: SecretDigest) -> usize {
         self.sessions_per_secret.get(&secret).copied().unwrap_or(0)
+    }
+
+    /// Sessions `secret` opened that are still valid: neither ended nor timed out.
+    pub fn live_sessions_for(&self, secret: SecretDigest) -> usize {
+        let now = Instant::now();
+        self.live_sessions.values().filter(|s| s.secret == secret && !s.ended && now < s.expires).count()
     }
 
     pub fn sessions_per_secret(&self) -> impl Iterator<Item = (SecretDigest, usize)> + '_ {

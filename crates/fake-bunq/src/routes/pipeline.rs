@@ -40,7 +40,7 @@ pub(super) async fn handle(
     }
 
     let signature = match fault {
-        None => Signature::Valid,
+        None | Some(FaultAction::LoseAnswer) => Signature::Valid,
         Some(FaultAction::MissingSignature) => Signature::Missing,
         Some(FaultAction::CorruptSignature) => Signature::Corrupt,
         Some(FaultAction::Hang) => {
@@ -80,6 +80,12 @@ pub(super) async fn handle(
         Ok(reply) => reply,
         Err(error) => Reply::error(&error),
     };
+    if fault == Some(FaultAction::LoseAnswer) {
+        tracing::info!(endpoint = endpoint.as_str(), "fault: answer lost after processing");
+        lock(&app.calls).push(record);
+        conn.kill.kill();
+        return Response::new(Body::empty());
+    }
     finish(&app, reply, signature, &headers, record)
 }
 

@@ -88,6 +88,24 @@ async fn dropped_and_hanging_calls_fail_on_the_client_side() {
 }
 
 #[tokio::test]
+async fn a_lost_answer_leaves_the_session_opened_at_bunq() {
+    let config = FakeConfig { rate_limit_scope: RateLimitScope::Off, ..FakeConfig::default() };
+    let (fake, client) = start_with_client(config).await;
+    let (token, _server) = client.install().await;
+    assert_eq!(client.device(&token, "lost").await.status, 200);
+    fake.set_faults(with_rules(vec![rule(EndpointMatch::SessionServer, FaultAction::LoseAnswer, 1)]));
+    let body = serde_json::json!({"secret": "lost"});
+    let lost = client.try_post("session-server", &body, Some(&token), Sign::Yes, None).await;
+    assert!(lost.is_err(), "the client hears nothing: {:?}", lost.map(|a| a.status));
+    // bunq did the work: the session exists though nobody was told.
+    assert_eq!(fake.sessions_created_for("lost"), 1);
+    assert_eq!(fake.calls().last().map(|c| c.status), Some(None), "recorded without an answer");
+    assert_eq!(client.session(&token, "lost").await.status, 200);
+    assert_eq!(fake.sessions_created_for("lost"), 2);
+    fake.shutdown().await;
+}
+
+#[tokio::test]
 async fn probability_faults_are_reproducible_for_a_seed() {
     async fn pattern(seed: u64) -> Vec<u16> {
         let fake = start(FakeConfig { rate_limit_scope: RateLimitScope::Off, ..FakeConfig::default() }).await;

@@ -4,7 +4,6 @@
 use crate::event::{SessionClosed, SessionReady};
 use crate::failure::Failure;
 use crate::store::{Session, Store};
-use time::OffsetDateTime;
 
 /// Publishes session events; returns once the broker has confirmed one.
 #[async_trait::async_trait]
@@ -22,7 +21,7 @@ pub(crate) fn session_event(store: &Store, session: &Session, event_type: &str, 
     SessionReady {
         event_id,
         event_type: event_type.to_owned(),
-        occurred_at: OffsetDateTime::now_utc(),
+        occurred_at: store.clock_now(),
         provision_id: session.provision_id,
         external_uuid: session.external_uuid.clone(),
         user_id: session.user_id,

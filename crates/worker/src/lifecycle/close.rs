@@ -13,7 +13,6 @@ use crate::metrics::Metrics;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
-use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
 /// Why a session is closed: [`SessionClosed::reason`] and the metrics' label, as
@@ -141,7 +140,7 @@ impl Closer {
         let event = SessionClosed {
             event_id: closed_event_id(id, session.session_id),
             event_type: SESSION_CLOSED_EVENT_TYPE.to_owned(),
-            occurred_at: OffsetDateTime::now_utc(),
+            occurred_at: self.parts.store.clock_now(),
             provision_id: id,
             external_uuid: closed.external_uuid.clone().or_else(|| session.external_uuid.clone()),
             user_id: session.user_id,

@@ -152,7 +152,7 @@ impl SessionOpener {
         // the fallback only orders any other caller's after every dated one.
         let due = (
             Waiter::Open(id),
-            provision.credential_expires_at.unwrap_or_else(|| OffsetDateTime::now_utc() + HANDSHAKE_TTL),
+            provision.credential_expires_at.unwrap_or_else(|| self.store.clock_now() + HANDSHAKE_TTL),
         );
         if handshake.installation.is_none() || handshake.device_id.is_none() {
             // Spend no installation or device on a credential the budget cannot serve in
@@ -188,7 +188,7 @@ impl SessionOpener {
         let session =
             self.session_server(id, provision.external_uuid.clone(), &installation, secret, deadline, due).await?;
         handshake.session = Some(session.clone());
-        let ttl = self.cache_ttl(&session, OffsetDateTime::now_utc());
+        let ttl = self.cache_ttl(&session, self.store.clock_now());
         // bunq has opened the session: giving up on recording it means the next attempt
         // opens a second one.
         let written =
@@ -240,7 +240,7 @@ impl SessionOpener {
             Ok(now) => now,
             Err(e) => {
                 tracing::warn!(event = "redis_clock_unavailable", error = %e);
-                OffsetDateTime::now_utc()
+                self.store.clock_now()
             }
         };
         Ok(Session {

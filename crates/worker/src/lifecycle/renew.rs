@@ -293,7 +293,7 @@ impl Renewer {
                 handshake.session = Some(renewed.clone());
                 credential.unannounced = Some(renewed.session_id);
                 credential.failures = 0;
-                let ttl = self.parts.opener.cache_ttl(&renewed, OffsetDateTime::now_utc());
+                let ttl = self.parts.opener.cache_ttl(&renewed, self.parts.store.clock_now());
                 // bunq has opened the session: held until Redis takes it, like an open.
                 let commit = || self.parts.store.commit_session(&claim, &handshake, &renewed, Some(&credential), ttl);
                 let written = self.parts.opener.durably(id, commit).await?;
@@ -303,7 +303,17 @@ impl Renewer {
                     self.end_replaced(&current).await;
                     return Ok(Renewal::NothingToRenew);
                 }
-                let event = self.announce(&renewed, &claim, &mut credential).await?;
+                let event = match self.announce(&renewed, &claim, &mut credential).await {
+                    Ok(event) => event,
+                    Err(failure) => {
+                        // Closed between the commit and the announcement: the close ends
+                        // the session the commit cached; the one it replaced goes here.
+                        if self.parts.store.is_closed(id).await.unwrap_or(false) {
+                            self.end_replaced(&current).await;
+                        }
+                        return Err(failure);
+                    }
+                };
                 self.parts.store.schedule_renewal(id, self.settings.due_at(&renewed)).await?;
                 self.end_replaced(&current).await;
                 Ok(Renewal::Renewed(Box::new(event)))
@@ -359,7 +369,7 @@ impl Renewer {
         }
         self.parts.announcer.announce_renewed(&event, None).await?;
         credential.unannounced = None;
-        let ttl = self.parts.opener.cache_ttl(session, OffsetDateTime::now_utc());
+        let ttl = self.parts.opener.cache_ttl(session, self.parts.store.clock_now());
         self.parts.store.save_credential(claim, credential, ttl).await?;
         Ok(event)
     }

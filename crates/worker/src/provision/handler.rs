@@ -81,7 +81,7 @@ impl Handler {
         let provision_id = provision.id;
         // The consumer's span declares the field; the id is known only now.
         tracing::Span::current().record("provision_id", provision_id);
-        match decide(provision, OffsetDateTime::now_utc()) {
+        match decide(provision, self.parts.store.clock_now()) {
             Decision::Skip(reason) => Outcome::Skipped(reason),
             Decision::CredentialExpired { expired_at } => Outcome::DeadLetter {
                 reason: Reason::CredentialExpired,
@@ -241,7 +241,7 @@ impl Handler {
             unannounced: None,
             failures: 0,
         });
-        let now = OffsetDateTime::now_utc();
+        let now = self.parts.store.clock_now();
         // A redelivery or duplicate finds the session and re-announces it.
         let (session, reused) =
             match handshake.session.as_ref().filter(|s| self.parts.opener.is_usable(s, now)).cloned() {
@@ -291,7 +291,7 @@ impl Handler {
             return Ok(self.parts.store.schedule_renewal(session.provision_id, due).await?);
         }
         if self.parts.store.load_credential(session.provision_id).await?.is_none() {
-            let ttl = self.parts.opener.cache_ttl(session, OffsetDateTime::now_utc());
+            let ttl = self.parts.opener.cache_ttl(session, self.parts.store.clock_now());
             self.parts.store.save_credential(claim, credential, ttl).await?;
         }
         Ok(self.parts.store.schedule_renewal_if_absent(session.provision_id, due).await?)
@@ -320,7 +320,7 @@ impl Handler {
     }
 
     fn after_failure(&self, credential_expires_at: Option<OffsetDateTime>, failure: Failure, attempt: u32) -> Outcome {
-        after_failure(&self.settings, credential_expires_at, failure, attempt, OffsetDateTime::now_utc())
+        after_failure(&self.settings, credential_expires_at, failure, attempt, self.parts.store.clock_now())
     }
 }
 

@@ -13,6 +13,7 @@ use crate::metrics::Metrics;
 use crate::provision::handler::Handler;
 use crate::ratelimit::budget::Budget;
 use crate::store::gate::RedisGate;
+use crate::store::Store;
 use crate::tls;
 use anyhow::Context as _;
 use ops::OpsState;
@@ -32,6 +33,8 @@ pub struct Worker {
     held_events: (Closer, Arc<Metrics>),
     /// The shared session-server budget's line, published as gauges.
     budget_watch: Option<(Budget, Arc<Metrics>)>,
+    /// Keeps the shared clock's offset from Redis's `TIME` (`store/clock.rs`).
+    clock: Store,
     drain_timeout: std::time::Duration,
 }
 
@@ -84,8 +87,9 @@ impl Worker {
             .await
             .with_context(|| format!("OPS_ADDR: cannot listen on {}", settings.ops_addr))?;
         let budget_watch = budget.map(|budget| (budget, metrics.clone()));
-        let ops_state = OpsState::new(metrics, supervisor.consuming(), supervisor.blocked(), store);
+        let ops_state = OpsState::new(metrics, supervisor.consuming(), supervisor.blocked(), store.clone());
         Ok(Self {
+            clock: store,
             supervisor,
             ops_listener,
             ops_state,
@@ -104,6 +108,7 @@ impl Worker {
     /// the drain timeout and closes the connection.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let ops_shutdown = CancellationToken::new();
+        tokio::spawn(self.clock.keep_clock(shutdown.clone()));
         let ops = tokio::spawn(ops::serve(self.ops_listener, self.ops_state, ops_shutdown.clone()));
         let renewals = self.renewer.map(|renewer| tokio::spawn(renewer.run(shutdown.clone())));
         let (closer, metrics) = self.held_events;

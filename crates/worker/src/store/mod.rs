@@ -157,6 +157,7 @@ pub struct Handshake {
     pub session: Option<Session>,
 }
 
+mod clock;
 mod close;
 mod conn;
 mod first_seen;
@@ -213,11 +214,13 @@ pub struct Store {
     replication: Option<Replication>,
     /// Counts plaintext tokens sealed on read; tools and tests leave it out.
     metrics: Option<Arc<Metrics>>,
+    /// Redis's clock, kept as an offset (`clock.rs`); shared by the store's clones.
+    clock: Arc<clock::SharedClock>,
 }
 
 impl Store {
     pub fn new(conn: impl Into<Redis>, keys: Keys, sealer: Option<Arc<Sealer>>) -> Self {
-        Self { conn: conn.into(), keys, sealer, replication: None, metrics: None }
+        Self { conn: conn.into(), keys, sealer, replication: None, metrics: None, clock: Arc::default() }
     }
 
     /// The same store, counting what it does in `metrics`.

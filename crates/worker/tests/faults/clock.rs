@@ -3,12 +3,14 @@
 //! clock. With each replica trusting its own clock, the fast one claims and renews every
 //! session about 30 s early (and the sessions it opens are due 30 s late by everyone
 //! else's clock). The ledger: each session renewed once, none early, none twice.
+//! And credentials: a replica 60 s fast serves one with 30 s left, one 60 s slow spends
+//! no bunq call on one expired 20 s ago: both judge by Redis's clock.
 
 use crate::harness::*;
 use fake_bunq::{Endpoint, FakeConfig};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
-use test_support::{random_id, random_token, ready_body, relaxed_fake, REDIS_URL};
+use test_support::{expiry_in, provision_body, random_id, random_token, ready_body, relaxed_fake, REDIS_URL};
 
 const SESSIONS: usize = 12;
 const DUE_AFTER: Duration = Duration::from_secs(31);
@@ -65,4 +67,67 @@ async fn a_replica_whose_clock_is_30_s_fast_renews_neither_early_nor_twice() {
     assert_eq!(calls.len(), SESSIONS, "every provision opened once");
     assert_eq!((early, twice, never), (0, 0, 0), "renewals by a fast clock");
     env.teardown().await;
+}
+
+#[tokio::test]
+async fn replicas_whose_clocks_are_a_minute_off_judge_credentials_by_redis_clock() {
+    let env = Env::new(relaxed_fake(), REDIS_URL).await;
+    let credential = |seconds: i64| {
+        let (id, token) = (random_id(), random_token());
+        let body = provision_body(
+            id,
+            "CREATED",
+            "PENDING_PROCESS_USER_ONBOARDING",
+            Some(&token),
+            &expiry_in(time::Duration::seconds(seconds)),
+            true,
+        );
+        (body, id, token)
+    };
+
+    // 60 s fast: by its own clock a credential with 30 s left expired 30 s ago.
+    let fast = env.start_worker_with_clock("fast", "+60s");
+    fast.wait_ready().await;
+    assert_offset_logged(&fast, -60).await;
+    let (body, provision_id, token) = credential(30);
+    let live = [Input { body, expect: Expect::Session { provision_id, token } }];
+    env.publish_all(&live).await;
+    let served = env.settle_and_check(&live, Duration::from_secs(60)).await;
+    fast.signal("-TERM");
+
+    // 60 s slow: by its own clock a credential that expired 20 s ago has 40 s left.
+    let slow = env.start_worker_with_clock("slow", "-60s");
+    slow.wait_ready().await;
+    assert_offset_logged(&slow, 60).await;
+    let calls_before = env.fake.calls().len();
+    let (body, _, _) = credential(-20);
+    let expired = [Input { body, expect: Expect::DeadLetter("credential_expired") }];
+    env.publish_all(&expired).await;
+    let refused = env.settle_and_check(&expired, Duration::from_secs(60)).await;
+    let calls = env.fake.calls().len() - calls_before;
+    println!(
+        "LEDGER clock_credentials: +60 s replica: {} of 1 served (30 s left); -60 s replica: {} of 1 dead-lettered credential_expired (expired 20 s ago), {calls} bunq calls",
+        served.sessions, refused.dead_letters
+    );
+    assert_eq!(calls, 0, "bunq calls spent on an expired credential");
+    slow.signal("-TERM");
+    env.teardown().await;
+}
+
+/// The replica logs the offset it measured against Redis: about `seconds` (Redis's clock
+/// minus its own; the test set its own off by the opposite).
+async fn assert_offset_logged(worker: &Worker, seconds: i64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let log = std::fs::read_to_string(&worker.log_path).unwrap_or_default();
+        let offset = log.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).find_map(|l| {
+            (l["fields"]["event"] == "clock_offset").then(|| l["fields"]["offset_ms"].as_i64()).flatten()
+        });
+        if let Some(offset) = offset {
+            assert!((offset - seconds * 1000).abs() < 5_000, "measured offset {offset} ms, set {seconds} s");
+            return;
+        }
+        assert!(Instant::now() < deadline, "no clock_offset logged: {log}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -6,7 +6,9 @@
 //! Each prints a `LEDGER` line; run with `--nocapture` to see them.
 
 mod clock;
+mod close_race;
 mod harness;
+mod lost_answers;
 mod renewal;
 
 use fake_bunq::{EndpointMatch, FakeConfig, FaultAction, FaultRule, Faults, Trigger};

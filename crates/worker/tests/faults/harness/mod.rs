@@ -7,7 +7,7 @@ mod ledger;
 mod process;
 
 pub use inputs::{mixed_stream, Expect, Input};
-pub use process::{wait_for_announcements, OwnRedis};
+pub use process::{wait_for_announcements, OwnRedis, Worker};
 
 use bunq_session_worker::amqp::topology;
 use bunq_session_worker::store::{Keys, Store};
