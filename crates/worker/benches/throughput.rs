@@ -27,6 +27,8 @@
 //!    the broker, in messages per provision (an input, its output, and retry trips).
 //! 9. Traces: new sessions with tracing off and on (OTLP/HTTP to a sink in this process),
 //!    alternated: the worker's CPU per session in each, and the export's size.
+//! 10. Budget cost: Redis's time per admission to the session-server budget with 1,000
+//!     and 100,000 waiters in line, against the script before it read the line by rank.
 //!
 //! `BENCH_SMOKE=1` runs every part with tiny sizes (the test suite does, so the harness
 //! cannot rot); its report goes to `target/bench/report-smoke.json` and says nothing
@@ -34,6 +36,8 @@
 
 #[path = "support/backlog.rs"]
 mod backlog;
+#[path = "support/budget_cost.rs"]
+mod budget_cost;
 #[path = "support/cpu.rs"]
 mod cpu;
 #[path = "support/in_process.rs"]
@@ -87,6 +91,9 @@ struct Sizes {
     /// The churn scenario's backlog and credential life.
     churn_backlog: usize,
     churn_window: Duration,
+    /// The budget-cost lines, and admissions timed per figure.
+    budget_lines: [usize; 2],
+    budget_calls: usize,
 }
 
 impl Sizes {
@@ -101,6 +108,8 @@ impl Sizes {
                 backlog_window: Duration::from_secs(4),
                 churn_backlog: 300,
                 churn_window: Duration::from_secs(3),
+                budget_lines: [100, 1000],
+                budget_calls: 3,
             }
         } else {
             Sizes {
@@ -111,6 +120,8 @@ impl Sizes {
                 backlog_window: Duration::from_secs(30),
                 churn_backlog: 50_000,
                 churn_window: Duration::from_secs(60),
+                budget_lines: [1_000, 100_000],
+                budget_calls: 50,
             }
         };
         (sizes, smoke)
@@ -128,6 +139,12 @@ async fn main() -> anyhow::Result<()> {
     );
     if let Some(out) = std::env::var_os("BENCH_PROFILE") {
         return profile::run(std::path::Path::new(&out)).await;
+    }
+    if std::env::var("BENCH_ONLY").is_ok_and(|only| only == "budget_cost") {
+        let cost = budget_cost::run(&sizes.budget_lines, sizes.budget_calls).await?;
+        cost.print();
+        println!("back of the line, largest / smallest: {:.2} (before: {:.2})", cost.ratio(), cost.old_ratio());
+        return Ok(());
     }
     let mut report = Report::default();
     decode_benchmark(&mut report, smoke);
@@ -360,6 +377,7 @@ async fn main() -> anyhow::Result<()> {
     // Backlog: more credentials than the budget serves before they expire.
     let backlog = backlog::run(&deadline_scenario, &connection, &channel).await?;
     let churn = backlog::run(&churn_scenario, &connection, &channel).await?;
+    let budget_cost = budget_cost::run(&sizes.budget_lines, sizes.budget_calls).await?;
 
     let figures = Figures {
         cores,
@@ -385,6 +403,7 @@ async fn main() -> anyhow::Result<()> {
         backlog_scenario: &deadline_scenario,
         churn,
         churn_scenario: &churn_scenario,
+        budget_cost,
         idle_rss,
         peak_rss,
     };

@@ -2,6 +2,7 @@
 //! `target/bench/report.json`.
 
 use super::backlog::{Outcome, Scenario};
+use super::budget_cost::Cost;
 use super::cpu::Usage;
 use super::traffic::Run;
 
@@ -61,6 +62,7 @@ pub struct Figures<'a> {
     pub backlog_scenario: &'a Scenario,
     pub churn: Outcome,
     pub churn_scenario: &'a Scenario,
+    pub budget_cost: Cost,
     pub idle_rss: u64,
     pub peak_rss: u64,
 }
@@ -97,6 +99,7 @@ impl Figures<'_> {
             backlog_scenario: scenario,
             ref churn,
             churn_scenario,
+            ref budget_cost,
             idle_rss,
             peak_rss,
         } = *self;
@@ -146,6 +149,7 @@ impl Figures<'_> {
                 "<= 3",
                 churn.broker_messages_per_provision <= 3.0,
             ),
+            ("budget: admission cost, 100k / 1k waiters", budget_cost.ratio(), "<= 2", budget_cost.ratio() <= 2.0),
             ("idle RSS (MiB)", idle_rss as f64 / 1024.0, "<= 20", idle_rss as f64 / 1024.0 <= 20.0),
             ("peak RSS at prefetch 256 (MiB)", peak_rss as f64 / 1024.0, "<= 100", peak_rss as f64 / 1024.0 <= 100.0),
         ];
@@ -214,6 +218,7 @@ new-session throughput is {:.1}% of the broker floor; cached path {:.1}%; dead-l
             churn.retry_trips_per_provision,
             churn.broker_messages_per_provision,
         );
+        budget_cost.print();
         println!(
             "
 {:<44} {:>12} {:>10} {:>6}",
@@ -267,6 +272,7 @@ new-session throughput is {:.1}% of the broker floor; cached path {:.1}%; dead-l
         report.set("churn_dead_letter_p50_s", self.churn.dead_letter_p50.as_secs_f64());
         report.set("churn_retry_trips_per_provision", self.churn.retry_trips_per_provision);
         report.set("churn_broker_messages_per_provision", self.churn.broker_messages_per_provision);
+        self.budget_cost.record(report);
         report.set("idle_rss_mib", self.idle_rss as f64 / 1024.0);
         report.set("peak_rss_mib", self.peak_rss as f64 / 1024.0);
     }

@@ -157,7 +157,8 @@ impl SessionOpener {
         if handshake.installation.is_none() || handshake.device_id.is_none() {
             // Spend no installation or device on a credential the budget cannot serve in
             // time, and wait for a far slot in the retry queue, not halfway through.
-            self.limiter.check_session_server(due.0, due.1).await.map_err(|e| Failure::from(&e))?;
+            let max_wait = deadline.saturating_duration_since(Instant::now());
+            self.limiter.check_session_server(due.0, due.1, max_wait).await.map_err(|e| Failure::from(&e))?;
         }
 
         let installation = match &handshake.installation {

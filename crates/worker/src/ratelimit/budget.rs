@@ -18,171 +18,12 @@
 //! who takes the next one.
 
 use super::limit::{Limit, RateLimitError, Reservation, SLOTS};
+use super::line::{ADMIT, PLAN};
 use crate::metrics::{BudgetLine, Metrics};
 use crate::store::Redis;
 use std::sync::Arc;
 use std::time::Duration;
 use time::OffsetDateTime;
-
-/// KEYS: log, waiting (score: deadline), present (score: lease end), parked (score: wake).
-/// ARGV: spacing ms, calls, member, deadline ms, take (0/1), hold ms, present lease ms,
-/// max park ms, forget-after ms, log member, lead ms.
-/// Returns {kind, ms, ahead}: kind 0 go (ms 0), 1 hold (ms until the slot; also beyond
-/// the hold when parking would bring it back too late), 2 parked (ms until it should be
-/// back), -1 hopeless (ms until the slot it would get). `ahead`: the
-/// waiters served before it. With take 0 nothing is reserved and a waiter that may
-/// proceed is not registered: it only asks whether to go on, park or give up.
-const ADMIT: &str = r#"
-local me = ARGV[3]
-local deadline = tonumber(ARGV[4])
-local take = ARGV[5] == '1'
-local hold = tonumber(ARGV[6])
-local lease = tonumber(ARGV[7])
-local max_park = tonumber(ARGV[8])
-local forget_after = tonumber(ARGV[9])
-local lead = tonumber(ARGV[11])
-
-local function forget(m)
-  redis.call('ZREM', KEYS[2], m)
-  redis.call('ZREM', KEYS[3], m)
-  redis.call('ZREM', KEYS[4], m)
-end
-local function keep(key, ms)
-  if redis.call('PTTL', key) < ms then redis.call('PEXPIRE', key, ms) end
-end
--- Registers `me` as present (held in its worker) for `ms`.
-local function stay(ms)
-  redis.call('ZADD', KEYS[2], deadline, me)
-  redis.call('ZREM', KEYS[4], me)
-  redis.call('ZADD', KEYS[3], now + ms, me)
-  keep(KEYS[2], deadline - now + window)
-  keep(KEYS[3], ms)
-end
-
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)) do forget(m) end
-for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)) do forget(m) end
-for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now - forget_after)) do forget(m) end
-
-local times = recent(KEYS[1])
-
--- The waiters before `me` in deadline order take their slots first, if they can use
--- them: present, or parked and due back before the slot, and not past their deadline.
-local ahead = 0
-local before = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. deadline, 'WITHSCORES')
-for i = 1, #before, 2 do
-  local m = before[i]
-  if m ~= me then
-    local at = next_slot(times)
-    if at <= tonumber(before[i + 1]) - lead then
-      local uses = redis.call('ZSCORE', KEYS[3], m)
-      if not uses then
-        local wake = redis.call('ZSCORE', KEYS[4], m)
-        uses = wake and at > now and tonumber(wake) <= at
-      end
-      if uses then
-        times[#times + 1] = at
-        ahead = ahead + 1
-      end
-    end
-  end
-end
-
-local at = next_slot(times)
-if at > deadline - lead then
-  forget(me)
-  return {-1, at - now, ahead}
-end
-if at <= now then
-  if take then
-    forget(me)
-    redis.call('ZADD', KEYS[1], now, ARGV[10])
-    keep(KEYS[1], window)
-  end
-  return {0, 0, ahead}
-end
-local wait = at - now
-if wait <= hold then
-  if take then stay(lease) end
-  return {1, wait, ahead}
-end
-local park = math.min(wait - math.floor(hold / 2), max_park)
--- The retry queue expires messages from its head only: a copy parked now comes back no
--- sooner than the latest one parked before it. If that is too late for its slot, it
--- stays (held) instead; otherwise it is parked until then, so its wake is true.
-local latest = redis.call('ZRANGE', KEYS[4], -1, -1, 'WITHSCORES')
-if #latest > 0 and latest[1] ~= me then
-  local behind = tonumber(latest[2]) - now
-  if behind >= wait - math.floor(hold / 4) then
-    -- Its lease outlasts the wait: it sleeps half of it between polls.
-    if take then stay(wait + lease) end
-    return {1, wait, ahead}
-  end
-  if behind > park then park = behind end
-end
-redis.call('ZADD', KEYS[2], deadline, me)
-redis.call('ZREM', KEYS[3], me)
-redis.call('ZADD', KEYS[4], now + park, me)
-keep(KEYS[2], deadline - now + window)
-keep(KEYS[4], park + forget_after)
-return {2, park, ahead}
-"#;
-
-/// KEYS as for ADMIT; ARGV: spacing ms, calls, lead ms, max slots counted.
-/// The plan for every live waiter, served in deadline order: {waiting, servable,
-/// hopeless, ms until the last servable one's slot, ms the earliest deadline has left
-/// (-1: nobody waits), slots free before that deadline, least ms between a servable
-/// waiter's slot and its deadline (-1: nobody servable)}. Read only.
-const PLAN: &str = r#"
-local lead = tonumber(ARGV[3])
-local cap = tonumber(ARGV[4])
-
-local base = recent(KEYS[1])
-local function live(m)
-  local lease = redis.call('ZSCORE', KEYS[3], m)
-  if lease then return tonumber(lease) > now end
-  return redis.call('ZSCORE', KEYS[4], m) ~= false
-end
-
-local function from_log()
-  local copy = {}
-  for i, v in ipairs(base) do copy[i] = v end
-  return copy
-end
-
-local times = from_log()
-local waiting, servable, hopeless, last, earliest, slack = 0, 0, 0, 0, -1, -1
-local ws = redis.call('ZRANGEBYSCORE', KEYS[2], now, '+inf', 'WITHSCORES')
-for i = 1, #ws, 2 do
-  if live(ws[i]) then
-    local d = tonumber(ws[i + 1])
-    waiting = waiting + 1
-    if earliest < 0 then earliest = d end
-    local at = next_slot(times)
-    if at <= d - lead then
-      times[#times + 1] = at
-      servable = servable + 1
-      last = at - now
-      if slack < 0 or d - at < slack then slack = d - at end
-    else
-      hopeless = hopeless + 1
-    end
-  end
-end
-
-local before = 0
-if earliest >= 0 then
-  times = from_log()
-  while before < cap do
-    local at = next_slot(times)
-    if at > earliest - lead then break end
-    times[#times + 1] = at
-    before = before + 1
-  end
-  earliest = earliest - now
-end
-return {waiting, servable, hopeless, last, earliest, before, slack}
-"#;
 
 /// What a waiter is told.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,6 +41,12 @@ pub enum Admission {
 /// Slots counted for [`BudgetLine::servable_before_earliest`] at most: enough for bunq's hours
 /// of credential life, bounded for a script that runs every few seconds.
 pub(crate) const PLAN_SLOT_CAP: u64 = 20_000;
+
+/// Waiters ahead that will not be there for their slot (parked and due back after it)
+/// one admission reads at most, so a cascade of late returns cannot make every poll read
+/// the whole line. A line holds that many only when parked waiters' slots moved earlier
+/// than their wakes en masse; past them the admission errs towards the caller (ADMIT).
+pub(crate) const ABSENT_CAP: u64 = 256;
 
 /// Who waits: one entry per provision and purpose, so a redelivery or a second
 /// replica handling the same provision takes its place instead of a second one.
@@ -279,7 +126,8 @@ impl Budget {
     }
 
     /// Asks once. `take`: reserve the slot when it is free now (else only ask whether to
-    /// go on, park or give up); `hold`: the longest this caller would stay for its slot.
+    /// go on, park or give up); `hold`: the longest this caller would stay for its slot,
+    /// whatever the retry queue's order.
     pub async fn admit(
         &self,
         waiter: Waiter,
@@ -287,16 +135,18 @@ impl Budget {
         take: bool,
         hold: Duration,
     ) -> Result<Admission, RateLimitError> {
-        self.admit_as(waiter, deadline, take, hold, &uuid::Uuid::new_v4().to_string()).await
+        self.admit_as(waiter, deadline, take, (hold, hold), &uuid::Uuid::new_v4().to_string()).await
     }
 
-    /// [`Self::admit`], the call going into the log as `member` when it takes a slot.
+    /// [`Self::admit`], the call going into the log as `member` when it takes a slot;
+    /// `stay`: how long it is held for a near slot, and the most it may stay at all
+    /// (what is left of its retry budget) when parking would bring it back too late.
     async fn admit_as(
         &self,
         waiter: Waiter,
         deadline: OffsetDateTime,
         take: bool,
-        hold: Duration,
+        (hold, budget): (Duration, Duration),
         member: &str,
     ) -> Result<Admission, RateLimitError> {
         let deadline_ms = (deadline.unix_timestamp_nanos() / 1_000_000).max(0) as u64;
@@ -315,7 +165,9 @@ impl Budget {
             .arg(self.max_park.as_millis() as u64)
             .arg(FORGET_AFTER.as_millis() as u64)
             .arg(member)
-            .arg(LEAD.as_millis() as u64);
+            .arg(LEAD.as_millis() as u64)
+            .arg(budget.as_millis() as u64)
+            .arg(ABSENT_CAP);
         let mut conn = self.conn.clone();
         let (kind, ms, ahead): (i64, i64, u64) = invocation.invoke_async(&mut conn).await?;
         let ms = Duration::from_millis(ms.max(0) as u64);
@@ -338,8 +190,8 @@ impl Budget {
         let started = tokio::time::Instant::now();
         let member = uuid::Uuid::new_v4().to_string();
         loop {
-            let hold = self.hold_horizon().min(max_hold.saturating_sub(started.elapsed()));
-            match self.admit_as(waiter, deadline, true, hold, &member).await? {
+            let budget = max_hold.saturating_sub(started.elapsed());
+            match self.admit_as(waiter, deadline, true, (self.hold_horizon().min(budget), budget), &member).await? {
                 Admission::Go => return Ok(Reservation::new(self.log_key.clone(), member, started.elapsed())),
                 // Half the wait at most: a slot that moves earlier (a waiter ahead left or
                 // is away) is noticed before it comes.
@@ -354,9 +206,15 @@ impl Budget {
 
     /// Before a handshake starts: whether to go on (the slot is near), park, or give up,
     /// reserving nothing, so no installation or device is spent on a credential the
-    /// budget cannot serve in time.
-    pub(crate) async fn check(&self, waiter: Waiter, deadline: OffsetDateTime) -> Result<(), RateLimitError> {
-        match self.admit(waiter, deadline, false, self.hold_horizon()).await? {
+    /// budget cannot serve in time. `budget`: the caller's retry budget, as for `acquire`.
+    pub(crate) async fn check(
+        &self,
+        waiter: Waiter,
+        deadline: OffsetDateTime,
+        budget: Duration,
+    ) -> Result<(), RateLimitError> {
+        let member = uuid::Uuid::new_v4().to_string();
+        match self.admit_as(waiter, deadline, false, (self.hold_horizon().min(budget), budget), &member).await? {
             Admission::Go | Admission::Hold(_) => Ok(()),
             Admission::Park(after) => Err(RateLimitError::Parked { after }),
             Admission::Hopeless { slot_in, ahead } => {

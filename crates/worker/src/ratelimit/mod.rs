@@ -17,6 +17,7 @@ use time::OffsetDateTime;
 
 pub mod budget;
 pub mod limit;
+mod line;
 
 /// The longest a far slot's waiter is parked at a time unless configured: the default
 /// `RETRY_QUEUE_MAX_DELAY`.
@@ -219,14 +220,16 @@ impl RateLimiter {
     }
 
     /// Before a handshake: whether the shared budget can serve `waiter` before `deadline`
-    /// (else it parks or gives up now, before spending an installation and a device).
+    /// within `max_wait` (else it parks or gives up now, before spending an installation
+    /// and a device).
     pub(crate) async fn check_session_server(
         &self,
         waiter: Waiter,
         deadline: OffsetDateTime,
+        max_wait: Duration,
     ) -> Result<(), RateLimitError> {
         match &self.budget {
-            Some(budget) => budget.check(waiter, deadline).await,
+            Some(budget) => budget.check(waiter, deadline, max_wait).await,
             None => Ok(()),
         }
     }

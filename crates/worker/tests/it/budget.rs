@@ -119,6 +119,42 @@ async fn a_parked_waiter_keeps_its_slot_only_if_it_is_back_in_time() {
     delete_keys(&mut connect_redis(REDIS_URL).unwrap(), &prefix).await.unwrap();
 }
 
+/// A delivery's retry budget bounds its stay. The retry queue returns a parked copy no
+/// sooner than the latest one parked before it; when that is after a waiter's slot,
+/// parking gives the slot away, and the waiter is held instead only while the slot is
+/// within what is left of its retry budget. Here the slot is about 6 s off, 1 s of budget
+/// is left, and the latest parked waiter is due back about 4 s after the slot: parked
+/// until that wake, its delivery released, instead of held for 6 s.
+#[tokio::test]
+async fn a_waiter_whose_slot_is_beyond_its_retry_budget_is_parked_not_held() {
+    let prefix = TestNames::new("budget").key_prefix;
+    let budget = budget(&prefix, "1/1s", Duration::from_secs(300));
+    assert_eq!(budget.admit(Waiter::Open(1), in_secs(600), true, HOLD).await.unwrap(), Admission::Go);
+    // Five present waiters with early deadlines take the next five slots, four with later
+    // ones the four after (present: their leases outlast the test's admissions).
+    for (ids, expiry) in [(2..=6, 30), (7..=10, 100)] {
+        for id in ids {
+            hold_ms(budget.admit(Waiter::Open(id), in_secs(expiry), true, HOLD).await.unwrap());
+        }
+    }
+    // Behind all nine, a waiter that will not be held is parked until its slot: the
+    // retry queue's latest wake.
+    let parked = budget.admit(Waiter::Open(50), in_secs(300), true, Duration::ZERO).await.unwrap();
+    let Admission::Park(latest_wake) = parked else { panic!("expected to park, got {parked:?}") };
+    // Provision 20 comes after the first five and before the four: its slot is the sixth.
+    let slot = hold_ms(budget.admit(Waiter::Open(20), in_secs(60), false, HOLD).await.unwrap());
+    assert!(latest_wake.as_millis() > slot, "the latest wake {latest_wake:?} is not after the slot ({slot} ms)");
+
+    match budget.acquire(Waiter::Open(20), in_secs(60), Duration::from_secs(1)).await {
+        // Parked until it can really be back (its slot goes to whoever is present then).
+        Err(RateLimitError::Parked { after }) => {
+            assert!(after.as_millis() > slot, "parked for {after:?}, less than the latest wake; slot {slot} ms");
+        }
+        other => panic!("expected to be parked with 1 s of retry budget left, got {other:?}"),
+    }
+    delete_keys(&mut connect_redis(REDIS_URL).unwrap(), &prefix).await.unwrap();
+}
+
 /// End to end through the worker: bunq's budget at one session-server call per second for
 /// the fleet (the stand-in enforcing it too), six credentials with ten minutes left, then
 /// five that expire 4 s after they are published. Served in arrival order the short ones
