@@ -24,7 +24,7 @@ test-rust: ## Unit, doc and integration tests of every crate
 	# The bench harness with tiny sizes, so it cannot rot; figures come from `make bench`.
 	BENCH_SMOKE=1 $(CARGO) test --locked -p bunq-session-worker --bench throughput
 
-test-faults: ## Fault tests: kill, broker disconnects, a RabbitMQ cluster node stopped and killed, Redis restart and outage, a Redis Cluster primary lost, bunq faults, lost session-server answers, two replicas, SIGTERM, hostile input, renewals through a kill and a broker loss, closes racing renewals, replicas with skewed clocks (needs faketime: installed from Debian when missing)
+test-faults: ## Fault tests: kill, broker disconnects, a RabbitMQ cluster node stopped and killed, Redis restart and outage, a Redis Cluster primary lost (also while its replica lags), bunq faults, lost session-server answers, two replicas, SIGTERM, hostile input, renewals through a kill and a broker loss, closes racing renewals, replicas with skewed clocks (needs faketime: installed from Debian when missing)
 	@command -v faketime >/dev/null || (apt-get update -qq && apt-get install -y -qq faketime >/dev/null)
 	$(CARGO) test --locked -p bunq-session-worker --test faults -- --test-threads=2 --nocapture
 

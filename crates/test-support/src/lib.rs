@@ -11,6 +11,9 @@
 //! - [`cleanup`]: removing what a test created, also when it panics ([`Leftovers`]).
 //! - [`bodies`]: provision events as bunq sends them.
 //! - [`redis_pair`]: a Redis primary with one replica, for writes that must be replicated.
+//! - [`redis_cluster`]: a Redis Cluster of the test's own, its nodes killed, paused, cut
+//!   off from their replicas and restarted.
+//! - [`nodes`]: a CA, and Redis and RabbitMQ nodes with TLS, of the test's own.
 //! - [`oracle`]: what the worker should keep of an input, from the input alone.
 //! - [`logging`]: test logging, quiet unless `TEST_LOG` is set, with production's filter.
 
@@ -24,6 +27,7 @@ pub mod names;
 pub mod nodes;
 pub mod ops;
 pub mod oracle;
+pub mod redis_cluster;
 pub mod redis_pair;
 pub mod services;
 pub mod settings;

@@ -7,6 +7,7 @@
 
 mod clock;
 mod close_race;
+mod failover;
 mod harness;
 mod lost_answers;
 mod renewal;
@@ -14,7 +15,7 @@ mod renewal;
 use fake_bunq::{EndpointMatch, FakeConfig, FaultAction, FaultRule, Faults, Trigger};
 use harness::*;
 use std::time::{Duration, Instant};
-use test_support::nodes::RedisCluster;
+use test_support::redis_cluster::RedisCluster;
 use test_support::{future_expiry, provision_body, rabbitmqctl, relaxed_fake, REDIS_URL};
 
 const SETTLE: Duration = Duration::from_secs(120);

@@ -12,7 +12,7 @@ use bunq_session_worker::store::{Keys, Store};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use test_support::nodes::RedisCluster;
+use test_support::redis_cluster::RedisCluster;
 use test_support::{
     capture_queue, connect_amqp, connect_redis_cluster, publish_input, random_id, random_token, ready_body,
     relaxed_fake, Cleanup, Leftovers, TestNames, WorkerEnv, AMQP_URL,

@@ -19,6 +19,16 @@ pub struct Input {
     pub expect: Expect,
 }
 
+/// `count` onboarding-ready provisions with ids from `first` on, nothing else.
+pub fn ready_stream(first: u64, count: usize) -> Vec<Input> {
+    (first..first + count as u64)
+        .map(|id| {
+            let token = random_token();
+            Input { body: ready_body(id, &token), expect: Expect::Session { provision_id: id, token } }
+        })
+        .collect()
+}
+
 /// A stream of `ready` onboarding-ready provisions, with malformed, expired, not-ready,
 /// token-less and duplicate events mixed in.
 pub fn mixed_stream(ready: usize) -> Vec<Input> {

@@ -9,13 +9,36 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 use test_support::oracle;
 
+/// What the workers published and dead-lettered, as the test collected it.
+#[derive(Default)]
+pub struct Outputs {
+    events: Vec<(Vec<u8>, BasicProperties)>,
+    dead: Vec<(Vec<u8>, BasicProperties)>,
+}
+
+impl Outputs {
+    /// These outputs and `later`'s: a ledger over several rounds of the same inputs.
+    pub fn and(mut self, later: Outputs) -> Outputs {
+        self.events.extend(later.events);
+        self.dead.extend(later.dead);
+        self
+    }
+}
+
 impl Env {
     /// Collects outputs until every input is accounted for or `timeout` passes, then
     /// checks the ledger and returns its summary.
     pub async fn settle_and_check(&self, inputs: &[Input], timeout: Duration) -> Ledger {
+        let outputs = self.settle(inputs, timeout).await;
+        self.check(inputs, &outputs).await
+    }
+
+    /// Collects outputs until every input is accounted for in them (each session announced,
+    /// each dead letter taken) and nothing waits in the input or retry queue, or `timeout`
+    /// passes (a panic).
+    pub async fn settle(&self, inputs: &[Input], timeout: Duration) -> Outputs {
         let deadline = Instant::now() + timeout;
-        let mut events = Vec::new();
-        let mut dead = Vec::new();
+        let (mut events, mut dead) = (Vec::new(), Vec::new());
         let expected_sessions: HashSet<u64> = inputs
             .iter()
             .filter_map(|i| match &i.expect {
@@ -52,7 +75,7 @@ impl Env {
         tokio::time::sleep(Duration::from_millis(500)).await;
         self.drain(&self.capture, &mut events).await;
         self.drain(&self.names.topology.dead_letter_queue.clone(), &mut dead).await;
-        self.check(inputs, &events, &dead).await
+        Outputs { events, dead }
     }
 
     /// Nothing ready in the input or the retry queue (deliveries a live connection holds
@@ -75,12 +98,9 @@ impl Env {
         declared.message_count() == 0
     }
 
-    async fn check(
-        &self,
-        inputs: &[Input],
-        events: &[(Vec<u8>, BasicProperties)],
-        dead: &[(Vec<u8>, BasicProperties)],
-    ) -> Ledger {
+    /// Matches every input to its outcome in `outputs`, asserting the ledger holds.
+    pub async fn check(&self, inputs: &[Input], outputs: &Outputs) -> Ledger {
+        let Outputs { events, dead } = outputs;
         let mut ledger = Ledger { inputs: inputs.len(), events: events.len(), ..Default::default() };
         let mut event_ids: HashMap<u64, HashSet<String>> = HashMap::new();
         let mut session_ids: HashMap<u64, HashSet<u64>> = HashMap::new();
@@ -90,6 +110,7 @@ impl Env {
             event_ids.entry(provision_id).or_default().insert(event["event_id"].as_str().unwrap().to_owned());
             session_ids.entry(provision_id).or_default().insert(event["session_id"].as_u64().unwrap());
         }
+        ledger.two_session_ids = session_ids.values().filter(|ids| ids.len() > 1).count();
         // The worker runs without an encryption key: a dead letter keeps the body with its
         // credential removed (or masked), which is deterministic, so inputs are matched by
         // that form, and no dead letter may hold an input's token.
@@ -134,12 +155,20 @@ impl Env {
                     if !first {
                         continue;
                     }
-                    let ids = event_ids
+                    let announced = session_ids
                         .get(provision_id)
                         .unwrap_or_else(|| panic!("provision {provision_id}: never announced"));
+                    // Checked first: a second session id is the failure, its event id follows from it.
+                    assert_eq!(
+                        announced.len(),
+                        1,
+                        "provision {provision_id}: announced with two session ids {announced:?} \
+                         ({} of {} provisions announced with more than one)",
+                        ledger.two_session_ids,
+                        session_ids.len()
+                    );
+                    let ids = &event_ids[provision_id];
                     assert_eq!(ids.len(), 1, "provision {provision_id}: announced with several event ids {ids:?}");
-                    let announced = &session_ids[provision_id];
-                    assert_eq!(announced.len(), 1, "provision {provision_id}: announced with two session ids");
                     let session = self.store.session_of_provision(*provision_id).await.unwrap();
                     let cached = session.map(|s| s.session_id);
                     assert!(cached.is_some(), "provision {provision_id}: no session recorded and cached");
@@ -190,6 +219,8 @@ pub struct Ledger {
     pub skipped: usize,
     pub events: usize,
     pub duplicate_announcements: usize,
+    /// Provisions announced with more than one session id (the ledger fails on any).
+    pub two_session_ids: usize,
     /// Sessions bunq opened beyond the one recorded per provision.
     pub extra_sessions_at_bunq: usize,
     pub dead_by_reason: HashMap<&'static str, usize>,
@@ -198,7 +229,7 @@ pub struct Ledger {
 impl Ledger {
     pub fn print(&self, scenario: &str) {
         println!(
-            "LEDGER {scenario}: {} inputs -> {} sessions, {} dead letters {:?} ({} repeated copies), {} skipped; {} session-ready events ({} repeats, same event id); {} extra sessions at fake-bunq",
+            "LEDGER {scenario}: {} inputs -> {} sessions, {} dead letters {:?} ({} repeated copies), {} skipped; {} session-ready events ({} repeats, same event id), {} provisions announced with two session ids; {} extra sessions at fake-bunq",
             self.inputs,
             self.sessions,
             self.dead_letters,
@@ -207,6 +238,7 @@ impl Ledger {
             self.skipped,
             self.events,
             self.duplicate_announcements,
+            self.two_session_ids,
             self.extra_sessions_at_bunq
         );
     }

@@ -6,7 +6,7 @@ mod inputs;
 mod ledger;
 mod process;
 
-pub use inputs::{mixed_stream, Expect, Input};
+pub use inputs::{mixed_stream, ready_stream, Expect, Input};
 pub use process::{wait_for_announcements, OwnRedis, Worker};
 
 use bunq_session_worker::amqp::topology;
