@@ -1,6 +1,6 @@
 """Drives fake-bunq with bunq's official Python SDK (`bunq-sdk` on PyPI).
 
-Usage: official_sdk_session.py BASE_URL   (e.g. http://127.0.0.1:PORT/v1)
+Usage: official_sdk_session.py BASE_URL PARTNER_KEY_FILE   (e.g. http://127.0.0.1:PORT/v1)
 
 `ApiContext.create` runs installation -> device-server -> session-server exactly as
 against bunq, including the SDK's own checks: positional deserialisation of the
@@ -11,6 +11,7 @@ installation. Exits non-zero on any failure.
 import json
 import secrets
 import sys
+import time
 import urllib.request
 
 from bunq.sdk.context.api_context import ApiContext
@@ -68,9 +69,57 @@ def notification_filters_through_the_sdk(context: ApiContext):
     return listed.value
 
 
+def provision(client: ApiClient, provision_id: int) -> dict:
+    raw = client.get(f"partner-user-provision/{provision_id}", {}, {})
+    return json.loads(raw.body_bytes)["Response"][0]["PartnerUserProvision"]
+
+
+def token_reset_through_the_sdk(base_url: str, partner_key: str) -> None:
+    """The partner's own session (UserCompany) resets an expired provision's token with
+    the SDK's signed PUT and GET; the new token opens the user's session."""
+    partner = ApiContext.create(ApiEnvironmentType.SANDBOX, partner_key, "fake-bunq sdk partner", ["*"])
+    company = partner.session_context.user_company
+    assert company is not None, "partner session not read as UserCompany"
+    assert partner.session_context.user_id == company.id_, (partner.session_context.user_id, company.id_)
+    assert company.session_timeout == 604800, company.session_timeout
+
+    refused_before = admin(base_url, "GET", "/_fake/stats")["refused_expired_tokens"]
+    expired = "sandbox_" + secrets.token_hex(24)
+    admin(base_url, "POST", "/_fake/provisions",
+          {"id": 7, "token_value": expired, "expiry_time": "2000-01-01 00:00:00.000000"})
+    try:
+        ApiContext.create(ApiEnvironmentType.SANDBOX, expired, "fake-bunq sdk user", ["*"])
+    except BadRequestException as error:
+        assert "User credentials are incorrect" in str(error), str(error)
+    else:
+        raise AssertionError("expired provision token was accepted")
+
+    client = ApiClient(partner)
+    reset = client.put("partner-user-provision/7", b'{"status":"TOKEN_RESET_REQUESTED"}', {})
+    assert json.loads(reset.body_bytes) == {"Response": [{"Id": {"id": 7}}]}, reset.body_bytes
+    # GET allows 3 calls per 3 s: read once a second.
+    for _ in range(30):
+        current = provision(client, 7)
+        credential = current["credential"]
+        if current["sub_status"] != "PENDING_PROCESS_TOKEN_RESET" and credential["token_value"]:
+            break
+        time.sleep(1.1)
+    else:
+        raise AssertionError("no new token within 30 s")
+    assert credential["status"] == "PENDING_FIRST_USE" and credential["token_value"] != expired, credential
+    user = ApiContext.create(ApiEnvironmentType.SANDBOX, credential["token_value"], "fake-bunq sdk user", ["*"])
+    assert user.session_context.user_api_key is not None, "user session not read as UserApiKey"
+    assert provision(client, 7)["credential"]["token_value"] is None, "token still shown once used"
+    stats = admin(base_url, "GET", "/_fake/stats")
+    assert stats["token_resets"] == 1 and stats["refused_expired_tokens"] == refused_before + 1, stats
+    print(f"partner token reset OK: company {company.id_}, provision 7 reopened as user {user.session_context.user_id}")
+
+
 def main() -> int:
     base_url = sys.argv[1]
     point_sdk_at(base_url)
+    with open(sys.argv[2], encoding="ascii") as key_file:
+        partner_key = key_file.read().strip()
 
     secret = "sandbox_" + secrets.token_hex(24)
     context = ApiContext.create(ApiEnvironmentType.SANDBOX, secret, "fake-bunq sdk test", ["*"])
@@ -143,6 +192,10 @@ def main() -> int:
               if c["endpoint"] in ("device-server", "session-server") and c["status"] == 200]
     assert signed and all(c["signature_valid"] for c in signed), signed
     assert all(secret not in json.dumps(c) for c in calls), "secret leaked into call records"
+
+    token_reset_through_the_sdk(base_url, partner_key)
+    calls = admin(base_url, "GET", "/_fake/calls")
+    assert all(partner_key not in json.dumps(c) for c in calls), "partner key leaked into call records"
     print(f"official SDK handshake OK ({len(calls)} calls recorded)")
     return 0
 

@@ -4,9 +4,10 @@
 #   tests/sdk/run.sh
 #
 # Creates (or reuses) a venv under $CARGO_TARGET_DIR/sdk-venv (default target/),
-# installs the pinned bunq-sdk, builds and starts `fake-bunq --listen 127.0.0.1:0`,
-# reads the URL it prints and runs official_sdk_session.py against it. The fake is
-# stopped on exit, whatever happens. Exit status: the Python test's.
+# installs the pinned bunq-sdk, builds and starts `fake-bunq --listen 127.0.0.1:0` with a
+# fresh partner API key (in a file, never on a command line), reads the URL it prints and
+# runs official_sdk_session.py against it. The fake is stopped on exit, whatever happens.
+# Exit status: the Python test's.
 set -euo pipefail
 
 # 1.28.0 is the newest release at the time of writing; its ApiContext, SessionServer
@@ -33,7 +34,9 @@ cleanup() {
 trap cleanup EXIT
 
 mkfifo "$workdir/stdout"
-"$target/debug/fake-bunq" --listen 127.0.0.1:0 >"$workdir/stdout" 2>"$workdir/stderr" &
+(umask 077 && printf 'partner_%s' "$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')" >"$workdir/partner-key")
+"$target/debug/fake-bunq" --listen 127.0.0.1:0 --partner-api-key-file "$workdir/partner-key" \
+    --token-reset-delay-ms 300 >"$workdir/stdout" 2>"$workdir/stderr" &
 fake_pid=$!
 
 # The fake prints exactly one line once it accepts connections.
@@ -47,7 +50,7 @@ echo "fake-bunq at $base_url (pid $fake_pid)"
 
 status=0
 # The SDK sends its own User-Agent and signs every call after installation.
-"$venv_python" "$repo/tests/sdk/official_sdk_session.py" "$base_url" || status=$?
+"$venv_python" "$repo/tests/sdk/official_sdk_session.py" "$base_url" "$workdir/partner-key" || status=$?
 if [[ $status -ne 0 ]]; then
     echo "--- fake-bunq stderr ---" >&2
     cat "$workdir/stderr" >&2

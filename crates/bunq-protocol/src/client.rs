@@ -226,8 +226,9 @@ impl BunqClient {
     }
 
     /// One call authenticated by a session token, signed over `body` (the empty body for
-    /// DELETE and GET, as bunq's Python SDK signs them), its answer verified.
-    async fn as_session(
+    /// DELETE and GET, as bunq's Python SDK signs them), its answer verified; the method
+    /// is the endpoint's.
+    pub(crate) async fn as_session(
         &self,
         endpoint: Endpoint,
         url: String,
@@ -400,11 +401,11 @@ pub fn read_filters(endpoint: Endpoint, bytes: &[u8]) -> Result<Vec<Notification
         .collect()
 }
 
-fn unexpected(endpoint: Endpoint, detail: String) -> BunqError {
+pub(crate) fn unexpected(endpoint: Endpoint, detail: String) -> BunqError {
     BunqError::UnexpectedResponse { endpoint, detail }
 }
 
-fn parse(endpoint: Endpoint, bytes: &[u8]) -> Result<ResponseBody, BunqError> {
+pub(crate) fn parse(endpoint: Endpoint, bytes: &[u8]) -> Result<ResponseBody, BunqError> {
     // A success body holds bunq's tokens: errors describe its shape, never its text.
     serde_json::from_slice(bytes)
         .map_err(|e| unexpected(endpoint, format!("not a bunq Response: {}", redact::json_error(&e, &["Response"]))))
@@ -431,7 +432,7 @@ fn parse_session(body: &ResponseBody) -> Result<OpenedSession, String> {
     Ok(OpenedSession { session_id: id.id, token: token.token.into(), user_id, granted_by_user_id, session_timeout })
 }
 
-trait DeserializeValue: Sized {
+pub(crate) trait DeserializeValue: Sized {
     fn deserialize_value(value: &serde_json::Value) -> Result<Self, String>;
 }
 
@@ -459,6 +460,19 @@ mod tests {
         assert_eq!((session.session_id, session.user_id, session.granted_by_user_id), (2173, 1364, Some(1363)));
         assert_eq!(session.session_timeout, Duration::from_secs(3600));
         assert_eq!(session.token.expose_secret(), "f981bd6d");
+    }
+
+    #[test]
+    fn partner_own_session_acts_as_its_company() {
+        // The partner's company API key: bunq answers `UserCompany` (docs/bunq-api.md §5).
+        let body: ResponseBody = serde_json::from_str(
+            r#"{"Response":[{"Id":{"id":40}},{"Token":{"id":40,"created":"2025-08-13 15:53:11.594918","updated":"2025-08-13 15:53:11.594918","token":"t"}},
+            {"UserCompany":{"id":1360,"created":"2025-08-13 15:53:11.286445","display_name":"Surrey","public_nick_name":"Surrey","session_timeout":86400}}]}"#,
+        )
+        .unwrap();
+        let session = parse_session(&body).unwrap();
+        assert_eq!((session.session_id, session.user_id, session.granted_by_user_id), (40, 1360, Some(1360)));
+        assert_eq!(session.session_timeout, Duration::from_secs(86400));
     }
 
     #[test]

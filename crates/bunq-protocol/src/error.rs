@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-/// Each bunq call the workspace makes (handshake, ending a session, a user's filters), for errors,
-/// metrics and rate limits.
+/// Each bunq call the workspace makes (handshake, ending a session, a user's filters, the
+/// partner's token reset), for errors, metrics and rate limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Endpoint {
     /// `POST /v1/installation`: registers the client's public key.
@@ -19,6 +19,10 @@ pub enum Endpoint {
     NotificationFilterUrl,
     /// `GET /v1/user/{userId}/notification-filter-url`: lists them.
     NotificationFilterUrlList,
+    /// `PUT /v1/partner-user-provision/{provisionId}`: the partner asks for a new token.
+    PartnerUserProvisionUpdate,
+    /// `GET /v1/partner-user-provision/{provisionId}`: the partner reads a provision.
+    PartnerUserProvisionRead,
 }
 
 impl Endpoint {
@@ -30,6 +34,7 @@ impl Endpoint {
             Endpoint::SessionServer => "session-server",
             Endpoint::Session => "session",
             Endpoint::NotificationFilterUrl | Endpoint::NotificationFilterUrlList => "notification-filter-url",
+            Endpoint::PartnerUserProvisionUpdate | Endpoint::PartnerUserProvisionRead => "partner-user-provision",
         }
     }
 
@@ -37,7 +42,8 @@ impl Endpoint {
     pub fn method(self) -> &'static str {
         match self {
             Endpoint::Session => "DELETE",
-            Endpoint::NotificationFilterUrlList => "GET",
+            Endpoint::NotificationFilterUrlList | Endpoint::PartnerUserProvisionRead => "GET",
+            Endpoint::PartnerUserProvisionUpdate => "PUT",
             _ => "POST",
         }
     }
@@ -51,6 +57,9 @@ impl Endpoint {
             Endpoint::Session => "/v1/session/{sessionId}",
             Endpoint::NotificationFilterUrl | Endpoint::NotificationFilterUrlList => {
                 "/v1/user/{userId}/notification-filter-url"
+            }
+            Endpoint::PartnerUserProvisionUpdate | Endpoint::PartnerUserProvisionRead => {
+                "/v1/partner-user-provision/{provisionId}"
             }
         }
     }

@@ -6,6 +6,8 @@
 //! - [`error`]: what can go wrong in a call, and whether trying again can help.
 //! - [`client`]: a typed client for installation, device-server and session-server; one
 //!   attempt per call, retries are the caller's.
+//! - [`partner`]: the partner's own calls on a provision: reading it and asking for a new
+//!   token (docs/bunq-api.md §8.1, §12).
 //! - [`redact`]: the one gate for text that leaves a process: no input value, capped.
 //! - [`timestamp`]: bunq's `YYYY-MM-DD hh:mm:ss.ffffff` UTC time format.
 
@@ -15,10 +17,12 @@
 pub mod client;
 pub mod error;
 pub mod model;
+pub mod partner;
 pub mod redact;
 pub mod signing;
 pub mod timestamp;
 
 pub use client::{BunqClient, ClientSettings, Installation, OpenedSession};
 pub use error::{BunqError, Endpoint, Retry};
+pub use partner::{PartnerProvision, ProvisionCredential};
 pub use signing::{ClientKey, PublicKey, SigningError};

@@ -1,4 +1,5 @@
-//! bunq's wire shapes for the handshake (docs/bunq-api.md §2, §5, §6.1).
+//! bunq's wire shapes for the handshake and the provision calls (docs/bunq-api.md §2, §5,
+//! §6.1, §8.1).
 //!
 //! Success bodies are `{"Response":[{"<Type>":{…}}, …]}`; elements are found by type
 //! name rather than position, which reads bunq's documented order and survives reordering.
@@ -36,8 +37,20 @@ impl ResponseBody {
 
 /// Field names of the shapes below: a `missing field` error may name these, never a
 /// name taken from the body.
-pub(crate) const FIELDS: &[&str] =
-    &["id", "token", "server_public_key", "session_timeout", "requested_by_user", "granted_by_user", "Error"];
+pub(crate) const FIELDS: &[&str] = &[
+    "id",
+    "token",
+    "server_public_key",
+    "session_timeout",
+    "requested_by_user",
+    "granted_by_user",
+    "Error",
+    "status",
+    "sub_status",
+    "credential",
+    "token_value",
+    "expiry_time",
+];
 
 #[derive(Deserialize)]
 pub(crate) struct IdObject {

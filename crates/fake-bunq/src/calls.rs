@@ -48,6 +48,14 @@ pub struct Stats {
     pub installations: usize,
     pub devices: usize,
     pub sessions: usize,
+    /// device-server and session-server calls refused because a token reset had
+    /// replaced the secret.
+    pub refused_superseded_tokens: usize,
+    /// device-server and session-server calls refused because the secret was past its
+    /// expiry (a provision's `expiry_time`, the TTL, or set `EXPIRED`).
+    pub refused_expired_tokens: usize,
+    /// Token resets started, over all provisions.
+    pub token_resets: usize,
 }
 
 /// Append-only log with a running sequence number.

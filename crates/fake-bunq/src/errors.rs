@@ -53,6 +53,16 @@ pub enum BunqError {
     #[error("Route not found.")]
     NotFound,
 
+    /// `GET`/`PUT /partner-user-provision/{id}` for an id the partner does not have.
+    /// UNCERTAIN wording.
+    #[error("PartnerUserProvision not found.")]
+    ProvisionNotFound,
+
+    /// A token reset (or closing) of a provision that is cancelled, closed or failed: bunq
+    /// resets tokens only "as long as the provision and user are active". UNCERTAIN wording.
+    #[error("The provision is not active: a new token can only be requested for an active provision and user.")]
+    ProvisionNotActive,
+
     #[error("Method not allowed for this route.")]
     MethodNotAllowed,
 
@@ -74,11 +84,12 @@ impl BunqError {
             | BunqError::RequestIdReused(_)
             | BunqError::InvalidPublicKey(_)
             | BunqError::InvalidBody(_)
+            | BunqError::ProvisionNotActive
             | BunqError::CredentialsIncorrect => StatusCode::BAD_REQUEST,
             BunqError::InsufficientAuthentication => StatusCode::FORBIDDEN,
             BunqError::SignatureRequired => custom(466),
             BunqError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            BunqError::NotFound => StatusCode::NOT_FOUND,
+            BunqError::NotFound | BunqError::ProvisionNotFound => StatusCode::NOT_FOUND,
             BunqError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             BunqError::Maintenance => custom(491),
         }

@@ -20,6 +20,8 @@ pub enum Endpoint {
     Session,
     /// `POST`/`GET /v1/user/{userId}/notification-filter-url`.
     NotificationFilterUrl,
+    /// `PUT`/`GET /v1/partner-user-provision/{id}`, on the partner's session.
+    PartnerUserProvision,
     /// Any other `/v1` path (answered 404/405).
     Other,
 }
@@ -32,6 +34,7 @@ impl Endpoint {
             Endpoint::SessionServer => "session-server",
             Endpoint::Session => "session",
             Endpoint::NotificationFilterUrl => "notification-filter-url",
+            Endpoint::PartnerUserProvision => "partner-user-provision",
             Endpoint::Other => "other",
         }
     }
@@ -45,15 +48,26 @@ pub enum EndpointMatch {
     Installation,
     DeviceServer,
     SessionServer,
+    /// Both methods of `/partner-user-provision/{id}`.
+    PartnerUserProvision,
+    /// Its `PUT` (the token reset) only.
+    PartnerUserProvisionUpdate,
+    /// Its `GET` only.
+    PartnerUserProvisionRead,
 }
 
 impl EndpointMatch {
-    fn matches(self, endpoint: Endpoint) -> bool {
+    /// `read`: the call is a GET.
+    fn matches(self, endpoint: Endpoint, read: bool) -> bool {
+        let partner = endpoint == Endpoint::PartnerUserProvision;
         match self {
             EndpointMatch::Any => true,
             EndpointMatch::Installation => endpoint == Endpoint::Installation,
             EndpointMatch::DeviceServer => endpoint == Endpoint::DeviceServer,
             EndpointMatch::SessionServer => endpoint == Endpoint::SessionServer,
+            EndpointMatch::PartnerUserProvision => partner,
+            EndpointMatch::PartnerUserProvisionUpdate => partner && !read,
+            EndpointMatch::PartnerUserProvisionRead => partner && read,
         }
     }
 }
@@ -183,9 +197,9 @@ impl FaultInjector {
     /// Decides the fault for one call, consuming counters and RNG draws. Only rules
     /// that match the endpoint draw from the RNG, so the sequence depends only on the
     /// calls made to matching endpoints.
-    pub fn decide(&mut self, endpoint: Endpoint) -> Option<FaultAction> {
+    pub fn decide(&mut self, endpoint: Endpoint, read: bool) -> Option<FaultAction> {
         for (i, rule) in self.faults.rules.iter().enumerate() {
-            if !rule.endpoint.matches(endpoint) {
+            if !rule.endpoint.matches(endpoint, read) {
                 continue;
             }
             let fires = match rule.trigger {
@@ -240,10 +254,27 @@ mod tests {
     fn next_calls_fire_exactly_n_times_on_matching_endpoint_only() {
         let faults = with_rules(vec![rule(EndpointMatch::SessionServer, FaultAction::Http503, Trigger::NextCalls(2))]);
         let mut inj = FaultInjector::new(faults, 1);
-        assert_eq!(inj.decide(Endpoint::DeviceServer), None);
-        assert_eq!(inj.decide(Endpoint::SessionServer), Some(FaultAction::Http503));
-        assert_eq!(inj.decide(Endpoint::SessionServer), Some(FaultAction::Http503));
-        assert_eq!(inj.decide(Endpoint::SessionServer), None);
+        assert_eq!(inj.decide(Endpoint::DeviceServer, false), None);
+        assert_eq!(inj.decide(Endpoint::SessionServer, false), Some(FaultAction::Http503));
+        assert_eq!(inj.decide(Endpoint::SessionServer, false), Some(FaultAction::Http503));
+        assert_eq!(inj.decide(Endpoint::SessionServer, false), None);
+    }
+
+    #[test]
+    fn partner_rules_can_pick_the_put_or_the_get() {
+        let faults = with_rules(vec![
+            rule(EndpointMatch::PartnerUserProvisionRead, FaultAction::Http503, Trigger::NextCalls(1)),
+            rule(EndpointMatch::PartnerUserProvisionUpdate, FaultAction::LoseAnswer, Trigger::NextCalls(1)),
+        ]);
+        let mut inj = FaultInjector::new(faults, 0);
+        assert_eq!(inj.decide(Endpoint::SessionServer, true), None);
+        assert_eq!(inj.decide(Endpoint::PartnerUserProvision, false), Some(FaultAction::LoseAnswer));
+        assert_eq!(inj.decide(Endpoint::PartnerUserProvision, true), Some(FaultAction::Http503));
+        assert_eq!(inj.decide(Endpoint::PartnerUserProvision, true), None);
+        let json: Faults =
+            serde_json::from_str(r#"{"rules":[{"endpoint":"partner-user-provision","action":"hang","next_calls":1}]}"#)
+                .unwrap();
+        assert_eq!(json.rules[0].endpoint, EndpointMatch::PartnerUserProvision);
     }
 
     #[test]
@@ -251,7 +282,7 @@ mod tests {
         let faults = with_rules(vec![rule(EndpointMatch::Any, FaultAction::Hang, Trigger::Probability(0.5))]);
         let run = |seed| {
             let mut inj = FaultInjector::new(faults.clone(), seed);
-            (0..64).map(|_| inj.decide(Endpoint::Installation).is_some()).collect::<Vec<_>>()
+            (0..64).map(|_| inj.decide(Endpoint::Installation, false).is_some()).collect::<Vec<_>>()
         };
         assert_eq!(run(7), run(7));
         let fired = run(7).iter().filter(|f| **f).count();
@@ -266,7 +297,7 @@ mod tests {
         ]);
         let mut inj = FaultInjector::new(faults, 3);
         for _ in 0..100 {
-            assert_eq!(inj.decide(Endpoint::SessionServer), Some(FaultAction::Http503));
+            assert_eq!(inj.decide(Endpoint::SessionServer, false), Some(FaultAction::Http503));
         }
     }
 
@@ -277,8 +308,8 @@ mod tests {
             rule(EndpointMatch::Any, FaultAction::CorruptSignature, Trigger::NextCalls(5)),
         ]);
         let mut inj = FaultInjector::new(faults, 0);
-        assert_eq!(inj.decide(Endpoint::SessionServer), Some(FaultAction::MissingSignature));
-        assert_eq!(inj.decide(Endpoint::SessionServer), Some(FaultAction::CorruptSignature));
+        assert_eq!(inj.decide(Endpoint::SessionServer, false), Some(FaultAction::MissingSignature));
+        assert_eq!(inj.decide(Endpoint::SessionServer, false), Some(FaultAction::CorruptSignature));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `fake-bunq`: a faithful local stand-in for bunq's `POST /v1/installation`,
-//! `POST /v1/device-server` and `POST /v1/session-server` (contract: docs/bunq-api.md §10),
-//! with rate limits, fault injection and an admin API under `/_fake/`.
+//! `POST /v1/device-server` and `POST /v1/session-server`, and for the partner's
+//! `PUT`/`GET /v1/partner-user-provision/{id}` (contract: docs/bunq-api.md §10), with rate
+//! limits, fault injection and an admin API under `/_fake/`.
 //!
 //! In-process use:
 //! ```no_run
@@ -18,6 +19,11 @@
 //! - Any non-empty secret is a usable `PENDING_FIRST_USE` credential until registered
 //!   otherwise; its `UserApiKey.id` and granted `UserPerson.id` are fixed the first
 //!   time the fake sees it.
+//! - The partner's API key ([`FakeConfig::partner_api_key`]) opens sessions answered with
+//!   `UserCompany`; only such a session may read provisions or reset their tokens.
+//! - A provision's token is a credential until its `expiry_time`; a token reset supersedes
+//!   it at once and hands out a new one after [`FakeConfig::token_reset_delay`]. The
+//!   handshake refuses a superseded or expired token (400 below) and counts it in [`Stats`].
 //! - Every `/v1` answer (success, error, injected fault) carries
 //!   `X-Bunq-Server-Signature` over the exact body bytes, `X-Bunq-Client-Response-Id`
 //!   and the echoed `X-Bunq-Client-Request-Id` — unless a signature fault removes or
@@ -35,15 +41,24 @@
 //!   "action":"http_500_html","next_calls":2},{"endpoint":"any",
 //!   "action":"drop_connection","probability":0.1}]}`. `lose_answer` does the call's
 //!   work (a session-server call opens its session), then drops the connection unanswered.
+//!   Rule endpoints: `any`, `installation`, `device-server`, `session-server`,
+//!   `partner-user-provision` (PUT and GET), `partner-user-provision-update` (the PUT),
+//!   `partner-user-provision-read` (the GET).
 //! - `POST /_fake/credentials`: `{"secret":"…","state":"EXPIRED"}` (states
-//!   `PENDING_FIRST_USE`, `ACTIVE`, `EXPIRED`, `REJECTED`, also lowercase).
+//!   `PENDING_FIRST_USE`, `ACTIVE`, `EXPIRED`, `REJECTED`, `SUPERSEDED`, also lowercase).
+//! - `POST /_fake/provisions`: `{"id":7,"token_value":"…","expiry_time":"2026-01-01
+//!   10:00:00.000000","external_uuid":"…"}` registers a provision ready for onboarding
+//!   (`expiry_time` UTC, default now + `credential_ttl` or 1 h; `external_uuid` optional);
+//!   `GET /_fake/provisions/{id}` shows it (bunq's object and `token_resets`);
+//!   `PUT /_fake/provisions/{id}` `{"status":"CANCELLED"}` (or `CLOSED`, `FAILED`) ends it.
 //! - `GET /_fake/stats`: [`Stats`].
 //! - `GET /_fake/server-public-key`: the server key PEM.
 //!
 //! Module map: [`routes`] runs the bunq endpoints, [`admin`] the `/_fake/` API,
-//! [`state`] holds installations/devices/credentials/sessions, [`faults`] and
-//! [`ratelimit`] decide misbehaviour, [`responses`] and [`errors`] shape the bodies,
-//! [`conn`] lets a handler drop its connection, [`calls`] records what happened.
+//! [`state`] holds installations/devices/credentials/sessions and the partner's
+//! provisions, [`faults`] and [`ratelimit`] decide misbehaviour, [`responses`] and
+//! [`errors`] shape the bodies, [`conn`] lets a handler drop its connection, [`calls`]
+//! records what happened.
 
 pub mod admin;
 pub mod calls;
@@ -61,17 +76,18 @@ pub use calls::{RecordedCall, Stats};
 pub use errors::BunqError;
 pub use faults::{Endpoint, EndpointMatch, FaultAction, FaultRule, Faults, Trigger};
 pub use ratelimit::RateLimitScope;
-pub use state::CredentialState;
+pub use state::{CredentialState, ProvisionAdminError, ProvisionStatus};
 
 use bunq_protocol::signing::{ClientKey, SigningError};
 use calls::CallLog;
 use faults::FaultInjector;
 use ratelimit::RateLimiter;
 use secret::SecretDigest;
-use state::BunqState;
+use state::{BunqState, NewProvision};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
+use time::OffsetDateTime;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -98,6 +114,15 @@ pub struct FakeConfig {
     /// The partner company that "requested" every `UserApiKey`.
     pub partner_company_id: u64,
     pub partner_display_name: String,
+    /// The partner's own API key: as a secret it opens a `UserCompany` session that may
+    /// read provisions and reset their tokens. `None`: no partner session exists.
+    pub partner_api_key: Option<String>,
+    /// How long a token reset stays `PENDING_PROCESS_TOKEN_RESET` before the new token.
+    pub token_reset_delay: Duration,
+    /// Calls per window on `PUT /partner-user-provision/{id}` (bunq: 2 per 3 s).
+    pub put_limit: (u32, Duration),
+    /// Calls per window on `GET /partner-user-provision/{id}` (bunq: 3 per 3 s).
+    pub get_limit: (u32, Duration),
     /// Faults active from the start.
     pub faults: Faults,
 }
@@ -114,6 +139,10 @@ impl Default for FakeConfig {
             credential_ttl: None,
             partner_company_id: 1,
             partner_display_name: "Fake Partner B.V.".to_owned(),
+            partner_api_key: None,
+            token_reset_delay: Duration::from_secs(2),
+            put_limit: (2, Duration::from_secs(3)),
+            get_limit: (3, Duration::from_secs(3)),
             faults: Faults::default(),
         }
     }
@@ -140,7 +169,10 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl App {
     fn new(config: FakeConfig, server_key: ClientKey) -> Self {
         let faults = FaultInjector::new(config.faults.clone(), config.seed);
-        let state = BunqState::new(config.credential_ttl, Duration::from_secs(config.session_timeout_secs));
+        let mut state = BunqState::new(config.credential_ttl, Duration::from_secs(config.session_timeout_secs));
+        if let Some(key) = &config.partner_api_key {
+            state.set_partner_key(SecretDigest::of(key), config.partner_company_id);
+        }
         Self {
             config,
             server_key,
@@ -170,6 +202,9 @@ impl App {
             stats.sessions_per_secret_hash.insert(digest.short(), n);
         }
         (stats.installations, stats.devices, stats.sessions) = state.counts();
+        let refusals = state.refusals();
+        (stats.refused_superseded_tokens, stats.refused_expired_tokens) = (refusals.superseded, refusals.expired);
+        stats.token_resets = state.total_token_resets();
         stats
     }
 }
@@ -261,6 +296,31 @@ impl FakeHandle {
 
     pub fn register_credential(&self, secret: &str, state: CredentialState) {
         self.app.register_credential(secret, state);
+    }
+
+    /// Registers provision `id`, ready for onboarding, whose credential is `token` until
+    /// `expiry` (as the admin API's `POST /_fake/provisions`).
+    pub fn register_provision(&self, id: u64, token: &str, expiry: OffsetDateTime) -> Result<(), ProvisionAdminError> {
+        let new = NewProvision { id, token: token.to_owned(), expiry_time: expiry, external_uuid: None };
+        lock(&self.app.state).register_provision(new).map(drop)
+    }
+
+    /// Ends provision `id` with `CANCELLED`, `CLOSED` or `FAILED`: its token opens nothing
+    /// any more and a token reset is refused.
+    pub fn set_provision_status(&self, id: u64, status: ProvisionStatus) -> Result<(), ProvisionAdminError> {
+        lock(&self.app.state).set_provision_status(id, status)
+    }
+
+    /// The token `GET /partner-user-provision/{id}` shows now: `None` once used, while a
+    /// reset is pending, or for an unknown id. For tests that relay a new token as the
+    /// partner's webhook would.
+    pub fn provision_token(&self, id: u64) -> Option<String> {
+        lock(&self.app.state).provision_token(id)
+    }
+
+    /// Token resets started for provision `id` (a request while one is pending joins it).
+    pub fn token_resets(&self, id: u64) -> usize {
+        lock(&self.app.state).token_resets(id)
     }
 
     /// Stops accepting, releases hanging calls (their connections are dropped), waits

@@ -10,7 +10,10 @@ use std::io::Write as _;
 use std::time::Duration;
 
 #[derive(Debug, Parser)]
-#[command(name = "fake-bunq", about = "Local stand-in for bunq's installation, device-server and session-server")]
+#[command(
+    name = "fake-bunq",
+    about = "Local stand-in for bunq's installation, device-server and session-server, and the partner's token reset"
+)]
 struct Args {
     /// Address to listen on; port 0 picks a free port.
     #[arg(long, env = "FAKE_BUNQ_LISTEN", default_value = "127.0.0.1:8080")]
@@ -31,6 +34,23 @@ struct Args {
     /// Limit for the other POST endpoints as CALLS/SECONDS.
     #[arg(long, default_value = "5/3", value_parser = parse_limit)]
     other_post_limit: (u32, Duration),
+
+    /// Limit for PUT /partner-user-provision/{id} as CALLS/SECONDS.
+    #[arg(long, default_value = "2/3", value_parser = parse_limit)]
+    put_limit: (u32, Duration),
+
+    /// Limit for GET /partner-user-provision/{id} as CALLS/SECONDS.
+    #[arg(long, default_value = "3/3", value_parser = parse_limit)]
+    get_limit: (u32, Duration),
+
+    /// File holding the partner's own API key (a file, so the key is in no process
+    /// listing): with it, a `UserCompany` session may reset provisions' tokens.
+    #[arg(long, env = "FAKE_BUNQ_PARTNER_API_KEY_FILE")]
+    partner_api_key_file: Option<std::path::PathBuf>,
+
+    /// How long a token reset stays pending before the new token, in milliseconds.
+    #[arg(long, env = "FAKE_BUNQ_TOKEN_RESET_DELAY_MS", default_value_t = 2000)]
+    token_reset_delay_ms: u64,
 
     /// Fixed latency added to every /v1 answer, in milliseconds.
     #[arg(long, env = "FAKE_BUNQ_LATENCY_MS", default_value_t = 0)]
@@ -87,11 +107,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if args.latency_ms > 0 {
         faults.latency_ms = args.latency_ms;
     }
+    let partner_api_key = match &args.partner_api_key_file {
+        Some(path) => {
+            let key = std::fs::read_to_string(path).map_err(|e| format!("--partner-api-key-file: {e}"))?;
+            let key = key.trim().to_owned();
+            if key.is_empty() {
+                return Err("--partner-api-key-file: the file is empty".into());
+            }
+            Some(key)
+        }
+        None => None,
+    };
     let config = FakeConfig {
         session_timeout_secs: args.session_timeout_secs,
         rate_limit_scope: args.rate_limit_scope,
         session_server_limit: args.session_server_limit,
         other_post_limit: args.other_post_limit,
+        put_limit: args.put_limit,
+        get_limit: args.get_limit,
+        partner_api_key,
+        token_reset_delay: Duration::from_millis(args.token_reset_delay_ms),
         seed: args.seed,
         allow_credential_reuse: !args.single_use_credentials,
         credential_ttl: args.credential_ttl_secs.map(Duration::from_secs),

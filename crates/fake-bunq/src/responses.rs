@@ -1,5 +1,6 @@
-//! bunq's wire shapes: the `{"Response":[…]}` envelopes of the three handshake calls,
-//! the `{"Error":[…]}` body, and the timestamp format (docs/bunq-api.md §2, §5, §6.1).
+//! bunq's wire shapes: the `{"Response":[…]}` envelopes of the three handshake calls and
+//! of the partner's provision calls, the `{"Error":[…]}` body, and the timestamp format
+//! (docs/bunq-api.md §2, §5, §6.1, §8.1).
 //!
 //! Typed structs rather than `serde_json::json!` because serde_json's map sorts keys;
 //! structs keep bunq's field order, and the envelopes are arrays whose element order
@@ -33,7 +34,10 @@ pub enum Item {
     ServerPublicKey(ServerPublicKeyObject),
     // Boxed: much larger than the other variants.
     UserApiKey(Box<UserApiKeyObject>),
+    /// The partner's own session (its company API key).
+    UserCompany(UserObject),
     NotificationFilterUrl(crate::filters::Filter),
+    PartnerUserProvision(ProvisionObject),
 }
 
 #[derive(Debug, Serialize)]
@@ -83,6 +87,33 @@ pub struct UserObject {
     pub display_name: String,
     pub public_nick_name: String,
     pub session_timeout: u64,
+}
+
+/// `PartnerUserProvision` with the fields the token reset needs (docs/bunq-api.md §8.1);
+/// `label_user` and `oauth_request` are left out.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProvisionObject {
+    pub id: u64,
+    pub created: String,
+    pub updated: String,
+    pub external_uuid: String,
+    pub status: crate::state::ProvisionStatus,
+    pub sub_status: &'static str,
+    pub action_required: &'static str,
+    pub products: Vec<&'static str>,
+    pub credential: Option<ProvisionCredentialObject>,
+}
+
+/// A provision's credential: `token_value` is null once used or retired.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProvisionCredentialObject {
+    pub id: u64,
+    pub created: String,
+    pub updated: String,
+    pub status: crate::state::CredentialState,
+    pub expiry_time: String,
+    pub token_value: Option<String>,
+    pub permitted_device: Option<serde_json::Value>,
 }
 
 /// `{"Error":[{"error_description":…,"error_description_translated":…}]}`.

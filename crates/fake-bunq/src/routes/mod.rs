@@ -4,7 +4,7 @@
 //! 2. `User-Agent` present;
 //! 3. rate limit;
 //! 4. installation token known (device-server, session-server), or a live session token
-//!    (`DELETE /session/{id}`);
+//!    (`DELETE /session/{id}`, a user's filters, the partner's provision calls);
 //! 5. `X-Bunq-Client-Signature` present and valid over the exact body bytes;
 //! 6. `X-Bunq-Client-Request-Id` not reused on this installation;
 //! 7. body validation and the endpoint's effect;
@@ -14,12 +14,14 @@
 //! `pipeline` runs steps 1–7 and dispatches to the endpoints' effects, `auth` checks
 //! tokens, signatures and request ids (4–6), `reply` signs and records the answer (8);
 //! one module per endpoint holds its effect: `installation`, `device_server`,
-//! `session_server`, `session` (`DELETE`) and `notification_filter`.
+//! `session_server`, `session` (`DELETE`), `notification_filter` and
+//! `partner_user_provision` (the partner's token reset).
 
 mod auth;
 mod device_server;
 mod installation;
 mod notification_filter;
+mod partner_user_provision;
 mod pipeline;
 mod reply;
 mod session;
@@ -35,7 +37,7 @@ use axum::extract::{ConnectInfo, FromRequestParts, Path};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method};
 use axum::response::Response;
-use axum::routing::{delete, post};
+use axum::routing::{delete, post, put};
 use axum::Router;
 use pipeline::handle;
 use reply::{finish, new_record, Reply, Signature};
@@ -52,6 +54,10 @@ pub(crate) fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/v1/{endpoint}", post(bunq_endpoint))
         .route("/v1/session/{id}", delete(session::end_session))
+        .route(
+            "/v1/partner-user-provision/{id}",
+            put(partner_user_provision::provision_call).get(partner_user_provision::provision_call),
+        )
         .route(
             "/v1/user/{user_id}/notification-filter-url",
             post(notification_filter::notification_filters).get(notification_filter::notification_filters),

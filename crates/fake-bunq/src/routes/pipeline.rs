@@ -3,7 +3,7 @@
 
 use super::auth::authenticate;
 use super::reply::{finish, new_record, Reply, Signature};
-use super::{device_server, installation, notification_filter, session, session_server};
+use super::{device_server, installation, notification_filter, partner_user_provision, session, session_server};
 use super::{header_str, parse_object, required_string, Call, HEADER_AUTHENTICATION};
 use crate::calls::RecordedCall;
 use crate::conn::Conn;
@@ -32,7 +32,7 @@ pub(super) async fn handle(
     let mut record = new_record(endpoint, &conn, &method, &headers);
     let (latency_ms, fault) = {
         let mut faults = lock(&app.faults);
-        (faults.latency_ms(), faults.decide(endpoint))
+        (faults.latency_ms(), faults.decide(endpoint, call.read))
     };
     record.fault = fault;
     if latency_ms > 0 {
@@ -71,7 +71,7 @@ pub(super) async fn handle(
             return finish(&app, reply, Signature::Valid, &headers, record);
         }
         Some(FaultAction::RateLimited429) => {
-            let reply = Reply::error(&rate_limited(limit_for(&app, endpoint)));
+            let reply = Reply::error(&rate_limited(limit_for(&app, call)));
             return finish(&app, reply, Signature::Valid, &headers, record);
         }
     };
@@ -89,12 +89,26 @@ pub(super) async fn handle(
     finish(&app, reply, signature, &headers, record)
 }
 
-fn limit_for(app: &App, endpoint: Endpoint) -> Limit {
-    let (calls, window) = match endpoint {
+/// bunq's classic limits: session-server 1/30 s, PUT 2/3 s and GET 3/3 s on the
+/// provision calls; every other call shares the POST budget (5/3 s).
+fn limit_for(app: &App, call: Call) -> Limit {
+    let (calls, window) = match call.endpoint {
         Endpoint::SessionServer => app.config.session_server_limit,
+        Endpoint::PartnerUserProvision if call.read => app.config.get_limit,
+        Endpoint::PartnerUserProvision => app.config.put_limit,
         _ => app.config.other_post_limit,
     };
     Limit { calls, window }
+}
+
+/// The budget a call counts against: its endpoint, and for the provision calls also
+/// its method (bunq limits PUT and GET separately).
+fn budget_name(call: Call) -> &'static str {
+    match call.endpoint {
+        Endpoint::PartnerUserProvision if call.read => "partner-user-provision GET",
+        Endpoint::PartnerUserProvision => "partner-user-provision PUT",
+        endpoint => endpoint.as_str(),
+    }
 }
 
 fn rate_limited(limit: Limit) -> BunqError {
@@ -114,7 +128,7 @@ fn process(
     if header_str(headers, header::USER_AGENT.as_str()).is_none_or(|ua| ua.trim().is_empty()) {
         return Err(BunqError::MissingUserAgent);
     }
-    check_rate_limit(app, endpoint, conn, headers, body)?;
+    check_rate_limit(app, call, conn, headers, body)?;
     match endpoint {
         Endpoint::Installation => installation::installation_effect(app, body),
         Endpoint::DeviceServer | Endpoint::SessionServer => {
@@ -132,23 +146,18 @@ fn process(
         }
         Endpoint::Session => session::end_session_effect(app, headers, body, call.item.unwrap_or(0), record),
         Endpoint::NotificationFilterUrl => notification_filter::filters_effect(app, call, headers, body, record),
+        Endpoint::PartnerUserProvision => partner_user_provision::provision_effect(app, call, headers, body, record),
         Endpoint::Other => Err(BunqError::NotFound),
     }
 }
 
 /// Who shares a rate-limit budget (see [`RateLimitScope`]).
-fn check_rate_limit(
-    app: &App,
-    endpoint: Endpoint,
-    conn: &Conn,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Result<(), BunqError> {
+fn check_rate_limit(app: &App, call: Call, conn: &Conn, headers: &HeaderMap, body: &[u8]) -> Result<(), BunqError> {
     let ip = || conn.peer.ip().to_string();
     let client = match app.config.rate_limit_scope {
         RateLimitScope::Off => return Ok(()),
         RateLimitScope::Ip => ip(),
-        RateLimitScope::Device => match endpoint {
+        RateLimitScope::Device => match call.endpoint {
             // No token exists yet: the key pair being installed is the device.
             Endpoint::Installation => parse_object(body)
                 .ok()
@@ -163,8 +172,8 @@ fn check_rate_limit(
                 .unwrap_or_else(ip),
         },
     };
-    let limit = limit_for(app, endpoint);
-    if lock(&app.limiter).check(endpoint.as_str(), &client, limit, Instant::now()) {
+    let limit = limit_for(app, call);
+    if lock(&app.limiter).check(budget_name(call), &client, limit, Instant::now()) {
         Ok(())
     } else {
         Err(rate_limited(limit))

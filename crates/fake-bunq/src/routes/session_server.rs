@@ -1,5 +1,6 @@
 //! `POST /v1/session-server`: opens a session for a registered secret and answers the
-//! session token with the `UserApiKey` (partner company and granting person).
+//! session token with the `UserApiKey` (partner company and granting person), or, for the
+//! partner's own API key, with its `UserCompany`.
 
 use super::reply::Reply;
 use crate::errors::BunqError;
@@ -18,6 +19,12 @@ fn session_body(app: &App, session: &NewSession) -> Vec<u8> {
     let config = &app.config;
     let created = wire::bunq_timestamp(session.created);
     let users_created = wire::bunq_timestamp(session.users.created);
+    let token = Item::Token(wire::TokenObject {
+        id: session.id,
+        created: created.clone(),
+        updated: created,
+        token: session.token.clone(),
+    });
     let partner = UserObject {
         id: config.partner_company_id,
         created: users_created.clone(),
@@ -27,6 +34,14 @@ fn session_body(app: &App, session: &NewSession) -> Vec<u8> {
         public_nick_name: config.partner_display_name.clone(),
         session_timeout: config.session_timeout_secs,
     };
+    if session.partner {
+        // bunq's order (docs/bunq-api.md §5): Id, Token, then the user.
+        return wire::envelope_body(vec![
+            Item::Id(wire::IdObject { id: session.id }),
+            token,
+            Item::UserCompany(partner),
+        ]);
+    }
     let name = format!("Fake User {}", session.users.user_person_id);
     let person = UserObject {
         id: session.users.user_person_id,
@@ -39,12 +54,7 @@ fn session_body(app: &App, session: &NewSession) -> Vec<u8> {
     };
     wire::envelope_body(vec![
         Item::Id(wire::IdObject { id: session.id }),
-        Item::Token(wire::TokenObject {
-            id: session.id,
-            created: created.clone(),
-            updated: created,
-            token: session.token.clone(),
-        }),
+        token,
         Item::UserApiKey(Box::new(wire::UserApiKeyObject {
             id: session.users.user_api_key_id,
             created: users_created.clone(),

@@ -2,11 +2,15 @@
 //! reqwest for transport, the crate's signing module for signatures.
 //!
 //! This file holds the client; the tests are grouped by feature: `handshake` the happy
-//! path, `rejections` what bunq refuses, `rate_limits`, `faults` and `admin`.
+//! path, `rejections` what bunq refuses, `rate_limits`, `faults`, `admin`, `partner` (the
+//! partner's session and token reset) and `partner_client` (the same through
+//! `bunq_protocol`'s client).
 
 mod admin;
 mod faults;
 mod handshake;
+mod partner;
+mod partner_client;
 mod rate_limits;
 mod rejections;
 
@@ -97,10 +101,23 @@ impl Client {
         sign: Sign,
         request_id: Option<&str>,
     ) -> reqwest::Result<Answer> {
-        let bytes = serde_json::to_vec(body).unwrap();
+        self.try_call(reqwest::Method::POST, path, Some(body), token, sign, request_id).await
+    }
+
+    /// One call; `body: None` sends (and signs) the empty body, as a GET does.
+    async fn try_call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+        token: Option<&str>,
+        sign: Sign,
+        request_id: Option<&str>,
+    ) -> reqwest::Result<Answer> {
+        let bytes = body.map(|b| serde_json::to_vec(b).unwrap()).unwrap_or_default();
         let mut request = self
             .http
-            .post(format!("{}/{path}", self.base))
+            .request(method, format!("{}/{path}", self.base))
             .header("User-Agent", UA)
             .header("Cache-Control", "no-cache")
             .header("X-Bunq-Language", "en_US")
@@ -126,8 +143,19 @@ impl Client {
     }
 
     async fn post(&self, path: &str, body: &Value, token: Option<&str>, sign: Sign) -> Answer {
+        self.call(reqwest::Method::POST, path, Some(body), token, sign).await
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+        token: Option<&str>,
+        sign: Sign,
+    ) -> Answer {
         let id = uuid::Uuid::new_v4().to_string();
-        self.try_post(path, body, token, sign, Some(&id)).await.expect("HTTP exchange")
+        self.try_call(method, path, body, token, sign, Some(&id)).await.expect("HTTP exchange")
     }
 
     /// `POST /installation`, unsigned as bunq requires.
@@ -158,6 +186,16 @@ impl Client {
 
     async fn session(&self, token: &str, secret: &str) -> Answer {
         self.post("session-server", &json!({"secret": secret}), Some(token), Sign::Yes).await
+    }
+
+    /// A whole handshake on a new installation: (session answer, server key).
+    async fn open(&self, secret: &str) -> (Answer, PublicKey) {
+        let (token, server) = self.install().await;
+        let device = self.device(&token, secret).await;
+        if device.status != 200 {
+            return (device, server);
+        }
+        (self.session(&token, secret).await, server)
     }
 }
 

@@ -1,7 +1,12 @@
-//! bunq's handshake state: installations, devices, credentials, users and sessions.
+//! bunq's handshake state: installations, devices, credentials, users and sessions;
+//! the partner's provisions and their token resets live in [`provisions`].
 //!
 //! Everything here is synchronous: callers hold the fake's `std::sync::Mutex` only for
 //! one of these calls and never across an `.await`.
+
+mod provisions;
+
+pub use provisions::{NewProvision, ProvisionAdminError, ProvisionStatus};
 
 use super::errors::BunqError;
 use super::secret::SecretDigest;
@@ -30,6 +35,9 @@ pub enum CredentialState {
     /// Treated as an unknown key; every handshake step with it fails.
     #[serde(alias = "rejected")]
     Rejected,
+    /// Replaced by a token reset of its provision; every handshake step with it fails.
+    #[serde(alias = "superseded")]
+    Superseded,
 }
 
 /// Stable identities bunq would return for one secret: the same secret always maps to
@@ -47,6 +55,8 @@ struct Credential {
     state: CredentialState,
     /// When the fake first saw the secret; the TTL counts from here.
     first_seen: Instant,
+    /// A provision's credential expires at its `expiry_time` instead of after the TTL.
+    expires_at: Option<OffsetDateTime>,
     users: UserIds,
 }
 
@@ -75,6 +85,8 @@ pub struct NewSession {
     pub token: String,
     pub created: OffsetDateTime,
     pub users: UserIds,
+    /// Opened with the partner's own API key: bunq answers `UserCompany`.
+    pub partner: bool,
 }
 
 /// A session bunq handed out: valid until `session_timeout` after it opened, or until
@@ -89,6 +101,7 @@ struct LiveSession {
     installation_token: String,
     expires: Instant,
     ended: bool,
+    partner: bool,
 }
 
 /// What a session token authenticated as.
@@ -99,6 +112,8 @@ pub struct SessionAuth {
     /// The installation's token, which request ids are claimed on.
     pub installation_token: String,
     pub installation: Authenticated,
+    /// The partner's own session: the only one that may manage provisions.
+    pub partner: bool,
 }
 
 /// The installation a token authenticated as.
@@ -126,6 +141,18 @@ pub struct BunqState {
     sessions: usize,
     credential_ttl: Option<Duration>,
     session_timeout: Duration,
+    /// The partner's API key and its company's user id.
+    partner: Option<(SecretDigest, u64)>,
+    provisions: HashMap<u64, provisions::Provision>,
+    refusals: Refusals,
+}
+
+/// Handshake calls (device-server, session-server) refused for a secret a token reset
+/// replaced, or one past its expiry: what a test asserts never happens.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Refusals {
+    pub superseded: usize,
+    pub expired: usize,
 }
 
 impl Default for BunqState {
@@ -151,6 +178,9 @@ impl BunqState {
             sessions_per_secret: HashMap::new(),
             devices: 0,
             sessions: 0,
+            partner: None,
+            provisions: HashMap::new(),
+            refusals: Refusals::default(),
         }
     }
 }
@@ -179,6 +209,7 @@ impl BunqState {
             Credential {
                 state: CredentialState::PendingFirstUse,
                 first_seen: Instant::now(),
+                expires_at: None,
                 users: UserIds {
                     user_api_key_id,
                     user_person_id: user_api_key_id + 1,
@@ -187,12 +218,45 @@ impl BunqState {
                 },
             }
         });
-        if credential.state == CredentialState::PendingFirstUse
-            && self.credential_ttl.is_some_and(|ttl| credential.first_seen.elapsed() >= ttl)
-        {
+        let expired = match credential.expires_at {
+            Some(at) => OffsetDateTime::now_utc() >= at,
+            None => self.credential_ttl.is_some_and(|ttl| credential.first_seen.elapsed() >= ttl),
+        };
+        if credential.state == CredentialState::PendingFirstUse && expired {
             credential.state = CredentialState::Expired;
         }
         credential
+    }
+
+    /// Makes `secret` the partner's API key: an `ACTIVE` key that never expires, opens
+    /// any number of sessions and answers `UserCompany` with `company_id`.
+    pub fn set_partner_key(&mut self, secret: SecretDigest, company_id: u64) {
+        self.credential(secret).state = CredentialState::Active;
+        self.partner = Some((secret, company_id));
+    }
+
+    fn is_partner_key(&self, secret: SecretDigest) -> bool {
+        self.partner.is_some_and(|(key, _)| key == secret)
+    }
+
+    /// Whether the secret's credential may be used for a handshake step; counts the
+    /// refusals of superseded and expired ones.
+    fn check_usable(&mut self, secret: SecretDigest, allow_active: bool) -> Result<(), BunqError> {
+        self.advance_resets();
+        let state = self.credential(secret).state;
+        let verdict = usable(state, allow_active);
+        if verdict.is_err() {
+            match state {
+                CredentialState::Superseded => self.refusals.superseded += 1,
+                CredentialState::Expired => self.refusals.expired += 1,
+                _ => {}
+            }
+        }
+        verdict
+    }
+
+    pub fn refusals(&self) -> Refusals {
+        self.refusals
     }
 
     pub fn register_credential(&mut self, secret: SecretDigest, state: CredentialState) {
@@ -201,6 +265,7 @@ impl BunqState {
 
     /// The credential's state, `None` if the fake never saw the secret.
     pub fn credential_state(&mut self, secret: SecretDigest) -> Option<CredentialState> {
+        self.advance_resets();
         if self.credentials.contains_key(&secret) {
             Some(self.credential(secret).state)
         } else {
@@ -237,7 +302,7 @@ impl BunqState {
 
     /// `POST /device-server`: binds the secret to this installation.
     pub fn register_device(&mut self, token: &str, secret: SecretDigest) -> Result<u64, BunqError> {
-        usable(self.credential(secret).state, true)?;
+        self.check_usable(secret, true)?;
         let id = self.next_id();
         let installation = self.installations.get_mut(token).ok_or(BunqError::InsufficientAuthentication)?;
         // Registering the same secret again makes a new device, as a second
@@ -259,8 +324,9 @@ impl BunqState {
         if !installation.devices.contains_key(&secret) {
             return Err(BunqError::CredentialsIncorrect);
         }
+        let partner = self.partner.filter(|(key, _)| *key == secret).map(|(_, company)| company);
+        self.check_usable(secret, allow_credential_reuse || partner.is_some())?;
         let credential = self.credential(secret);
-        usable(credential.state, allow_credential_reuse)?;
         credential.state = CredentialState::Active;
         let users = credential.users;
         let id = self.next_id();
@@ -269,14 +335,17 @@ impl BunqState {
         let session_token = new_token();
         let live = LiveSession {
             id,
-            user_id: users.user_api_key_id,
+            // The partner acts as its company; a provisioned user as its `UserApiKey`.
+            user_id: partner.unwrap_or(users.user_api_key_id),
             secret,
             installation_token: token.to_owned(),
             expires: Instant::now() + self.session_timeout,
             ended: false,
+            partner: partner.is_some(),
         };
         self.live_sessions.insert(session_token.clone(), live);
-        Ok(NewSession { id, token: session_token, created: OffsetDateTime::now_utc(), users })
+        let partner = partner.is_some();
+        Ok(NewSession { id, token: session_token, created: OffsetDateTime::now_utc(), users, partner })
     }
 
     /// Resolves a session token to its session id and the installation's client key:
@@ -297,6 +366,7 @@ impl BunqState {
                 installation_id: installation.id,
                 client_key: installation.client_key.clone(),
             },
+            partner: session.partner,
         })
     }
 
@@ -371,128 +441,12 @@ fn usable(state: CredentialState, allow_active: bool) -> Result<(), BunqError> {
     match state {
         CredentialState::PendingFirstUse => Ok(()),
         CredentialState::Active if allow_active => Ok(()),
-        CredentialState::Active | CredentialState::Expired | CredentialState::Rejected => {
-            Err(BunqError::CredentialsIncorrect)
-        }
+        CredentialState::Active
+        | CredentialState::Expired
+        | CredentialState::Rejected
+        | CredentialState::Superseded => Err(BunqError::CredentialsIncorrect),
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use bunq_protocol::signing::ClientKey;
-
-    fn installed(state: &mut BunqState) -> String {
-        let key = ClientKey::generate().unwrap();
-        state.install(PublicKey::from_pem(key.public_key_pem()).unwrap()).token
-    }
-
-    #[test]
-    fn token_is_64_lowercase_hex() {
-        let t = new_token();
-        assert_eq!(t.len(), 64);
-        assert!(t.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
-    }
-
-    #[test]
-    fn same_secret_keeps_user_ids_across_installations() {
-        let mut state = BunqState::default();
-        let secret = SecretDigest::of("s");
-        let mut users = Vec::new();
-        for _ in 0..2 {
-            let token = installed(&mut state);
-            state.register_device(&token, secret).unwrap();
-            users.push(state.open_session(&token, secret, true).unwrap().users);
-        }
-        assert_eq!(users[0], users[1]);
-        assert_eq!(state.sessions_created_for(secret), 2);
-        assert_eq!(state.credential_state(secret), Some(CredentialState::Active));
-    }
-
-    #[test]
-    fn session_needs_device_on_the_same_installation() {
-        let mut state = BunqState::default();
-        let secret = SecretDigest::of("s");
-        let a = installed(&mut state);
-        let b = installed(&mut state);
-        state.register_device(&a, secret).unwrap();
-        assert_eq!(state.open_session(&b, secret, true).unwrap_err(), BunqError::CredentialsIncorrect);
-    }
-
-    #[test]
-    fn expired_and_rejected_credentials_fail_and_single_use_is_enforceable() {
-        let mut state = BunqState::default();
-        let token = installed(&mut state);
-        let rejected = SecretDigest::of("r");
-        state.register_credential(rejected, CredentialState::Rejected);
-        assert_eq!(state.register_device(&token, rejected).unwrap_err(), BunqError::CredentialsIncorrect);
-
-        let once = SecretDigest::of("once");
-        state.register_device(&token, once).unwrap();
-        state.open_session(&token, once, false).unwrap();
-        assert_eq!(state.open_session(&token, once, false).unwrap_err(), BunqError::CredentialsIncorrect);
-
-        let expiring = SecretDigest::of("e");
-        state.register_device(&token, expiring).unwrap();
-        state.register_credential(expiring, CredentialState::Expired);
-        assert_eq!(state.open_session(&token, expiring, true).unwrap_err(), BunqError::CredentialsIncorrect);
-    }
-
-    #[test]
-    fn pending_credential_expires_after_ttl_but_active_one_does_not() {
-        let mut state = BunqState::new(Some(Duration::ZERO), Duration::from_secs(60));
-        let token = installed(&mut state);
-        let secret = SecretDigest::of("slow");
-        assert_eq!(state.register_device(&token, secret).unwrap_err(), BunqError::CredentialsIncorrect);
-        assert_eq!(state.credential_state(secret), Some(CredentialState::Expired));
-
-        let used = SecretDigest::of("used");
-        state.register_credential(used, CredentialState::Active);
-        state.register_device(&token, used).unwrap();
-        state.open_session(&token, used, true).unwrap();
-    }
-
-    #[test]
-    fn a_session_authenticates_until_its_timeout_or_until_it_is_ended() {
-        let secret = SecretDigest::of("s");
-        let mut short = BunqState::new(None, Duration::ZERO);
-        let token = installed(&mut short);
-        short.register_device(&token, secret).unwrap();
-        let expired = short.open_session(&token, secret, true).unwrap();
-        assert_eq!(
-            short.authenticate_session(Some(&expired.token)).unwrap_err(),
-            BunqError::InsufficientAuthentication
-        );
-
-        let mut state = BunqState::default();
-        let token = installed(&mut state);
-        state.register_device(&token, secret).unwrap();
-        let session = state.open_session(&token, secret, true).unwrap();
-        let auth = state.authenticate_session(Some(&session.token)).unwrap();
-        assert_eq!((auth.session_id, auth.installation_token.as_str()), (session.id, token.as_str()));
-        assert_eq!(auth.user_id, session.users.user_api_key_id);
-        // The installation token is no session token, and another session's id is not ours.
-        assert!(state.authenticate_session(Some(&token)).is_err());
-        assert_eq!(state.end_session(&session.token, session.id + 1000).unwrap_err(), BunqError::NotFound);
-        assert_eq!(state.end_session(&session.token, 0), Ok(session.id));
-        assert_eq!(state.ended_sessions(), &[session.id]);
-        assert_eq!(state.end_session(&session.token, 0).unwrap_err(), BunqError::InsufficientAuthentication);
-    }
-
-    #[test]
-    fn request_ids_are_unique_per_installation() {
-        let mut state = BunqState::default();
-        let a = installed(&mut state);
-        let b = installed(&mut state);
-        state.claim_request_id(&a, "r1").unwrap();
-        assert!(matches!(state.claim_request_id(&a, "r1"), Err(BunqError::RequestIdReused(_))));
-        state.claim_request_id(&b, "r1").unwrap();
-    }
-
-    #[test]
-    fn credential_state_json_accepts_bunq_and_lowercase_names() {
-        let a: CredentialState = serde_json::from_str("\"EXPIRED\"").unwrap();
-        let b: CredentialState = serde_json::from_str("\"expired\"").unwrap();
-        assert_eq!(a, b);
-    }
-}
+mod tests;
