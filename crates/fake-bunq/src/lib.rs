@@ -299,10 +299,12 @@ impl FakeHandle {
     }
 
     /// Registers provision `id`, ready for onboarding, whose credential is `token` until
-    /// `expiry` (as the admin API's `POST /_fake/provisions`).
-    pub fn register_provision(&self, id: u64, token: &str, expiry: OffsetDateTime) -> Result<(), ProvisionAdminError> {
+    /// `expiry` (as the admin API's `POST /_fake/provisions`); returns the credential's id,
+    /// which the provision's events carry (bunq issues ids in increasing order).
+    pub fn register_provision(&self, id: u64, token: &str, expiry: OffsetDateTime) -> Result<u64, ProvisionAdminError> {
         let new = NewProvision { id, token: token.to_owned(), expiry_time: expiry, external_uuid: None };
-        lock(&self.app.state).register_provision(new).map(drop)
+        let provision = lock(&self.app.state).register_provision(new)?;
+        Ok(provision.credential.map_or(0, |c| c.id))
     }
 
     /// Ends provision `id` with `CANCELLED`, `CLOSED` or `FAILED`: its token opens nothing
@@ -316,6 +318,12 @@ impl FakeHandle {
     /// partner's webhook would.
     pub fn provision_token(&self, id: u64) -> Option<String> {
         lock(&self.app.state).provision_token(id)
+    }
+
+    /// The provision's current token, used or not (`None` while a reset is pending): the
+    /// one to count sessions of.
+    pub fn current_token(&self, id: u64) -> Option<String> {
+        lock(&self.app.state).current_token(id)
     }
 
     /// Token resets started for provision `id` (a request while one is pending joins it).

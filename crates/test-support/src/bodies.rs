@@ -11,10 +11,28 @@ pub fn provision_body(
     expiry: &str,
     webhook: bool,
 ) -> Vec<u8> {
+    with_credential_id(id, id + 500, status, sub_status, token, expiry, webhook)
+}
+
+/// A ready provision's webhook event whose credential has bunq's id `credential_id` (the
+/// one the stand-in issued for a registered provision).
+pub fn ready_body_with(id: u64, credential_id: u64, token: &str, expiry: &str) -> Vec<u8> {
+    with_credential_id(id, credential_id, "CREATED", "PENDING_PROCESS_USER_ONBOARDING", Some(token), expiry, true)
+}
+
+fn with_credential_id(
+    id: u64,
+    credential_id: u64,
+    status: &str,
+    sub_status: &str,
+    token: Option<&str>,
+    expiry: &str,
+    webhook: bool,
+) -> Vec<u8> {
     let credential = match token {
-        Some(token) => {
-            serde_json::json!({"id": id + 500, "status": "PENDING_FIRST_USE", "expiry_time": expiry, "token_value": token})
-        }
+        Some(token) => serde_json::json!(
+            {"id": credential_id, "status": "PENDING_FIRST_USE", "expiry_time": expiry, "token_value": token}
+        ),
         None => serde_json::Value::Null,
     };
     let object = serde_json::json!({"PartnerUserProvision": {

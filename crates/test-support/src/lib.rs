@@ -33,7 +33,7 @@ pub mod services;
 pub mod settings;
 pub mod upstream;
 
-pub use bodies::{expiry_in, future_expiry, provision_body, random_id, random_token, ready_body};
+pub use bodies::{expiry_in, future_expiry, provision_body, random_id, random_token, ready_body, ready_body_with};
 pub use cleanup::{delete_keys, delete_topology, Cleanup, Leftovers};
 pub use downstream::capture_queue;
 pub use fake::{fake_allowing, relaxed_fake};

@@ -2,8 +2,8 @@
 //! metric label) and whether trying again can help: one [`Retry`] value, the same type
 //! the bunq client and the retry loop use (docs/failure-model.md).
 
-use bunq_protocol::BunqError;
 pub(crate) use bunq_protocol::Retry;
+use bunq_protocol::{BunqError, Endpoint};
 
 /// Reasons, as they appear in `x-dead-letter-reason`, `x-retry-reason` and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,6 +19,9 @@ pub(crate) enum Reason {
     RedisUnavailable,
     /// Written, but not on `REDIS_MIN_REPLICAS` replicas in time: not published yet.
     NotReplicated,
+    /// `CREDENTIAL_RESET=on`: the provision waits for its token reset (a slot near enough,
+    /// or bunq preparing the new token); no attempt spent.
+    AwaitingReset,
     CorruptState,
     /// A record sealed by a key this replica does not hold: a key rotation rolling out
     /// (docs/contracts.md §2.4). Retried, within the delivery's attempts.
@@ -36,7 +39,7 @@ pub(crate) enum Reason {
 impl Reason {
     /// Every reason; `as_str`'s match below lists the same variants.
     #[cfg(test)]
-    pub(crate) const ALL: [Reason; 16] = [
+    pub(crate) const ALL: [Reason; 17] = [
         Reason::Malformed,
         Reason::CredentialExpired,
         Reason::RejectedByBunq,
@@ -46,6 +49,7 @@ impl Reason {
         Reason::Throttled,
         Reason::RedisUnavailable,
         Reason::NotReplicated,
+        Reason::AwaitingReset,
         Reason::CorruptState,
         Reason::UnknownKey,
         Reason::PublishFailed,
@@ -66,6 +70,7 @@ impl Reason {
             Reason::Throttled => "throttled",
             Reason::RedisUnavailable => "redis_unavailable",
             Reason::NotReplicated => "not_replicated",
+            Reason::AwaitingReset => "awaiting_reset",
             Reason::CorruptState => "corrupt_state",
             Reason::UnknownKey => "unknown_key",
             Reason::PublishFailed => "publish_failed",
@@ -83,15 +88,33 @@ pub(crate) struct Failure {
     pub(crate) reason: Reason,
     pub(crate) detail: String,
     pub(crate) retry: Retry,
+    /// bunq's status and the call, when bunq answered with an error.
+    pub(crate) answered: Option<(Endpoint, u16)>,
 }
 
 impl Failure {
     pub(crate) fn permanent(reason: Reason, detail: impl Into<String>) -> Self {
-        Self { reason, detail: detail.into(), retry: Retry::Permanent }
+        Self { reason, detail: detail.into(), retry: Retry::Permanent, answered: None }
     }
 
     pub(crate) fn transient(reason: Reason, detail: impl Into<String>) -> Self {
-        Self { reason, detail: detail.into(), retry: Retry::Transient { after: None } }
+        Self { reason, detail: detail.into(), retry: Retry::Transient { after: None }, answered: None }
+    }
+
+    /// The same failure, worth trying again (a refused partner session is opened anew).
+    pub(crate) fn into_transient(self) -> Self {
+        Self { retry: Retry::Transient { after: None }, ..self }
+    }
+
+    /// bunq refused the credential at session-server (400: incorrect, expired, superseded
+    /// or already used): only a new token helps.
+    pub(crate) fn refused_credential(&self) -> bool {
+        matches!(self.answered, Some((Endpoint::SessionServer, 400 | 401 | 403)))
+    }
+
+    /// bunq refused the session token a call was authenticated with (401/403).
+    pub(crate) fn refused_session(&self) -> bool {
+        matches!(self.answered, Some((_, 401 | 403)))
     }
 
     /// "last failure (reason): detail", for details that wrap this failure.
@@ -118,14 +141,17 @@ impl From<&BunqError> for Failure {
             (BunqError::UnexpectedResponse { .. }, Retry::Permanent) => Reason::UnexpectedResponse,
             (_, Retry::Permanent) => Reason::RejectedByBunq,
         };
-        Failure { reason, detail: err.to_string(), retry }
+        let answered = match err {
+            BunqError::Api { endpoint, status, .. } => Some((*endpoint, *status)),
+            _ => None,
+        };
+        Failure { reason, detail: err.to_string(), retry, answered }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bunq_protocol::Endpoint;
     use std::time::Duration;
 
     fn api(status: u16) -> BunqError {

@@ -16,6 +16,8 @@
 //!   announcer), settlement, and what a dead-letter copy keeps.
 //! - `provision`: one delivery's body decoded once, decided, handled to an outcome; no
 //!   AMQP types.
+//! - `partner`: with `CREDENTIAL_RESET=on`, the partner's own bunq session and the token
+//!   resets it runs, handing the handler a fresh credential.
 //! - `lifecycle`: a session's life for one provision: open (the bunq handshake),
 //!   announce, renew, close.
 //! - `ratelimit`: bunq's rate limits shared through Redis, and the session-server budget
@@ -39,6 +41,7 @@ pub(crate) mod failure;
 pub mod hardening;
 pub mod lifecycle;
 pub mod metrics;
+pub(crate) mod partner;
 pub mod provision;
 pub mod ratelimit;
 pub(crate) mod retry;

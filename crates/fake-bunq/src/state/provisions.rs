@@ -295,6 +295,14 @@ impl BunqState {
         self.provision(id)?.credential?.token_value
     }
 
+    /// The provision's current credential's token, used or not (what a test checks the
+    /// sessions of); `None` while a reset is pending.
+    pub fn current_token(&mut self, id: u64) -> Option<String> {
+        self.advance_resets();
+        let provision = self.provisions.get(&id)?;
+        provision.reset_ready_at.is_none().then(|| provision.credential.token.clone())
+    }
+
     /// Resets started for the provision (a request joining a pending one is not counted).
     pub fn token_resets(&self, id: u64) -> usize {
         self.provisions.get(&id).map_or(0, |p| p.resets)

@@ -47,7 +47,23 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<bool> {
         Ok(format!("HTTP {} from {} (BUNQ_BASE_URL)", response.status().as_u16(), settings.bunq.base_url))
     })
     .await;
-    Ok(tls && amqp && redis && bunq)
+    // The partner's session as Redis holds it, never the session or the key itself.
+    let partner = match &settings.reset {
+        None => true,
+        Some(_) => {
+            report("partner", async {
+                let store = settings.redis.store(settings.redis.connect()?);
+                let held = crate::partner::context::Partner::describe(&store).await?;
+                let until = held.and_then(|at| time::OffsetDateTime::from_unix_timestamp(at).ok());
+                Ok::<_, anyhow::Error>(match until {
+                    Some(until) => format!("session held until {until} (CREDENTIAL_RESET=on)"),
+                    None => "no session yet: the first reset opens one (CREDENTIAL_RESET=on)".to_owned(),
+                })
+            })
+            .await
+        }
+    };
+    Ok(tls && amqp && redis && bunq && partner)
 }
 
 async fn report(name: &str, check: impl std::future::Future<Output = anyhow::Result<String>>) -> bool {

@@ -9,8 +9,8 @@ use crate::amqp::supervisor::AmqpSettings;
 use crate::amqp::topology::{self, Names, Retention};
 use crate::lifecycle::open::BunqSettings;
 use crate::lifecycle::renew::RenewalSettings;
+use crate::partner::reset::ResetSettings;
 use crate::provision::handler::HandlerSettings;
-use crate::ratelimit::limit::Limit;
 use crate::ratelimit::RateLimits;
 use crate::retry::RetryPolicy;
 use crate::seal::Sealer;
@@ -20,8 +20,9 @@ use clap::Args;
 use durations::{Setting, Unit};
 use parse::{
     byte_bound, check_queue_bounds, load_client_key, load_sealer, parse_base_url, parse_permitted_ips,
-    parse_redis_target, parse_renewal, positive, require_amqp_name, require_url, split_urls,
+    parse_rate_limits, parse_redis_target, parse_renewal, positive, require_amqp_name, require_url, split_urls,
 };
+pub(crate) use partner::PartnerArgs;
 use secrecy::{ExposeSecret, SecretString};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -30,6 +31,7 @@ use std::time::Duration;
 
 mod durations;
 mod parse;
+mod partner;
 
 /// A setting that is missing or wrong. Always names the variable.
 #[derive(Debug, thiserror::Error)]
@@ -269,6 +271,8 @@ pub struct WorkerArgs {
     pub(crate) connection: ConnectionArgs,
     #[command(flatten)]
     pub(crate) store: StoreArgs,
+    #[command(flatten)]
+    pub(crate) partner: PartnerArgs,
     /// bunq API base URL including /v1, e.g. https://api.bunq.com/v1 (no default: pick the environment).
     #[arg(long, env = "BUNQ_BASE_URL")]
     pub(crate) bunq_base_url: Option<String>,
@@ -390,6 +394,8 @@ pub struct Settings {
     pub(crate) session_ttl_margin: Duration,
     /// `Some` with `SESSION_RENEWAL=on`.
     pub(crate) renewal: Option<RenewalSettings>,
+    /// `Some` with `CREDENTIAL_RESET=on`.
+    pub(crate) reset: Option<ResetSettings>,
     pub(crate) ops_addr: SocketAddr,
 }
 
@@ -401,6 +407,7 @@ impl Settings {
         let broker = args.connection.broker()?;
         let d = args.durations()?;
         let renewal = parse_renewal(&args, args.store.seal.session_encryption_key_file.is_some(), &d)?;
+        let rate_limits = parse_rate_limits(&args, d.retry_queue_max_delay.0)?;
         let redis = args.store.settings()?;
         let names = args.connection.names()?;
         let invalidation_routing_key = names.invalidation_binding_key.clone();
@@ -446,13 +453,7 @@ impl Settings {
         if shutdown_timeout.is_zero() {
             return Err(invalid("SHUTDOWN_TIMEOUT", "must be positive"));
         }
-        let rate_limits = RateLimits {
-            session_server: Limit::parse(&args.rate_limit_session_server)
-                .map_err(|p| invalid("RATE_LIMIT_SESSION_SERVER", p))?,
-            other_post: Limit::parse(&args.rate_limit_other_post).map_err(|p| invalid("RATE_LIMIT_OTHER_POST", p))?,
-            scope: args.rate_limit_scope.parse().map_err(|p: String| invalid("RATE_LIMIT_SCOPE", p))?,
-            max_park: d.retry_queue_max_delay.0,
-        };
+        let reset = args.partner.settings(redis.sealer.is_some())?;
         let consumer_tag =
             format!("{}.{}", args.pod_name.clone().unwrap_or_else(default_pod_name), uuid::Uuid::new_v4().simple());
         Ok(Self {
@@ -481,6 +482,7 @@ impl Settings {
             },
             session_ttl_margin: d.session_ttl_margin.0,
             renewal,
+            reset,
             ops_addr,
         })
     }

@@ -5,6 +5,8 @@ use super::durations::Durations;
 use super::{invalid, ConfigError, WorkerArgs};
 use crate::amqp::topology::Names;
 use crate::lifecycle::renew::RenewalSettings;
+use crate::ratelimit::limit::Limit;
+use crate::ratelimit::RateLimits;
 use crate::seal::Sealer;
 use crate::store::Target;
 use bunq_protocol::signing::ClientKey;
@@ -248,4 +250,18 @@ pub(super) fn parse_renewal(
         retry_delay: d.retry_queue_delay.0,
         max_retry_delay: d.retry_queue_max_delay.0,
     }))
+}
+
+/// The bunq rate limits every replica shares.
+pub(super) fn parse_rate_limits(args: &WorkerArgs, max_park: Duration) -> Result<RateLimits, ConfigError> {
+    let (put, get) = args.partner.limits()?;
+    Ok(RateLimits {
+        session_server: Limit::parse(&args.rate_limit_session_server)
+            .map_err(|p| invalid("RATE_LIMIT_SESSION_SERVER", p))?,
+        other_post: Limit::parse(&args.rate_limit_other_post).map_err(|p| invalid("RATE_LIMIT_OTHER_POST", p))?,
+        put,
+        get,
+        scope: args.rate_limit_scope.parse().map_err(|p: String| invalid("RATE_LIMIT_SCOPE", p))?,
+        max_park,
+    })
 }

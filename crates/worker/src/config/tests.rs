@@ -313,3 +313,73 @@ fn renewal_needs_a_key_and_a_lead_between_the_margin_and_a_week() {
     }
     assert_eq!(with_key(&["--session-renew-before", "61s"]).unwrap().renewal.unwrap().renew_before.as_secs(), 61);
 }
+
+#[test]
+fn credential_reset_needs_the_partner_key_and_a_sealing_key_and_never_shows_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let seal = dir.path().join("session.key");
+    std::fs::write(&seal, (0u8..32).map(|b| format!("{:02x}", b.wrapping_mul(41))).collect::<String>()).unwrap();
+    let partner = dir.path().join("partner.key");
+    let partner_key = "partner-company-api-key-0123456789abcdef";
+    std::fs::write(&partner, format!("{partner_key}\n")).unwrap();
+    let (seal, partner) = (seal.to_str().unwrap(), partner.to_str().unwrap());
+
+    let settings = Settings::from_args(args(&[])).unwrap();
+    assert!(settings.reset.is_none(), "off by default");
+    assert_eq!((settings.rate_limits.put.calls, settings.rate_limits.put.per.as_secs()), (2, 3));
+    assert_eq!((settings.rate_limits.get.calls, settings.rate_limits.get.per.as_secs()), (3, 3));
+
+    // One without the other names the missing one.
+    let err = error_of(&["--credential-reset", "on", "--session-encryption-key-file", seal]);
+    assert_eq!(err.variable, "BUNQ_PARTNER_API_KEY_FILE", "{err}");
+    let err = error_of(&["--bunq-partner-api-key-file", partner, "--session-encryption-key-file", seal]);
+    assert_eq!(err.variable, "CREDENTIAL_RESET", "{err}");
+    // No sealing key: refused.
+    let err = error_of(&["--credential-reset", "on", "--bunq-partner-api-key-file", partner]);
+    assert_eq!(err.variable, "CREDENTIAL_RESET");
+    assert!(err.problem.contains("SESSION_ENCRYPTION_KEY_FILE"), "{err}");
+
+    let on =
+        ["--credential-reset", "on", "--bunq-partner-api-key-file", partner, "--session-encryption-key-file", seal];
+    let settings = Settings::from_args(args(&on)).unwrap();
+    let reset = settings.reset.as_ref().expect("on");
+    assert_eq!(reset.partner_api_key.expose_secret(), partner_key, "read, trimmed");
+    assert_eq!((reset.max_refusals, reset.credential_lifetime), (3, Duration::from_secs(3600)));
+    assert!(!format!("{settings:?}").contains(partner_key), "Debug never shows the key");
+
+    for (flag, bad, variable) in [
+        ("--credential-reset-max-attempts", "0", "CREDENTIAL_RESET_MAX_ATTEMPTS"),
+        ("--credential-lifetime", "5s", "CREDENTIAL_LIFETIME"),
+        ("--rate-limit-put", "2 per 3s", "RATE_LIMIT_PUT"),
+        ("--rate-limit-get", "0/3s", "RATE_LIMIT_GET"),
+    ] {
+        let mut flags = on.to_vec();
+        flags.extend([flag, bad]);
+        let err = Settings::from_args(args(&flags)).unwrap_err();
+        assert_eq!(err.variable, variable, "{flag}={bad}: {err}");
+        assert!(!err.to_string().contains(partner_key));
+    }
+    let err = error_of(&[
+        "--credential-reset",
+        "yes",
+        "--bunq-partner-api-key-file",
+        partner,
+        "--session-encryption-key-file",
+        seal,
+    ]);
+    assert_eq!(err.variable, "CREDENTIAL_RESET");
+    // A key file that is not one line of a key: named, not shown.
+    std::fs::write(dir.path().join("two.key"), format!("{partner_key}\nsecond line {partner_key}")).unwrap();
+    let two = dir.path().join("two.key");
+    let two = two.to_str().unwrap();
+    let err = error_of(&[
+        "--credential-reset",
+        "on",
+        "--bunq-partner-api-key-file",
+        two,
+        "--session-encryption-key-file",
+        seal,
+    ]);
+    assert_eq!(err.variable, "BUNQ_PARTNER_API_KEY_FILE");
+    assert!(!err.to_string().contains(partner_key), "{err}");
+}

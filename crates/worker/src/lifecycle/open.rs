@@ -277,6 +277,33 @@ impl SessionOpener {
         self.step(Endpoint::Session, session.provision_id, deadline, None, call).await
     }
 
+    /// One rate-limited, retried bunq call outside a provision's handshake (the partner's
+    /// own), within one retry budget.
+    pub(crate) async fn call<T, F, Fut>(
+        &self,
+        endpoint: Endpoint,
+        due: Option<(Waiter, OffsetDateTime)>,
+        call: F,
+    ) -> Result<T, Failure>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, BunqError>>,
+    {
+        self.step(endpoint, 0, Instant::now() + self.retry.budget, due, call).await
+    }
+
+    pub(crate) fn client(&self) -> &BunqClient {
+        &self.client
+    }
+
+    pub(crate) fn limiter(&self) -> &RateLimiter {
+        &self.limiter
+    }
+
+    pub(crate) fn retry_budget(&self) -> Duration {
+        self.retry.budget
+    }
+
     /// One rate-limited, retried bunq call; `due`: who waits for a session-server slot
     /// and until when.
     async fn step<T, F, Fut>(

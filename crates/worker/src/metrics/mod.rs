@@ -17,7 +17,7 @@ use std::time::Duration;
 /// `increase()` would miss a pod's first event. Plain strings: this module names no type
 /// of the crate; the tests of `provision::outcome` and `lifecycle::renew` hold these
 /// lists to the enums that produce the labels.
-pub const DEAD_LETTER_REASONS: [&str; 16] = [
+pub const DEAD_LETTER_REASONS: [&str; 17] = [
     "malformed",
     "credential_expired",
     "rejected_by_bunq",
@@ -27,6 +27,7 @@ pub const DEAD_LETTER_REASONS: [&str; 16] = [
     "throttled",
     "redis_unavailable",
     "not_replicated",
+    "awaiting_reset",
     "corrupt_state",
     "unknown_key",
     "publish_failed",
@@ -48,9 +49,13 @@ pub const RENEWAL_OUTCOMES: [&str; 10] = [
     "error",
     "panicked",
 ];
+/// Outcomes of the token-reset steps (`credential_resets_total{outcome}`): bunq accepted a
+/// reset request, the new token was read, bunq refused a request (tried again), bunq
+/// refused for good (the provision dead-lettered `credential_expired`).
+pub const RESET_OUTCOMES: [&str; 4] = ["requested", "token_received", "retried", "refused"];
 /// bunq endpoints as `Endpoint::path` names them.
-const BUNQ_ENDPOINTS: [&str; 5] =
-    ["installation", "device-server", "session-server", "session", "notification-filter-url"];
+const BUNQ_ENDPOINTS: [&str; 6] =
+    ["installation", "device-server", "session-server", "session", "notification-filter-url", "partner-user-provision"];
 /// Statuses created at 0 per endpoint: success, the rate limit, and the failures bunq and
 /// the network most often give; other statuses appear when first seen.
 const BUNQ_STATUSES: [&str; 8] = ["200", "429", "500", "502", "503", "504", "timeout", "transport"];
@@ -90,6 +95,8 @@ pub struct Metrics {
     renewals_scheduled: Gauge,
     renewals_due: Gauge,
     held_events: Gauge,
+    credential_resets: Family<OutcomeOnly, Counter>,
+    resets_waiting: Gauge,
     budget: BudgetGauges,
 }
 
@@ -241,6 +248,21 @@ impl Metrics {
             "session.closed events no queue took, held in Redis until one is bound for them",
             held_events.clone(),
         );
+        let credential_resets = Family::<OutcomeOnly, Counter>::default();
+        registry.register(
+            "credential_resets",
+            "Token-reset steps by outcome (requested, token_received, retried, refused)",
+            credential_resets.clone(),
+        );
+        let resets_waiting = Gauge::default();
+        registry.register(
+            "credential_resets_waiting",
+            "Provisions waiting for a token reset or their new token (CREDENTIAL_RESET=on)",
+            resets_waiting.clone(),
+        );
+        for outcome in RESET_OUTCOMES {
+            let _ = credential_resets.get_or_create(&OutcomeOnly { outcome });
+        }
         let budget = BudgetGauges::default();
         budget.register(&mut registry);
         for reason in DEAD_LETTER_REASONS {
@@ -263,6 +285,8 @@ impl Metrics {
             renewals_scheduled,
             renewals_due,
             held_events,
+            credential_resets,
+            resets_waiting,
             deliveries,
             delivery_seconds,
             in_flight,
@@ -314,6 +338,14 @@ impl Metrics {
 
     pub(crate) fn held_events(&self, held: u64) {
         self.held_events.set(held as i64);
+    }
+
+    pub(crate) fn credential_reset(&self, outcome: &'static str) {
+        self.credential_resets.get_or_create(&OutcomeOnly { outcome }).inc();
+    }
+
+    pub(crate) fn resets_waiting(&self, waiting: u64) {
+        self.resets_waiting.set(waiting as i64);
     }
 
     pub(crate) fn budget_line(&self, plan: &BudgetLine) {

@@ -11,6 +11,7 @@ use crate::lifecycle::announce::session_event;
 use crate::lifecycle::close::{CloseReason, CloseRequest, Closed, Closer};
 use crate::lifecycle::renew::{Renewal, Renewer};
 use crate::lifecycle::{Parts, ReadyProvision};
+use crate::partner::reset::{NeedsReset, Resetter};
 use crate::store::{credential_tag, Begin, Claim, Credential, Fence, Handshake, Session, StoreError};
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,18 +42,27 @@ pub(crate) struct HandlerSettings {
 }
 
 pub(crate) struct Handler {
-    parts: Parts,
+    pub(super) parts: Parts,
     closer: Closer,
-    settings: HandlerSettings,
+    pub(super) settings: HandlerSettings,
     /// With `SESSION_RENEWAL=on`: new sessions are stored with their credential and
     /// scheduled, and `session.invalid` renews.
     renewer: Option<Arc<Renewer>>,
+    /// With `CREDENTIAL_RESET=on`: a credential that can no longer open the session is
+    /// reset (`reset.rs`) instead of dead-lettered.
+    resetter: Option<Arc<Resetter>>,
 }
 
 impl Handler {
     /// `parts.lock_ttl` is `settings.lock_ttl`.
     pub(crate) fn new(parts: Parts, settings: HandlerSettings) -> Self {
-        Self { closer: Closer::new(parts.clone()), parts, settings, renewer: None }
+        Self { closer: Closer::new(parts.clone()), parts, settings, renewer: None, resetter: None }
+    }
+
+    /// Turns token resets on.
+    pub(crate) fn with_resetter(mut self, resetter: Arc<Resetter>) -> Self {
+        self.resetter = Some(resetter);
+        self
     }
 
     /// Turns renewal on for the sessions this handler opens.
@@ -81,8 +91,24 @@ impl Handler {
         let provision_id = provision.id;
         // The consumer's span declares the field; the id is known only now.
         tracing::Span::current().record("provision_id", provision_id);
+        let needs_reset = |why: String| NeedsReset {
+            provision_id,
+            external_uuid: provision.external_uuid.clone(),
+            replaces: provision
+                .credential
+                .as_ref()
+                .and_then(|c| c.token_value.as_ref())
+                .map(|t| credential_tag(None, t)),
+            why,
+        };
         match decide(provision, self.parts.store.clock_now()) {
             Decision::Skip(reason) => Outcome::Skipped(reason),
+            Decision::CredentialExpired { expired_at } if self.resetter.is_some() => {
+                let why =
+                    format!("credential expired at {}", expired_at.map_or("EXPIRED".to_owned(), |at| at.to_string()));
+                let resetter = self.resetter.as_deref().expect("checked");
+                self.reset_then_open(resetter, needs_reset(why), incoming).await
+            }
             Decision::CredentialExpired { expired_at } => Outcome::DeadLetter {
                 reason: Reason::CredentialExpired,
                 detail: match expired_at {
@@ -100,9 +126,20 @@ impl Handler {
                         Err(failure) => return self.after_failure(None, failure, incoming.attempt),
                     }
                 }
-                match self.act(&ready, incoming.correlation_id).await {
-                    Ok(outcome) => outcome,
-                    Err(failure) => self.after_failure(ready.credential_expires_at, failure, incoming.attempt),
+                match (self.act(&ready, incoming.correlation_id).await, self.resetter.as_deref()) {
+                    (Ok(outcome), _) => outcome,
+                    // No slot before it expires, or bunq refused it: a new token helps.
+                    (Err(failure), Some(resetter))
+                        if failure.reason == Reason::CredentialExpired || failure.refused_credential() =>
+                    {
+                        let replaces = Some(credential_tag(None, &ready.token_value));
+                        let needs = NeedsReset { replaces, ..needs_reset(failure.detail) };
+                        self.reset_then_open(resetter, needs, incoming).await
+                    }
+                    // With resets on, an expiry before the next try is no reason to give up:
+                    // the try after it resets the credential.
+                    (Err(failure), Some(_)) => self.after_failure(None, failure, incoming.attempt),
+                    (Err(failure), None) => self.after_failure(ready.credential_expires_at, failure, incoming.attempt),
                 }
             }
             Decision::Close(closed) => {
@@ -208,19 +245,14 @@ impl Handler {
     /// Everything under the provision's lock, announcing included: a close takes the
     /// same lock after marking the provision closed, so once the marker is set no
     /// announcement can slip out after the close's (see `close.rs`).
-    async fn act(&self, ready: &ReadyProvision, correlation_id: Option<&str>) -> Result<Outcome, Failure> {
+    pub(super) async fn act(&self, ready: &ReadyProvision, correlation_id: Option<&str>) -> Result<Outcome, Failure> {
         let id = ready.provision_id;
         let credential = credential_tag(ready.credential_id, &ready.token_value);
         let ttl = self.parts.lock_ttl;
         match self.parts.store.begin_open(id, credential, ready.credential_id, &self.parts.owner, ttl).await? {
             Begin::Closed => Ok(Outcome::Skipped(SkipReason::ProvisionClosed)),
             Begin::Stale => Ok(Outcome::Skipped(SkipReason::StaleCredential)),
-            Begin::Busy => Ok(Outcome::Retry {
-                reason: Reason::LockBusy,
-                detail: format!("provision {id} is being processed by another delivery"),
-                delay: self.settings.retry_queue_delay,
-                counts_as_attempt: false,
-            }),
+            Begin::Busy => Ok(self.lock_busy(id)),
             Begin::Locked { claim, handshake } => {
                 let work = async { self.act_locked(ready, &claim, (*handshake)?, correlation_id).await };
                 self.parts.store.hold(&claim, ttl, work).await
@@ -319,7 +351,21 @@ impl Handler {
         Ok(Outcome::Announced { event: Box::new(event), reused })
     }
 
-    fn after_failure(&self, credential_expires_at: Option<OffsetDateTime>, failure: Failure, attempt: u32) -> Outcome {
+    pub(super) fn lock_busy(&self, id: u64) -> Outcome {
+        Outcome::Retry {
+            reason: Reason::LockBusy,
+            detail: format!("provision {id} is being processed by another delivery"),
+            delay: self.settings.retry_queue_delay,
+            counts_as_attempt: false,
+        }
+    }
+
+    pub(super) fn after_failure(
+        &self,
+        credential_expires_at: Option<OffsetDateTime>,
+        failure: Failure,
+        attempt: u32,
+    ) -> Outcome {
         after_failure(&self.settings, credential_expires_at, failure, attempt, self.parts.store.clock_now())
     }
 }
@@ -389,7 +435,7 @@ mod tests {
     const NOW: OffsetDateTime = time::macros::datetime!(2026-01-01 12:00 UTC);
 
     fn transient(reason: Reason, after: Option<Duration>) -> Failure {
-        Failure { reason, detail: "d".into(), retry: Retry::Transient { after } }
+        Failure { reason, detail: "d".into(), retry: Retry::Transient { after }, answered: None }
     }
 
     #[test]

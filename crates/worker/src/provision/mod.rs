@@ -6,3 +6,4 @@ pub mod decode;
 pub(crate) mod document;
 pub(crate) mod handler;
 pub(crate) mod outcome;
+mod reset;

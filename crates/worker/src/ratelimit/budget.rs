@@ -54,6 +54,8 @@ pub(crate) const ABSENT_CAP: u64 = 256;
 pub enum Waiter {
     Open(u64),
     Renew(u64),
+    /// The partner's own session (`CREDENTIAL_RESET=on`): one for every replica.
+    Partner,
 }
 
 impl Waiter {
@@ -61,6 +63,7 @@ impl Waiter {
         match self {
             Waiter::Open(id) => format!("open:{id}"),
             Waiter::Renew(id) => format!("renew:{id}"),
+            Waiter::Partner => "partner".to_owned(),
         }
     }
 }

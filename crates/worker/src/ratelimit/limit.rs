@@ -144,7 +144,7 @@ impl From<&RateLimitError> for Failure {
             RateLimitError::NoSlotBeforeDeadline { .. } => (Reason::CredentialExpired, Retry::Permanent),
             RateLimitError::Redis(_) => (Reason::RedisUnavailable, err.retry()),
         };
-        Failure { reason, detail: err.to_string(), retry }
+        Failure { reason, detail: err.to_string(), retry, answered: None }
     }
 }
 

@@ -71,6 +71,9 @@ return 0
 pub(crate) struct RateLimits {
     pub(crate) session_server: Limit,
     pub(crate) other_post: Limit,
+    /// The partner's calls (token resets): `PUT` and `GET /partner-user-provision`.
+    pub(crate) put: Limit,
+    pub(crate) get: Limit,
     pub(crate) scope: Scope,
     /// The retry queue's largest delay: how long a waiter for a far slot is parked at most.
     pub(crate) max_park: Duration,
@@ -80,6 +83,7 @@ impl RateLimits {
     /// The limiter every replica with the same Redis and prefix shares.
     pub(crate) fn limiter(&self, conn: Redis, key_prefix: &str, metrics: Arc<Metrics>) -> RateLimiter {
         RateLimiter::new(conn, key_prefix, self.session_server, self.other_post, self.scope, metrics)
+            .with_partner_limits(self.put, self.get)
             .with_max_park(self.max_park)
     }
 }
@@ -90,6 +94,9 @@ pub struct RateLimiter {
     prefix: String,
     session_server: Limit,
     other_post: Limit,
+    /// The partner's calls: `PUT` and `GET /partner-user-provision`.
+    put: Limit,
+    get: Limit,
     scope: Scope,
     script: Arc<redis::Script>,
     fill: Arc<redis::Script>,
@@ -113,6 +120,8 @@ impl RateLimiter {
             prefix: prefix.to_owned(),
             session_server,
             other_post,
+            put: Limit { calls: 2, per: Duration::from_secs(3) },
+            get: Limit { calls: 3, per: Duration::from_secs(3) },
             scope,
             script: Arc::new(redis::Script::new(&format!("{SLOTS}{RESERVE}"))),
             fill: Arc::new(redis::Script::new(FILL)),
@@ -121,6 +130,12 @@ impl RateLimiter {
             budget: None,
         }
         .with_max_park(DEFAULT_MAX_PARK)
+    }
+
+    /// The limits of the partner's `PUT` and `GET` (bunq: 2 and 3 per 3 s).
+    pub fn with_partner_limits(mut self, put: Limit, get: Limit) -> Self {
+        (self.put, self.get) = (put, get);
+        self
     }
 
     /// The longest a waiter for a far slot is parked in the retry queue at a time (the
@@ -142,6 +157,8 @@ impl RateLimiter {
     fn key(&self, endpoint: Endpoint, provision_id: u64) -> String {
         let class = match endpoint {
             Endpoint::SessionServer => "session-server",
+            Endpoint::PartnerUserProvisionUpdate => "put",
+            Endpoint::PartnerUserProvisionRead => "get",
             // Every other call (ending a session is the only other the worker makes)
             // shares the smaller calls' budget.
             _ => "post",
@@ -155,6 +172,8 @@ impl RateLimiter {
     fn limit(&self, endpoint: Endpoint) -> Limit {
         match endpoint {
             Endpoint::SessionServer => self.session_server,
+            Endpoint::PartnerUserProvisionUpdate => self.put,
+            Endpoint::PartnerUserProvisionRead => self.get,
             _ => self.other_post,
         }
     }

@@ -10,6 +10,8 @@ use crate::lifecycle::open::SessionOpener;
 use crate::lifecycle::renew::Renewer;
 use crate::lifecycle::Parts;
 use crate::metrics::Metrics;
+use crate::partner::context::Partner;
+use crate::partner::reset::Resetter;
 use crate::provision::handler::Handler;
 use crate::ratelimit::budget::Budget;
 use crate::store::gate::RedisGate;
@@ -35,6 +37,8 @@ pub struct Worker {
     budget_watch: Option<(Budget, Arc<Metrics>)>,
     /// Keeps the shared clock's offset from Redis's `TIME` (`store/clock.rs`).
     clock: Store,
+    /// Publishes how many provisions wait for a token reset (`CREDENTIAL_RESET=on`).
+    resetter: Option<Arc<Resetter>>,
     drain_timeout: std::time::Duration,
 }
 
@@ -76,9 +80,23 @@ impl Worker {
         let renewer = settings
             .renewal
             .map(|renewal| Arc::new(Renewer::new(parts.clone(), metrics.clone(), gate.clone(), renewal)));
+        let resetter = settings.reset.clone().map(|reset| {
+            let partner = Partner::new(
+                parts.opener.clone(),
+                store.clone(),
+                reset.partner_api_key.clone(),
+                parts.owner.clone(),
+                parts.lock_ttl,
+            );
+            let (delay, max_delay) = (settings.handler.retry_queue_delay, settings.handler.retry_queue_max_delay);
+            Arc::new(Resetter::new(Arc::new(partner), store.clone(), reset, metrics.clone(), delay, max_delay))
+        });
         let mut handler = Handler::new(parts, settings.handler);
         if let Some(renewer) = &renewer {
             handler = handler.with_renewer(renewer.clone());
+        }
+        if let Some(resetter) = &resetter {
+            handler = handler.with_resetter(resetter.clone());
         }
         let dead_letters = DeadLetterPolicy { sealer: settings.redis.sealer.clone() };
         let context = DeliveryContext::new(handler, settings.amqp.names.clone(), metrics.clone(), dead_letters, gate);
@@ -90,6 +108,7 @@ impl Worker {
         let ops_state = OpsState::new(metrics, supervisor.consuming(), supervisor.blocked(), store.clone());
         Ok(Self {
             clock: store,
+            resetter,
             supervisor,
             ops_listener,
             ops_state,
@@ -109,6 +128,9 @@ impl Worker {
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let ops_shutdown = CancellationToken::new();
         tokio::spawn(self.clock.keep_clock(shutdown.clone()));
+        if let Some(resetter) = self.resetter {
+            tokio::spawn(resetter.watch(BUDGET_WATCH_INTERVAL, shutdown.clone()));
+        }
         let ops = tokio::spawn(ops::serve(self.ops_listener, self.ops_state, ops_shutdown.clone()));
         let renewals = self.renewer.map(|renewer| tokio::spawn(renewer.run(shutdown.clone())));
         let (closer, metrics) = self.held_events;

@@ -127,6 +127,22 @@ impl Keys {
     pub(crate) fn newest_credential(&self, provision_id: u64) -> String {
         format!("{}newest-credential:{{{provision_id}}}", self.prefix)
     }
+    /// The partner's own bunq context (sealed), one for every replica.
+    pub(crate) fn partner_context(&self) -> String {
+        format!("{}partner:context", self.prefix)
+    }
+    /// The lock the partner's handshake runs under.
+    pub(crate) fn partner_lock(&self) -> String {
+        format!("{}partner:lock", self.prefix)
+    }
+    /// A provision's token reset: which credential it replaces, when it was requested.
+    pub(crate) fn reset(&self, provision_id: u64) -> String {
+        format!("{}reset:{{{provision_id}}}", self.prefix)
+    }
+    /// Provisions waiting for a reset or their new token, scored by when last seen.
+    pub(crate) fn resets_waiting(&self) -> String {
+        format!("{}resets:waiting", self.prefix)
+    }
     /// The provision lock's generation: raised by every taking of the lock, kept past the
     /// lock's expiry, so a fenced write can tell a holder that has been overtaken.
     pub(crate) fn lock_generation(&self, provision_id: u64) -> String {
@@ -163,6 +179,7 @@ mod conn;
 mod first_seen;
 pub(crate) mod gate;
 mod lock;
+mod partner;
 mod record;
 mod renewal;
 mod replication;
@@ -172,6 +189,7 @@ pub use conn::{connect, Redis, Target};
 pub use replication::Replication;
 
 pub use lock::{credential_tag, Begin, Claim, Fence, Written};
+pub use partner::{PartnerContext, ResetRecord};
 pub(crate) use record::{StoredHandshake, StoredSession};
 pub use renewal::Credential;
 pub use reseal::{Resealed, Unreadable};
@@ -339,10 +357,11 @@ impl From<&StoreError> for Failure {
                     reason: Reason::LockBusy,
                     detail: err.to_string(),
                     retry: Retry::Transient { after: None },
+                    answered: None,
                 }
             }
         };
-        Failure { reason, detail: err.to_string(), retry: err.retry() }
+        Failure { reason, detail: err.to_string(), retry: err.retry(), answered: None }
     }
 }
 

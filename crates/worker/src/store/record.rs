@@ -219,14 +219,14 @@ impl Store {
         Ok(replaced == 1)
     }
 
-    fn seal(&self, owner: &str, field: &str, value: &SecretString) -> String {
+    pub(super) fn seal(&self, owner: &str, field: &str, value: &SecretString) -> String {
         match &self.sealer {
             Some(sealer) => sealer.seal(Context { owner, field }, value.expose_secret()),
             None => value.expose_secret().to_owned(),
         }
     }
 
-    fn unseal(&self, owner: &str, field: &str, value: String) -> Result<SecretString, SealError> {
+    pub(super) fn unseal(&self, owner: &str, field: &str, value: String) -> Result<SecretString, SealError> {
         match &self.sealer {
             Some(sealer) if seal::is_sealed(&value) => {
                 sealer.open(Context { owner, field }, &value).map(SecretString::from)

@@ -11,6 +11,7 @@ mod failover;
 mod harness;
 mod lost_answers;
 mod renewal;
+mod resets;
 
 use fake_bunq::{EndpointMatch, FakeConfig, FaultAction, FaultRule, Faults, Trigger};
 use harness::*;

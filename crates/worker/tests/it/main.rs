@@ -14,6 +14,7 @@ mod process;
 mod redis_parts;
 mod renewal;
 mod replication;
+mod reset;
 mod sealing;
 mod settlement;
 mod shapes;

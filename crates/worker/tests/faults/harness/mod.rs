@@ -163,6 +163,13 @@ impl Env {
         out.iter().map(|(body, _)| serde_json::from_slice(body).expect("events are JSON")).collect()
     }
 
+    /// Takes every dead letter, with its properties.
+    pub async fn take_dead_letters(&self) -> Vec<(Vec<u8>, BasicProperties)> {
+        let mut out = Vec::new();
+        self.drain(&self.names.topology.dead_letter_queue.clone(), &mut out).await;
+        out
+    }
+
     /// Drains `queue` into `out` (acking what it takes).
     async fn drain(&self, queue: &str, out: &mut Vec<(Vec<u8>, BasicProperties)>) {
         while let Some(message) = self.channel.basic_get(queue.into(), BasicGetOptions { no_ack: false }).await.unwrap()
