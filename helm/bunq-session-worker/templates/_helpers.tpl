@@ -97,6 +97,10 @@ pointing at them never disagree with the volume).
 {{- printf "%s/session_encryption.key" (.Values.keysMountPath | trimSuffix "/") }}
 {{- end }}
 
+{{- define "bunq-session-worker.partnerApiKeyFile" -}}
+{{- printf "%s/partner_api_key" (.Values.keysMountPath | trimSuffix "/") }}
+{{- end }}
+
 {{/*
 File name of the n-th old encryption key (from 1), inside keysMountPath.
 */}}
@@ -166,6 +170,12 @@ Fail early, at render time, on values that would only fail at start-up
 {{- end }}
 {{- if and .Values.sessionRenewal.enabled (not .Values.sessionEncryption.existingSecret) }}
 {{- fail "sessionRenewal.enabled stores each user's credential in Redis: set sessionEncryption.existingSecret to seal it" }}
+{{- end }}
+{{- if and .Values.credentialReset.enabled (not .Values.credentialReset.partnerApiKey.existingSecret) }}
+{{- fail "credentialReset.enabled resets tokens on the partner's own session: set credentialReset.partnerApiKey.existingSecret to a Secret holding the partner's bunq API key" }}
+{{- end }}
+{{- if and .Values.credentialReset.enabled (not .Values.sessionEncryption.existingSecret) }}
+{{- fail "credentialReset.enabled keeps the partner's session and fresh tokens in Redis: set sessionEncryption.existingSecret to seal them" }}
 {{- end }}
 {{- if not (has .Values.bunq.rateLimitScope (list "global" "credential")) }}
 {{- fail "bunq.rateLimitScope must be 'global' or 'credential'" }}
