@@ -326,6 +326,12 @@ impl FakeHandle {
         lock(&self.app.state).current_token(id)
     }
 
+    /// The id of the provision's current credential (`None` while a reset is pending):
+    /// what a relayed event carries with [`FakeHandle::current_token`].
+    pub fn current_credential_id(&self, id: u64) -> Option<u64> {
+        lock(&self.app.state).current_credential_id(id)
+    }
+
     /// Token resets started for provision `id` (a request while one is pending joins it).
     pub fn token_resets(&self, id: u64) -> usize {
         lock(&self.app.state).token_resets(id)

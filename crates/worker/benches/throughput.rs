@@ -27,6 +27,9 @@
 //!    the broker, in messages per provision (an input, its output, and retry trips).
 //! 9. Traces: new sessions with tracing off and on (OTLP/HTTP to a sink in this process),
 //!    alternated: the worker's CPU per session in each, and the export's size.
+//! 11. Resets: the backlog of 7 again with `CREDENTIAL_RESET=on` and the stand-in playing
+//!     the partner: provisions served over the backlog (`served_after_reset_ratio`) and
+//!     token resets per provision, against one per provision its own token could not serve.
 //! 10. Budget cost: Redis's time per admission to the session-server budget with 1,000
 //!     and 100,000 waiters in line, against the script before it read the line by rank.
 //!
@@ -168,7 +171,10 @@ async fn main() -> anyhow::Result<()> {
         window: sizes.backlog_window,
         backlog: 3 * 10 * sizes.backlog_window.as_secs() as usize,
         first_id: 50_000_000,
+        resets: false,
     };
+    // The same backlog with token resets: nobody lost to an expired credential.
+    let reset_scenario = backlog::Scenario { first_id: 70_000_000, resets: true, ..deadline_scenario };
     // A big backlog behind a tiny budget: what waiting costs the broker.
     let churn_scenario = backlog::Scenario {
         budget: 2,
@@ -176,6 +182,7 @@ async fn main() -> anyhow::Result<()> {
         window: sizes.churn_window,
         backlog: sizes.churn_backlog,
         first_id: 60_000_000,
+        resets: false,
     };
     if std::env::var("BENCH_ONLY").is_ok_and(|only| only == "paced") {
         // Iterating on latency: new sessions paced at BENCH_RATE per second (default 370),
@@ -250,9 +257,20 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Ok(only) = std::env::var("BENCH_ONLY") {
         // Iterating on the budget: one backlog scenario alone, nothing written.
-        let scenario = if only == "churn" { &churn_scenario } else { &deadline_scenario };
+        let scenario = match only.as_str() {
+            "churn" => &churn_scenario,
+            "resets" => &reset_scenario,
+            _ => &deadline_scenario,
+        };
         let outcome = backlog::run(scenario, &connection, &channel).await?;
         println!("{outcome:?}\nserved before expiry / possible: {:.3}", outcome.served_ratio());
+        if scenario.resets {
+            let (resets, limit) = outcome.resets_per_provision();
+            println!(
+                "served after reset: {:.3}; resets per provision {resets:.3} (at most {limit:.3})",
+                outcome.served_after_reset_ratio()
+            );
+        }
         leftovers.clean().await?;
         return Ok(());
     }
@@ -377,6 +395,7 @@ async fn main() -> anyhow::Result<()> {
     // Backlog: more credentials than the budget serves before they expire.
     let backlog = backlog::run(&deadline_scenario, &connection, &channel).await?;
     let churn = backlog::run(&churn_scenario, &connection, &channel).await?;
+    let resets = backlog::run(&reset_scenario, &connection, &channel).await?;
     let budget_cost = budget_cost::run(&sizes.budget_lines, sizes.budget_calls).await?;
 
     let figures = Figures {
@@ -403,6 +422,7 @@ async fn main() -> anyhow::Result<()> {
         backlog_scenario: &deadline_scenario,
         churn,
         churn_scenario: &churn_scenario,
+        resets,
         budget_cost,
         idle_rss,
         peak_rss,

@@ -303,6 +303,13 @@ impl BunqState {
         provision.reset_ready_at.is_none().then(|| provision.credential.token.clone())
     }
 
+    /// The current credential's id (`None` while a reset is pending).
+    pub fn current_credential_id(&mut self, id: u64) -> Option<u64> {
+        self.advance_resets();
+        let provision = self.provisions.get(&id)?;
+        provision.reset_ready_at.is_none().then_some(provision.credential.id)
+    }
+
     /// Resets started for the provision (a request joining a pending one is not counted).
     pub fn token_resets(&self, id: u64) -> usize {
         self.provisions.get(&id).map_or(0, |p| p.resets)

@@ -17,8 +17,14 @@ use lapin::{Channel, Connection};
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 use test_support::{
-    capture_queue, expiry_in, provision_body, random_token, Cleanup, Leftovers, TestNames, WorkerEnv, CLIENT_KEY,
+    capture_queue, expiry_in, provision_body, random_token, ready_body_with, Cleanup, Leftovers, TestNames, WorkerEnv,
+    CLIENT_KEY,
 };
+
+/// The partner's key in the reset scenario.
+const PARTNER_KEY: &str = "bench-partner-0123456789abcdef0123456789abcdef";
+/// The partner's PUT and GET budget in the reset scenario: not what is measured.
+const RESET_CALLS: (u32, Duration) = (50, Duration::from_secs(1));
 
 pub struct Scenario {
     pub budget: u32,
@@ -27,6 +33,9 @@ pub struct Scenario {
     pub backlog: usize,
     /// Provision ids from here on.
     pub first_id: u64,
+    /// `CREDENTIAL_RESET=on`, the stand-in playing the partner: every provision should
+    /// end with a session, those the budget cannot serve in time after a token reset.
+    pub resets: bool,
 }
 
 impl Scenario {
@@ -57,11 +66,27 @@ pub struct Outcome {
     /// Every message the broker carried (inputs, retry copies, events, dead letters),
     /// over the backlog.
     pub broker_messages_per_provision: f64,
+    /// With resets: token resets bunq started, and the provisions whose own token opened
+    /// their session (served in time, so never to be reset).
+    pub resets: usize,
+    pub served_with_own_token: usize,
 }
 
 impl Outcome {
     pub fn served_ratio(&self) -> f64 {
         self.served_before_expiry as f64 / (self.backlog as f64).min(self.possible)
+    }
+
+    /// With resets: provisions that got their session, over the backlog.
+    pub fn served_after_reset_ratio(&self) -> f64 {
+        self.sessions_announced as f64 / self.backlog as f64
+    }
+
+    /// With resets: resets over the backlog, and its limit: one per provision its own token
+    /// could not serve.
+    pub fn resets_per_provision(&self) -> (f64, f64) {
+        let needed = self.backlog - self.served_with_own_token;
+        (self.resets as f64 / self.backlog as f64, needed as f64 / self.backlog as f64)
     }
 }
 
@@ -87,19 +112,40 @@ async fn run_on(
     capture: &str,
 ) -> anyhow::Result<Outcome> {
     let names = &run.topology;
-    let limited = FakeConfig {
+    let mut limited = FakeConfig {
         rate_limit_scope: fake_bunq::RateLimitScope::Ip,
         session_server_limit: (scenario.budget, Duration::from_secs(1)),
         other_post_limit: (super::UNLIMITED, Duration::from_secs(1)),
         ..FakeConfig::default()
     };
+    let keys = tempfile::tempdir()?;
+    if scenario.resets {
+        // New tokens live as long as the first ones; bunq's reset takes half a second.
+        limited.partner_api_key = Some(PARTNER_KEY.to_owned());
+        limited.token_reset_delay = Duration::from_millis(500);
+        limited.credential_ttl = Some(scenario.window);
+        (limited.put_limit, limited.get_limit) = (RESET_CALLS, RESET_CALLS);
+    }
     let fake = fake_bunq::spawn(tokio::net::TcpListener::bind("127.0.0.1:0").await?, limited).await?;
-    let env = WorkerEnv::local(&fake.base_url(), CLIENT_KEY, run)
+    let mut env = WorkerEnv::local(&fake.base_url(), CLIENT_KEY, run)
         .allowing(super::UNLIMITED)
         .set("RATE_LIMIT_SESSION_SERVER", format!("{}/1s", scenario.budget))
         .set("RATE_LIMIT_SCOPE", "global")
         // A budget of its own: an earlier part's rate-limit log or waiters must not share it.
         .set("REDIS_KEY_PREFIX", format!("{}{}:", run.key_prefix, scenario.first_id));
+    if scenario.resets {
+        let (partner, seal) = (keys.path().join("partner"), keys.path().join("seal"));
+        std::fs::write(&partner, PARTNER_KEY)?;
+        std::fs::write(&seal, hex::encode(rand::random::<[u8; 32]>()))?;
+        let calls = format!("{}/{}ms", RESET_CALLS.0, RESET_CALLS.1.as_millis());
+        env = env
+            .set("CREDENTIAL_RESET", "on")
+            .set("BUNQ_PARTNER_API_KEY_FILE", partner.to_str().unwrap_or_default())
+            .set("SESSION_ENCRYPTION_KEY_FILE", seal.to_str().unwrap_or_default())
+            .set("CREDENTIAL_LIFETIME", format!("{}s", scenario.window.as_secs()))
+            .set("RATE_LIMIT_PUT", &calls)
+            .set("RATE_LIMIT_GET", &calls);
+    }
     let mut workers = Vec::new();
     for _ in 0..scenario.workers {
         workers.push(BenchWorker::start(&env, super::SHARED_PREFETCH).await?);
@@ -125,11 +171,18 @@ async fn run_on(
     let mut published = HashMap::with_capacity(backlog);
     let first_id = scenario.first_id;
     let first_publish = Instant::now();
+    let mut tokens = Vec::with_capacity(backlog);
     for id in first_id..first_id + backlog as u64 {
         let token = random_token();
         let expiry = time::Duration::try_from(scenario.window)?;
-        let body =
-            provision_body(id, "CREATED", "PENDING_PROCESS_USER_ONBOARDING", Some(&token), &expiry_in(expiry), true);
+        let body = if scenario.resets {
+            let at = time::OffsetDateTime::now_utc() + expiry;
+            let credential = fake.register_provision(id, &token, at).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            ready_body_with(id, credential, &token, &expiry_in(expiry))
+        } else {
+            provision_body(id, "CREATED", "PENDING_PROCESS_USER_ONBOARDING", Some(&token), &expiry_in(expiry), true)
+        };
+        tokens.push(token.clone());
         let now = Instant::now();
         expiry_of.insert(fake_bunq::secret::SecretDigest::of(&token).short(), now + scenario.window);
         published.insert(id, now);
@@ -137,7 +190,10 @@ async fn run_on(
     }
 
     let (mut announced, mut dead_letters, mut dead_after) = (HashSet::new(), HashMap::new(), Vec::new());
-    let deadline = Instant::now() + scenario.window + Duration::from_secs(90);
+    // With resets, the budget serves the whole backlog: that long, and the margin.
+    let serving =
+        Duration::from_secs_f64(backlog as f64 / f64::from(scenario.budget) * f64::from(u8::from(scenario.resets)));
+    let deadline = Instant::now() + scenario.window + serving + Duration::from_secs(90);
     while announced.len() + dead_after.len() < backlog {
         let left = deadline.saturating_duration_since(Instant::now());
         tokio::select! {
@@ -199,6 +255,8 @@ async fn run_on(
     for worker in workers {
         worker.stop().await?;
     }
+    let resets = fake.stats().token_resets;
+    let served_with_own_token = tokens.iter().filter(|t| fake.sessions_created_for(t) > 0).count();
     fake.shutdown().await;
 
     dead_after.sort();
@@ -216,5 +274,7 @@ async fn run_on(
         retry_trips_per_provision: retried / backlog as f64,
         // Each delivery handled was a message; each retry also a copy into the retry queue.
         broker_messages_per_provision: (handled + retried + outputs_count) / backlog as f64,
+        resets,
+        served_with_own_token,
     })
 }

@@ -62,6 +62,8 @@ pub struct Figures<'a> {
     pub backlog_scenario: &'a Scenario,
     pub churn: Outcome,
     pub churn_scenario: &'a Scenario,
+    /// The backlog again with token resets.
+    pub resets: Outcome,
     pub budget_cost: Cost,
     pub idle_rss: u64,
     pub peak_rss: u64,
@@ -99,6 +101,7 @@ impl Figures<'_> {
             backlog_scenario: scenario,
             ref churn,
             churn_scenario,
+            ref resets,
             ref budget_cost,
             idle_rss,
             peak_rss,
@@ -136,6 +139,19 @@ impl Figures<'_> {
             ("shared limit: 429s from the stand-in", rejected as f64, "0", rejected == 0),
             ("backlog: served before expiry / possible", served_ratio, ">= 0.99", served_ratio >= 0.99),
             ("backlog: 429s from the stand-in", backlog.rejected_429 as f64, "0", backlog.rejected_429 == 0),
+            (
+                "resets: served / backlog (none dead-lettered)",
+                resets.served_after_reset_ratio(),
+                ">= 0.99",
+                resets.served_after_reset_ratio() >= 0.99,
+            ),
+            (
+                "resets: token resets per provision",
+                resets.resets_per_provision().0,
+                "<= needed",
+                resets.resets_per_provision().0 <= resets.resets_per_provision().1,
+            ),
+            ("resets: 429s from the stand-in", resets.rejected_429 as f64, "0", resets.rejected_429 == 0),
             ("backlog: the rest dead-lettered credential_expired", expected_dead as f64, "all", all_expired),
             (
                 "backlog: retry-queue trips per provision",
@@ -256,6 +272,10 @@ new-session throughput is {:.1}% of the broker floor; cached path {:.1}%; dead-l
         report.set("shared_limit_ratio", self.achieved / f64::from(super::SHARED_BUDGET));
         report.set("shared_limit_429s", self.rejected as f64);
         report.set("served_before_expiry_ratio", self.backlog.served_ratio());
+        report.set("served_after_reset_ratio", self.resets.served_after_reset_ratio());
+        report.set("resets_per_provision", self.resets.resets_per_provision().0);
+        report.set("resets_per_provision_limit", self.resets.resets_per_provision().1);
+        report.set("resets_429s", self.resets.rejected_429 as f64);
         report.set("backlog_served_before_expiry", self.backlog.served_before_expiry as f64);
         report.set("backlog_possible", self.backlog.possible);
         report.set("backlog_429s", self.backlog.rejected_429 as f64);

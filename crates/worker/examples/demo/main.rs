@@ -1,8 +1,9 @@
 //! `make demo`: the worker's whole job on this machine, with the real binaries.
 //!
 //! Starts `fake-bunq` and `bunq-session-worker run` as processes against the local
-//! RabbitMQ and Redis, publishes provision events (ready, not ready, malformed), shows
-//! the session-ready events and the cached sessions (tokens masked); a downstream
+//! RabbitMQ and Redis, publishes provision events (ready, not ready, malformed, and one
+//! whose credential expired, which the worker resets on the partner's own session and
+//! then serves), shows the session-ready events and the cached sessions (tokens masked); a downstream
 //! (`downstream.rs`) sets each user's notification filters with the cached session, and
 //! the demo prints what the stand-in holds; then the partner cancels one provision and
 //! the demo shows the session-closed event and the emptied cache. Stops both processes
@@ -17,7 +18,6 @@ mod downstream;
 use bunq_protocol::signing::ClientKey;
 use bunq_session_worker::amqp::topology;
 use bunq_session_worker::cli::publish::{example_body, Example};
-use bunq_session_worker::store::{Keys, Store};
 use lapin::options::{BasicAckOptions, BasicGetOptions};
 use lapin::BasicProperties;
 use secrecy::ExposeSecret;
@@ -57,9 +57,15 @@ async fn demo(bin_dir: &std::path::Path, logs: &Logs) -> anyhow::Result<()> {
     let key_path = work.path().join("client_key.pem");
     let pem = ClientKey::generate()?.to_pkcs8_pem()?;
     std::fs::write(&key_path, &pem)?;
+    // The partner's own API key (token resets run on its session) and the key that seals
+    // what the worker keeps in Redis.
+    let partner_key = work.path().join("partner_api_key");
+    std::fs::write(&partner_key, format!("demo-partner-{}", uuid::Uuid::new_v4().simple()))?;
+    let seal_key = work.path().join("session.key");
+    std::fs::write(&seal_key, hex::encode(rand::random::<[u8; 32]>()))?;
 
-    step("starting fake-bunq (the local stand-in for bunq's API)");
-    let (mut fake, base_url) = start_fake(bin_dir, &logs.fake).await?;
+    step("starting fake-bunq (the local stand-in for bunq's API, playing the partner too)");
+    let (mut fake, base_url) = start_fake(bin_dir, &logs.fake, &partner_key).await?;
     println!("    {base_url}");
 
     // Downstream's view: a queue on the output exchange, declared before anything is published.
@@ -75,6 +81,12 @@ async fn demo(bin_dir: &std::path::Path, logs: &Logs) -> anyhow::Result<()> {
     step("starting bunq-session-worker");
     // Production's timings, the demo's own key; logs for people.
     let env = WorkerEnv::local(&base_url, &key_path, &run)
+        .set("CREDENTIAL_RESET", "on")
+        .set("BUNQ_PARTNER_API_KEY_FILE", partner_key.to_str().unwrap_or_default())
+        .set("SESSION_ENCRYPTION_KEY_FILE", seal_key.to_str().unwrap_or_default());
+    // What the demo reads Redis with: the worker's own settings (its key opens the sealed records).
+    let settings = env.settings();
+    let env = env
         .set("LOG_FORMAT", "pretty")
         .set("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info,lapin=warn".into()));
     let log = std::fs::File::create(&logs.worker)?;
@@ -86,14 +98,17 @@ async fn demo(bin_dir: &std::path::Path, logs: &Logs) -> anyhow::Result<()> {
         .kill_on_drop(true)
         .spawn()?;
 
-    step("publishing provision events: 3 ready, 1 still onboarding, 1 malformed");
+    step("publishing provision events: 3 ready, 1 whose credential expired in the backlog, 1 still onboarding, 1 malformed");
     let base = u64::from(rand::random::<u32>()) * 10;
+    let expired_id = base + 6;
+    let expired = register_expired_provision(&base_url, expired_id).await?;
     let events = [
         example_body(Example::Ready, base + 1),
         example_body(Example::Ready, base + 2),
         example_body(Example::Ready, base + 3),
         example_body(Example::NotReady, base + 4),
         example_body(Example::Malformed, base + 5),
+        expired,
     ];
     for body in &events {
         publish_input(&channel, names, body, BasicProperties::default()).await?;
@@ -102,7 +117,7 @@ async fn demo(bin_dir: &std::path::Path, logs: &Logs) -> anyhow::Result<()> {
     step("session-ready events, as notification-filter setup receives them");
     let mut ready_events = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while ready_events.len() < 3 && Instant::now() < deadline {
+    while ready_events.len() < 4 && Instant::now() < deadline {
         match channel.basic_get(watch.as_str().into(), BasicGetOptions { no_ack: false }).await? {
             Some(message) => {
                 message.ack(BasicAckOptions::default()).await?;
@@ -113,12 +128,22 @@ async fn demo(bin_dir: &std::path::Path, logs: &Logs) -> anyhow::Result<()> {
             None => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
-    anyhow::ensure!(ready_events.len() == 3, "expected 3 session-ready events, got {}", ready_events.len());
+    anyhow::ensure!(ready_events.len() == 4, "expected 4 session-ready events, got {}", ready_events.len());
+
+    step("the expired credential: the worker asked bunq for a new token on the partner's session, then opened the session with it");
+    let shown = fake_admin(&base_url, &format!("provisions/{expired_id}")).await?;
+    println!(
+        "    provision {expired_id}: {} token reset(s); credential now {} ({}); announced above with its new session",
+        shown["token_resets"],
+        shown["PartnerUserProvision"]["credential"]["id"],
+        shown["PartnerUserProvision"]["credential"]["status"]
+    );
     let user_ids: Vec<u64> = ready_events.iter().map(|e| e["user_id"].as_u64().unwrap_or_default()).collect();
 
     step("cached sessions in Redis (tokens masked here; the worker never logs them)");
     let redis = connect_redis(REDIS_URL)?;
-    let store = Store::new(redis.clone(), Keys::new(&run.key_prefix), None);
+    // Sealed at rest: read with the worker's own key.
+    let store = settings.redis.store(redis.clone());
     for user_id in &user_ids {
         let session = store.read_session(*user_id).await?.ok_or_else(|| anyhow::anyhow!("no session for {user_id}"))?;
         let ttl: i64 = redis::cmd("TTL").arg(store.keys().session(*user_id)).query_async(&mut redis.clone()).await?;
@@ -172,7 +197,7 @@ async fn demo(bin_dir: &std::path::Path, logs: &Logs) -> anyhow::Result<()> {
     // Leave the broker and Redis as we found them.
     leftovers.clean().await?;
     connection.close(200, "demo done".into()).await?;
-    step("done: 3 sessions opened, cached and announced, their notification filters set; 1 closed; 1 skipped; 1 dead-lettered");
+    step("done: 4 sessions opened (1 after a token reset), cached and announced, their notification filters set; 1 closed; 1 skipped; 1 dead-lettered");
     println!("    logs: {} and {}", logs.worker.display(), logs.fake.display());
     Ok(())
 }
@@ -211,9 +236,51 @@ async fn require_services() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn start_fake(bin_dir: &std::path::Path, log: &std::path::Path) -> anyhow::Result<(Child, String)> {
+/// A provision the stand-in holds whose credential expired a minute ago, and the event
+/// that reached the worker too late for it (bunq's credential id, expired token).
+async fn register_expired_provision(base_url: &str, id: u64) -> anyhow::Result<Vec<u8>> {
+    let token = test_support::random_token();
+    let expiry = time::OffsetDateTime::now_utc() - time::Duration::minutes(1);
+    let registered = fake_admin_post(
+        base_url,
+        "provisions",
+        serde_json::json!({
+            "id": id, "token_value": token, "expiry_time": bunq_timestamp(expiry),
+        }),
+    )
+    .await?;
+    let credential = registered["PartnerUserProvision"]["credential"]["id"].as_u64().unwrap_or_default();
+    Ok(test_support::ready_body_with(id, credential, &token, &test_support::expiry_in(time::Duration::minutes(-1))))
+}
+
+fn bunq_timestamp(at: time::OffsetDateTime) -> String {
+    let format =
+        time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second].[subsecond digits:6]");
+    at.format(&format).unwrap_or_default()
+}
+
+/// The stand-in's admin API (`/_fake/…`, beside `/v1`).
+async fn fake_admin(base_url: &str, path: &str) -> anyhow::Result<serde_json::Value> {
+    let url = format!("{}/_fake/{path}", base_url.trim_end_matches("/v1"));
+    Ok(serde_json::from_slice(&reqwest::get(url).await?.error_for_status()?.bytes().await?)?)
+}
+
+async fn fake_admin_post(base_url: &str, path: &str, body: serde_json::Value) -> anyhow::Result<serde_json::Value> {
+    let url = format!("{}/_fake/{path}", base_url.trim_end_matches("/v1"));
+    let request = reqwest::Client::new().post(url).header("content-type", "application/json");
+    let response = request.body(serde_json::to_vec(&body)?).send().await?.error_for_status()?;
+    Ok(serde_json::from_slice(&response.bytes().await?)?)
+}
+
+async fn start_fake(
+    bin_dir: &std::path::Path,
+    log: &std::path::Path,
+    partner_key: &std::path::Path,
+) -> anyhow::Result<(Child, String)> {
     let mut fake = Command::new(bin_dir.join("fake-bunq"))
-        .args(["--listen", "127.0.0.1:0"])
+        .args(["--listen", "127.0.0.1:0", "--token-reset-delay-ms", "1000"])
+        .arg("--partner-api-key-file")
+        .arg(partner_key)
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(log)?)
         .kill_on_drop(true)

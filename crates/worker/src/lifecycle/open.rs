@@ -33,6 +33,8 @@ pub struct ReadyProvision {
     pub(crate) credential_id: Option<u64>,
     pub(crate) token_value: SecretString,
     pub(crate) credential_expires_at: Option<OffsetDateTime>,
+    /// A new token the worker's own reset just obtained: held for its slot, not parked.
+    pub(crate) after_reset: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -150,10 +152,8 @@ impl SessionOpener {
         // bunq takes the secret until the credential expires. A delivery's credential
         // without one already has its deadline from first sight (`provision/handler.rs`);
         // the fallback only orders any other caller's after every dated one.
-        let due = (
-            Waiter::Open(id),
-            provision.credential_expires_at.unwrap_or_else(|| self.store.clock_now() + HANDSHAKE_TTL),
-        );
+        let waiter = if provision.after_reset { Waiter::Reset(id) } else { Waiter::Open(id) };
+        let due = (waiter, provision.credential_expires_at.unwrap_or_else(|| self.store.clock_now() + HANDSHAKE_TTL));
         if handshake.installation.is_none() || handshake.device_id.is_none() {
             // Spend no installation or device on a credential the budget cannot serve in
             // time, and wait for a far slot in the retry queue, not halfway through.

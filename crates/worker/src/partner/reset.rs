@@ -49,6 +49,9 @@ pub(crate) struct NeedsReset {
     pub(crate) replaces: Option<String>,
     /// Why, for the log and a dead letter's detail.
     pub(crate) why: String,
+    /// When the old credential lapses, if it has not yet (the budget cannot serve it in
+    /// time): no reset before then.
+    pub(crate) lapses_at: Option<OffsetDateTime>,
 }
 
 /// What bunq shows of a provision being reset.
@@ -115,15 +118,51 @@ impl Resetter {
     pub(crate) async fn reset(&self, needs: &NeedsReset) -> Result<Reset, Failure> {
         let id = needs.provision_id;
         self.store.wait_for_reset(id).await?;
+        let record = self.store.load_reset(id).await?;
+        let session = self.partner.session().await?;
         let line = self.line_deadline(id).await?;
+        if let (Some(requested_at), true) = (record.requested_at, record.replaces == needs.replaces) {
+            // Asked before (an earlier try, or a replica that died after asking): bunq's
+            // state says whether the request arrived. A new token already there is used
+            // now, whatever the line says.
+            let serve_by = self.serve_by(requested_at);
+            match self.seen(&self.read(&session, id).await?, needs, serve_by) {
+                Seen::Fresh(fresh) => return Ok(self.fresh(fresh)),
+                Seen::Inactive(status) => return self.inactive(needs, &status).await,
+                Seen::Pending => return self.read_new_token(&session, needs, serve_by).await,
+                Seen::Idle => {}
+            }
+        }
+        // A credential the budget cannot serve in time is reset once it lapses, not
+        // before: until then the line may still change for it, and a new token's life
+        // starts no sooner than needed.
+        if let Some(at) = needs.lapses_at.filter(|at| *at > self.store.clock_now()) {
+            let until = (at - self.store.clock_now()).unsigned_abs();
+            let after = until.clamp(self.retry_delay, self.max_delay);
+            return Ok(Reset::Later {
+                after,
+                detail: format!("provision {id}'s credential lapses at {at}; reset after"),
+            });
+        }
+        // Just in time: a new token starts its life only when a session-server slot is
+        // near; until then the provision waits in the line, in arrival order. And never
+        // more new tokens unused than the budget serves in a quarter of a token's life: others
+        // waiting in the retry queue are not in the line, and would expire unused.
         let limiter = self.partner.opener().limiter();
+        let life = self.settings.credential_lifetime;
+        let limit = limiter.session_server_limit();
+        let capacity =
+            (u64::from(limit.calls) * (life / 4).as_millis() as u64 / limit.per.as_millis().max(1) as u64).max(1);
+        if self.store.resets_outstanding(life).await? >= capacity {
+            let detail =
+                format!("{capacity} new tokens wait for their sessions; provision {id}'s reset comes after them");
+            return Ok(Reset::Later { after: self.retry_delay, detail });
+        }
         match limiter.check_session_server(Waiter::Open(id), line, self.partner.opener().retry_budget()).await {
             Ok(()) => {}
             Err(RateLimitError::Parked { after }) => {
-                return Ok(Reset::Later {
-                    after,
-                    detail: format!("waiting for a session-server slot for provision {id}'s reset"),
-                })
+                let detail = format!("waiting for a session-server slot for provision {id}'s reset");
+                return Ok(Reset::Later { after, detail });
             }
             Err(RateLimitError::NoSlotBeforeDeadline { slot_in, ahead, .. }) => {
                 let after = (slot_in / 2).clamp(self.retry_delay, self.max_delay);
@@ -133,36 +172,33 @@ impl Resetter {
             }
             Err(e) => return Err(Failure::from(&e)),
         }
-        let session = self.partner.session().await?;
-        let record = self.store.load_reset(id).await?;
-        let mut requested = record.requested_at.is_some() && record.replaces == needs.replaces;
-        if requested {
-            // Asked before (an earlier try, or a replica that died after asking): bunq's
-            // state says whether the request arrived.
-            match self.seen(&self.read(&session, id).await?, needs, line) {
-                Seen::Fresh(fresh) => return Ok(self.fresh(fresh)),
-                Seen::Inactive(status) => return self.inactive(needs, &status).await,
-                Seen::Pending => {}
-                Seen::Idle => requested = false,
+        // The intent first: a crash after bunq took the request must not ask twice.
+        let requested_at = self.store.clock_now().unix_timestamp();
+        let intent = ResetRecord {
+            replaces: needs.replaces.clone(),
+            requested_at: Some(requested_at),
+            refusals: record.refusals,
+        };
+        self.store.save_reset(id, &intent, KEEP).await?;
+        self.store.reset_requested(id).await?;
+        match self.request(&session, id).await? {
+            Ok(()) => {
+                self.metrics.credential_reset("requested");
+                tracing::info!(event = "credential_reset_requested", provision_id = id, why = %needs.why);
             }
+            Err(refused) => return self.refused(&session, needs, record, refused).await,
         }
-        if !requested {
-            // The intent first: a crash after bunq took the request must not ask twice.
-            let intent = ResetRecord {
-                replaces: needs.replaces.clone(),
-                requested_at: Some(self.store.clock_now().unix_timestamp()),
-                refusals: record.refusals,
-            };
-            self.store.save_reset(id, &intent, KEEP).await?;
-            match self.request(&session, id).await? {
-                Ok(()) => {
-                    self.metrics.credential_reset("requested");
-                    tracing::info!(event = "credential_reset_requested", provision_id = id, why = %needs.why);
-                }
-                Err(refused) => return self.refused(&session, needs, record, refused).await,
-            }
-        }
-        self.read_new_token(&session, needs, line).await
+        self.read_new_token(&session, needs, self.serve_by(requested_at)).await
+    }
+
+    /// The deadline a new token is served by: half a lifetime after it was requested
+    /// (requested because its slot was near, it goes before live credentials that
+    /// expire later, so deadlines arriving meanwhile do not push it past its own expiry
+    /// and into a second reset), and never sooner than a few seconds from now.
+    fn serve_by(&self, requested_at: i64) -> OffsetDateTime {
+        let half = (self.settings.credential_lifetime / 2).as_secs() as i64;
+        let floor = self.store.clock_now() + time::Duration::seconds(3);
+        OffsetDateTime::from_unix_timestamp(requested_at + half).map_or(floor, |at| at.max(floor))
     }
 
     /// What bunq shows of the provision, for a reset that replaces `needs.replaces`.
@@ -176,8 +212,6 @@ impl Resetter {
             .usable_token(self.store.clock_now())
             .filter(|t| !t.expose_secret().is_empty() && Some(credential_tag(None, t)) != needs.replaces);
         if let (Some(token), Some(credential)) = (token, provision.credential.as_ref()) {
-            // Its place in the budget's line stays the one it waited for: the new
-            // token's own expiry is later.
             let expires = credential.expiry_time.map_or(line, |at| at.min(line));
             return Seen::Fresh(ReadyProvision {
                 provision_id: provision.id,
@@ -185,6 +219,7 @@ impl Resetter {
                 credential_id: Some(credential.id),
                 token_value: token.clone(),
                 credential_expires_at: Some(expires),
+                after_reset: true,
             });
         }
         if provision.sub_status == "PENDING_PROCESS_TOKEN_RESET" || provision.status == "TOKEN_RESET_REQUESTED" {
@@ -236,6 +271,7 @@ impl Resetter {
         let id = needs.provision_id;
         record.refusals += 1;
         record.requested_at = None;
+        self.store.reset_withdrawn(id).await?;
         let provision = self.read(session, id).await?;
         let inactive = !ACTIVE_STATUSES.contains(&provision.status.as_str());
         if inactive || record.refusals >= self.settings.max_refusals {

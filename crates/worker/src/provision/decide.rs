@@ -87,6 +87,7 @@ pub fn decide(provision: &Provision, now: OffsetDateTime) -> Decision {
         credential_id: credential.id,
         token_value,
         credential_expires_at: credential.expiry_time,
+        after_reset: false,
     })
 }
 

@@ -2,16 +2,17 @@
 //! credential can no longer open its session is not dead-lettered but handed to the
 //! resetter (`partner/reset.rs`) under its lock, and opened with the fresh token.
 
-use super::decide::SkipReason;
 use super::handler::{Handler, Incoming};
 use super::outcome::Outcome;
 use crate::failure::{Failure, Reason};
 use crate::partner::reset::{NeedsReset, Reset, Resetter};
+use crate::store::Claim;
 
 impl Handler {
     /// Resets the credential, then opens the session with the new one. A provision that
-    /// already has a usable session (a newer credential's, e.g. relayed by the partner)
-    /// needs nothing: the old credential's event is stale.
+    /// already has a usable session (a newer credential's: an earlier try's, or relayed
+    /// by the partner) needs no reset: its session is announced (again: the same event
+    /// id), as any redelivery announces a cached session.
     pub(super) async fn reset_then_open(
         &self,
         resetter: &Resetter,
@@ -22,8 +23,18 @@ impl Handler {
         let parts = &self.parts;
         match parts.store.session_of_provision(id).await {
             Ok(Some(session)) if parts.opener.is_usable(&session, parts.store.clock_now()) => {
+                let work =
+                    |claim: Claim| async move { self.announce(session, &claim, true, incoming.correlation_id).await };
+                let owner = &parts.owner;
+                let outcome = match parts.store.with_lock(id, "announce".to_owned(), owner, parts.lock_ttl, work).await
+                {
+                    Ok(Some(Ok(outcome))) => outcome,
+                    Ok(Some(Err(failure))) => return self.after_failure(None, failure, incoming.attempt),
+                    Ok(None) => return self.lock_busy(id),
+                    Err(e) => return self.after_failure(None, Failure::from(e), incoming.attempt),
+                };
                 let _ = parts.store.reset_done(id).await;
-                return Outcome::Skipped(SkipReason::StaleCredential);
+                return outcome;
             }
             Ok(_) => {}
             Err(e) => return self.after_failure(None, Failure::from(e), incoming.attempt),
@@ -58,6 +69,15 @@ impl Handler {
                 detail: format!("the new token was refused: {}", failure.detail),
                 delay: self.settings.retry_queue_delay,
                 counts_as_attempt: true,
+            },
+            // The budget could not serve the new token in time after all (more earlier
+            // deadlines came while bunq prepared it): the next try reads the token again
+            // (no second request while it is usable) and waits for its slot.
+            Err(failure) if failure.reason == Reason::CredentialExpired => Outcome::Retry {
+                reason: Reason::AwaitingReset,
+                detail: failure.detail,
+                delay: self.settings.retry_queue_delay,
+                counts_as_attempt: false,
             },
             Err(failure) => self.after_failure(None, failure, incoming.attempt),
         }

@@ -56,6 +56,10 @@ pub enum Waiter {
     Renew(u64),
     /// The partner's own session (`CREDENTIAL_RESET=on`): one for every replica.
     Partner,
+    /// A provision whose new token (`CREDENTIAL_RESET=on`) is in hand: it waits in the
+    /// worker for its slot, up to its retry budget, instead of parking in the retry queue
+    /// (a late return there would let the token expire unused and cost a second reset).
+    Reset(u64),
 }
 
 impl Waiter {
@@ -64,6 +68,16 @@ impl Waiter {
             Waiter::Open(id) => format!("open:{id}"),
             Waiter::Renew(id) => format!("renew:{id}"),
             Waiter::Partner => "partner".to_owned(),
+            Waiter::Reset(id) => format!("reset:{id}"),
+        }
+    }
+
+    /// The longest this waiter is held in its worker for its slot, given its remaining
+    /// retry budget: a new token the whole budget, anyone else the hold horizon.
+    fn hold(self, horizon: Duration, budget: Duration) -> Duration {
+        match self {
+            Waiter::Reset(_) => budget,
+            _ => horizon.min(budget),
         }
     }
 }
@@ -113,6 +127,13 @@ impl Budget {
         (self.slot_interval() * 2).max(Duration::from_secs(3))
     }
 
+    /// How long a held waiter counts as present after it asked: it outlives the longest
+    /// sleep between two polls (half the hold horizon, or half the lease for a waiter held
+    /// longer).
+    fn lease(&self) -> Duration {
+        self.hold_horizon() / 2 + self.poll_interval() * 4 + Duration::from_secs(1)
+    }
+
     /// How often a held waiter asks again: often enough that a slot a parked waiter did
     /// not come back for is taken within half a slot.
     fn poll_interval(&self) -> Duration {
@@ -153,8 +174,7 @@ impl Budget {
         member: &str,
     ) -> Result<Admission, RateLimitError> {
         let deadline_ms = (deadline.unix_timestamp_nanos() / 1_000_000).max(0) as u64;
-        // Outlives the longest sleep between two polls (half the hold horizon).
-        let lease = self.hold_horizon() / 2 + self.poll_interval() * 4 + Duration::from_secs(1);
+        let lease = self.lease();
         let mut invocation = self.admit.prepare_invoke();
         self.keys(&mut invocation);
         invocation
@@ -194,11 +214,16 @@ impl Budget {
         let member = uuid::Uuid::new_v4().to_string();
         loop {
             let budget = max_hold.saturating_sub(started.elapsed());
-            match self.admit_as(waiter, deadline, true, (self.hold_horizon().min(budget), budget), &member).await? {
+            let hold = waiter.hold(self.hold_horizon(), budget);
+            match self.admit_as(waiter, deadline, true, (hold, budget), &member).await? {
                 Admission::Go => return Ok(Reservation::new(self.log_key.clone(), member, started.elapsed())),
                 // Half the wait at most: a slot that moves earlier (a waiter ahead left or
-                // is away) is noticed before it comes.
-                Admission::Hold(wait) => tokio::time::sleep(wait.min(self.poll_interval().max(wait / 2))).await,
+                // is away) is noticed before it comes. Within its lease: a waiter not seen
+                // for longer counts as gone.
+                Admission::Hold(wait) => {
+                    let sleep = wait.min(self.poll_interval().max(wait / 2)).min(self.lease() / 2);
+                    tokio::time::sleep(sleep).await;
+                }
                 Admission::Park(after) => return Err(RateLimitError::Parked { after }),
                 Admission::Hopeless { slot_in, ahead } => {
                     return Err(RateLimitError::NoSlotBeforeDeadline { deadline, slot_in, ahead })
@@ -217,7 +242,10 @@ impl Budget {
         budget: Duration,
     ) -> Result<(), RateLimitError> {
         let member = uuid::Uuid::new_v4().to_string();
-        match self.admit_as(waiter, deadline, false, (self.hold_horizon().min(budget), budget), &member).await? {
+        match self
+            .admit_as(waiter, deadline, false, (waiter.hold(self.hold_horizon(), budget), budget), &member)
+            .await?
+        {
             Admission::Go | Admission::Hold(_) => Ok(()),
             Admission::Park(after) => Err(RateLimitError::Parked { after }),
             Admission::Hopeless { slot_in, ahead } => {

@@ -149,6 +149,11 @@ impl RateLimiter {
         self
     }
 
+    /// The session-server limit: calls per window.
+    pub fn session_server_limit(&self) -> Limit {
+        self.session_server
+    }
+
     /// The shared session-server budget's waiting line, when there is one.
     pub fn budget(&self) -> Option<&Budget> {
         self.budget.as_ref()

@@ -139,6 +139,10 @@ impl Keys {
     pub(crate) fn reset(&self, provision_id: u64) -> String {
         format!("{}reset:{{{provision_id}}}", self.prefix)
     }
+    /// New tokens requested and not yet used, scored by when requested.
+    pub(crate) fn resets_outstanding(&self) -> String {
+        format!("{}resets:outstanding", self.prefix)
+    }
     /// Provisions waiting for a reset or their new token, scored by when last seen.
     pub(crate) fn resets_waiting(&self) -> String {
         format!("{}resets:waiting", self.prefix)

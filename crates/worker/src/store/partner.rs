@@ -147,7 +147,41 @@ impl Store {
     /// The provision no longer waits: its new token is used, or it was dead-lettered.
     pub async fn reset_done(&self, provision_id: u64) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
-        let _: i64 = redis::AsyncCommands::zrem(&mut conn, self.keys.resets_waiting(), provision_id).await?;
+        let _: () = redis::pipe()
+            .zrem(self.keys.resets_waiting(), provision_id)
+            .ignore()
+            .zrem(self.keys.resets_outstanding(), provision_id)
+            .ignore()
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// New tokens requested and not yet used, requested within `life` (older ones have
+    /// expired unused): what the session-server budget still has to serve.
+    pub async fn resets_outstanding(&self, life: Duration) -> Result<u64, StoreError> {
+        let mut conn = self.conn.clone();
+        let oldest = self.clock_now().unix_timestamp() - life.as_secs() as i64;
+        let (_, count): (i64, u64) = redis::pipe()
+            .zrembyscore(self.keys.resets_outstanding(), "-inf", oldest)
+            .zcard(self.keys.resets_outstanding())
+            .query_async(&mut conn)
+            .await?;
+        Ok(count)
+    }
+
+    /// A request bunq refused: no new token to wait for.
+    pub async fn reset_withdrawn(&self, provision_id: u64) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let _: i64 = redis::AsyncCommands::zrem(&mut conn, self.keys.resets_outstanding(), provision_id).await?;
+        Ok(())
+    }
+
+    /// Counts a requested reset as outstanding until its token is used.
+    pub async fn reset_requested(&self, provision_id: u64) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let now = self.clock_now().unix_timestamp();
+        let _: i64 = redis::AsyncCommands::zadd(&mut conn, self.keys.resets_outstanding(), provision_id, now).await?;
         Ok(())
     }
 

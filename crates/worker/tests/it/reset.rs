@@ -114,3 +114,37 @@ async fn an_answer_lost_after_bunq_opened_the_session_gets_a_fresh_token() {
     assert!(app.next_event(Duration::from_secs(2)).await.is_none(), "announced once");
     app.teardown().await;
 }
+
+#[tokio::test]
+async fn the_new_token_relayed_by_the_partner_and_the_workers_own_read_open_one_session() {
+    // bunq takes 3 s to prepare the new token: time for the partner's relay to forward it.
+    let fake = FakeConfig { token_reset_delay: Duration::from_secs(3), ..relaxed_fake() };
+    let Partnered { app, _dirs } = partnered(fake).await;
+    let (id, old) = (random_id(), random_token());
+    let credential =
+        app.fake.register_provision(id, &old, OffsetDateTime::now_utc() - time::Duration::minutes(1)).unwrap();
+    app.publish(&ready(id, credential, &old, -60)).await;
+    // The reset is requested; once bunq has the new token, the partner's webhook relay
+    // forwards the provision carrying it, while the worker reads it too.
+    let deadline = std::time::Instant::now() + WAIT;
+    let (new_id, new) = loop {
+        if let (1, Some(new_id), Some(new)) =
+            (app.fake.token_resets(id), app.fake.current_credential_id(id), app.fake.current_token(id))
+        {
+            break (new_id, new);
+        }
+        assert!(std::time::Instant::now() < deadline, "no new token");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    app.publish(&ready(id, new_id, &new, 3600)).await;
+
+    let (event, _) = app.next_event(WAIT).await.expect("the session");
+    assert_eq!(event.provision_id, id);
+    // The other delivery, whichever came second, announces the same session or nothing.
+    if let Some((again, _)) = app.next_event(Duration::from_secs(5)).await {
+        assert_eq!(again.session_id, event.session_id, "one session");
+    }
+    assert_eq!(app.fake.sessions_created_for(&new), 1, "one session with the new token");
+    assert_eq!(app.fake.token_resets(id), 1, "one reset");
+    app.teardown().await;
+}

@@ -17,8 +17,8 @@ impl Env {
         self.start(name, None)
     }
 
-    /// The same, its clock off by `offset` (`faketime -f`, e.g. `+30s`); monotonic time
-    /// is left alone, so its timers run as anyone's.
+    /// The same, its clock off by `offset` (libfaketime's `FAKETIME`, e.g. `+30s`);
+    /// monotonic time is left alone, so its timers run as anyone's.
     pub fn start_worker_with_clock(&self, name: &str, offset: &str) -> Worker {
         self.start(name, Some(offset))
     }
@@ -46,20 +46,26 @@ impl Env {
             .set("MAX_ATTEMPTS", "30")
             .set("SHUTDOWN_TIMEOUT", "10s");
         let env = self.worker_env.iter().fold(env, |env, (variable, value)| env.set(variable, value));
-        let mut command = match clock {
-            None => Command::new(BIN),
-            Some(offset) => {
-                let mut faketime = Command::new("faketime");
-                faketime.args(["-f", offset, BIN]);
-                faketime
-            }
-        };
+        let mut command = Command::new(BIN);
         command.arg("run").env_clear().envs(env.vars()).stdout(Stdio::null()).stderr(log).kill_on_drop(true);
-        if clock.is_some() {
-            command.env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+        if let Some(offset) = clock {
+            // libfaketime preloaded into the worker itself, not the `faketime` wrapper: the
+            // wrapper forks, so a signal or a kill on drop would reach it and leave the
+            // worker running.
+            command.env("LD_PRELOAD", libfaketime()).env("FAKETIME", offset).env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
         }
         Worker { child: command.spawn().unwrap(), ops_port, log_path }
     }
+}
+
+/// Debian's `libfaketime` (package `faketime`, which `make test-faults` installs).
+fn libfaketime() -> &'static str {
+    const PLACES: [&str; 3] = [
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/faketime/libfaketime.so.1",
+    ];
+    PLACES.into_iter().find(|p| std::path::Path::new(p).exists()).expect("libfaketime is installed (Debian: faketime)")
 }
 
 pub struct Worker {
