@@ -173,8 +173,16 @@ async fn main() -> anyhow::Result<()> {
         first_id: 50_000_000,
         resets: false,
     };
-    // The same backlog with token resets: nobody lost to an expired credential.
-    let reset_scenario = backlog::Scenario { first_id: 70_000_000, resets: true, ..deadline_scenario };
+    // The same backlog with token resets: nobody lost to an expired credential (tokens
+    // living at least the 10 s CREDENTIAL_LIFETIME allows, also in the smoke run).
+    let reset_window = sizes.backlog_window.max(Duration::from_secs(10));
+    let reset_scenario = backlog::Scenario {
+        window: reset_window,
+        backlog: 3 * 10 * reset_window.as_secs() as usize,
+        first_id: 70_000_000,
+        resets: true,
+        ..deadline_scenario
+    };
     // A big backlog behind a tiny budget: what waiting costs the broker.
     let churn_scenario = backlog::Scenario {
         budget: 2,
