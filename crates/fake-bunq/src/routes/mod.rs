@@ -108,6 +108,14 @@ impl FromRequestParts<Arc<App>> for Caller {
 }
 
 impl Caller {
+    /// A call on the item a path names (`/…/{id}`, read when a GET); an id that is not a
+    /// number names no call.
+    async fn dispatch_item(self, endpoint: Endpoint, item: &str, body: Bytes) -> Response {
+        let read = self.method == Method::GET;
+        let call = item.parse().ok().map(|id| Call { endpoint, item: Some(id), read });
+        self.dispatch(call, body).await
+    }
+
     /// Runs `call` through the pipeline; `None` (a path naming no call) is bunq's 404.
     async fn dispatch(self, call: Option<Call>, body: Bytes) -> Response {
         match call {

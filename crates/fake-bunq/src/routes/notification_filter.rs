@@ -11,14 +11,12 @@ use crate::responses::{self as wire, Item};
 use crate::{lock, App};
 use axum::body::Bytes;
 use axum::extract::Path;
-use axum::http::{HeaderMap, Method};
+use axum::http::HeaderMap;
 use axum::response::Response;
 
 /// `POST`/`GET /v1/user/{userId}/notification-filter-url`, with the user's session token.
 pub(super) async fn notification_filters(caller: Caller, Path(user_id): Path<String>, body: Bytes) -> Response {
-    let read = caller.method == Method::GET;
-    let call = user_id.parse().ok().map(|id| Call { endpoint: Endpoint::NotificationFilterUrl, item: Some(id), read });
-    caller.dispatch(call, body).await
+    caller.dispatch_item(Endpoint::NotificationFilterUrl, &user_id, body).await
 }
 
 /// `/user/{userId}/notification-filter-url`: as that user's session only. A POST

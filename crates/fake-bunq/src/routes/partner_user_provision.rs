@@ -12,14 +12,12 @@ use crate::state::ProvisionStatus;
 use crate::{lock, App};
 use axum::body::Bytes;
 use axum::extract::Path;
-use axum::http::{HeaderMap, Method};
+use axum::http::HeaderMap;
 use axum::response::Response;
 use serde_json::Value;
 
 pub(super) async fn provision_call(caller: Caller, Path(id): Path<String>, body: Bytes) -> Response {
-    let read = caller.method == Method::GET;
-    let call = id.parse().ok().map(|id| Call { endpoint: Endpoint::PartnerUserProvision, item: Some(id), read });
-    caller.dispatch(call, body).await
+    caller.dispatch_item(Endpoint::PartnerUserProvision, &id, body).await
 }
 
 /// A user's session (a provisioned user's `UserApiKey`) gets 403 like any call its

@@ -2,7 +2,7 @@
 
 use super::auth::authenticate_session;
 use super::reply::Reply;
-use super::{header_str, Call, Caller, HEADER_AUTHENTICATION};
+use super::{header_str, Caller, HEADER_AUTHENTICATION};
 use crate::calls::RecordedCall;
 use crate::errors::BunqError;
 use crate::faults::Endpoint;
@@ -15,8 +15,7 @@ use axum::response::Response;
 
 /// `DELETE /v1/session/{id}`: authenticated by the session token, not the installation's.
 pub(super) async fn end_session(caller: Caller, Path(id): Path<String>, body: Bytes) -> Response {
-    let call = id.parse().ok().map(|id| Call { endpoint: Endpoint::Session, item: Some(id), read: false });
-    caller.dispatch(call, body).await
+    caller.dispatch_item(Endpoint::Session, &id, body).await
 }
 
 /// `DELETE /session/{id}` with the session's own token.

@@ -160,14 +160,7 @@ impl Store {
     /// New tokens requested and not yet used, requested within `life` (older ones have
     /// expired unused): what the session-server budget still has to serve.
     pub async fn resets_outstanding(&self, life: Duration) -> Result<u64, StoreError> {
-        let mut conn = self.conn.clone();
-        let oldest = self.clock_now().unix_timestamp() - life.as_secs() as i64;
-        let (_, count): (i64, u64) = redis::pipe()
-            .zrembyscore(self.keys.resets_outstanding(), "-inf", oldest)
-            .zcard(self.keys.resets_outstanding())
-            .query_async(&mut conn)
-            .await?;
-        Ok(count)
+        self.count_recent(self.keys.resets_outstanding(), life).await
     }
 
     /// A request bunq refused: no new token to wait for.
@@ -188,13 +181,16 @@ impl Store {
     /// Provisions waiting for a reset or their new token, dropping those not seen for
     /// `forget_after` (their deliveries ended elsewhere, e.g. a closed provision).
     pub async fn resets_waiting(&self, forget_after: Duration) -> Result<u64, StoreError> {
+        self.count_recent(self.keys.resets_waiting(), forget_after).await
+    }
+
+    /// Members of the sorted set `key` scored (Unix seconds) within `keep` of now, the
+    /// older ones dropped first.
+    async fn count_recent(&self, key: String, keep: Duration) -> Result<u64, StoreError> {
         let mut conn = self.conn.clone();
-        let oldest = self.clock_now().unix_timestamp() - forget_after.as_secs() as i64;
-        let (_, count): (i64, u64) = redis::pipe()
-            .zrembyscore(self.keys.resets_waiting(), "-inf", oldest)
-            .zcard(self.keys.resets_waiting())
-            .query_async(&mut conn)
-            .await?;
+        let oldest = self.clock_now().unix_timestamp() - keep.as_secs() as i64;
+        let (_, count): (i64, u64) =
+            redis::pipe().zrembyscore(&key, "-inf", oldest).zcard(&key).query_async(&mut conn).await?;
         Ok(count)
     }
 }
