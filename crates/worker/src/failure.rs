@@ -106,10 +106,12 @@ impl Failure {
         Self { retry: Retry::Transient { after: None }, ..self }
     }
 
-    /// bunq refused the credential at session-server (400: incorrect, expired, superseded
-    /// or already used): only a new token helps.
+    /// bunq refused the credential (400: incorrect, expired, superseded or already used)
+    /// at device-server or session-server, the two calls that send it: only a new token
+    /// helps. At device-server this is a credential that expired between the budget's
+    /// check and the handshake (a scale run saw one, 20 ms past its expiry).
     pub(crate) fn refused_credential(&self) -> bool {
-        matches!(self.answered, Some((Endpoint::SessionServer, 400 | 401 | 403)))
+        matches!(self.answered, Some((Endpoint::DeviceServer | Endpoint::SessionServer, 400 | 401 | 403)))
     }
 
     /// bunq refused the session token a call was authenticated with (401/403).

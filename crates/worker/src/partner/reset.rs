@@ -158,7 +158,8 @@ impl Resetter {
                 format!("{capacity} new tokens wait for their sessions; provision {id}'s reset comes after them");
             return Ok(Reset::Later { after: self.retry_delay, detail });
         }
-        match limiter.check_session_server(Waiter::Open(id), line, self.partner.opener().retry_budget()).await {
+        let budget = self.partner.opener().retry_budget();
+        match limiter.check_session_server(Waiter::Open(id), line, budget).await {
             Ok(()) => {}
             Err(RateLimitError::Parked { after }) => {
                 let detail = format!("waiting for a session-server slot for provision {id}'s reset");
@@ -172,8 +173,17 @@ impl Resetter {
             }
             Err(e) => return Err(Failure::from(&e)),
         }
-        // The intent first: a crash after bunq took the request must not ask twice.
+        // From here it waits for its slot as a new token (`Waiter::Reset`), in the line at
+        // once: the next resets see it before its token is there. Present while bunq
+        // prepares the token, at most a retry budget (then forgotten, and back as it
+        // comes).
         let requested_at = self.store.clock_now().unix_timestamp();
+        let renamed = (Waiter::Open(id), Waiter::Reset(id));
+        limiter
+            .rename_session_server_waiter(renamed, self.serve_by(requested_at), budget)
+            .await
+            .map_err(|e| Failure::from(&e))?;
+        // The intent first: a crash after bunq took the request must not ask twice.
         let intent = ResetRecord {
             replaces: needs.replaces.clone(),
             requested_at: Some(requested_at),

@@ -164,6 +164,22 @@ keep(KEYS[4], park + forget_after)
 return {2, park, ahead}
 "#;
 
+/// KEYS as for ADMIT; ARGV: spacing ms, calls, old member, new member, deadline ms,
+/// lease ms. A waiter going on under another name: the old entry leaves the line, the new
+/// one is registered present (held in its worker) with its deadline for `lease`, taking
+/// no slot. Returns 0.
+pub(super) const RENAME: &str = r#"
+for i = 2, 4 do redis.call('ZREM', KEYS[i], ARGV[3]) end
+local deadline = tonumber(ARGV[5])
+local lease = tonumber(ARGV[6])
+redis.call('ZADD', KEYS[2], deadline, ARGV[4])
+redis.call('ZREM', KEYS[4], ARGV[4])
+redis.call('ZADD', KEYS[3], now + lease, ARGV[4])
+if redis.call('PTTL', KEYS[2]) < deadline - now + window then redis.call('PEXPIRE', KEYS[2], deadline - now + window) end
+if redis.call('PTTL', KEYS[3]) < lease then redis.call('PEXPIRE', KEYS[3], lease) end
+return 0
+"#;
+
 /// KEYS as for ADMIT; ARGV: spacing ms, calls, lead ms, max slots counted.
 /// The plan for every live waiter, served in deadline order: {waiting, servable,
 /// hopeless, ms until the last servable one's slot, ms the earliest deadline has left

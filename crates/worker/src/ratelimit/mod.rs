@@ -159,15 +159,20 @@ impl RateLimiter {
         self.budget.as_ref()
     }
 
-    fn key(&self, endpoint: Endpoint, provision_id: u64) -> String {
-        let class = match endpoint {
+    /// The budget class `endpoint` counts in.
+    fn class(endpoint: Endpoint) -> &'static str {
+        match endpoint {
             Endpoint::SessionServer => "session-server",
             Endpoint::PartnerUserProvisionUpdate => "put",
             Endpoint::PartnerUserProvisionRead => "get",
             // Every other call (ending a session is the only other the worker makes)
             // shares the smaller calls' budget.
             _ => "post",
-        };
+        }
+    }
+
+    fn key(&self, endpoint: Endpoint, provision_id: u64) -> String {
+        let class = Self::class(endpoint);
         match self.scope {
             Scope::Global => format!("{}ratelimit:{class}:{{global}}", self.prefix),
             Scope::Credential => format!("{}ratelimit:{class}:{{{provision_id}}}", self.prefix),
@@ -199,7 +204,7 @@ impl RateLimiter {
             .key(self.key(endpoint, provision_id))
             .arg(shift.as_millis() as u64)
             .arg(limit.calls)
-            .arg(limit.spacing().as_millis() as u64)
+            .arg(self.spacing(endpoint).as_millis() as u64)
             .invoke_async(&mut conn)
             .await?;
         Ok(())
@@ -239,8 +244,34 @@ impl RateLimiter {
 
     /// The window (ms) of the log at `key`, to keep the log that long after a stamp.
     fn spacing_of(&self, key: &str) -> u64 {
-        let limit = if key.contains(":session-server:") { self.session_server } else { self.other_post };
-        limit.spacing().as_millis() as u64
+        let endpoint =
+            [Endpoint::SessionServer, Endpoint::PartnerUserProvisionUpdate, Endpoint::PartnerUserProvisionRead]
+                .into_iter()
+                .find(|endpoint| key.contains(&format!(":{}:", Self::class(*endpoint))))
+                .unwrap_or(Endpoint::Session);
+        self.spacing(endpoint).as_millis() as u64
+    }
+
+    /// How far apart reservations of `endpoint` are spaced: the partner's calls wider.
+    fn spacing(&self, endpoint: Endpoint) -> Duration {
+        let limit = self.limit(endpoint);
+        match endpoint {
+            Endpoint::PartnerUserProvisionUpdate | Endpoint::PartnerUserProvisionRead => limit.wide_spacing(),
+            _ => limit.spacing(),
+        }
+    }
+
+    /// `from` goes on as `to` in the shared budget's line ([`Budget::rename`]).
+    pub(crate) async fn rename_session_server_waiter(
+        &self,
+        waiters: (Waiter, Waiter),
+        deadline: OffsetDateTime,
+        lease: Duration,
+    ) -> Result<(), RateLimitError> {
+        match &self.budget {
+            Some(budget) => budget.rename(waiters, deadline, lease).await,
+            None => Ok(()),
+        }
     }
 
     /// Before a handshake: whether the shared budget can serve `waiter` before `deadline`
@@ -272,7 +303,7 @@ impl RateLimiter {
         let wait_ms: i64 = self
             .script
             .key(&key)
-            .arg(limit.spacing().as_millis() as u64)
+            .arg(self.spacing(endpoint).as_millis() as u64)
             .arg(limit.calls)
             .arg(max_wait.as_millis() as u64)
             .arg(&member)

@@ -87,18 +87,24 @@ async fn a_waiter_the_budget_cannot_reach_before_its_deadline_is_told_at_once() 
     delete_keys(&mut connect_redis(REDIS_URL).unwrap(), &prefix).await.unwrap();
 }
 
-#[tokio::test]
-async fn a_parked_waiter_keeps_its_slot_only_if_it_is_back_in_time() {
-    let prefix = TestNames::new("budget").key_prefix;
-    let budget = budget(&prefix, "1/500ms", Duration::from_secs(300));
+/// At 2 calls/s, a slot taken now and four present waiters (due in 30 s) ahead put
+/// provision 9's slot (due in 40 s) ~2.5 s away: beyond the 1 s it would be held for, so
+/// it is parked, to be back 0.5 s before its slot. How long it is parked for.
+async fn four_present_and_nine_parked(budget: &Budget) -> Duration {
     assert_eq!(budget.admit(Waiter::Open(1), in_secs(60), true, HOLD).await.unwrap(), Admission::Go);
-    // Four present waiters ahead put provision 9's slot ~2.5 s away: beyond the 1 s it
-    // would be held for, so it is parked, to be back 0.5 s before its slot.
     for id in 2..=5 {
         hold_ms(budget.admit(Waiter::Open(id), in_secs(30), true, HOLD).await.unwrap());
     }
     let parked = budget.admit(Waiter::Open(9), in_secs(40), true, Duration::from_secs(1)).await.unwrap();
     let Admission::Park(after) = parked else { panic!("expected to park, got {parked:?}") };
+    after
+}
+
+#[tokio::test]
+async fn a_parked_waiter_keeps_its_slot_only_if_it_is_back_in_time() {
+    let prefix = TestNames::new("budget").key_prefix;
+    let budget = budget(&prefix, "1/500ms", Duration::from_secs(300));
+    let after = four_present_and_nine_parked(&budget).await;
     assert!(after > Duration::from_secs(1), "parked for less than it would be held: {after:?}");
     // Its slot is kept: a later deadline present now is planned after it.
     let behind = hold_ms(budget.admit(Waiter::Open(10), in_secs(50), true, HOLD).await.unwrap());
@@ -116,6 +122,29 @@ async fn a_parked_waiter_keeps_its_slot_only_if_it_is_back_in_time() {
     }
     let waited = budget.acquire(Waiter::Open(10), in_secs(50), HOLD).await.unwrap().waited;
     assert!(waited < after, "10 waited for an absent waiter's slot: {waited:?}");
+    delete_keys(&mut connect_redis(REDIS_URL).unwrap(), &prefix).await.unwrap();
+}
+
+/// A provision whose reset is requested waits on as `Waiter::Reset` before its new token
+/// is there: its old entry, parked with a wake, is no longer counted as coming back, and
+/// the new one is counted at once, at its own deadline.
+#[tokio::test]
+async fn a_waiter_renamed_leaves_its_old_place_and_is_present_under_its_new_name() {
+    let prefix = TestNames::new("budget").key_prefix;
+    let budget = budget(&prefix, "1/500ms", Duration::from_secs(300));
+    four_present_and_nine_parked(&budget).await;
+    let plan = budget.plan().await.unwrap();
+    assert_eq!((plan.waiting, plan.servable), (5, 5), "4 present, 9 parked: {plan:?}");
+
+    // 9 goes on as a new token due in 20 s, ahead of 2..=5 (due in 30 s).
+    budget.rename((Waiter::Open(9), Waiter::Reset(9)), in_secs(20), Duration::from_secs(60)).await.unwrap();
+    let plan = budget.plan().await.unwrap();
+    assert_eq!((plan.waiting, plan.servable), (5, 5), "one entry for 9, not two: {plan:?}");
+    let earliest = plan.earliest_deadline_in.unwrap();
+    assert!(
+        earliest <= Duration::from_secs(20) && earliest > Duration::from_secs(10),
+        "9's new deadline first: {plan:?}"
+    );
     delete_keys(&mut connect_redis(REDIS_URL).unwrap(), &prefix).await.unwrap();
 }
 

@@ -67,6 +67,27 @@ async fn an_expired_credential_gets_a_new_token_on_the_partner_session_and_its_s
     app.teardown().await;
 }
 
+/// The event says the credential has a minute left, bunq that it expired (it lapsed
+/// between the budget's check and the handshake, or the clocks disagree): bunq refuses
+/// it at device-server, the first call that sends it, and a new token helps there too.
+#[tokio::test]
+async fn a_credential_bunq_refuses_at_device_server_gets_a_new_token_not_a_dead_letter() {
+    let Partnered { app, _dirs } = partnered(relaxed_fake()).await;
+    let (id, old) = (random_id(), random_token());
+    let credential =
+        app.fake.register_provision(id, &old, OffsetDateTime::now_utc() - time::Duration::seconds(1)).unwrap();
+    app.publish(&ready(id, credential, &old, 60)).await;
+
+    let (event, _) = app.next_event(WAIT).await.expect("the session, after a reset");
+    assert_eq!(event.provision_id, id);
+    assert_eq!(app.fake.stats().refused_expired_tokens, 1, "bunq refused the old token once");
+    let new = app.fake.current_token(id).expect("the provision's new token");
+    assert_eq!(app.fake.token_resets(id), 1, "one reset");
+    assert_eq!(app.fake.sessions_created_for(&new), 1, "the session opened with the new token");
+    assert!(app.next_dead_letter(Duration::from_secs(1)).await.is_none(), "no dead letter");
+    app.teardown().await;
+}
+
 #[tokio::test]
 async fn a_cancelled_provisions_reset_is_refused_and_dead_lettered_with_what_bunq_said() {
     let Partnered { app, _dirs } = partnered(relaxed_fake()).await;
