@@ -18,7 +18,7 @@
 //! who takes the next one.
 
 use super::limit::{Limit, RateLimitError, Reservation, SLOTS};
-use super::line::{ADMIT, PLAN, RENAME};
+use super::line::{ADMIT, MEMBERS, PLAN, RENAME};
 use crate::metrics::{BudgetLine, Metrics};
 use crate::store::Redis;
 use std::sync::Arc;
@@ -110,9 +110,9 @@ impl Budget {
             log_key,
             limit,
             max_park,
-            admit: Arc::new(redis::Script::new(&format!("{SLOTS}{ADMIT}"))),
+            admit: Arc::new(redis::Script::new(&format!("{SLOTS}{MEMBERS}{ADMIT}"))),
             plan: Arc::new(redis::Script::new(&format!("{SLOTS}{PLAN}"))),
-            rename: Arc::new(redis::Script::new(&format!("{SLOTS}{RENAME}"))),
+            rename: Arc::new(redis::Script::new(&format!("{SLOTS}{MEMBERS}{RENAME}"))),
         }
     }
 
@@ -218,7 +218,10 @@ impl Budget {
             let budget = max_hold.saturating_sub(started.elapsed());
             let hold = waiter.hold(self.hold_horizon(), budget);
             match self.admit_as(waiter, deadline, true, (hold, budget), &member).await? {
-                Admission::Go => return Ok(Reservation::new(self.log_key.clone(), member, started.elapsed())),
+                Admission::Go => {
+                    let spacing = self.limit.spacing();
+                    return Ok(Reservation::new(self.log_key.clone(), member, spacing, started.elapsed()));
+                }
                 // Half the wait at most: a slot that moves earlier (a waiter ahead left or
                 // is away) is noticed before it comes. Within its lease: a waiter not seen
                 // for longer counts as gone.

@@ -133,13 +133,15 @@ impl RateLimitError {
 pub struct Reservation {
     pub(crate) key: String,
     pub(crate) member: String,
+    /// The spacing of the log at `key`: how long the log is kept after the stamp.
+    pub(crate) spacing: Duration,
     /// How long the caller waited for the slot.
     pub waited: Duration,
 }
 
 impl Reservation {
-    pub(crate) fn new(key: String, member: String, waited: Duration) -> Self {
-        Self { key, member, waited }
+    pub(crate) fn new(key: String, member: String, spacing: Duration, waited: Duration) -> Self {
+        Self { key, member, spacing, waited }
     }
 }
 

@@ -3,7 +3,29 @@
 //! line by rank and skips by rank whoever can no longer be served, so its work follows
 //! the slots before a deadline, not the length of the line (docs/architecture.md §5.6).
 
-/// KEYS: log, waiting (score: deadline), present (score: lease end), parked (score: wake).
+/// What the scripts that change the line share, after [`super::limit::SLOTS`] (KEYS as
+/// for ADMIT): a member leaving it, a key kept alive, a member registered present.
+pub(super) const MEMBERS: &str = r#"
+local function forget(m)
+  redis.call('ZREM', KEYS[2], m)
+  redis.call('ZREM', KEYS[3], m)
+  redis.call('ZREM', KEYS[4], m)
+end
+local function keep(key, ms)
+  if redis.call('PTTL', key) < ms then redis.call('PEXPIRE', key, ms) end
+end
+-- Registers `m`, due by `deadline`, as present (held in its worker) for `ms`.
+local function stay(m, deadline, ms)
+  redis.call('ZADD', KEYS[2], deadline, m)
+  redis.call('ZREM', KEYS[4], m)
+  redis.call('ZADD', KEYS[3], now + ms, m)
+  keep(KEYS[2], deadline - now + window)
+  keep(KEYS[3], ms)
+end
+"#;
+
+/// After [`MEMBERS`]. KEYS: log, waiting (score: deadline), present (score: lease end),
+/// parked (score: wake).
 /// ARGV: spacing ms, calls, member, deadline ms, take (0/1), hold ms, present lease ms,
 /// max park ms, forget-after ms, log member, lead ms, budget ms (what is left of the
 /// caller's retry budget: it is never held longer), absent cap (`budget::ABSENT_CAP`).
@@ -33,22 +55,6 @@ local absent_cap = tonumber(ARGV[13])
 -- forgotten once, so the next calls catch up, and until then `uses` judges them expired).
 local PAGE, CLEAN = 64, 64
 
-local function forget(m)
-  redis.call('ZREM', KEYS[2], m)
-  redis.call('ZREM', KEYS[3], m)
-  redis.call('ZREM', KEYS[4], m)
-end
-local function keep(key, ms)
-  if redis.call('PTTL', key) < ms then redis.call('PEXPIRE', key, ms) end
-end
--- Registers `me` as present (held in its worker) for `ms`.
-local function stay(ms)
-  redis.call('ZADD', KEYS[2], deadline, me)
-  redis.call('ZREM', KEYS[4], me)
-  redis.call('ZADD', KEYS[3], now + ms, me)
-  keep(KEYS[2], deadline - now + window)
-  keep(KEYS[3], ms)
-end
 -- Whether `m`, ahead in the line, will be there for a slot at `at`: present (its lease
 -- not run out), or parked, due back by then and not yet given up on.
 local function uses(m, at)
@@ -135,7 +141,7 @@ if at <= now then
 end
 local wait = at - now
 if wait <= hold then
-  if take then stay(lease) end
+  if take then stay(me, deadline, lease) end
   return {1, wait, ahead}
 end
 local park = math.min(wait - math.floor(hold / 2), max_park)
@@ -151,7 +157,7 @@ if #latest > 0 and latest[1] ~= me then
   local behind = tonumber(latest[2]) - now
   if behind >= wait - math.floor(hold / 4) and wait <= budget then
     -- Its lease outlasts the wait: it sleeps half of it between polls.
-    if take then stay(wait + lease) end
+    if take then stay(me, deadline, wait + lease) end
     return {1, wait, ahead}
   end
   if behind > park then park = behind end
@@ -164,19 +170,13 @@ keep(KEYS[4], park + forget_after)
 return {2, park, ahead}
 "#;
 
-/// KEYS as for ADMIT; ARGV: spacing ms, calls, old member, new member, deadline ms,
-/// lease ms. A waiter going on under another name: the old entry leaves the line, the new
-/// one is registered present (held in its worker) with its deadline for `lease`, taking
-/// no slot. Returns 0.
+/// After [`MEMBERS`]. KEYS as for ADMIT; ARGV: spacing ms, calls, old member, new member,
+/// deadline ms, lease ms. A waiter going on under another name: the old entry leaves the
+/// line, the new one is registered present (held in its worker) with its deadline for
+/// `lease`, taking no slot. Returns 0.
 pub(super) const RENAME: &str = r#"
-for i = 2, 4 do redis.call('ZREM', KEYS[i], ARGV[3]) end
-local deadline = tonumber(ARGV[5])
-local lease = tonumber(ARGV[6])
-redis.call('ZADD', KEYS[2], deadline, ARGV[4])
-redis.call('ZREM', KEYS[4], ARGV[4])
-redis.call('ZADD', KEYS[3], now + lease, ARGV[4])
-if redis.call('PTTL', KEYS[2]) < deadline - now + window then redis.call('PEXPIRE', KEYS[2], deadline - now + window) end
-if redis.call('PTTL', KEYS[3]) < lease then redis.call('PEXPIRE', KEYS[3], lease) end
+forget(ARGV[3])
+stay(ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]))
 return 0
 "#;
 

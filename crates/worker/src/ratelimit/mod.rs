@@ -159,20 +159,15 @@ impl RateLimiter {
         self.budget.as_ref()
     }
 
-    /// The budget class `endpoint` counts in.
-    fn class(endpoint: Endpoint) -> &'static str {
-        match endpoint {
+    fn key(&self, endpoint: Endpoint, provision_id: u64) -> String {
+        let class = match endpoint {
             Endpoint::SessionServer => "session-server",
             Endpoint::PartnerUserProvisionUpdate => "put",
             Endpoint::PartnerUserProvisionRead => "get",
             // Every other call (ending a session is the only other the worker makes)
             // shares the smaller calls' budget.
             _ => "post",
-        }
-    }
-
-    fn key(&self, endpoint: Endpoint, provision_id: u64) -> String {
-        let class = Self::class(endpoint);
+        };
         match self.scope {
             Scope::Global => format!("{}ratelimit:{class}:{{global}}", self.prefix),
             Scope::Credential => format!("{}ratelimit:{class}:{{{provision_id}}}", self.prefix),
@@ -230,7 +225,7 @@ impl RateLimiter {
     /// bunq answered the reserved call (or it failed on its way): its log entry moves to
     /// now, in the background (the next call that could depend on it is a slot away).
     pub fn answered(&self, reservation: Reservation) {
-        let (conn, stamp, window) = (self.conn.clone(), self.stamp.clone(), self.spacing_of(&reservation.key));
+        let (conn, stamp, window) = (self.conn.clone(), self.stamp.clone(), reservation.spacing.as_millis() as u64);
         tokio::spawn(async move {
             let mut conn = conn;
             let stamped: Result<i64, _> =
@@ -240,16 +235,6 @@ impl RateLimiter {
                 tracing::debug!(event = "rate_limit_stamp_failed", error = %e);
             }
         });
-    }
-
-    /// The window (ms) of the log at `key`, to keep the log that long after a stamp.
-    fn spacing_of(&self, key: &str) -> u64 {
-        let endpoint =
-            [Endpoint::SessionServer, Endpoint::PartnerUserProvisionUpdate, Endpoint::PartnerUserProvisionRead]
-                .into_iter()
-                .find(|endpoint| key.contains(&format!(":{}:", Self::class(*endpoint))))
-                .unwrap_or(Endpoint::Session);
-        self.spacing(endpoint).as_millis() as u64
     }
 
     /// How far apart reservations of `endpoint` are spaced: the partner's calls wider.
@@ -297,13 +282,13 @@ impl RateLimiter {
         provision_id: u64,
         max_wait: Duration,
     ) -> Result<Reservation, RateLimitError> {
-        let limit = self.limit(endpoint);
+        let (limit, spacing) = (self.limit(endpoint), self.spacing(endpoint));
         let mut conn = self.conn.clone();
         let (key, member) = (self.key(endpoint, provision_id), uuid::Uuid::new_v4().to_string());
         let wait_ms: i64 = self
             .script
             .key(&key)
-            .arg(self.spacing(endpoint).as_millis() as u64)
+            .arg(spacing.as_millis() as u64)
             .arg(limit.calls)
             .arg(max_wait.as_millis() as u64)
             .arg(&member)
@@ -321,6 +306,6 @@ impl RateLimiter {
             tokio::time::sleep(wait).await;
         }
         self.metrics.observe_rate_limit_wait(endpoint.path(), wait);
-        Ok(Reservation::new(key, member, wait))
+        Ok(Reservation::new(key, member, spacing, wait))
     }
 }
