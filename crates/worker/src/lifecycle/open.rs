@@ -24,6 +24,9 @@ const HANDSHAKE_TTL: Duration = Duration::from_secs(24 * 3600);
 /// The longest a session is taken to live, whatever bunq's `session_timeout` says (its
 /// users' settings go up to days; a year is beyond any of them).
 const MAX_SESSION_LIFE: Duration = Duration::from_secs(365 * 24 * 3600);
+/// How long before its expiry a credential must be for its handshake to start: installation
+/// and device-server come before the session-server call, whose own lead is 250 ms.
+const HANDSHAKE_LEAD: Duration = Duration::from_secs(1);
 
 /// A provision to open a session for (decided by `provision::decide`): everything the later steps need, secret wrapped.
 #[derive(Debug, Clone)]
@@ -158,7 +161,10 @@ impl SessionOpener {
             // Spend no installation or device on a credential the budget cannot serve in
             // time, and wait for a far slot in the retry queue, not halfway through.
             let max_wait = deadline.saturating_duration_since(Instant::now());
-            self.limiter.check_session_server(due.0, due.1, max_wait).await.map_err(|e| Failure::from(&e))?;
+            // The credential must outlive installation and device-server too, not only the
+            // session-server call's lead (a scale run sent one 20 ms past its expiry).
+            let by = due.1 - HANDSHAKE_LEAD;
+            self.limiter.check_session_server(due.0, by, max_wait).await.map_err(|e| Failure::from(&e))?;
         }
 
         let installation = match &handshake.installation {
