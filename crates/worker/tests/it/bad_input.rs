@@ -206,8 +206,7 @@ async fn a_message_returned_too_often_is_dead_lettered_by_the_worker_with_its_cr
     app.stop_worker().await;
     let (id, token) = (random_id(), random_token());
     let properties = lapin::BasicProperties::default().with_message_id("m-returned".into());
-    let confirm =
-        test_support::publish_input(app.channel(), &app.names, &ready_body(id, &token), properties).await.unwrap();
+    let confirm = app.publish_with(&ready_body(id, &token), properties).await;
     assert!(confirm.is_ack());
     let queue = app.names.input_queue.clone();
     for returned in 0..10 {

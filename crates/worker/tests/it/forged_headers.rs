@@ -8,7 +8,7 @@ use fake_bunq::{EndpointMatch, FaultAction, FaultRule, Faults, Trigger};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::BasicProperties;
 use std::time::Duration;
-use test_support::{publish_input, random_id, random_token, ready_body, ROUTING_KEY};
+use test_support::{random_id, random_token, ready_body, ROUTING_KEY};
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -24,7 +24,7 @@ async fn publish_with(app: &TestApp, body: &[u8], headers: &[(&str, AMQPValue)])
     }
     let message_id = uuid::Uuid::new_v4().to_string();
     let properties = BasicProperties::default().with_message_id(message_id.as_str().into()).with_headers(table);
-    let confirm = publish_input(app.channel(), &app.names, body, properties).await.unwrap();
+    let confirm = app.publish_with(body, properties).await;
     assert!(confirm.is_ack() && confirm.take_message().is_none(), "input must be routable");
 }
 

@@ -10,8 +10,9 @@ use bunq_session_worker::store::Store;
 use fake_bunq::{self, FakeConfig, FakeHandle};
 use lapin::options::{BasicAckOptions, BasicGetOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection};
+use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use test_support::{
     capture_queue, connect_amqp, connect_redis, init_test_logging, ops, publish_input, relaxed_fake, Cleanup,
@@ -51,6 +52,9 @@ pub struct TestApp {
     env: WorkerEnv,
     replicas: Vec<(CancellationToken, JoinHandle<anyhow::Result<()>>)>,
     leftovers: Leftovers,
+    /// Messages this test published to the input exchange: [`TestApp::wait_idle`] waits
+    /// for a final outcome of each.
+    published: AtomicU64,
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -98,6 +102,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         channel,
         shutdown,
         worker: Some(handle),
+        published: AtomicU64::new(0),
     };
     app.wait_ready().await;
     app
@@ -120,9 +125,16 @@ impl TestApp {
             .with_content_type("application/json".into())
             .with_message_id(message_id.as_str().into())
             .with_correlation_id(format!("corr-{message_id}").as_str().into());
-        let confirm = publish_input(&self.channel, &self.names, body, properties).await.unwrap();
+        let confirm = self.publish_with(body, properties).await;
         assert!(confirm.is_ack() && confirm.take_message().is_none(), "input must be routable");
         message_id
+    }
+
+    /// Publishes to the input exchange with the test's own properties (forged headers).
+    pub async fn publish_with(&self, body: &[u8], properties: BasicProperties) -> Confirmation {
+        let confirm = publish_input(&self.channel, &self.names, body, properties).await.unwrap();
+        self.published.fetch_add(1, Ordering::SeqCst);
+        confirm
     }
 
     /// Takes one message from `queue`, waiting up to `timeout`.
@@ -175,19 +187,27 @@ impl TestApp {
         declared.message_count()
     }
 
-    /// Waits until nothing is ready or in flight on the input and retry queues.
+    /// Waits until every message this test published has had its final outcome and
+    /// nothing is ready or in flight on the input and retry queues. The queues and the
+    /// gauge alone do not say it: a delivery on its way to the worker's consumer is
+    /// neither ready nor yet in flight.
     pub async fn wait_idle(&self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
+        let published = self.published.load(Ordering::SeqCst);
         loop {
             let input = self.ready_count(&self.names.input_queue.clone()).await;
             let retry = self.ready_count(&self.names.retry_queue.clone()).await;
             let metrics = self.metrics().await;
             let in_flight =
                 metrics.lines().any(|l| l.starts_with("bunq_session_worker_in_flight ") && !l.ends_with(" 0"));
-            if input == 0 && retry == 0 && !in_flight {
+            let settled = final_outcomes(&metrics);
+            if input == 0 && retry == 0 && !in_flight && settled >= published {
                 return;
             }
-            assert!(Instant::now() < deadline, "not idle: input {input}, retry {retry}, in flight {in_flight}");
+            assert!(
+                Instant::now() < deadline,
+                "not idle: input {input}, retry {retry}, in flight {in_flight}, {settled} of {published} settled"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -252,6 +272,17 @@ impl TestApp {
         let _ = self.connection.close(200, "teardown".into()).await;
         self.fake.shutdown().await;
     }
+}
+
+/// Deliveries settled for good: every outcome but a trip through the retry queue and a
+/// return to the queue, which each come back as another delivery.
+fn final_outcomes(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("bunq_session_worker_deliveries_total{"))
+        .filter(|l| !l.contains(r#"outcome="retried""#) && !l.contains(r#"outcome="returned""#))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
 }
 
 /// A random 32-byte encryption key in a file of its own.

@@ -131,7 +131,7 @@ async fn a_replay_goes_back_the_way_the_message_came_with_none_of_the_workers_he
         headers.insert(name.into(), AMQPValue::LongString(LongString::from(value)));
     }
     let properties = lapin::BasicProperties::default().with_message_id("m-replayed".into()).with_headers(headers);
-    test_support::publish_input(app.channel(), &app.names, b"not an event", properties).await.unwrap();
+    app.publish_with(b"not an event", properties).await;
     app.wait_idle(WAIT).await;
 
     let replayed = cli(&app, &["dead-letters", "replay"]);
