@@ -256,3 +256,25 @@ async fn the_worker_serves_the_earliest_expiry_first_and_gives_up_early_on_what_
     assert_eq!(in_time, 3, "the three short credentials that fit were served before they expired");
     app.teardown().await;
 }
+
+/// 700 ms left: more than the session-server call's own 250 ms lead, less than the second
+/// installation and device-server may take before it. Sent, the credential would reach
+/// bunq expired (a scale run saw it at device-server); the budget's check tells it
+/// expired at once, with a free slot and before any call.
+#[tokio::test]
+async fn a_credential_with_less_than_a_handshake_left_is_never_sent() {
+    use crate::helpers::{header_str, spawn_app_with, AppOptions};
+    use test_support::{expiry_in, provision_body, random_id, random_token};
+
+    let flags = vec!["--rate-limit-scope=global".into(), "--rate-limit-session-server=1/1s".into()];
+    let app = spawn_app_with(AppOptions { flags, ..Default::default() }).await;
+    let soon = expiry_in(time::Duration::milliseconds(700));
+    let token = random_token();
+    let body = provision_body(random_id(), "CREATED", "PENDING_PROCESS_USER_ONBOARDING", Some(&token), &soon, true);
+    app.publish(&body).await;
+
+    let (_, properties) = app.next_dead_letter(Duration::from_secs(15)).await.expect("dead letter");
+    assert_eq!(header_str(&properties, "x-dead-letter-reason").as_deref(), Some("credential_expired"));
+    assert!(app.fake.calls().is_empty(), "bunq was called: {:?}", app.fake.calls());
+    app.teardown().await;
+}
