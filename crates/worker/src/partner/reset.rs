@@ -158,8 +158,8 @@ impl Resetter {
                 format!("{capacity} new tokens wait for their sessions; provision {id}'s reset comes after them");
             return Ok(Reset::Later { after: self.retry_delay, detail });
         }
-        let budget = self.partner.opener().retry_budget();
-        match limiter.check_session_server(Waiter::Open(id), line, budget).await {
+        let retry_budget = self.partner.opener().retry_budget();
+        match limiter.check_session_server(Waiter::Open(id), line, retry_budget).await {
             Ok(()) => {}
             Err(RateLimitError::Parked { after }) => {
                 let detail = format!("waiting for a session-server slot for provision {id}'s reset");
@@ -180,7 +180,7 @@ impl Resetter {
         let requested_at = self.store.clock_now().unix_timestamp();
         let renamed = (Waiter::Open(id), Waiter::Reset(id));
         limiter
-            .rename_session_server_waiter(renamed, self.serve_by(requested_at), budget)
+            .rename_session_server_waiter(renamed, self.serve_by(requested_at), retry_budget)
             .await
             .map_err(|e| Failure::from(&e))?;
         // The intent first: a crash after bunq took the request must not ask twice.

@@ -277,12 +277,11 @@ impl TestApp {
 /// Deliveries settled for good: every outcome but a trip through the retry queue and a
 /// return to the queue, which each come back as another delivery.
 fn final_outcomes(metrics: &str) -> u64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with("bunq_session_worker_deliveries_total{"))
-        .filter(|l| !l.contains(r#"outcome="retried""#) && !l.contains(r#"outcome="returned""#))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
+    let all = ops::metric_sum(metrics, "bunq_session_worker_deliveries_total{");
+    let again = ["retried", "returned"].map(|outcome| {
+        ops::metric_sum(metrics, &format!(r#"bunq_session_worker_deliveries_total{{outcome="{outcome}""#))
+    });
+    (all - again.iter().sum::<f64>()) as u64
 }
 
 /// A random 32-byte encryption key in a file of its own.
